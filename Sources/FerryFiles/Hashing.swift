@@ -1,0 +1,41 @@
+import Crypto
+import FerryProtocol
+
+/// Streaming SHA-256 that renders as the protocol's lowercase hex.
+public struct SHA256Hasher {
+    private var hasher = SHA256()
+
+    public init() {}
+
+    public mutating func update(_ bytes: UnsafeRawBufferPointer) { hasher.update(bufferPointer: bytes) }
+    public mutating func update(_ bytes: [UInt8]) { hasher.update(data: bytes) }
+
+    public consuming func finalizeHex() -> String { Hex.encode(Array(hasher.finalize())) }
+
+    public static func hex(_ bytes: [UInt8]) -> String {
+        var h = SHA256Hasher()
+        h.update(bytes)
+        return h.finalizeHex()
+    }
+}
+
+public enum FileHashing {
+    static let readSize = 1 << 20
+
+    /// SHA-256 of `length` bytes of an open file from `offset`, read in 1 MiB steps.
+    public static func sha256(of file: FileHandle, offset: Int64 = 0, length: Int64) throws(SystemError) -> String {
+        var hasher = SHA256Hasher()
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 64)
+        defer { buffer.deallocate() }
+        var position = offset
+        let end = offset + length
+        while position < end {
+            let want = Int(min(Int64(readSize), end - position))
+            let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
+            if n == 0 { break }
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            position += Int64(n)
+        }
+        return hasher.finalizeHex()
+    }
+}

@@ -1,0 +1,170 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Musl)
+import Musl
+#elseif canImport(Darwin)
+import Darwin
+#endif
+import FerryProtocol
+
+/// A failed system call, with the errno and what was being done, for messages a person can act on.
+public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
+    public let errno: Int32
+    public let operation: String
+    public let path: String
+
+    public init(errno: Int32, operation: String, path: String) {
+        self.errno = errno
+        self.operation = operation
+        self.path = path
+    }
+
+    public var message: String { String(cString: strerror(errno)) }
+    public var description: String { "\(operation) \(path): \(message)" }
+    public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+}
+
+/// Runs a byte path (no NUL inside, checked by `RemotePath`) as a C string.
+@inline(__always)
+func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws -> R) rethrows -> R {
+    var z = bytes
+    z.append(0)
+    return try z.withUnsafeBufferPointer { buf in
+        try buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: z.count) { try body($0) }
+    }
+}
+
+/// Retries a system call interrupted by a signal.
+@inline(__always)
+func retryingEINTR<T: BinaryInteger>(_ call: () -> T) -> T {
+    while true {
+        let r = call()
+        if r == -1 && errno == EINTR { continue }
+        return r
+    }
+}
+
+/// An open file descriptor, closed when the last reference goes away. A class rather than a
+/// non-copyable struct so handles can be stored and passed between tasks simply.
+public final class FileHandle: Sendable {
+    public let fd: Int32
+
+    public init(fd: Int32) { self.fd = fd }
+
+    deinit { if fd >= 0 { _ = Glibc.close(fd) } }
+
+    public func stat() throws(SystemError) -> FileInfo {
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: "fd \(fd)") }
+        return FileInfo(st)
+    }
+
+    /// Reads up to `count` bytes at `offset` into `buffer`, looping over short reads.
+    /// Returns the number of bytes read; fewer than `count` only at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = retryingEINTR { pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+            if n < 0 { throw SystemError(errno: errno, operation: "read", path: "fd \(fd)") }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    public func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64, path: String) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let n = retryingEINTR { pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
+            if n < 0 { throw SystemError(errno: errno, operation: "write", path: path) }
+            done += n
+        }
+    }
+}
+
+/// What `stat` says about an entry, reduced to what ferry uses.
+public struct FileInfo: Hashable, Sendable {
+    public var type: EntryType
+    public var mode: UInt32
+    public var size: Int64
+    public var mtime: Timestamp
+    public var inode: UInt64
+    public var device: UInt64
+
+    init(_ st: Glibc.stat) {
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: type = .file
+        case S_IFDIR: type = .directory
+        case S_IFLNK: type = .symlink
+        default: type = .other
+        }
+        mode = UInt32(st.st_mode & 0o7777)
+        size = Int64(st.st_size)
+        mtime = Timestamp(seconds: Int64(st.st_mtim.tv_sec), nanoseconds: Int32(st.st_mtim.tv_nsec))
+        inode = UInt64(st.st_ino)
+        device = UInt64(st.st_dev)
+    }
+
+    public var validator: Validator { Validator(size: size, mtime: mtime) }
+}
+
+private func followingStat(_ path: String, _ st: inout Glibc.stat) -> Int32 { stat(path, &st) }
+
+public enum POSIX {
+    public static func lstat(_ path: String) throws(SystemError) -> FileInfo {
+        var st = Glibc.stat()
+        guard Glibc.lstat(path, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: path) }
+        return FileInfo(st)
+    }
+
+    public static func stat(_ path: String) throws(SystemError) -> FileInfo {
+        var st = Glibc.stat()
+        guard followingStat(path, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: path) }
+        return FileInfo(st)
+    }
+
+    static func statAt(_ dirfd: Int32, _ name: [UInt8]) -> (FileInfo?, Int32) {
+        var st = Glibc.stat()
+        let r = withCPath(name) { fstatat(dirfd, $0, &st, AT_SYMLINK_NOFOLLOW) }
+        return r == 0 ? (FileInfo(st), 0) : (nil, errno)
+    }
+
+    static func readlinkAt(_ dirfd: Int32, _ name: [UInt8]) -> [UInt8]? {
+        var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        let n = withCPath(name) { p in
+            buf.withUnsafeMutableBufferPointer { readlinkat(dirfd, p, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count) }
+        }
+        guard n > 0 else { return nil }
+        return Array(buf[0..<n])
+    }
+
+    static func openAt(_ dirfd: Int32, _ name: [UInt8], _ flags: Int32, mode: mode_t = 0) -> Int32 {
+        withCPath(name) { p in retryingEINTR { openat(dirfd, p, flags | O_CLOEXEC, mode) } }
+    }
+
+    /// Reads all names of an open directory (consumes a dup of `fd`), without `.` and `..`.
+    static func readDirectoryNames(_ fd: Int32) throws(SystemError) -> [[UInt8]] {
+        let dupFD = dup(fd)
+        guard dupFD >= 0, let dir = fdopendir(dupFD) else {
+            throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)")
+        }
+        defer { closedir(dir) }
+        rewinddir(dir)
+        var names: [[UInt8]] = []
+        while true {
+            errno = 0
+            guard let ent = readdir(dir) else {
+                if errno != 0 { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
+                break
+            }
+            let name: [UInt8] = withUnsafePointer(to: ent.pointee.d_name) { p in
+                p.withMemoryRebound(to: UInt8.self, capacity: 256) { c in
+                    Array(UnsafeBufferPointer(start: c, count: strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))))
+                }
+            }
+            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
+            names.append(name)
+        }
+        return names
+    }
+}

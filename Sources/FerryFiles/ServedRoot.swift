@@ -1,0 +1,196 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryProtocol
+
+/// Why a path could not be served; each maps onto a reply code.
+public enum ServeError: Error, Hashable, Sendable, CustomStringConvertible {
+    case notFound(RemotePath)
+    case refused(RemotePath, String)
+    case wrongType(RemotePath, String)
+    case changed(Validator)
+    case badRange(String)
+    case tooLarge(String)
+    case io(SystemError)
+
+    public var reply: ErrorReply {
+        switch self {
+        case .notFound(let p): return ErrorReply(.notFound, "not found: \(p.wire)")
+        case .refused(let p, let why): return ErrorReply(.pathRefused, "path refused: \(p.wire): \(why)")
+        case .wrongType(let p, let why): return ErrorReply(.wrongType, "\(p.wire): \(why)")
+        case .changed(let now): return ErrorReply(.changed, "changed \(now)")
+        case .badRange(let why): return ErrorReply(.badRange, why)
+        case .tooLarge(let why): return ErrorReply(.tooLarge, why)
+        case .io(let e): return ErrorReply(.serverError, e.description)
+        }
+    }
+
+    public var description: String { reply.description }
+}
+
+/// The served directory. Every lookup walks from the root one component at a time with
+/// `openat(O_NOFOLLOW)`, so nothing outside the root can be reached — not by `..` (refused
+/// by `RemotePath`), not by a symlink (resolved lexically and refused when it leaves the root),
+/// and not by a string-prefix accident.
+public final class ServedRoot: Sendable {
+    public let displayPath: String
+    private let rootFD: Int32
+
+    public init(path: String) throws(SystemError) {
+        let fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: path) }
+        self.rootFD = fd
+        self.displayPath = path
+    }
+
+    deinit { close(rootFD) }
+
+    /// A resolved entry: its parent directory (open), its name, what lstat says, and its
+    /// canonical path after in-tree symlinks were followed.
+    public struct Resolved {
+        public let parent: FileHandle
+        public let name: [UInt8]
+        public let info: FileInfo
+        public let canonical: RemotePath
+    }
+
+    /// Resolves `path`. Symlinks in the middle are followed when they stay inside the root;
+    /// a final symlink is followed only when `followFinal` is set.
+    public func resolve(_ path: RemotePath, followFinal: Bool) throws(ServeError) -> Resolved {
+        var pending: [[UInt8]] = path.components.map(Array.init)
+        var hops = 0
+        restart: while true {
+            var walked: [[UInt8]] = []
+            var dir = FileHandle(fd: dup(rootFD))
+            if dir.fd < 0 { throw .io(SystemError(errno: errno, operation: "dup", path: displayPath)) }
+            if pending.isEmpty {
+                // The root itself: describe it through "." of the root.
+                let (info, err) = POSIX.statAt(rootFD, [0x2E])
+                guard let info else { throw .io(SystemError(errno: err, operation: "stat", path: displayPath)) }
+                return Resolved(parent: dir, name: [0x2E], info: info, canonical: .root)
+            }
+            var index = 0
+            while index < pending.count {
+                let name = pending[index]
+                let isLast = index == pending.count - 1
+                let (statResult, err) = POSIX.statAt(dir.fd, name)
+                guard let info = statResult else {
+                    if err == ENOENT || err == ENOTDIR { throw .notFound(path) }
+                    throw .io(SystemError(errno: err, operation: "stat", path: path.description))
+                }
+                if info.type == .symlink && (!isLast || followFinal) {
+                    hops += 1
+                    if hops > FerryLimits.maxSymlinkHops { throw .refused(path, "too many symlinks") }
+                    guard let target = POSIX.readlinkAt(dir.fd, name) else { throw .notFound(path) }
+                    guard let rewritten = Self.splice(walked: walked, target: target, rest: pending[(index + 1)...]) else {
+                        throw .refused(path, "a symlink leads outside the served directory")
+                    }
+                    pending = rewritten
+                    continue restart
+                }
+                if isLast {
+                    let canonical: RemotePath
+                    do { canonical = try RemotePath(validating: (walked + [name]).joined(separator: [0x2F]).map { $0 }) } catch {
+                        throw .refused(path, error.description)
+                    }
+                    return Resolved(parent: dir, name: name, info: info, canonical: canonical)
+                }
+                guard info.type == .directory else { throw .notFound(path) }
+                let next = POSIX.openAt(dir.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                if next < 0 {
+                    if errno == ELOOP || errno == ENOTDIR { continue restart }  // swapped under us: look again
+                    throw .io(SystemError(errno: errno, operation: "open", path: path.description))
+                }
+                dir = FileHandle(fd: next)
+                walked.append(name)
+                index += 1
+            }
+            throw .notFound(path)
+        }
+    }
+
+    /// Lexically substitutes a symlink's target; nil when the result leaves the root.
+    static func splice(walked: [[UInt8]], target: [UInt8], rest: ArraySlice<[UInt8]>) -> [[UInt8]]? {
+        if target.first == 0x2F { return nil }
+        var out = walked
+        for c in target.split(separator: 0x2F) {
+            if c.elementsEqual([0x2E]) { continue }
+            if c.elementsEqual([0x2E, 0x2E]) {
+                if out.isEmpty { return nil }
+                out.removeLast()
+                continue
+            }
+            out.append(Array(c))
+        }
+        return out + rest
+    }
+
+    /// Opens a regular file for reading (symlinks inside the tree are followed).
+    public func openFile(_ path: RemotePath) throws(ServeError) -> (FileHandle, FileInfo) {
+        let r = try resolve(path, followFinal: true)
+        guard r.info.type == .file else {
+            throw .wrongType(path, r.info.type == .directory ? "is a directory" : "is not a regular file")
+        }
+        let fd = POSIX.openAt(r.parent.fd, r.name, O_RDONLY | O_NOFOLLOW)
+        guard fd >= 0 else { throw .io(SystemError(errno: errno, operation: "open", path: path.description)) }
+        let handle = FileHandle(fd: fd)
+        let info: FileInfo
+        do { info = try handle.stat() } catch { throw .io(error) }
+        guard info.type == .file else { throw .wrongType(path, "is not a regular file") }
+        return (handle, info)
+    }
+
+    /// Opens a directory (symlinks inside the tree are followed).
+    public func openDirectory(_ path: RemotePath) throws(ServeError) -> (FileHandle, RemotePath) {
+        let r = try resolve(path, followFinal: true)
+        guard r.info.type == .directory else { throw .wrongType(path, "is not a directory") }
+        let fd = POSIX.openAt(r.parent.fd, r.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard fd >= 0 else { throw .io(SystemError(errno: errno, operation: "open", path: path.description)) }
+        return (FileHandle(fd: fd), r.canonical)
+    }
+
+    /// The entry for `path` itself (a final symlink is described, not followed).
+    public func stat(_ path: RemotePath) throws(ServeError) -> Entry {
+        let r = try resolve(path, followFinal: false)
+        let target = r.info.type == .symlink ? POSIX.readlinkAt(r.parent.fd, r.name) : nil
+        return Entry(info: r.info, path: path, target: target)
+    }
+
+    /// The entries of one directory, sorted by name bytes.
+    public func list(_ path: RemotePath) throws(ServeError) -> [Entry] {
+        let (dir, _) = try openDirectory(path)
+        return try DirectoryListing.entries(of: dir.fd, displayPath: path.description)
+    }
+}
+
+public enum DirectoryListing {
+    /// Reads and stats every entry of an open directory; each `Entry.path` holds just the name.
+    /// Entries that vanish between readdir and stat are skipped.
+    public static func entries(of fd: Int32, displayPath: String) throws(ServeError) -> [Entry] {
+        let names: [[UInt8]]
+        do { names = try POSIX.readDirectoryNames(fd) } catch { throw .io(error) }
+        var out: [Entry] = []
+        out.reserveCapacity(names.count)
+        for name in names {
+            let (info, _) = POSIX.statAt(fd, name)
+            guard let info, let path = try? RemotePath(validating: name) else { continue }
+            let target = info.type == .symlink ? POSIX.readlinkAt(fd, name) : nil
+            out.append(Entry(info: info, path: path, target: target))
+        }
+        out.sort { $0.path < $1.path }
+        return out
+    }
+}
+
+extension Entry {
+    public init(info: FileInfo, path: RemotePath, target: [UInt8]?) {
+        let size: Int64
+        switch info.type {
+        case .file: size = info.size
+        case .symlink: size = Int64(target?.count ?? 0)
+        default: size = 0
+        }
+        self.init(type: info.type, mode: info.mode, size: size, mtime: info.mtime, path: path,
+                  target: info.type == .symlink ? (target ?? [0x3F]) : nil)
+    }
+}

@@ -1,0 +1,22 @@
+/// Constants of protocol version 1; `docs/PROTOCOL.md` section 11 is their normative list.
+public enum FerryDefaults {
+    public static let protocolVersion = 1
+    public static let tcpPort = 7446
+    public static let discoveryPort = 7447
+    public static let softwareVersion = "0.1.0"
+}
+
+public enum FerryLimits {
+    public static let maxRequestLine = 4096
+    public static let maxReplyLine = 65536
+    public static let maxPathBytes = 4096
+    public static let maxComponentBytes = 255
+    public static let maxChunkRaw = 4 * 1024 * 1024
+    public static let chunkWireSlack = 1024
+    public static let defaultChunkSize = 256 * 1024
+    public static let maxListEntries = 1_000_000
+    public static let maxBlockCount = 1_048_576
+    public static let maxManifestEntries = 10_000_000
+    public static let maxDatagram = 512
+    public static let maxSymlinkHops = 40
+}

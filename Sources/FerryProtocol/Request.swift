@@ -1,0 +1,151 @@
+/// A client request (PROTOCOL.md section 6). Parsing is strict; serialising produces
+/// exactly what `parse` accepts.
+public enum Request: Hashable, Sendable {
+    case auth(hmacHex: String)
+    case list(RemotePath)
+    case stat(RemotePath)
+    case get(RemotePath, offset: Int64, length: Int64?, validator: Validator?)
+    case hash(RemotePath, offset: Int64, length: Int64, validator: Validator?)
+    case blocks(RemotePath, validator: Validator?, blockSize: Int?)
+    case manifest(RemotePath, hashes: Bool)
+    case quit
+
+    public var verb: String {
+        switch self {
+        case .auth: return "AUTH"
+        case .list: return "LIST"
+        case .stat: return "STAT"
+        case .get: return "GET"
+        case .hash: return "HASH"
+        case .blocks: return "BLOCKS"
+        case .manifest: return "MANIFEST"
+        case .quit: return "QUIT"
+        }
+    }
+
+    /// The request line without the trailing LF.
+    public var line: String {
+        switch self {
+        case .auth(let hex): return "AUTH \(hex)"
+        case .list(let p): return "LIST \(p.wire)"
+        case .stat(let p): return "STAT \(p.wire)"
+        case .get(let p, let offset, let length, let v):
+            var s = "GET \(p.wire) \(offset) \(length.map(String.init) ?? "*")"
+            if let v { s += " \(v)" }
+            return s
+        case .hash(let p, let offset, let length, let v):
+            var s = "HASH \(p.wire) \(offset) \(length)"
+            if let v { s += " \(v)" }
+            return s
+        case .blocks(let p, let v, let bs):
+            var s = "BLOCKS \(p.wire)"
+            if let v { s += " \(v)" }
+            if let bs { s += " \(bs)" }
+            return s
+        case .manifest(let p, let hashes): return "MANIFEST \(p.wire)" + (hashes ? "" : " hashes=no")
+        case .quit: return "QUIT"
+        }
+    }
+
+    /// Why a request line was refused; maps onto a reply code.
+    public enum ParseError: Error, Equatable, Sendable {
+        case malformed(String)
+        case badPath(RemotePath.Invalid)
+
+        public var reply: ErrorReply {
+            switch self {
+            case .malformed(let why): return ErrorReply(.malformed, why)
+            case .badPath(.badEncoding): return ErrorReply(.malformed, "bad percent-encoding in path")
+            case .badPath(let why): return ErrorReply(.pathRefused, "path refused: \(why)")
+            }
+        }
+    }
+
+    public static func parse(_ line: Substring) throws(ParseError) -> Request {
+        if line.isEmpty { throw .malformed("empty request") }
+        for b in line.utf8 where b < 0x20 || b == 0x7F {
+            throw .malformed("control character in request")
+        }
+        let f = line.split(separator: " ", omittingEmptySubsequences: false)
+        if f.contains(where: \.isEmpty) { throw .malformed("fields are separated by exactly one space") }
+        let verb = f[0].uppercased()
+        let args = f.dropFirst()
+
+        func path(_ s: Substring) throws(ParseError) -> RemotePath {
+            do { return try RemotePath(wire: s) } catch { throw .badPath(error) }
+        }
+        func number(_ s: Substring, _ what: String) throws(ParseError) -> Int64 {
+            guard let n = parseWireNumber(s) else { throw .malformed("bad \(what) '\(s.prefix(24))'") }
+            return n
+        }
+        func validator(_ s: Substring) throws(ParseError) -> Validator {
+            guard let v = Validator(s) else { throw .malformed("bad validator '\(s.prefix(48))' (expected SIZE,MTIME)") }
+            return v
+        }
+        func arity(_ range: ClosedRange<Int>, _ usage: String) throws(ParseError) {
+            guard range.contains(args.count) else { throw .malformed("usage: \(usage)") }
+        }
+
+        switch verb {
+        case "AUTH":
+            try arity(1...1, "AUTH HMAC-HEX")
+            guard isSHA256Hex(args[1]) else { throw .malformed("AUTH takes 64 lowercase hex digits") }
+            return .auth(hmacHex: String(args[1]))
+        case "LIST":
+            try arity(1...1, "LIST PATH")
+            return .list(try path(args[1]))
+        case "STAT":
+            try arity(1...1, "STAT PATH")
+            return .stat(try path(args[1]))
+        case "GET":
+            try arity(3...4, "GET PATH OFFSET LENGTH|* [SIZE,MTIME]")
+            let p = try path(args[1])
+            let offset = try number(args[2], "offset")
+            let length: Int64? = args[3] == "*" ? nil : try number(args[3], "length")
+            let v: Validator? = args.count == 4 ? try validator(args[4]) : nil
+            return .get(p, offset: offset, length: length, validator: v)
+        case "HASH":
+            try arity(3...4, "HASH PATH OFFSET LENGTH [SIZE,MTIME]")
+            let p = try path(args[1])
+            let offset = try number(args[2], "offset")
+            let length = try number(args[3], "length")
+            let v: Validator? = args.count == 4 ? try validator(args[4]) : nil
+            return .hash(p, offset: offset, length: length, validator: v)
+        case "BLOCKS":
+            try arity(1...3, "BLOCKS PATH [SIZE,MTIME] [BLOCK-SIZE]")
+            let p = try path(args[1])
+            var v: Validator?
+            var bs: Int?
+            for a in args.dropFirst() {
+                if a.contains(",") {
+                    guard v == nil else { throw .malformed("two validators") }
+                    v = try validator(a)
+                } else {
+                    guard bs == nil else { throw .malformed("two block sizes") }
+                    let n = try number(a, "block size")
+                    guard n >= 4096, n <= 64 << 20, n & (n - 1) == 0 else {
+                        throw .malformed("block size must be a power of two between 4096 and 67108864")
+                    }
+                    bs = Int(n)
+                }
+            }
+            return .blocks(p, validator: v, blockSize: bs)
+        case "MANIFEST":
+            try arity(1...2, "MANIFEST PATH [hashes=yes|no]")
+            var hashes = true
+            if args.count == 2 {
+                switch args[2] {
+                case "hashes=yes": hashes = true
+                case "hashes=no": hashes = false
+                default: throw .malformed("unknown MANIFEST option '\(args[2].prefix(32))'")
+                }
+            }
+            return .manifest(try path(args[1]), hashes: hashes)
+        case "QUIT":
+            try arity(0...0, "QUIT")
+            return .quit
+        default:
+            throw .malformed("unknown request '\(f[0].prefix(32))' (try LIST, STAT, GET, HASH, BLOCKS, MANIFEST, QUIT)")
+        }
+    }
+}
