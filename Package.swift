@@ -46,6 +46,7 @@ let package = Package(
                 "FerryFiles",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -61,6 +62,17 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // LAN discovery: UDP probe/answer/announce over NIOPosix datagram channels.
+        .target(
+            name: "FerryDiscovery",
+            dependencies: [
+                "FerryProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .executableTarget(
             name: "ferry",
             dependencies: [
@@ -68,11 +80,17 @@ let package = Package(
                 "FerryFiles",
                 "FerryServer",
                 "FerryClient",
+                "FerryDiscovery",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
+        ),
+        // Helpers shared by the test targets (fixtures, the built executable, child processes).
+        .target(
+            name: "FerryTestSupport",
+            path: "Tests/FerryTestSupport"
         ),
         .testTarget(
             name: "FerryProtocolTests",
@@ -80,12 +98,20 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryFilesTests",
-            dependencies: ["FerryFiles", "FerryProtocol"]
+            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport"]
+        ),
+        .testTarget(
+            name: "FerryDiscoveryTests",
+            dependencies: [
+                "FerryDiscovery", "FerryProtocol", "FerryTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
         ),
         .testTarget(
             name: "FerryIntegrationTests",
             dependencies: [
-                "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol",
+                "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]

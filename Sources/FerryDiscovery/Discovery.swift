@@ -1,0 +1,1 @@
+// Discovery: see DiscoveryResponder and DiscoveryProber.
