@@ -76,10 +76,12 @@ public struct ChunkEncoder: Sendable {
         return (ChunkHeader(offset: offset, rawLength: raw.count, wireLength: raw.count, codec: .stored, crc32: crc), buffer)
     }
 
-    /// After an incompressible chunk, deflate a small sample first; only if the sample
-    /// shrinks is the whole chunk tried. Costs ~6% of a full attempt on random data.
+    /// Deflates a small sample first; only if the sample shrinks is the whole chunk tried.
+    /// Costs ~6% of a full attempt.
     private func shouldTry(_ raw: UnsafeRawBufferPointer, level: Int32) -> Bool {
-        guard lastWasIncompressible, raw.count > Self.sampleSize * 2 else { return true }
+        // `auto` always samples first, so parallel encoders (which share no history) still
+        // skip zlib on incompressible data; a fixed level samples only after a miss.
+        guard policy == .auto || lastWasIncompressible, raw.count > Self.sampleSize * 2 else { return true }
         let mid = raw.count / 2
         let sample = UnsafeRawBufferPointer(rebasing: raw[mid..<(mid + Self.sampleSize)])
         return Self.deflate(sample, level: level, limit: Int(Double(sample.count) * (1 - Self.minimumSaving)),

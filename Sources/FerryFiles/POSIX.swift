@@ -82,6 +82,32 @@ public final class FileHandle: Sendable {
     }
 }
 
+extension FileHandle {
+    /// Writes all of `bytes` at `offset`.
+    public func write(_ bytes: [UInt8], at offset: Int64, path: String) throws(SystemError) {
+        let result: Result<Void, SystemError> = bytes.withUnsafeBytes { b in
+            do throws(SystemError) {
+                try write(b, at: offset, path: path)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try result.get()
+    }
+
+    /// Reads up to `count` bytes at `offset` (fewer only at end of file).
+    public func read(count: Int, at offset: Int64) throws(SystemError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        let result: Result<Int, SystemError> = out.withUnsafeMutableBytes { b in
+            do throws(SystemError) { return .success(try read(into: b, at: offset)) } catch { return .failure(error) }
+        }
+        let n = try result.get()
+        if n < count { out.removeLast(count - n) }
+        return out
+    }
+}
+
 /// What `stat` says about an entry, reduced to what ferry uses.
 public struct FileInfo: Hashable, Sendable {
     public var type: EntryType

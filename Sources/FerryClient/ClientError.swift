@@ -1,0 +1,77 @@
+import FerryFiles
+import FerryProtocol
+
+/// Everything that can go wrong on the client side, worded for the person at the terminal.
+public enum ClientError: Error, CustomStringConvertible {
+    case connect(endpoint: String, reason: String)
+    case closed(endpoint: String)
+    case timeout(endpoint: String, seconds: Int)
+    case protocolViolation(endpoint: String, String)
+    case notFerry(endpoint: String, firstLine: String)
+    case versionMismatch(endpoint: String, version: Int)
+    case server(endpoint: String, request: String, ErrorReply)
+    case authentication(endpoint: String, String)
+    case integrity(path: String, String)
+    case corruptChunk(path: String, ChunkError)
+    case local(SystemError)
+    case refusedPath(String)
+
+    public var description: String {
+        switch self {
+        case .connect(let e, let why):
+            return "cannot connect to \(e): \(why) (is `ferry serve` running there, and is the port right?)"
+        case .closed(let e):
+            return "the server \(e) closed the connection unexpectedly (it may have stopped; run the command again to resume)"
+        case .timeout(let e, let s):
+            return "the server \(e) sent nothing for \(s) s; giving up on this connection"
+        case .protocolViolation(let e, let why):
+            return "the server \(e) broke the ferry protocol: \(why)"
+        case .notFerry(let e, let line):
+            return "\(e) is not a ferry server (it said '\(line.prefix(60))')"
+        case .versionMismatch(let e, let v):
+            return "the server \(e) speaks ferry protocol version \(v); this ferry speaks version \(FerryDefaults.protocolVersion) (upgrade the older side)"
+        case .server(let e, let request, let reply):
+            return "server \(e) refused \(request): \(reply.reason)" + Self.hint(for: reply)
+        case .authentication(let e, let why):
+            return "server \(e) \(why)"
+        case .integrity(let path, let why):
+            return "\(path): \(why); nothing was written under the final name"
+        case .corruptChunk(let path, let why):
+            return "\(path): \(why)"
+        case .local(let e):
+            return e.isNoSpace ? "\(e) (free some space and run the command again; the partial data was kept for resume)" : e.description
+        case .refusedPath(let why):
+            return "refused a path sent by the server: \(why)"
+        }
+    }
+
+    static func hint(for reply: ErrorReply) -> String {
+        switch reply.knownCode {
+        case .notFound?: return " (check the path with `ferry ls`)"
+        case .authRequired?, .authFailed?: return " (pass the server's token with --token-file or FERRY_TOKEN_FILE)"
+        case .tooMany?, .shuttingDown?: return " (try again later)"
+        default: return ""
+        }
+    }
+
+    /// Whether a new connection could get further (the network or the server hiccupped).
+    public var isRetryable: Bool {
+        switch self {
+        case .connect, .closed, .timeout, .corruptChunk: return true
+        case .server(_, _, let reply): return reply.knownCode == .shuttingDown || reply.knownCode == .tooMany || reply.knownCode == .serverError
+        case .protocolViolation: return true
+        default: return false
+        }
+    }
+
+    /// The process exit status for this error (documented in the README).
+    public var exitCode: Int32 {
+        switch self {
+        case .connect, .closed, .timeout: return 2
+        case .protocolViolation, .notFerry, .versionMismatch: return 2
+        case .server, .authentication, .refusedPath: return 3
+        case .integrity, .corruptChunk: return 4
+        case .local: return 5
+        }
+    }
+}

@@ -1,0 +1,189 @@
+import FerryFiles
+import FerryProtocol
+import NIOCore
+
+/// Encodes a byte source as a chunk stream (PROTOCOL.md section 7). Up to `window` chunks are
+/// read and compressed concurrently on the task pool while earlier ones are written, so both
+/// cores work and memory stays at about `window` × 2 × chunk size per connection.
+struct ChunkPipeline {
+    let writer: ReplyWriter
+    let policy: CompressionPolicy
+    let chunkSize: Int
+    static let window = 4
+
+    enum Source: Sendable {
+        case file(FileHandle)
+        case memory(ByteBuffer)
+    }
+
+    struct Encoded: Sendable {
+        var header: ChunkHeader
+        var wire: ByteBuffer
+        var raw: ByteBuffer
+    }
+
+    /// A read came back short: the file shrank while it was being sent.
+    struct ShortRead: Error {}
+
+    /// Streams bytes `[from, to)` of `source`; `onRaw` sees each chunk's raw bytes in order.
+    func stream(_ source: Source, from: Int64, to: Int64, onRaw: (ByteBuffer) -> Void) async throws {
+        let count = Int((to - from + Int64(chunkSize) - 1) / Int64(chunkSize))
+        guard count > 0 else { return }
+        let allocator = writer.allocator
+        let chunkSize = self.chunkSize
+        let policy = self.policy
+        try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
+            var next = 0
+            var ready: [Int: Encoded] = [:]
+            func launch(_ index: Int) {
+                let offset = from + Int64(index) * Int64(chunkSize)
+                let length = Int(min(Int64(chunkSize), to - offset))
+                group.addTask {
+                    (index, try Self.encode(source, offset: offset, length: length, policy: policy, allocator: allocator))
+                }
+            }
+            for i in 0..<min(Self.window, count) { launch(i) }
+            var launched = min(Self.window, count)
+            while next < count {
+                guard let (index, encoded) = try await group.next() else { break }
+                ready[index] = encoded
+                while let chunk = ready.removeValue(forKey: next) {
+                    onRaw(chunk.raw)
+                    try await writer.send(chunk: chunk.header, wire: chunk.wire)
+                    next += 1
+                    if launched < count {
+                        launch(launched)
+                        launched += 1
+                    }
+                }
+            }
+        }
+    }
+
+    private static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy,
+                               allocator: ByteBufferAllocator) throws -> Encoded {
+        var raw: ByteBuffer
+        switch source {
+        case .memory(let buffer):
+            guard let slice = buffer.getSlice(at: buffer.readerIndex + Int(offset), length: length) else { throw ShortRead() }
+            raw = slice
+        case .file(let handle):
+            raw = allocator.buffer(capacity: length)
+            var failure: SystemError?
+            raw.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { ptr in
+                do throws(SystemError) {
+                    return try handle.read(into: UnsafeMutableRawBufferPointer(rebasing: ptr[0..<length]), at: offset)
+                } catch {
+                    failure = error
+                    return 0
+                }
+            }
+            if let failure { throw failure }
+            if raw.readableBytes != length { throw ShortRead() }
+        }
+        var encoder = ChunkEncoder(policy: policy)
+        let (header, wire) = raw.withUnsafeReadableBytes { encoder.encode(raw: $0, offset: offset, allocator: allocator) }
+        return Encoded(header: header, wire: wire, raw: raw)
+    }
+}
+
+/// Answers `GET`.
+struct FileSender {
+    let server: FerryServer
+    let writer: ReplyWriter
+
+    func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
+        let (file, info) = try server.root.openFile(path)
+        if let validator, validator != info.validator { throw ServeError.changed(info.validator) }
+        guard offset <= info.size else {
+            throw ServeError.badRange("offset \(offset) is beyond the end of the file (size \(info.size))")
+        }
+        let end = length.map { min(info.size, offset + min($0, info.size - offset)) } ?? info.size
+        let canonical = try server.root.resolve(path, followFinal: true).canonical
+        let key = HashKey(info)
+        let known = server.hashCache.lookup(canonical, key)
+        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")")
+
+        var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
+        do {
+            if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
+            let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
+                                         chunkSize: server.configuration.chunkSize)
+            try await pipeline.stream(.file(file), from: offset, to: end) { raw in
+                raw.withUnsafeReadableBytes { hasher?.update($0) }
+            }
+            if hasher != nil && end < info.size { try hashRange(file, end, info.size, into: &hasher) }
+        } catch is ChunkPipeline.ShortRead {
+            try await writer.send(ErrorReply(.changed, "changed during transfer"))
+            return
+        } catch let error as SystemError {
+            try await writer.send(ErrorReply(.serverError, "reading \(path.wire) failed: \(error.message)"))
+            return
+        }
+        let after = try? file.stat()
+        guard let after, HashKey(after) == key else {
+            try await writer.send(ErrorReply(.changed, "changed during transfer"))
+            return
+        }
+        let sha: String
+        if let known {
+            sha = known
+        } else if let h = hasher {
+            sha = h.finalizeHex()
+            server.hashCache.store(canonical, key, sha256: sha)
+        } else {
+            sha = "-"  // unreachable: either known or hashed
+        }
+        try await writer.send(line: "END \(sha)")
+    }
+
+    private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
+        let step = 1 << 20
+        var position = from
+        while position < to {
+            let bytes = try file.read(count: Int(min(Int64(step), to - position)), at: position)
+            if bytes.isEmpty { break }
+            hasher?.update(bytes)
+            position += Int64(bytes.count)
+        }
+    }
+}
+
+/// Answers `MANIFEST`: walks the subtree, hashes files (through the cache) and streams the
+/// manifest text zlib-compressed.
+struct ManifestSender {
+    let server: FerryServer
+    let writer: ReplyWriter
+
+    func send(path: RemotePath, hashes: Bool) async throws {
+        let (dir, canonical) = try server.root.openDirectory(path)
+        let cache = server.hashCache
+        let entries: [Entry]
+        do {
+            entries = try TreeWalker.walk(directory: dir.fd) { dirFD, name, entry, info in
+                let cachePath = canonical.appending(entry.path)
+                if hashes {
+                    entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
+                } else {
+                    entry.sha256 = cache.lookup(cachePath, HashKey(info))
+                }
+            }
+        } catch {
+            switch error {
+            case .io(let e): throw ServeError.io(e)
+            case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
+            }
+        }
+        server.saveCache()
+        let text = Manifest(entries: entries).text
+        let buffer = ByteBuffer(string: text)
+        var hasher = SHA256Hasher()
+        try await writer.send(line: "OK \(entries.count)")
+        let policy: CompressionPolicy = server.configuration.compression == .off ? .off : .level(6)
+        let pipeline = ChunkPipeline(writer: writer, policy: policy, chunkSize: server.configuration.chunkSize)
+        try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes)) { raw in
+            raw.withUnsafeReadableBytes { hasher.update($0) }
+        }
+        try await writer.send(line: "END \(hasher.finalizeHex())")
+    }
+}

@@ -1,0 +1,172 @@
+import Crypto
+import FerryFiles
+import FerryProtocol
+import Logging
+import NIOCore
+
+/// Serves one connection: reads request lines and answers them strictly in order
+/// (pipelined requests simply wait in the inbound stream, which applies back-pressure).
+struct ConnectionHandler {
+    let server: FerryServer
+    let connection: NIOAsyncChannel<RequestFrame, ByteBuffer>
+
+    var logger: Logger { server.logger }
+    var root: ServedRoot { server.root }
+
+    /// Sends one error line to a connection that is not admitted, then closes it.
+    static func refuse(_ connection: NIOAsyncChannel<RequestFrame, ByteBuffer>, _ reply: ErrorReply) async {
+        try? await connection.executeThenClose { _, outbound in
+            try await outbound.write(ByteBuffer(string: reply.line + "\n"))
+        }
+    }
+
+    func run() async {
+        let peer = connection.channel.remoteAddress?.description ?? "?"
+        logger.debug("connection opened", metadata: ["peer": "\(peer)"])
+        do {
+            try await connection.executeThenClose { inbound, outbound in
+                let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator)
+                let nonce = server.configuration.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
+                var authenticated = nonce == nil
+                try await writer.send(line: server.greeting(nonce: nonce).line)
+                for try await frame in inbound {
+                    switch frame {
+                    case .tooLong:
+                        try await writer.send(ErrorReply(.tooLarge, "request line longer than \(FerryLimits.maxRequestLine) bytes"))
+                    case .notUTF8:
+                        try await writer.send(ErrorReply(.malformed, "request line is not valid UTF-8"))
+                    case .line(let text):
+                        let request: Request
+                        do throws(Request.ParseError) { request = try Request.parse(Substring(text)) } catch {
+                            try await writer.send(error.reply)
+                            continue
+                        }
+                        if case .quit = request {
+                            try await writer.send(line: "OK bye")
+                            return
+                        }
+                        if case .auth(let hex) = request {
+                            guard let nonce, let token = server.configuration.token else {
+                                try await writer.send(line: "OK auth")
+                                continue
+                            }
+                            if Authenticator.verify(hmacHex: hex, token: token, nonce: nonce) {
+                                authenticated = true
+                                try await writer.send(line: "OK auth")
+                                continue
+                            }
+                            logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
+                            try await Task.sleep(for: .milliseconds(500))
+                            try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token (check --token-file)"))
+                            return
+                        }
+                        guard authenticated else {
+                            try await writer.send(ErrorReply(.authRequired, "authentication required: this server needs a token (use --token-file)"))
+                            continue
+                        }
+                        try await handle(request, writer)
+                    }
+                }
+            }
+        } catch {
+            logger.debug("connection ended: \(error)", metadata: ["peer": "\(peer)"])
+        }
+        logger.debug("connection closed", metadata: ["peer": "\(peer)"])
+    }
+
+    private func handle(_ request: Request, _ writer: ReplyWriter) async throws {
+        do {
+            switch request {
+            case .list(let path):
+                let entries = try root.list(path)
+                var lines = ["OK \(entries.count)"]
+                lines.reserveCapacity(entries.count + 1)
+                for e in entries { lines.append(e.line) }
+                try await writer.send(lines: lines)
+            case .stat(let path):
+                try await writer.send(line: "OK " + (try root.stat(path)).line)
+            case .get(let path, let offset, let length, let validator):
+                try await FileSender(server: server, writer: writer)
+                    .send(path: path, offset: offset, length: length, validator: validator)
+            case .hash(let path, let offset, let length, let validator):
+                let (file, info) = try root.openFile(path)
+                try check(validator, info)
+                guard offset <= info.size, length <= info.size - offset else {
+                    throw ServeError.badRange("range \(offset)+\(length) is outside the file (size \(info.size))")
+                }
+                let sha: String
+                do { sha = try FileHashing.sha256(of: file, offset: offset, length: length) } catch { throw ServeError.io(error) }
+                try await writer.send(line: "OK \(sha)")
+            case .blocks(let path, let validator, let requested):
+                let (file, info) = try root.openFile(path)
+                try check(validator, info)
+                let blockSize = requested ?? BlockHashes.blockSize(forFileSize: info.size)
+                let count = BlockHashes.blockCount(fileSize: info.size, blockSize: blockSize)
+                guard count <= FerryLimits.maxBlockCount else {
+                    throw ServeError.tooLarge("\(count) blocks exceed the limit of \(FerryLimits.maxBlockCount); ask for a larger block size")
+                }
+                let hashes: [String]
+                do { hashes = try BlockHashes.compute(file: file, size: info.size, blockSize: blockSize) } catch { throw ServeError.io(error) }
+                try await writer.send(lines: ["OK \(info.size) \(info.mtime) \(blockSize) \(count)"] + hashes)
+            case .manifest(let path, let hashes):
+                try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes)
+            case .auth, .quit:
+                break  // handled by the caller
+            }
+        } catch let error as ServeError {
+            try await writer.send(error.reply)
+        }
+    }
+
+    private func check(_ validator: Validator?, _ info: FileInfo) throws(ServeError) {
+        if let validator, validator != info.validator { throw .changed(info.validator) }
+    }
+}
+
+/// Writes reply lines and chunk frames to a connection. Every write waits while the socket
+/// is backed up (NIO's writability), which is what bounds a connection's memory.
+struct ReplyWriter: Sendable {
+    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+    let allocator: ByteBufferAllocator
+
+    func send(line: String) async throws {
+        var b = allocator.buffer(capacity: line.utf8.count + 1)
+        b.writeString(line)
+        b.writeInteger(UInt8(0x0A))
+        try await outbound.write(b)
+    }
+
+    func send(_ error: ErrorReply) async throws {
+        try await send(line: error.line)
+    }
+
+    /// Sends many lines in writes of about 64 KiB.
+    func send(lines: [String]) async throws {
+        var b = allocator.buffer(capacity: 64 * 1024)
+        for line in lines {
+            b.writeString(line)
+            b.writeInteger(UInt8(0x0A))
+            if b.readableBytes >= 64 * 1024 {
+                try await outbound.write(b)
+                b.clear()
+            }
+        }
+        if b.readableBytes > 0 { try await outbound.write(b) }
+    }
+
+    func send(chunk header: ChunkHeader, wire: ByteBuffer) async throws {
+        let line = header.line
+        var b = allocator.buffer(capacity: line.utf8.count + 1)
+        b.writeString(line)
+        b.writeInteger(UInt8(0x0A))
+        try await outbound.write(contentsOf: [b, wire])
+    }
+}
+
+enum Authenticator {
+    static func verify(hmacHex: String, token: [UInt8], nonce: [UInt8]) -> Bool {
+        guard let given = Hex.decode(hmacHex) else { return false }
+        let key = SymmetricKey(data: token)
+        return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: nonce, using: key)
+    }
+}

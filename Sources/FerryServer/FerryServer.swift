@@ -1,0 +1,161 @@
+import FerryFiles
+import FerryProtocol
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// How a server is set up; the CLI fills it from `ferry serve`'s options.
+public struct ServerConfiguration: Sendable {
+    public var root: String
+    public var name: String
+    public var bindHost: String
+    public var port: Int
+    public var compression: CompressionPolicy
+    /// Where the hash cache is persisted; nil keeps it in memory.
+    public var hashCachePath: String?
+    /// HMAC token; nil means the server is open.
+    public var token: [UInt8]?
+    public var maxConnections: Int
+    public var idleTimeout: TimeAmount
+    public var chunkSize: Int
+
+    public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
+                compression: CompressionPolicy = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
+                maxConnections: Int = 256, idleTimeout: TimeAmount = .seconds(300),
+                chunkSize: Int = FerryLimits.defaultChunkSize) {
+        self.root = root
+        self.name = name
+        self.bindHost = bindHost
+        self.port = port
+        self.compression = compression
+        self.hashCachePath = hashCachePath
+        self.token = token
+        self.maxConnections = maxConnections
+        self.idleTimeout = idleTimeout
+        self.chunkSize = chunkSize
+    }
+}
+
+public enum ServerError: Error, CustomStringConvertible {
+    case cannotServe(String, SystemError)
+    case cannotBind(String, Int, String)
+
+    public var description: String {
+        switch self {
+        case .cannotServe(let path, let e):
+            return "cannot serve \(path): \(e.message) (check that it exists and is a readable directory)"
+        case .cannotBind(let host, let port, let why):
+            return "cannot listen on \(host):\(port): \(why) (is another server using the port? try --port 0 or another --port)"
+        }
+    }
+}
+
+/// A running ferry server. `start` binds; `run` serves until `shutdown()`.
+public final class FerryServer: Sendable {
+    public let configuration: ServerConfiguration
+    public let id: String
+    public let localAddress: SocketAddress
+    let root: ServedRoot
+    let hashCache: HashCache
+    let logger: Logger
+    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>
+    private let connections = NIOLockedValueBox(ConnectionRegistry())
+
+    struct ConnectionRegistry {
+        var open: [ObjectIdentifier: Channel] = [:]
+        var shuttingDown = false
+    }
+
+    /// Opens the root and binds the listening socket.
+    public static func start(_ configuration: ServerConfiguration, logger: Logger) async throws -> FerryServer {
+        let root: ServedRoot
+        do { root = try ServedRoot(path: configuration.root) } catch { throw ServerError.cannotServe(configuration.root, error) }
+        let channel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>
+        do {
+            channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
+                .serverChannelOption(.backlog, value: 256)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+                .bind(host: configuration.bindHost, port: configuration.port) { child in
+                    child.eventLoop.makeCompletedFuture {
+                        try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestLineDecoder()))
+                        return try NIOAsyncChannel<RequestFrame, ByteBuffer>(
+                            wrappingChannelSynchronously: child,
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 64)))
+                    }
+                }
+        } catch {
+            throw ServerError.cannotBind(configuration.bindHost, configuration.port, "\(error)")
+        }
+        guard let address = channel.channel.localAddress else {
+            throw ServerError.cannotBind(configuration.bindHost, configuration.port, "no local address")
+        }
+        return FerryServer(configuration: configuration, root: root, channel: channel, address: address, logger: logger)
+    }
+
+    private init(configuration: ServerConfiguration, root: ServedRoot,
+                 channel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>,
+                 address: SocketAddress, logger: Logger) {
+        self.configuration = configuration
+        self.root = root
+        self.serverChannel = channel
+        self.localAddress = address
+        self.logger = logger
+        self.id = Hex.encode(SystemRandomNumberGenerator.bytes(16))
+        self.hashCache = HashCache(persistingTo: configuration.hashCachePath)
+    }
+
+    public var port: Int { localAddress.port ?? configuration.port }
+
+    /// The greeting every connection starts with.
+    func greeting(nonce: [UInt8]?) -> Greeting {
+        Greeting(name: configuration.name, id: id, nonce: nonce)
+    }
+
+    /// Accepts and serves connections until `shutdown()` is called.
+    public func run() async throws {
+        try await withThrowingDiscardingTaskGroup { group in
+            try await serverChannel.executeThenClose { inbound in
+                for try await connection in inbound {
+                    let admitted = connections.withLockedValue { reg -> Bool in
+                        if reg.shuttingDown || reg.open.count >= configuration.maxConnections { return false }
+                        reg.open[ObjectIdentifier(connection.channel)] = connection.channel
+                        return true
+                    }
+                    group.addTask {
+                        if admitted {
+                            await ConnectionHandler(server: self, connection: connection).run()
+                            self.connections.withLockedValue { _ = $0.open.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+                        } else {
+                            await ConnectionHandler.refuse(connection, ErrorReply(.tooMany, "too many connections (limit \(self.configuration.maxConnections)); try again later"))
+                        }
+                    }
+                }
+            }
+        }
+        saveCache()
+    }
+
+    /// Stops accepting, closes every connection, and lets `run()` return.
+    public func shutdown() {
+        let open = connections.withLockedValue { reg -> [Channel] in
+            reg.shuttingDown = true
+            return Array(reg.open.values)
+        }
+        serverChannel.channel.close(promise: nil)
+        for channel in open { channel.close(promise: nil) }
+    }
+
+    func saveCache() {
+        do { try hashCache.save() } catch { logger.warning("could not save the hash cache: \(error)") }
+    }
+}
+
+extension SystemRandomNumberGenerator {
+    static func bytes(_ count: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        return (0..<count).map { _ in UInt8.random(in: 0...255, using: &g) }
+    }
+}
