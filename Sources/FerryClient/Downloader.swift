@@ -1,0 +1,165 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryFiles
+import FerryProtocol
+import Logging
+
+/// Retry policy for dropped connections: exponential backoff from `initialDelay`, capped.
+public struct RetryPolicy: Sendable {
+    public var retries: Int
+    public var initialDelay: Duration
+    public var maxDelay: Duration
+
+    public init(retries: Int = 5, initialDelay: Duration = .milliseconds(250), maxDelay: Duration = .seconds(8)) {
+        self.retries = retries
+        self.initialDelay = initialDelay
+        self.maxDelay = maxDelay
+    }
+
+    func delay(afterAttempt attempt: Int) -> Duration {
+        var d = initialDelay
+        for _ in 0..<min(attempt, 16) { d = d * 2 }
+        return min(d, maxDelay)
+    }
+}
+
+/// `ferry get`: one file, resumable, verified, renamed into place only when complete.
+public struct Downloader {
+    public struct Options: Sendable {
+        public var connection: ConnectionOptions
+        public var retry: RetryPolicy
+        public var resume: Bool
+
+        public init(connection: ConnectionOptions = ConnectionOptions(), retry: RetryPolicy = RetryPolicy(), resume: Bool = true) {
+            self.connection = connection
+            self.retry = retry
+            self.resume = resume
+        }
+    }
+
+    public struct Result: Sendable {
+        public var path: RemotePath
+        public var localPath: String
+        public var size: Int64
+        public var sha256: String
+        public var bytesWritten: Int64
+        public var wireBytes: Int64
+        public var resumedFrom: Int64
+        public var retries: Int
+    }
+
+    /// Events for the progress display.
+    public enum Event: Sendable {
+        case started(size: Int64, resumedFrom: Int64)
+        case bytes(Int)
+        case retrying(attempt: Int, of: Int, reason: String, delay: Duration)
+        case changedOnServer
+    }
+
+    public let endpoint: Endpoint
+    public let options: Options
+    public let logger: Logger
+
+    public init(endpoint: Endpoint, options: Options, logger: Logger) {
+        self.endpoint = endpoint
+        self.options = options
+        self.logger = logger
+    }
+
+    /// Where partial data for `localPath` is kept: `.NAME.ferry-partial` beside it.
+    public static func partialPath(for localPath: String) -> String {
+        let slash = localPath.lastIndex(of: "/")
+        let dir = slash.map { String(localPath[...$0]) } ?? ""
+        let name = slash.map { String(localPath[localPath.index(after: $0)...]) } ?? localPath
+        return dir + "." + name + ".ferry-partial"
+    }
+
+    public func get(_ path: RemotePath, to localPath: String, onEvent: (Event) -> Void = { _ in }) async throws -> Result {
+        let counter = ByteCounter()
+        var attempt = 0
+        var changes = 0
+        var written: Int64 = 0
+        while true {
+            do {
+                return try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { connection in
+                    let (target, entry) = try await Self.statFile(path, on: connection)
+                    let identity = PartialIdentity(size: entry.size, mtime: entry.mtime, sha256: nil)
+                    let transfer = try FileTransfer(path: target, identity: identity,
+                                                    partialPath: Self.partialPath(for: localPath), resume: options.resume)
+                    try await transfer.verifyKeptData(on: connection)
+                    onEvent(.started(size: entry.size, resumedFrom: transfer.partial.verified))
+                    try await connection.send(transfer.request)
+                    try await transfer.receive(on: connection) { n in
+                        written += Int64(n)
+                        onEvent(.bytes(n))
+                    }
+                    try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
+                    return Result(path: target, localPath: localPath, size: entry.size,
+                                  sha256: transfer.hasherHex, bytesWritten: written, wireBytes: counter.count,
+                                  resumedFrom: transfer.resumedFrom, retries: attempt)
+                }
+            } catch let changed as FileTransfer.Changed {
+                changes += 1
+                logger.info("\(changed.path) changed on the server; fetching the new version whole")
+                onEvent(.changedOnServer)
+                if changes > 3 {
+                    throw ClientError.integrity(path: path.description, "the file keeps changing on the server; try again when it is stable")
+                }
+            } catch let error as ClientError where error.isRetryable && attempt < options.retry.retries {
+                attempt += 1
+                let delay = options.retry.delay(afterAttempt: attempt - 1)
+                onEvent(.retrying(attempt: attempt, of: options.retry.retries, reason: error.description, delay: delay))
+                try await Task.sleep(for: delay)
+            }
+        }
+    }
+
+    /// STATs `path`, following symlinks lexically inside the served tree (as the server's
+    /// `GET` does), and returns the file's path and entry.
+    static func statFile(_ path: RemotePath, on connection: FerryConnection) async throws -> (RemotePath, Entry) {
+        var current = path
+        for _ in 0...FerryLimits.maxSymlinkHops {
+            let entry = try await connection.stat(current)
+            switch entry.type {
+            case .file:
+                return (current, entry)
+            case .symlink:
+                guard let target = entry.target, let next = resolveLink(at: current, target: target) else {
+                    throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)",
+                                             ErrorReply(.pathRefused, "\(current) is a symlink that leads outside the served directory"))
+                }
+                current = next
+            case .directory:
+                throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)",
+                                         ErrorReply(.wrongType, "\(path) is a directory (use `ferry sync` to copy a directory)"))
+            case .other:
+                throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)",
+                                         ErrorReply(.wrongType, "\(path) is not a regular file"))
+            }
+        }
+        throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)",
+                                 ErrorReply(.pathRefused, "too many symlinks"))
+    }
+
+    /// The path a relative symlink at `link` points to, or nil if it leaves the tree.
+    public static func resolveLink(at link: RemotePath, target: [UInt8]) -> RemotePath? {
+        if target.first == 0x2F { return nil }
+        var parts = (link.parent ?? .root).components.map(Array.init)
+        for c in target.split(separator: 0x2F) {
+            if c.elementsEqual([0x2E]) { continue }
+            if c.elementsEqual([0x2E, 0x2E]) {
+                if parts.isEmpty { return nil }
+                parts.removeLast()
+                continue
+            }
+            parts.append(Array(c))
+        }
+        return try? RemotePath(validating: Array(parts.joined(separator: [0x2F])))
+    }
+}
+
+extension FileTransfer {
+    /// The verified SHA-256 of the completed file.
+    public var hasherHex: String { hasher.finalizeHex() }
+}

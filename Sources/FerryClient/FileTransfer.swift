@@ -1,0 +1,207 @@
+import FerryFiles
+import FerryProtocol
+import Logging
+import NIOCore
+
+/// One file being fetched into a `PartialFile`: verification of data kept from an earlier
+/// run, the `GET` for the rest, and the checks that decide whether it may be renamed into place.
+public final class FileTransfer {
+    public let path: RemotePath
+    public let identity: PartialIdentity
+    public let partial: PartialFile
+    /// SHA-256 over the partial's verified prefix, continued as chunks arrive.
+    var hasher = SHA256Hasher()
+    public private(set) var resumedFrom: Int64 = 0
+
+    /// The file changed on the server (validator mismatch); the partial has been discarded.
+    public struct Changed: Error, CustomStringConvertible {
+        public let path: RemotePath
+        public let now: Validator?
+        public var description: String { "\(path) changed on the server while it was being fetched" }
+    }
+
+    public init(path: RemotePath, identity: PartialIdentity, partialPath: String, resume: Bool) throws(ClientError) {
+        self.path = path
+        self.identity = identity
+        do {
+            self.partial = try PartialFile.open(at: partialPath, for: identity, label: path.description, allowResume: resume)
+        } catch {
+            throw .local(error)
+        }
+    }
+
+    /// Whether data from an earlier run is waiting to be verified.
+    public var needsVerification: Bool { partial.verified > 0 && resumedFrom == 0 && hasherBytes == 0 }
+    private var hasherBytes: Int64 = 0
+
+    /// Checks the kept prefix against the server, so a truncated or corrupted partial can
+    /// never be continued: one `HASH` of the whole prefix, and on a mismatch `BLOCKS` to keep
+    /// the longest prefix of matching blocks. Leaves `hasher` covering the kept prefix.
+    public func verifyKeptData(on connection: FerryConnection) async throws {
+        let kept = partial.verified
+        guard kept > 0 else { return }
+        let local = try localHash(upTo: kept)
+        let remote: String
+        do {
+            remote = try await connection.hash(path, offset: 0, length: kept, validator: identity.validator)
+        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
+            partial.discard()
+            throw Changed(path: path, now: nil)
+        }
+        if remote == local.hex {
+            hasher = local.hasher
+            hasherBytes = kept
+            resumedFrom = kept
+            return
+        }
+        let blocks = try await connection.blocks(path, validator: identity.validator)
+        var good: Int64 = 0
+        for (i, expected) in blocks.hashes.enumerated() {
+            let offset = Int64(i) * Int64(blocks.blockSize)
+            let length = min(Int64(blocks.blockSize), blocks.size - offset)
+            guard offset + length <= kept else { break }
+            let bytes: [UInt8]
+            do { bytes = try partial.read(count: Int(length), at: offset) } catch { throw ClientError.local(error) }
+            guard bytes.count == Int(length), SHA256Hasher.hex(bytes) == expected else { break }
+            good = offset + length
+        }
+        do { try partial.truncate(to: good) } catch { throw ClientError.local(error) }
+        let prefix = try localHash(upTo: good)
+        hasher = prefix.hasher
+        hasherBytes = good
+        resumedFrom = good
+    }
+
+    private func localHash(upTo length: Int64) throws(ClientError) -> (hasher: SHA256Hasher, hex: String) {
+        var h = SHA256Hasher()
+        var position: Int64 = 0
+        while position < length {
+            let bytes: [UInt8]
+            do { bytes = try partial.read(count: Int(min(1 << 20, length - position)), at: position) } catch { throw .local(error) }
+            if bytes.isEmpty { break }
+            h.update(bytes)
+            position += Int64(bytes.count)
+        }
+        let copy = h
+        return (copy, h.finalizeHex())
+    }
+
+    /// The request for the rest of the file.
+    public var request: Request {
+        .get(path, offset: partial.verified, length: nil, validator: identity.validator)
+    }
+
+    /// Reads the reply to `request` and writes the verified chunks. Returns when the whole
+    /// file is in the partial and its SHA-256 matches the server's; throws otherwise, keeping
+    /// every verified chunk for the next attempt.
+    public func receive(on connection: FerryConnection, onBytes: (Int) -> Void) async throws {
+        let status = try await connection.readStatus(for: "GET \(path)")
+        switch status {
+        case .err(let reply):
+            if reply.knownCode == .changed {
+                partial.discard()
+                throw Changed(path: path, now: Validator(Substring(reply.reason.split(separator: " ").last ?? "")))
+            }
+            throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)", reply)
+        case .ok(let f):
+            guard f.count == 3, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
+                  f[2] == "-" || isSHA256Hex(f[2]) else {
+                throw connection.violation("bad GET reply")
+            }
+            guard size == identity.size, mtime == identity.mtime else {
+                // The server must answer 409 for a validator mismatch; treat a lie the same way.
+                partial.discard()
+                throw Changed(path: path, now: Validator(size: size, mtime: mtime))
+            }
+        }
+        var next = partial.verified
+        var inflight: [(ChunkHeader, Task<ByteBuffer, Error>)] = []
+        let window = 4
+        let label = path.description
+
+        do {
+            while true {
+                switch try await connection.nextStreamItem() {
+                case .chunk(let header, let wire):
+                    guard header.offset == next else {
+                        throw connection.violation("chunk at offset \(header.offset), expected \(next)")
+                    }
+                    guard header.offset + Int64(header.rawLength) <= identity.size else {
+                        throw connection.violation("chunk reaches past the announced size \(identity.size)")
+                    }
+                    next += Int64(header.rawLength)
+                    let allocator = connection.allocator
+                    inflight.append((header, Self.startDecode(header, wire, allocator: allocator, label: label)))
+                    if inflight.count >= window { try await commit(inflight.removeFirst(), onBytes) }
+                case .end(let sha):
+                    while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
+                    guard partial.verified == identity.size else {
+                        throw connection.violation("stream ended at \(partial.verified) of \(identity.size) bytes")
+                    }
+                    let mine = hasher.finalizeHex()
+                    guard sha == mine, identity.sha256 == nil || identity.sha256 == mine else {
+                        partial.discard()
+                        throw ClientError.integrity(path: label, "SHA-256 mismatch (server \(sha.prefix(12))…, received \(mine.prefix(12))…)")
+                    }
+                    return
+                case .error(let reply):
+                    while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
+                    if reply.knownCode == .changed {
+                        partial.discard()
+                        throw Changed(path: path, now: nil)
+                    }
+                    throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)", reply)
+                }
+            }
+        } catch {
+            // Keep what was verified; let in-flight decodes finish before the partial is reused.
+            for (_, task) in inflight { _ = try? await task.value }
+            throw error
+        }
+    }
+
+    private func commit(_ item: (ChunkHeader, Task<ByteBuffer, Error>), _ onBytes: (Int) -> Void) async throws {
+        let (header, task) = item
+        let raw = try await task.value
+        let result: Result<Void, SystemError> = raw.withUnsafeReadableBytes { p in
+            do throws(SystemError) {
+                try partial.append(p, at: header.offset)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        if case .failure(let e) = result { throw ClientError.local(e) }
+        raw.withUnsafeReadableBytes { hasher.update($0) }
+        hasherBytes += Int64(header.rawLength)
+        onBytes(header.rawLength)
+    }
+
+    /// Inflates and checks a chunk on the task pool, so several chunks decode in parallel.
+    static func startDecode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator,
+                            label: String) -> Task<ByteBuffer, Error> {
+        Task { try decode(header, wire, allocator: allocator, label: label) }
+    }
+
+    static func decode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator, label: String) throws -> ByteBuffer {
+        var out = allocator.buffer(capacity: header.rawLength)
+        var failure: ChunkError?
+        out.writeWithUnsafeMutableBytes(minimumWritableBytes: header.rawLength) { ptr in
+            do throws(ChunkError) {
+                try ChunkDecoder.decode(header: header, wire: wire,
+                                        into: UnsafeMutableRawBufferPointer(rebasing: ptr[0..<header.rawLength]))
+                return header.rawLength
+            } catch {
+                failure = error
+                return 0
+            }
+        }
+        if let failure { throw ClientError.corruptChunk(path: label, failure) }
+        return out
+    }
+
+    /// Sets mode and mtime and renames the verified file into place.
+    public func finish(to finalPath: String, mode: UInt32, mtime: Timestamp) throws(ClientError) {
+        do { try partial.finish(to: finalPath, mode: mode, mtime: mtime) } catch { throw .local(error) }
+    }
+}

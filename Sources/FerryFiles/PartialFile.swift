@@ -1,0 +1,143 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryProtocol
+
+/// The server file a partial download belongs to. A partial is only ever continued for the
+/// same identity, so a resumed file can never be a splice of two versions.
+public struct PartialIdentity: Hashable, Sendable {
+    public var size: Int64
+    public var mtime: Timestamp
+    /// The server's SHA-256 of the whole file when it was known.
+    public var sha256: String?
+
+    public init(size: Int64, mtime: Timestamp, sha256: String?) {
+        self.size = size
+        self.mtime = mtime
+        self.sha256 = sha256
+    }
+
+    public var validator: Validator { Validator(size: size, mtime: mtime) }
+}
+
+/// Data received so far for one file, plus a small sidecar (`<data>.meta`) naming the server
+/// file's identity and how many leading bytes are whole, checksum-verified chunks. The
+/// sidecar is updated after each chunk is written, so an interruption of any kind (Ctrl-C,
+/// `kill -9`, a dropped connection) loses at most the chunk in flight.
+public final class PartialFile {
+    public let dataPath: String
+    public var metaPath: String { dataPath + ".meta" }
+    public let identity: PartialIdentity
+    public private(set) var verified: Int64
+    let handle: FileHandle
+    let label: String
+
+    static let magic = "ferry-partial 1"
+
+    private init(dataPath: String, identity: PartialIdentity, verified: Int64, handle: FileHandle, label: String) {
+        self.dataPath = dataPath
+        self.identity = identity
+        self.verified = verified
+        self.handle = handle
+        self.label = label
+    }
+
+    /// Reads the identity and verified length of an existing partial, if there is a valid one.
+    public static func existing(at dataPath: String) -> (PartialIdentity, Int64)? {
+        guard let bytes = try? AtomicFile.read(dataPath + ".meta", limit: 4096) else { return nil }
+        let lines = String(decoding: bytes, as: UTF8.self).split(separator: "\n")
+        guard lines.first.map(String.init) == magic else { return nil }
+        var fields: [Substring: Substring] = [:]
+        for line in lines.dropFirst() {
+            guard let eq = line.firstIndex(of: "=") else { continue }
+            fields[line[..<eq]] = line[line.index(after: eq)...]
+        }
+        guard let sizeText = fields["size"], let size = parseWireNumber(sizeText),
+              let mtimeText = fields["mtime"], let mtime = Timestamp(mtimeText),
+              let shaText = fields["sha256"], shaText == "-" || isSHA256Hex(shaText),
+              let vText = fields["verified"], let verified = parseWireNumber(vText.drop(while: { $0 == " " })),
+              verified <= size else { return nil }
+        guard let info = try? POSIX.lstat(dataPath), info.type == .file else { return nil }
+        return (PartialIdentity(size: size, mtime: mtime, sha256: shaText == "-" ? nil : String(shaText)),
+                min(verified, info.size))
+    }
+
+    /// Opens a partial for `identity`: continues an existing one with the same identity
+    /// (keeping its verified length, which the caller must still check against the server),
+    /// or starts a new, empty one.
+    public static func open(at dataPath: String, for identity: PartialIdentity, label: String,
+                            allowResume: Bool = true) throws(SystemError) -> PartialFile {
+        var verified: Int64 = 0
+        if allowResume, let (old, v) = existing(at: dataPath),
+           old.size == identity.size, old.mtime == identity.mtime,
+           old.sha256 == nil || identity.sha256 == nil || old.sha256 == identity.sha256 {
+            verified = v
+        }
+        let flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (verified == 0 ? O_TRUNC : 0)
+        let fd = retryingEINTR { Glibc.open(dataPath, flags, 0o600) }
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "create", path: dataPath) }
+        let partial = PartialFile(dataPath: dataPath, identity: identity, verified: verified,
+                                  handle: FileHandle(fd: fd), label: label)
+        try partial.writeMeta()
+        return partial
+    }
+
+    /// Writes raw bytes at the verified end and advances it (chunks arrive in order).
+    public func append(_ raw: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
+        precondition(offset == verified, "chunks are appended in order")
+        try handle.write(raw, at: offset, path: dataPath)
+        verified += Int64(raw.count)
+        try writeMeta()
+    }
+
+    /// Forgets everything after `length` (used when verification finds a bad tail).
+    public func truncate(to length: Int64) throws(SystemError) {
+        guard ftruncate(handle.fd, off_t(length)) == 0 else {
+            throw SystemError(errno: errno, operation: "truncate", path: dataPath)
+        }
+        verified = min(verified, length)
+        try writeMeta()
+    }
+
+    /// Reads bytes back (for verification and block reuse).
+    public func read(count: Int, at offset: Int64) throws(SystemError) -> [UInt8] {
+        try handle.read(count: count, at: offset)
+    }
+
+    public var fileHandle: FileHandle { handle }
+
+    private func writeMeta() throws(SystemError) {
+        let text = "\(Self.magic)\nsize=\(identity.size)\nmtime=\(identity.mtime)\nsha256=\(identity.sha256 ?? "-")\n"
+            + "file=\(PercentEncoding.encode(Array(label.utf8)))\nverified=\(verified)\n"
+        let fd = retryingEINTR { Glibc.open(metaPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "create", path: metaPath) }
+        try FileHandle(fd: fd).write(Array(text.utf8), at: 0, path: metaPath)
+    }
+
+    /// Sets mode and mtime, flushes, and renames the data into place; removes the sidecar.
+    public func finish(to finalPath: String, mode: UInt32, mtime: Timestamp) throws(SystemError) {
+        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
+            throw SystemError(errno: errno, operation: "chmod", path: dataPath)
+        }
+        var times = [timespec(tv_sec: time_t(mtime.seconds), tv_nsec: Int(mtime.nanoseconds)),
+                     timespec(tv_sec: time_t(mtime.seconds), tv_nsec: Int(mtime.nanoseconds))]
+        guard futimens(handle.fd, &times) == 0 else {
+            throw SystemError(errno: errno, operation: "set mtime of", path: dataPath)
+        }
+        guard rename(dataPath, finalPath) == 0 else {
+            throw SystemError(errno: errno, operation: "rename into place", path: finalPath)
+        }
+        unlink(metaPath)
+    }
+
+    /// Deletes the partial data and its sidecar.
+    public func discard() {
+        unlink(dataPath)
+        unlink(metaPath)
+    }
+
+    public static func discard(at dataPath: String) {
+        unlink(dataPath)
+        unlink(dataPath + ".meta")
+    }
+}
