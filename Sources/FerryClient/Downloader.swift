@@ -89,14 +89,15 @@ public struct Downloader {
                                                     partialPath: Self.partialPath(for: localPath), resume: options.resume)
                     try await transfer.verifyKeptData(on: connection)
                     onEvent(.started(size: entry.size, resumedFrom: transfer.partial.verified))
-                    try await connection.send(transfer.request)
-                    try await transfer.receive(on: connection) { n in
+                    try await connection.send(transfer.request())
+                    let sha = try await transfer.receive(on: connection) { n in
                         written += Int64(n)
                         onEvent(.bytes(n))
                     }
+                    try transfer.complete(expected: sha)
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
-                                  sha256: transfer.hasherHex, bytesWritten: written, wireBytes: counter.count,
+                                  sha256: sha, bytesWritten: written, wireBytes: counter.count,
                                   resumedFrom: transfer.resumedFrom, retries: attempt)
                 }
             } catch let changed as FileTransfer.Changed {
@@ -157,9 +158,4 @@ public struct Downloader {
         }
         return try? RemotePath(validating: Array(parts.joined(separator: [0x2F])))
     }
-}
-
-extension FileTransfer {
-    /// The verified SHA-256 of the completed file.
-    public var hasherHex: String { hasher.finalizeHex() }
 }

@@ -86,15 +86,46 @@ public final class FileTransfer {
         return (copy, h.finalizeHex())
     }
 
-    /// The request for the rest of the file.
-    public var request: Request {
-        .get(path, offset: partial.verified, length: nil, validator: identity.validator)
+    /// The request for the rest of the file, or for the bytes up to `end`.
+    public func request(upTo end: Int64? = nil) -> Request {
+        .get(path, offset: partial.verified, length: end.map { $0 - partial.verified }, validator: identity.validator)
     }
 
-    /// Reads the reply to `request` and writes the verified chunks. Returns when the whole
-    /// file is in the partial and its SHA-256 matches the server's; throws otherwise, keeping
-    /// every verified chunk for the next attempt.
-    public func receive(on connection: FerryConnection, onBytes: (Int) -> Void) async throws {
+    /// Appends bytes that are already known to be right (blocks of an old local copy whose
+    /// hashes matched the server's block hashes).
+    public func appendVerified(_ bytes: [UInt8]) throws(ClientError) {
+        let result: Result<Void, SystemError> = bytes.withUnsafeBytes { p in
+            do throws(SystemError) {
+                try partial.append(p, at: partial.verified)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        if case .failure(let e) = result { throw .local(e) }
+        hasher.update(bytes)
+        hasherBytes += Int64(bytes.count)
+    }
+
+    /// Checks that the whole file is present and its SHA-256 is `expected` (the server's);
+    /// on a mismatch the partial is discarded so the next run starts clean.
+    public func complete(expected sha: String) throws(ClientError) {
+        guard partial.verified == identity.size else {
+            throw .integrity(path: path.description, "only \(partial.verified) of \(identity.size) bytes arrived")
+        }
+        let mine = hasher.finalizeHex()
+        guard sha == mine, identity.sha256 == nil || identity.sha256 == mine else {
+            partial.discard()
+            throw .integrity(path: path.description, "SHA-256 mismatch (server \(sha.prefix(12))…, received \(mine.prefix(12))…)")
+        }
+    }
+
+    /// Reads the reply to `request(upTo:)` and writes the verified chunks; returns the END
+    /// line's SHA-256 (of the whole file) once the range is complete. Throws otherwise,
+    /// keeping every verified chunk for the next attempt.
+    @discardableResult
+    public func receive(on connection: FerryConnection, until end: Int64? = nil, onBytes: (Int) -> Void) async throws -> String {
+        let rangeEnd = end ?? identity.size
         let status = try await connection.readStatus(for: "GET \(path)")
         switch status {
         case .err(let reply):
@@ -126,8 +157,8 @@ public final class FileTransfer {
                     guard header.offset == next else {
                         throw connection.violation("chunk at offset \(header.offset), expected \(next)")
                     }
-                    guard header.offset + Int64(header.rawLength) <= identity.size else {
-                        throw connection.violation("chunk reaches past the announced size \(identity.size)")
+                    guard header.offset + Int64(header.rawLength) <= rangeEnd else {
+                        throw connection.violation("chunk reaches past the end of the requested range (\(rangeEnd))")
                     }
                     next += Int64(header.rawLength)
                     let allocator = connection.allocator
@@ -135,15 +166,10 @@ public final class FileTransfer {
                     if inflight.count >= window { try await commit(inflight.removeFirst(), onBytes) }
                 case .end(let sha):
                     while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
-                    guard partial.verified == identity.size else {
-                        throw connection.violation("stream ended at \(partial.verified) of \(identity.size) bytes")
+                    guard partial.verified == rangeEnd else {
+                        throw connection.violation("stream ended at \(partial.verified), expected \(rangeEnd)")
                     }
-                    let mine = hasher.finalizeHex()
-                    guard sha == mine, identity.sha256 == nil || identity.sha256 == mine else {
-                        partial.discard()
-                        throw ClientError.integrity(path: label, "SHA-256 mismatch (server \(sha.prefix(12))…, received \(mine.prefix(12))…)")
-                    }
-                    return
+                    return sha
                 case .error(let reply):
                     while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
                     if reply.knownCode == .changed {

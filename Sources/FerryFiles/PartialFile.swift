@@ -114,20 +114,29 @@ public final class PartialFile {
         try FileHandle(fd: fd).write(Array(text.utf8), at: 0, path: metaPath)
     }
 
-    /// Sets mode and mtime, flushes, and renames the data into place; removes the sidecar.
+    /// Sets mode and mtime and renames the data to `finalPath`; removes the sidecar.
     public func finish(to finalPath: String, mode: UInt32, mtime: Timestamp) throws(SystemError) {
-        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
-            throw SystemError(errno: errno, operation: "chmod", path: dataPath)
-        }
-        var times = [timespec(tv_sec: time_t(mtime.seconds), tv_nsec: Int(mtime.nanoseconds)),
-                     timespec(tv_sec: time_t(mtime.seconds), tv_nsec: Int(mtime.nanoseconds))]
-        guard futimens(handle.fd, &times) == 0 else {
-            throw SystemError(errno: errno, operation: "set mtime of", path: dataPath)
-        }
+        try prepareForPlacement(mode: mode, mtime: mtime)
         guard rename(dataPath, finalPath) == 0 else {
             throw SystemError(errno: errno, operation: "rename into place", path: finalPath)
         }
         unlink(metaPath)
+    }
+
+    /// Sets mode and mtime and moves the data to `path` inside `tree` (never through a
+    /// symlink); removes the sidecar. The partial must live in `partialDir` of the same tree.
+    public func finish(into tree: LocalTree, at path: RemotePath, partialDir: FileHandle, mode: UInt32, mtime: Timestamp) throws(SystemError) {
+        try prepareForPlacement(mode: mode, mtime: mtime)
+        let name = Array((dataPath.split(separator: "/").last.map(String.init) ?? dataPath).utf8)
+        try tree.moveIntoPlace(fromDir: partialDir.fd, fromName: name, to: path)
+        unlink(metaPath)
+    }
+
+    private func prepareForPlacement(mode: UInt32, mtime: Timestamp) throws(SystemError) {
+        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
+            throw SystemError(errno: errno, operation: "chmod", path: dataPath)
+        }
+        try LocalTree.setMtime(handle.fd, mtime, display: dataPath)
     }
 
     /// Deletes the partial data and its sidecar.

@@ -1,0 +1,140 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryProtocol
+
+/// A destination directory that ferry writes into. Every operation walks from the root one
+/// component at a time with `O_NOFOLLOW`, so nothing is ever created, replaced or removed
+/// through a symlink — whatever a manifest says and whatever links already sit in DEST.
+public final class LocalTree {
+    public let rootPath: String
+    public let root: FileHandle
+
+    public init(path: String, create: Bool) throws(SystemError) {
+        if create {
+            _ = mkdir(path, 0o755)  // EEXIST is fine; anything else shows up in open() below
+        }
+        let fd = retryingEINTR { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: path) }
+        rootPath = path
+        root = FileHandle(fd: fd)
+    }
+
+    public func display(_ path: RemotePath) -> String {
+        path.isRoot ? rootPath : (rootPath.hasSuffix("/") ? rootPath : rootPath + "/") + path.description
+    }
+
+    /// Opens the directory `path` (every component a real directory, not a symlink).
+    public func openDirectory(_ path: RemotePath) throws(SystemError) -> FileHandle {
+        var dir = FileHandle(fd: dup(root.fd))
+        for component in path.components {
+            let fd = POSIX.openAt(dir.fd, Array(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: display(path)) }
+            dir = FileHandle(fd: fd)
+        }
+        return dir
+    }
+
+    /// The parent directory of `path`, opened safely, and the final name.
+    public func parent(of path: RemotePath) throws(SystemError) -> (FileHandle, [UInt8]) {
+        (try openDirectory(path.parent ?? .root), path.name)
+    }
+
+    /// What is at `path` now (symlinks described, not followed); nil when nothing is.
+    public func lstat(_ path: RemotePath) -> FileInfo? {
+        guard let (dir, name) = try? parent(of: path) else { return nil }
+        return POSIX.statAt(dir.fd, name).0
+    }
+
+    public func readlink(_ path: RemotePath) -> [UInt8]? {
+        guard let (dir, name) = try? parent(of: path) else { return nil }
+        return POSIX.readlinkAt(dir.fd, name)
+    }
+
+    /// Opens a regular file for reading without following a final symlink.
+    public func openFile(_ path: RemotePath) throws(SystemError) -> FileHandle {
+        let (dir, name) = try parent(of: path)
+        let fd = POSIX.openAt(dir.fd, name, O_RDONLY | O_NOFOLLOW)
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display(path)) }
+        return FileHandle(fd: fd)
+    }
+
+    public func makeDirectory(_ path: RemotePath, mode: UInt32) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        let r = withCPath(name) { mkdirat(dir.fd, $0, mode_t(mode & 0o7777 | 0o700)) }
+        if r != 0 && errno != EEXIST { throw SystemError(errno: errno, operation: "create directory", path: display(path)) }
+    }
+
+    public func makeSymlink(_ path: RemotePath, target: [UInt8]) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        let r = withCPath(target) { t in withCPath(name) { symlinkat(t, dir.fd, $0) } }
+        if r != 0 { throw SystemError(errno: errno, operation: "create symlink", path: display(path)) }
+    }
+
+    /// Removes whatever is at `path`; a directory with everything in it.
+    public func remove(_ path: RemotePath) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        try Self.removeEntry(dirFD: dir.fd, name: name, display: display(path))
+    }
+
+    static func removeEntry(dirFD: Int32, name: [UInt8], display: String) throws(SystemError) {
+        let (info, err) = POSIX.statAt(dirFD, name)
+        guard let info else {
+            if err == ENOENT { return }
+            throw SystemError(errno: err, operation: "stat", path: display)
+        }
+        if info.type == .directory {
+            let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: display) }
+            let sub = FileHandle(fd: fd)
+            for child in try POSIX.readDirectoryNames(sub.fd) {
+                try removeEntry(dirFD: sub.fd, name: child, display: display + "/" + String(decoding: child, as: UTF8.self))
+            }
+            let r = withCPath(name) { unlinkat(dirFD, $0, AT_REMOVEDIR) }
+            if r != 0 && errno != ENOENT { throw SystemError(errno: errno, operation: "remove directory", path: display) }
+        } else {
+            let r = withCPath(name) { unlinkat(dirFD, $0, 0) }
+            if r != 0 && errno != ENOENT { throw SystemError(errno: errno, operation: "remove", path: display) }
+        }
+    }
+
+    /// Moves a finished file (in `fromDir` under `fromName`) to `path`, replacing a file or
+    /// symlink there; a directory in the way is removed first.
+    public func moveIntoPlace(fromDir: Int32, fromName: [UInt8], to path: RemotePath) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        if let info = POSIX.statAt(dir.fd, name).0, info.type == .directory {
+            try Self.removeEntry(dirFD: dir.fd, name: name, display: display(path))
+        }
+        let r = withCPath(fromName) { f in withCPath(name) { renameat(fromDir, f, dir.fd, $0) } }
+        if r != 0 { throw SystemError(errno: errno, operation: "rename into place", path: display(path)) }
+    }
+
+    /// Sets permission bits and mtime of a directory or file (never through a symlink).
+    public func setAttributes(_ path: RemotePath, mode: UInt32, mtime: Timestamp) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        let isRoot = path.isRoot
+        let fd = isRoot ? dup(root.fd) : POSIX.openAt(dir.fd, name, O_RDONLY | O_NOFOLLOW)
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display(path)) }
+        let handle = FileHandle(fd: fd)
+        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
+            throw SystemError(errno: errno, operation: "chmod", path: display(path))
+        }
+        try Self.setMtime(handle.fd, mtime, display: display(path))
+    }
+
+    /// Sets a symlink's own mtime.
+    public func setLinkMtime(_ path: RemotePath, mtime: Timestamp) {
+        guard let (dir, name) = try? parent(of: path) else { return }
+        var times = [Self.timespecOf(mtime), Self.timespecOf(mtime)]
+        _ = withCPath(name) { utimensat(dir.fd, $0, &times, AT_SYMLINK_NOFOLLOW) }
+    }
+
+    static func timespecOf(_ t: Timestamp) -> timespec {
+        timespec(tv_sec: time_t(t.seconds), tv_nsec: Int(t.nanoseconds))
+    }
+
+    static func setMtime(_ fd: Int32, _ mtime: Timestamp, display: String) throws(SystemError) {
+        var times = [timespecOf(mtime), timespecOf(mtime)]
+        guard futimens(fd, &times) == 0 else { throw SystemError(errno: errno, operation: "set mtime of", path: display) }
+    }
+}
