@@ -1,1 +1,0 @@
-// Discovery: see DiscoveryResponder and DiscoveryProber.
