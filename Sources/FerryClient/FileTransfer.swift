@@ -140,9 +140,8 @@ public final class FileTransfer {
                 throw connection.violation("bad GET reply")
             }
             guard size == identity.size, mtime == identity.mtime else {
-                // The server must answer 409 for a validator mismatch; treat a lie the same way.
-                partial.discard()
-                throw Changed(path: path, now: Validator(size: size, mtime: mtime))
+                // The server must answer 409 for a validator mismatch, not send other data.
+                throw connection.violation("GET \(path) answered for a different version of the file than the validator named")
             }
         }
         var next = partial.verified

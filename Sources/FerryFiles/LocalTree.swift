@@ -6,7 +6,7 @@ import FerryProtocol
 /// A destination directory that ferry writes into. Every operation walks from the root one
 /// component at a time with `O_NOFOLLOW`, so nothing is ever created, replaced or removed
 /// through a symlink — whatever a manifest says and whatever links already sit in DEST.
-public final class LocalTree {
+public final class LocalTree: Sendable {
     public let rootPath: String
     public let root: FileHandle
 

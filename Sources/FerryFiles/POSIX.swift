@@ -149,13 +149,13 @@ public enum POSIX {
         return FileInfo(st)
     }
 
-    static func statAt(_ dirfd: Int32, _ name: [UInt8]) -> (FileInfo?, Int32) {
+    public static func statAt(_ dirfd: Int32, _ name: [UInt8]) -> (FileInfo?, Int32) {
         var st = Glibc.stat()
         let r = withCPath(name) { fstatat(dirfd, $0, &st, AT_SYMLINK_NOFOLLOW) }
         return r == 0 ? (FileInfo(st), 0) : (nil, errno)
     }
 
-    static func readlinkAt(_ dirfd: Int32, _ name: [UInt8]) -> [UInt8]? {
+    public static func readlinkAt(_ dirfd: Int32, _ name: [UInt8]) -> [UInt8]? {
         var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
         let n = withCPath(name) { p in
             buf.withUnsafeMutableBufferPointer { readlinkat(dirfd, p, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count) }
@@ -164,8 +164,16 @@ public enum POSIX {
         return Array(buf[0..<n])
     }
 
-    static func openAt(_ dirfd: Int32, _ name: [UInt8], _ flags: Int32, mode: mode_t = 0) -> Int32 {
+    public static func openAt(_ dirfd: Int32, _ name: [UInt8], _ flags: Int32, mode: mode_t = 0) -> Int32 {
         withCPath(name) { p in retryingEINTR { openat(dirfd, p, flags | O_CLOEXEC, mode) } }
+    }
+
+    public static func makeDirectoryAt(_ dirfd: Int32, _ name: [UInt8], mode: mode_t) -> Int32 {
+        withCPath(name) { mkdirat(dirfd, $0, mode) }
+    }
+
+    public static func removeDirectoryAt(_ dirfd: Int32, _ name: [UInt8]) -> Int32 {
+        withCPath(name) { unlinkat(dirfd, $0, AT_REMOVEDIR) }
     }
 
     /// Reads all names of an open directory (consumes a dup of `fd`), without `.` and `..`.

@@ -1,0 +1,102 @@
+import FerryFiles
+import FerryProtocol
+
+/// What a sync will do, decided by comparing the server's manifest with DEST.
+public struct SyncPlan: Sendable {
+    public struct Fetch: Sendable {
+        public var entry: Entry
+        /// An older local copy exists: reuse its blocks that still match.
+        public var delta: Bool
+    }
+
+    public var directories: [Entry] = []
+    /// Directories to create (a subset of `directories`, which also get their attributes set).
+    public var newDirectories: [RemotePath] = []
+    public var fetches: [Fetch] = []
+    public var links: [Entry] = []
+    public var skippedLinks: [(RemotePath, String)] = []
+    public var deletions: [(RemotePath, EntryType)] = []
+    /// Unchanged files whose mode or mtime must still be corrected.
+    public var attributeFixes: [Entry] = []
+    public var unchangedFiles = 0
+    public var unchangedLinks = 0
+
+    public var bytesToFetch: Int64 { fetches.reduce(0) { $0 + $1.entry.size } }
+
+    /// The name of DEST's partial-data folder, which sync never lists, compares or deletes.
+    public static let partialFolder: [UInt8] = Array(".ferry-partial".utf8)
+
+    public struct Inputs {
+        public var remote: [Entry]
+        public var local: [RemotePath: Entry]
+        public var excludes: ExcludeList
+        public var delete: Bool
+        public var checksum: Bool
+        public var deltaMinimumSize: Int64
+        /// SHA-256 of a local file (for `--checksum`); nil when it cannot be read.
+        public var localHash: (RemotePath) -> String?
+    }
+
+    public static func make(_ inputs: Inputs) -> SyncPlan {
+        var plan = SyncPlan()
+        var remotePaths = Set<RemotePath>()
+        var excludedDirs: [RemotePath] = []
+        for e in inputs.remote {
+            if e.path == RemotePath.root { continue }
+            if e.path.components.count == 1 && e.path.bytes == partialFolder { continue }
+            if let last = excludedDirs.last, e.path.hasPrefix(last) { continue }
+            if inputs.excludes.excludes(e.path.bytes) {
+                if e.type == .directory { excludedDirs.append(e.path) }
+                continue
+            }
+            remotePaths.insert(e.path)
+            let local = inputs.local[e.path]
+            switch e.type {
+            case .directory:
+                plan.directories.append(e)
+                if local?.type != .directory { plan.newDirectories.append(e.path) }
+            case .file:
+                if let l = local, l.type == .file, l.size == e.size {
+                    if inputs.checksum {
+                        if let sha = e.sha256, inputs.localHash(e.path) == sha {
+                            plan.unchangedFiles += 1
+                            if l.mtime != e.mtime || l.mode != e.mode { plan.attributeFixes.append(e) }
+                            continue
+                        }
+                    } else if l.mtime == e.mtime {
+                        plan.unchangedFiles += 1
+                        if l.mode != e.mode { plan.attributeFixes.append(e) }
+                        continue
+                    }
+                }
+                let delta = local?.type == .file && (local?.size ?? 0) > 0 && e.size >= inputs.deltaMinimumSize
+                plan.fetches.append(Fetch(entry: e, delta: delta))
+            case .symlink:
+                guard let target = e.target, Downloader.resolveLink(at: e.path, target: target) != nil else {
+                    plan.skippedLinks.append((e.path, "its target \(String(decoding: e.target ?? [], as: UTF8.self)) is outside the synced tree"))
+                    continue
+                }
+                if let l = local, l.type == .symlink, l.target == target {
+                    plan.unchangedLinks += 1
+                    continue
+                }
+                plan.links.append(e)
+            case .other:
+                continue
+            }
+        }
+        if inputs.delete {
+            var removedDirs: [RemotePath] = []
+            for (path, l) in inputs.local.sorted(by: { $0.key < $1.key }) {
+                if remotePaths.contains(path) {
+                    // Present on both sides; a type change is handled by replacing in place.
+                    continue
+                }
+                if let last = removedDirs.last, path.hasPrefix(last) { continue }
+                plan.deletions.append((path, l.type))
+                if l.type == .directory { removedDirs.append(path) }
+            }
+        }
+        return plan
+    }
+}

@@ -1,0 +1,377 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryFiles
+import FerryProtocol
+import Logging
+import NIOConcurrencyHelpers
+
+/// The file phase of a sync: several connections, each with many pipelined `GET`s in
+/// flight, pulling jobs from one queue. A dropped connection puts its unfinished jobs back
+/// (their partial data kept) and reconnects with backoff; a job whose file changed on the
+/// server is re-stat'ed and fetched whole.
+final class SyncTransfer: Sendable {
+    struct Job: Sendable {
+        var entry: Entry
+        var delta: Bool
+        /// The manifest's identity is stale: STAT again before fetching.
+        var restat = false
+        var changes = 0
+    }
+
+    struct Result: Sendable {
+        var fetched = 0
+        var delta = 0
+        var bytesWritten: Int64 = 0
+        var wireBytes: Int64 = 0
+        var failures: [(RemotePath, String)] = []
+    }
+
+    private struct Queue {
+        var jobs: [Job] = []
+        var next = 0
+        var requeued: [Job] = []
+        var fatal: Error?
+    }
+
+    let endpoint: Endpoint
+    let tree: LocalTree
+    let options: Syncer.Options
+    let logger: Logger
+    let base: RemotePath
+    let onEvent: @Sendable (Syncer.Event) -> Void
+    let counter = ByteCounter()
+    private let queue = NIOLockedValueBox(Queue())
+    private let result = NIOLockedValueBox(Result())
+    let partialDirPath: String
+
+    init(endpoint: Endpoint, tree: LocalTree, options: Syncer.Options, logger: Logger, base: RemotePath,
+         onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
+        self.endpoint = endpoint
+        self.tree = tree
+        self.options = options
+        self.logger = logger
+        self.base = base
+        self.onEvent = onEvent
+        self.partialDirPath = (tree.rootPath.hasSuffix("/") ? tree.rootPath : tree.rootPath + "/")
+            + String(decoding: SyncPlan.partialFolder, as: UTF8.self)
+    }
+
+    func run(_ fetches: [SyncPlan.Fetch]) async throws -> Result {
+        guard !fetches.isEmpty else { return Result() }
+        let partialDir = try openPartialFolder()
+        queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
+        let workers = max(1, min(options.parallel, fetches.count))
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<workers {
+                group.addTask { try await self.worker(partialDir: partialDir) }
+            }
+            try await group.waitForAll()
+        }
+        if let fatal = queue.withLockedValue({ $0.fatal }) { throw fatal }
+        var r = result.withLockedValue { $0 }
+        r.wireBytes = counter.count
+        return r
+    }
+
+    private func openPartialFolder() throws(ClientError) -> FileHandle {
+        let name = SyncPlan.partialFolder
+        _ = POSIX.makeDirectoryAt(tree.root.fd, name, mode: 0o700)
+        let fd = POSIX.openAt(tree.root.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard fd >= 0 else { throw .local(SystemError(errno: errno, operation: "open", path: partialDirPath)) }
+        return FileHandle(fd: fd)
+    }
+
+    func removePartialFolderIfEmpty() {
+        _ = POSIX.removeDirectoryAt(tree.root.fd, SyncPlan.partialFolder)
+    }
+
+    /// Where a file's partial data lives: named by a hash of its path, so any path fits.
+    func partialPath(for path: RemotePath) -> String {
+        partialDirPath + "/" + SHA256Hasher.hex(path.bytes).prefix(40) + ".part"
+    }
+
+    private func nextJob() -> Job? {
+        queue.withLockedValue { q in
+            if q.fatal != nil { return nil }
+            if !q.requeued.isEmpty { return q.requeued.removeFirst() }
+            guard q.next < q.jobs.count else { return nil }
+            defer { q.next += 1 }
+            return q.jobs[q.next]
+        }
+    }
+
+    private func requeue(_ jobs: [Job]) {
+        queue.withLockedValue { $0.requeued.append(contentsOf: jobs) }
+    }
+
+    private func failed(_ job: Job, _ message: String) {
+        result.withLockedValue { $0.failures.append((job.entry.path, message)) }
+    }
+
+    /// A worker: one connection at a time, reconnecting after failures while it has work.
+    private func worker(partialDir: FileHandle) async throws {
+        var attempt = 0
+        let state = WorkerState()
+        while true {
+            let progressBefore = state.completed
+            do {
+                try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { connection in
+                    try await self.serve(connection, state: state, partialDir: partialDir)
+                }
+                return
+            } catch is ConnectionAbandoned {
+                state.current = nil
+                requeue(state.takeAll())
+                continue
+            } catch let error as ClientError where error.isRetryable {
+                requeue(state.takeAll())
+                if state.completed > progressBefore { attempt = 0 }
+                attempt += 1
+                if attempt > options.retry.retries {
+                    let message = "\(error.description) — gave up after \(options.retry.retries) retries"
+                    while let job = nextJob() { failed(job, message) }
+                    return
+                }
+                let delay = options.retry.delay(afterAttempt: attempt - 1)
+                onEvent(.retrying("\(error.description); reconnecting (\(attempt)/\(options.retry.retries)) in \(delay)"))
+                try await Task.sleep(for: delay)
+            } catch {
+                requeue(state.takeAll())
+                queue.withLockedValue { if $0.fatal == nil { $0.fatal = error } }
+                throw error
+            }
+        }
+    }
+
+    /// A file failed in a way that left its reply half-read; reconnect and go on.
+    struct ConnectionAbandoned: Error {}
+
+    /// Jobs a worker holds, so they can be put back if its connection drops.
+    final class WorkerState {
+        var pending: [(Job, FileTransfer)] = []
+        var current: Job?
+        var completed = 0
+
+        func takeAll() -> [Job] {
+            var jobs = pending.map(\.0)
+            if let current { jobs.insert(current, at: 0) }
+            pending.removeAll()
+            current = nil
+            return jobs
+        }
+    }
+
+    private func serve(_ connection: FerryConnection, state: WorkerState, partialDir: FileHandle) async throws {
+        while true {
+            var batch: [Request] = []
+            var special: Job?
+            while state.pending.count < options.window, let job = nextJob() {
+                if job.delta || job.restat || PartialFile.existing(at: partialPath(for: job.entry.path)) != nil {
+                    special = job
+                    break
+                }
+                let transfer: FileTransfer
+                do { transfer = try makeTransfer(job, identity: identity(of: job.entry)) } catch {
+                    throw error
+                }
+                batch.append(transfer.request())
+                state.pending.append((job, transfer))
+            }
+            if !batch.isEmpty { try await connection.send(batch) }
+            // Handle one reply, or (once nothing is in flight) the job that needs round trips.
+            if state.pending.isEmpty {
+                guard let job = special else { return }
+                state.current = job
+                try await runInteractive(job, connection, partialDir: partialDir)
+                state.current = nil
+                continue
+            }
+            if let special { requeueFront(special) }
+            let (job, transfer) = state.pending.removeFirst()
+            state.current = job
+            try await receive(job, transfer, connection, partialDir: partialDir) {
+                try await transfer.receive(on: connection) { self.onBytes($0) }
+            }
+            state.current = nil
+            state.completed += 1
+        }
+    }
+
+    private func requeueFront(_ job: Job) {
+        queue.withLockedValue { $0.requeued.insert(job, at: 0) }
+    }
+
+    private func onBytes(_ n: Int) {
+        result.withLockedValue { $0.bytesWritten += Int64(n) }
+        onEvent(.bytes(n))
+    }
+
+    private func identity(of entry: Entry) -> PartialIdentity {
+        PartialIdentity(size: entry.size, mtime: entry.mtime, sha256: entry.sha256)
+    }
+
+    private func makeTransfer(_ job: Job, identity: PartialIdentity) throws(ClientError) -> FileTransfer {
+        try FileTransfer(path: base.appending(job.entry.path), identity: identity,
+                         partialPath: partialPath(for: job.entry.path), resume: options.resume)
+    }
+
+    /// Runs `body` (which reads one file's reply stream), then finishes the file. Errors that
+    /// concern only this file are recorded; connection-level errors propagate.
+    private func receive(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection, partialDir: FileHandle,
+                         delta: Bool = false, _ body: () async throws -> String) async throws {
+        onEvent(.fileStarted(job.entry.path, size: job.entry.size))
+        do {
+            let sha: String
+            do { sha = try await body() } catch ClientError.local(let e) {
+                // The reply was not read to its end, so this connection cannot be reused.
+                failed(job, e.description)
+                if e.isNoSpace || e.errno == EROFS { throw ClientError.local(e) }
+                throw ConnectionAbandoned()
+            }
+            try transfer.complete(expected: sha)
+            do {
+                try transfer.partial.finish(into: tree, at: job.entry.path, partialDir: partialDir,
+                                            mode: job.entry.mode, mtime: job.entry.mtime)
+            } catch {
+                throw ClientError.local(error)
+            }
+            result.withLockedValue {
+                $0.fetched += 1
+                if delta { $0.delta += 1 }
+            }
+            onEvent(.fileFinished(job.entry.path, size: job.entry.size, delta: delta))
+        } catch let changed as FileTransfer.Changed {
+            var again = job
+            again.restat = true
+            again.delta = false
+            again.changes += 1
+            if again.changes > 3 {
+                failed(job, "keeps changing on the server; run the sync again when it is stable")
+            } else {
+                logger.info("\(changed.path) changed on the server; fetching it again")
+                requeue([again])
+            }
+        } catch let error as ClientError {
+            switch error {
+            case .server(_, _, let reply) where !error.isRetryable:
+                failed(job, reply.reason)
+            case .integrity(_, let why):
+                failed(job, why)
+            case .local(let e) where !e.isNoSpace && e.errno != EDQUOT && e.errno != EROFS:
+                failed(job, e.description)
+            default:
+                throw error
+            }
+        }
+    }
+
+    /// Jobs that need round trips before their data can be requested: a re-stat, the
+    /// verification of kept partial data, or block matching against an old local copy.
+    private func runInteractive(_ job: Job, _ connection: FerryConnection, partialDir: FileHandle) async throws {
+        let serverPath = base.appending(job.entry.path)
+        var entry = job.entry
+        if job.restat {
+            do {
+                let now = try await connection.stat(serverPath)
+                guard now.type == .file else {
+                    failed(job, "is no longer a regular file on the server")
+                    return
+                }
+                entry.size = now.size
+                entry.mtime = now.mtime
+                entry.sha256 = nil
+            } catch let ClientError.server(_, _, reply) {
+                failed(job, reply.reason)
+                return
+            }
+        }
+        var current = job
+        current.entry = entry
+        let transfer = try makeTransfer(current, identity: identity(of: entry))
+        do {
+            try await transfer.verifyKeptData(on: connection)
+        } catch let changed as FileTransfer.Changed {
+            _ = changed
+            var again = current
+            again.restat = true
+            again.changes += 1
+            if again.changes > 3 { failed(job, "keeps changing on the server") } else { requeue([again]) }
+            return
+        }
+        if transfer.resumedFrom > 0 {
+            logger.info("resuming \(entry.path) at \(transfer.resumedFrom) of \(entry.size) bytes")
+        }
+        let useDelta = current.delta && !current.restat
+        try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {
+            if useDelta {
+                return try await self.deltaFetch(current, transfer, connection)
+            }
+            try await connection.send(transfer.request())
+            return try await transfer.receive(on: connection) { self.onBytes($0) }
+        }
+    }
+
+    /// Rebuilds a changed file from the blocks of the old local copy that still match the
+    /// server's block hashes, fetching only the other ranges (all requested at once).
+    private func deltaFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection) async throws -> String {
+        let serverPath = transfer.path
+        let size = transfer.identity.size
+        let blocks: FerryConnection.BlockList
+        do {
+            blocks = try await connection.blocks(serverPath, validator: transfer.identity.validator)
+        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
+            transfer.partial.discard()
+            throw FileTransfer.Changed(path: serverPath, now: nil)
+        }
+        let old: FileHandle
+        do { old = try tree.openFile(job.entry.path) } catch { throw ClientError.local(error) }
+        let oldSize = (try? old.stat().size) ?? 0
+        let bs = Int64(blocks.blockSize)
+
+        // Runs of [start, end) that are local (true) or remote (false), from the kept prefix on.
+        var runs: [(Int64, Int64, Bool)] = []
+        var position = transfer.partial.verified
+        while position < size {
+            let index = Int(position / bs)
+            let blockStart = Int64(index) * bs
+            let blockEnd = min(size, blockStart + bs)
+            var local = false
+            if position == blockStart, blockEnd <= oldSize, index < blocks.hashes.count {
+                if let bytes = try? old.read(count: Int(blockEnd - blockStart), at: blockStart),
+                   SHA256Hasher.hex(bytes) == blocks.hashes[index] {
+                    local = true
+                }
+            }
+            if let last = runs.last, last.2 == local, last.1 == position {
+                runs[runs.count - 1].1 = blockEnd
+            } else {
+                runs.append((position, blockEnd, local))
+            }
+            position = blockEnd
+        }
+        let remote = runs.filter { !$0.2 }
+        try await connection.send(remote.map {
+            .get(serverPath, offset: $0.0, length: $0.1 - $0.0, validator: transfer.identity.validator)
+        })
+        var sha: String?
+        for (start, end, local) in runs {
+            if local {
+                var p = start
+                while p < end {
+                    let n = Int(min(Int64(1 << 20), end - p))
+                    let bytes: [UInt8]
+                    do { bytes = try old.read(count: n, at: p) } catch { throw ClientError.local(error) }
+                    try transfer.appendVerified(bytes)
+                    result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
+                    p += Int64(n)
+                }
+            } else {
+                sha = try await transfer.receive(on: connection, until: end) { self.onBytes($0) }
+            }
+        }
+        if let sha { return sha }
+        if let known = transfer.identity.sha256 { return known }
+        return try await connection.hash(serverPath, offset: 0, length: size, validator: transfer.identity.validator)
+    }
+}

@@ -1,0 +1,93 @@
+import ArgumentParser
+import FerryClient
+import FerryProtocol
+import Logging
+
+struct LsCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "ls",
+        abstract: "List a directory on a server.",
+        discussion: """
+        SERVER is HOST[:PORT], [IPv6]:PORT, ferry://HOST[:PORT]/PATH, or the name a server
+        announces (found by discovery). The default port is 7446.
+
+        Examples:
+          ferry ls 192.168.1.20
+          ferry ls studio/photos/2024
+          ferry ls '[::1]:7446/docs' --json
+        """
+    )
+
+    @Argument(help: ArgumentHelp("The server and directory.", valueName: "SERVER[/PATH]"))
+    var target: String
+
+    @Flag(help: "Print one JSON object per entry.")
+    var json = false
+
+    @OptionGroup var client: ClientOptions
+
+    func run() async throws {
+        Output.bootstrapLogging(verbose: client.verbose)
+        let logger = Logger(label: "ferry.ls")
+        do {
+            let address = try ServerAddress.parse(target)
+            let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
+            let entries = try await FerryConnection.with(endpoint, options: try client.connectionOptions()) { c in
+                let list = try await c.list(address.path)
+                await c.quit()
+                return list
+            }
+            render(entries)
+        } catch {
+            throw Output.fail(error)
+        }
+    }
+
+    private func render(_ entries: [Entry]) {
+        if json {
+            for e in entries {
+                var o: [String: Any] = [
+                    "type": Self.typeName(e.type), "name": e.path.description, "size": e.size,
+                    "mtime": e.mtime.timeInterval, "mode": String(format: "%04o", e.mode),
+                ]
+                if let t = e.target { o["target"] = String(decoding: t, as: UTF8.self) }
+                Output.json(o)
+            }
+            return
+        }
+        let sizeWidth = entries.map { String($0.size).count }.max() ?? 1
+        for e in entries {
+            let size = String(e.size)
+            var line = Output.modeString(e.type, e.mode) + "  "
+                + String(repeating: " ", count: sizeWidth - size.count) + size + "  "
+                + Output.date(e.mtime) + "  " + Self.printable(e.path.bytes)
+            if e.type == .directory { line += "/" }
+            if let t = e.target { line += " -> " + Self.printable(t) }
+            Output.out(line)
+        }
+    }
+
+    static func typeName(_ t: EntryType) -> String {
+        switch t {
+        case .file: return "file"
+        case .directory: return "directory"
+        case .symlink: return "symlink"
+        case .other: return "other"
+        }
+    }
+
+    /// A name as UTF-8, with control characters and invalid bytes shown escaped so a hostile
+    /// name cannot drive the terminal.
+    static func printable(_ bytes: [UInt8]) -> String {
+        let text = String(decoding: bytes, as: UTF8.self)
+        var out = ""
+        for scalar in text.unicodeScalars {
+            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value) {
+                out += "\\x" + String(format: "%02x", scalar.value)
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,159 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import FerryClient
+import FerryFiles
+import FerryProtocol
+import Foundation
+import Logging
+
+/// Process exit statuses (documented in the README).
+enum Exit {
+    static let ok: Int32 = 0
+    static let failed: Int32 = 1
+    static let network: Int32 = 2
+    static let refused: Int32 = 3
+    static let integrity: Int32 = 4
+    static let local: Int32 = 5
+    static let usage: Int32 = 64
+}
+
+/// Everything the executable writes goes through here; library code never prints.
+enum Output {
+    static func out(_ text: String) {
+        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+    }
+
+    static func err(_ text: String) {
+        FileHandle.standardError.write(Data((text + "\n").utf8))
+    }
+
+    static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+    static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
+
+    /// One JSON object on one line.
+    static func json(_ object: [String: Any]) {
+        if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            FileHandle.standardOutput.write(data + Data("\n".utf8))
+        }
+    }
+
+    /// Prints `ferry: message` and exits with the error's status.
+    static func fail(_ error: Error) -> ExitCode {
+        switch error {
+        case let e as ClientError:
+            err("ferry: \(e.description)")
+            return ExitCode(e.exitCode)
+        case let e as ServerAddress.Invalid:
+            err("ferry: \(e.description)")
+            return ExitCode(Exit.usage)
+        case let e as ExitCode:
+            return e
+        case let e as CustomStringConvertible:
+            err("ferry: \(e.description)")
+            return ExitCode(Exit.failed)
+        default:
+            err("ferry: \(error)")
+            return ExitCode(Exit.failed)
+        }
+    }
+
+    static func bootstrapLogging(verbose: Bool, defaultLevel: Logger.Level = .warning) {
+        let level: Logger.Level
+        if let env = ProcessInfo.processInfo.environment["FERRY_LOG"], let l = Logger.Level(rawValue: env) {
+            level = l
+        } else {
+            level = verbose ? .debug : defaultLevel
+        }
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+    }
+
+    static func bytes(_ n: Int64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(n)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 {
+            v /= 1024
+            i += 1
+        }
+        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+    }
+
+    static func duration(_ seconds: Double) -> String {
+        if !seconds.isFinite || seconds < 0 { return "--:--" }
+        let s = Int(seconds.rounded())
+        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%02d:%02d", s / 60, s % 60)
+    }
+
+    static func date(_ t: Timestamp) -> String {
+        var time = time_t(t.seconds)
+        var tmValue = tm()
+        localtime_r(&time, &tmValue)
+        var buf = [CChar](repeating: 0, count: 32)
+        let n = strftime(&buf, buf.count, "%Y-%m-%d %H:%M", &tmValue)
+        return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    static func modeString(_ type: EntryType, _ mode: UInt32) -> String {
+        let t: Character = type == .directory ? "d" : type == .symlink ? "l" : type == .other ? "?" : "-"
+        var s = String(t)
+        for shift in stride(from: 6, through: 0, by: -3) {
+            let bits = (mode >> UInt32(shift)) & 7
+            s += (bits & 4 != 0 ? "r" : "-") + (bits & 2 != 0 ? "w" : "-") + (bits & 1 != 0 ? "x" : "-")
+        }
+        return s
+    }
+}
+
+/// Options shared by every command that talks to a server.
+struct ClientOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp("File holding the server's token (or set FERRY_TOKEN_FILE).", valueName: "PATH"))
+    var tokenFile: String?
+
+    @Option(name: .long, help: ArgumentHelp("Seconds without data before a connection is dropped and retried.", valueName: "SECONDS"))
+    var timeout: Int = 60
+
+    @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a discovered server name (repeatable).", valueName: "ADDR"))
+    var probeTargets: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("UDP port for discovery when SERVER is a server name.", valueName: "N"))
+    var discoveryPort: Int = FerryDefaults.discoveryPort
+
+    @Flag(name: .long, help: "Log protocol details to stderr.")
+    var verbose = false
+
+    func connectionOptions() throws -> ConnectionOptions {
+        ConnectionOptions(token: try TokenFile.load(path: tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"]),
+                          readTimeout: .seconds(Int64(max(1, timeout))))
+    }
+}
+
+enum TokenFile {
+    struct Problem: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Reads a token file (trailing newline ignored). Refuses a group/world-readable file.
+    static func load(path: String?) throws -> [UInt8]? {
+        guard let path else { return nil }
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw Problem(description: "cannot read the token file \(path): \(String(cString: strerror(errno)))")
+        }
+        if st.st_mode & 0o077 != 0 {
+            throw Problem(description: "the token file \(path) is readable by other users; run `chmod 600 \(path)`")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw Problem(description: "cannot read the token file \(path)")
+        }
+        var bytes = [UInt8](data)
+        while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
+        guard !bytes.isEmpty else { throw Problem(description: "the token file \(path) is empty") }
+        return bytes
+    }
+}

@@ -1,0 +1,174 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import ArgumentParser
+import Dispatch
+import FerryFiles
+import FerryProtocol
+import FerryServer
+import Foundation
+import Logging
+import NIOCore
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "serve",
+        abstract: "Serve a directory, read-only, to ferry clients on the network.",
+        discussion: """
+        Prints `listening on HOST:PORT` when ready, then serves until Ctrl-C or SIGTERM
+        (exit status 0). Anyone who can reach the port can read DIR unless --token-file is
+        given; there is no encryption on the wire.
+
+        Discovery: the server answers `ferry discover` probes on UDP --discovery-port
+        (7447); with --announce it also broadcasts its presence. --no-discovery turns this off.
+
+        Examples:
+          ferry serve ~/photos
+          ferry serve ~/photos --name studio --port 7446
+          ferry serve . --bind 127.0.0.1 --port 0
+        """
+    )
+
+    @Argument(help: "The directory to serve.")
+    var directory: String
+
+    @Option(help: ArgumentHelp("Address to listen on (0.0.0.0 = all IPv4 interfaces, :: = all).", valueName: "ADDR"))
+    var bind: String = "0.0.0.0"
+
+    @Option(help: ArgumentHelp("TCP port; 0 picks a free one.", valueName: "N"))
+    var port: Int = FerryDefaults.tcpPort
+
+    @Option(help: ArgumentHelp("Name clients can use instead of the address (letters, digits, - _ .; 1-63 characters). Default: the host name.", valueName: "NAME"))
+    var name: String?
+
+    @Option(help: ArgumentHelp("Chunk compression: auto (default), off, or a zlib level 1-9.", valueName: "MODE"))
+    var compress: String = "auto"
+
+    @Option(help: ArgumentHelp("Folder for the hash cache (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry).", valueName: "DIR"))
+    var stateDir: String?
+
+    @Option(help: ArgumentHelp("Require clients to prove they know the token in this file (mode 600).", valueName: "PATH"))
+    var tokenFile: String?
+
+    @Option(help: ArgumentHelp("Maximum simultaneous connections.", valueName: "N"))
+    var maxConnections: Int = 256
+
+    @Option(help: ArgumentHelp("UDP port for discovery.", valueName: "N"))
+    var discoveryPort: Int = FerryDefaults.discoveryPort
+
+    @Flag(help: "Do not answer discovery probes.")
+    var noDiscovery = false
+
+    @Flag(help: "Broadcast an announcement at start and every 30 s, and a goodbye at exit.")
+    var announce = false
+
+    @Flag(help: "Log each connection and request to stderr.")
+    var verbose = false
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
+        guard (1...65535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be 1-65535") }
+        guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        if let name {
+            do { _ = try ServerName(validating: name) } catch { throw ValidationError("--name: \(error)") }
+        }
+        _ = try Self.compression(compress)
+    }
+
+    static func compression(_ text: String) throws -> CompressionPolicy {
+        switch text {
+        case "auto": return .auto
+        case "off", "0": return .off
+        default:
+            guard let level = Int32(text), (1...9).contains(level) else {
+                throw ValidationError("--compress must be auto, off or a level 1-9")
+            }
+            return .level(level)
+        }
+    }
+
+    static func defaultStateDir() -> String {
+        let env = ProcessInfo.processInfo.environment
+        if let xdg = env["XDG_STATE_HOME"], !xdg.isEmpty { return xdg + "/ferry" }
+        return (env["HOME"] ?? NSTemporaryDirectory()) + "/.local/state/ferry"
+    }
+
+    func run() async throws {
+        Output.bootstrapLogging(verbose: verbose, defaultLevel: .info)
+        let logger = Logger(label: "ferry.serve")
+        do {
+            try await serve(logger: logger)
+        } catch {
+            throw Output.fail(error)
+        }
+    }
+
+    private func serve(logger: Logger) async throws {
+        let root = URL(fileURLWithPath: directory).standardizedFileURL.path
+        let serverName = try name.map { try ServerName(validating: $0) }
+            ?? ServerName.defaultName(hostname: ProcessInfo.processInfo.hostName)
+        let token = try TokenFile.load(path: tokenFile)
+        let cachePath = try hashCachePath(root: root, logger: logger)
+        let configuration = ServerConfiguration(
+            root: root, name: serverName.rawValue, bindHost: bind, port: port,
+            compression: try Self.compression(compress), hashCachePath: cachePath, token: token,
+            maxConnections: maxConnections)
+        let server = try await FerryServer.start(configuration, logger: logger)
+
+        var shown = bind
+        if shown.contains(":") { shown = "[\(shown)]" }
+        Output.out("listening on \(shown):\(server.port)")
+        if token == nil {
+            logger.info("serving \(root) to anyone who can reach port \(server.port) (no --token-file)")
+        }
+
+        let responder = noDiscovery ? nil : await DiscoveryGlue.startResponder(
+            name: serverName.rawValue, id: server.id, tcpPort: server.port, bind: bind,
+            discoveryPort: discoveryPort, announce: announce, logger: logger)
+
+        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { signal in
+            logger.info("received signal \(signal); stopping")
+            server.shutdown()
+        }
+        try await server.run()
+        signals.cancel()
+        await responder?.stop()
+        logger.info("stopped")
+    }
+
+    private func hashCachePath(root: String, logger: Logger) throws -> String? {
+        let dir = stateDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? Self.defaultStateDir()
+        if dir == root || dir.hasPrefix(root.hasSuffix("/") ? root : root + "/") {
+            throw ValidationError("--state-dir \(dir) is inside the served directory; choose a folder outside it")
+        }
+        do {
+            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
+                                                    attributes: [.posixPermissions: 0o700])
+        } catch {
+            logger.warning("cannot create the state folder \(dir) (\(error.localizedDescription)); the hash cache stays in memory")
+            return nil
+        }
+        var hasher = SHA256Hasher()
+        hasher.update(Array(root.utf8))
+        return dir + "/hashes-" + hasher.finalizeHex().prefix(16) + ".txt"
+    }
+}
+
+/// Calls `handler` on the given signals (which are otherwise ignored) until cancelled.
+final class SignalWatcher: @unchecked Sendable {
+    private let sources: [DispatchSourceSignal]
+
+    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
+        sources = signals.map { sig in
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler { handler(sig) }
+            source.resume()
+            return source
+        }
+    }
+
+    func cancel() {
+        for s in sources { s.cancel() }
+    }
+}

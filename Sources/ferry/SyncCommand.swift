@@ -1,0 +1,167 @@
+import ArgumentParser
+import FerryClient
+import FerryFiles
+import FerryProtocol
+import Foundation
+import Logging
+
+struct SyncCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sync",
+        abstract: "Make a local directory an exact copy of a directory on a server.",
+        discussion: """
+        Fetches only what differs: by default a file is unchanged when its size and mtime
+        match (--checksum compares SHA-256 instead). A changed file with an old local copy is
+        rebuilt from the blocks that still match, so only the changed regions cross the
+        network. Every file lands in DEST/.ferry-partial/ first and is renamed into place once
+        its SHA-256 matches the server's; mtime and permission bits are preserved, empty
+        directories created, and symlinks whose target stays inside the tree recreated (others
+        are skipped with a warning). An interrupted sync resumes where it stopped.
+
+        --exclude takes a glob: `*` and `?` stay within one path component, `**` crosses
+        them, [a-z] and [!a-z] are character classes. A pattern without `/` matches names at
+        any depth (`*.tmp`); one with `/` matches the path from the synced root
+        (`build/**`). Excluded paths are neither fetched nor deleted.
+
+        Examples:
+          ferry sync 192.168.1.20/photos ~/photos
+          ferry sync studio ~/backup --delete --exclude '*.tmp' --exclude 'cache/**'
+          ferry sync studio/docs ./docs --dry-run
+        """
+    )
+
+    @Argument(help: ArgumentHelp("The server and the directory to copy.", valueName: "SERVER[/PATH]"))
+    var source: String
+
+    @Argument(help: ArgumentHelp("The local directory to make a copy in (created if missing).", valueName: "DEST"))
+    var destination: String
+
+    @Flag(help: "Delete local entries the server does not have (excluded paths are kept).")
+    var delete = false
+
+    @Flag(help: "Print what would change and touch nothing.")
+    var dryRun = false
+
+    @Flag(help: "Compare files by SHA-256 instead of size and mtime.")
+    var checksum = false
+
+    @Option(help: ArgumentHelp("Skip paths matching GLOB on both sides (repeatable).", valueName: "GLOB"))
+    var exclude: [String] = []
+
+    @Flag(help: "Print JSON Lines: events, periodic progress and a final summary object.")
+    var json = false
+
+    @Flag(help: "Print only errors.")
+    var quiet = false
+
+    @Option(help: ArgumentHelp("How many times to reconnect after a dropped connection.", valueName: "N"))
+    var retries: Int = 5
+
+    @Option(help: ArgumentHelp("Connections used to fetch files.", valueName: "N"))
+    var parallel: Int = 2
+
+    @Flag(help: "Discard partial data from an interrupted run and fetch those files from the start.")
+    var noResume = false
+
+    @OptionGroup var client: ClientOptions
+
+    func validate() throws {
+        guard (1...16).contains(parallel) else { throw ValidationError("--parallel must be 1-16") }
+        guard retries >= 0 else { throw ValidationError("--retries must be 0 or more") }
+        for pattern in exclude {
+            do { _ = try Glob(pattern) } catch { throw ValidationError(error.description) }
+        }
+    }
+
+    func run() async throws {
+        Output.bootstrapLogging(verbose: client.verbose)
+        let logger = Logger(label: "ferry.sync")
+        let summary: Syncer.Summary
+        do {
+            summary = try await sync(logger: logger)
+        } catch {
+            throw Output.fail(error)
+        }
+        if !summary.failures.isEmpty { throw ExitCode(Exit.failed) }
+    }
+
+    private func sync(logger: Logger) async throws -> Syncer.Summary {
+        let address = try ServerAddress.parse(source)
+        let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
+        let globs = try exclude.map { try Glob($0) }
+        let options = Syncer.Options(
+            connection: try client.connectionOptions(), retry: RetryPolicy(retries: retries),
+            resume: !noResume, delete: delete, dryRun: dryRun, checksum: checksum,
+            excludes: ExcludeList(globs), parallel: parallel)
+        let syncer = Syncer(endpoint: endpoint, remotePath: address.path, destination: destination,
+                            options: options, logger: logger)
+        let mode: ProgressDisplay.Mode = json ? .json : (quiet || dryRun || !Output.stderrIsTerminal) ? .quiet : .terminal
+        let progress = ProgressDisplay(mode: mode)
+        let json = self.json, quiet = self.quiet, dryRun = self.dryRun
+        let summary = try await syncer.run { event in
+            switch event {
+            case .planned(let files, let bytes, let unchanged, let deletions):
+                progress.begin(files: files, bytes: bytes)
+                if json {
+                    Output.json(["event": "plan", "filesToFetch": files, "bytesToFetch": bytes,
+                                 "filesUnchanged": unchanged, "deletions": deletions])
+                }
+            case .action(let what, let path):
+                if json {
+                    Output.json(["event": what, "path": path.description])
+                } else if dryRun || (what == "deleted" && !quiet) {
+                    progress.clear()
+                    Output.out("\(dryRun ? "would " : "")\(what) \(path)")
+                }
+            case .fileStarted(let path, let size):
+                if json { Output.json(["event": "start", "path": path.description, "size": size]) }
+            case .fileFinished(let path, let size, let delta):
+                progress.fileDone()
+                if json { Output.json(["event": "done", "path": path.description, "size": size, "delta": delta]) }
+            case .failed(let path, let message):
+                progress.clear()
+                if json { Output.json(["event": "error", "path": path.description, "message": message]) }
+                Output.err("ferry: \(path): \(message)")
+            case .bytes(let n):
+                progress.add(bytes: n)
+            case .warning(let message):
+                if json { Output.json(["event": "warning", "message": message]) }
+                if !quiet && !json {
+                    progress.clear()
+                    Output.err("ferry: warning: \(message)")
+                }
+            case .retrying(let message):
+                if json { Output.json(["event": "retry", "message": message]) }
+                if !quiet && !json {
+                    progress.clear()
+                    Output.err("ferry: \(message)")
+                }
+            }
+        }
+        progress.finish()
+        report(summary)
+        return summary
+    }
+
+    private func report(_ s: Syncer.Summary) {
+        if json {
+            Output.json(["event": "summary", "filesFetched": s.filesFetched, "filesUnchanged": s.filesUnchanged,
+                         "filesDeleted": s.filesDeleted, "directoriesCreated": s.directoriesCreated,
+                         "linksCreated": s.linksCreated, "linksSkipped": s.linksSkipped,
+                         "filesDelta": s.deltaFiles, "bytesWritten": s.bytesWritten, "wireBytes": s.wireBytes,
+                         "manifestWireBytes": s.manifestWireBytes, "fileWireBytes": s.wireBytes - s.manifestWireBytes,
+                         "seconds": s.seconds, "failures": s.failures.count, "dryRun": s.dryRun])
+            return
+        }
+        if quiet && s.failures.isEmpty { return }
+        let verb = s.dryRun ? "would fetch" : "fetched"
+        var line = "\(verb) \(s.filesFetched) file\(s.filesFetched == 1 ? "" : "s")"
+        if !s.dryRun { line += " (\(Output.bytes(s.bytesWritten)))" }
+        line += ", \(s.filesUnchanged) unchanged"
+        if s.filesDeleted > 0 { line += ", \(s.dryRun ? "would delete" : "deleted") \(s.filesDeleted)" }
+        if s.linksSkipped > 0 { line += ", \(s.linksSkipped) symlink\(s.linksSkipped == 1 ? "" : "s") skipped" }
+        line += "; \(Output.bytes(s.wireBytes)) on the wire in " + String(format: "%.2f s", s.seconds)
+        if !s.failures.isEmpty { line += "; \(s.failures.count) failed" }
+        Output.out(line)
+    }
+}
