@@ -150,11 +150,10 @@ public enum DiscoveryProber {
                         guard (try? await Task.sleep(for: resendAfter)) != nil else { return }
                         // A resend that fails changes nothing: the first probe went out.
                         try? await socket.channel.writeAndFlush(probe).get()
+                        try? await Task.sleep(for: timeout - resendAfter)
                     }
-                    group.addTask {
-                        try? await Task.sleep(for: timeout)
-                    }
-                    // Whichever ends first (normally the timer), the probe is over.
+                    // Whichever ends first (normally the timer; the reader only if the
+                    // socket closed), the probe is over.
                     await group.next()
                     group.cancelAll()
                     socket.channel.close(promise: nil)
