@@ -120,6 +120,10 @@ public enum ChunkDecoder {
         let result: Result<Void, ChunkError> = wire.withUnsafeReadableBytes { src in
             switch header.codec {
             case .stored:
+                // A hand-built header could disagree with itself; never copy past `rawLength`.
+                guard src.count == header.rawLength else {
+                    return .failure(.length(offset: header.offset, expected: header.rawLength, got: src.count))
+                }
                 destination.copyMemory(from: src)
                 return .success(())
             case .zlib:

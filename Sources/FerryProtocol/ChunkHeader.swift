@@ -44,7 +44,8 @@ public struct ChunkHeader: Hashable, Sendable {
         }
         guard let codec = ChunkCodec(rawValue: String(f[4])) else { throw Malformed(why: "unknown codec '\(f[4].prefix(8))'") }
         if codec == .stored && wire != raw { throw Malformed(why: "stored chunk with wire length != raw length") }
-        guard f[5].utf8.count == 8, let crc = UInt32(f[5], radix: 16) else { throw Malformed(why: "bad crc32") }
+        guard f[5].utf8.count == 8, f[5].utf8.allSatisfy({ PercentEncoding.hexValue($0) != nil }),
+              let crc = UInt32(f[5], radix: 16) else { throw Malformed(why: "bad crc32") }
         return ChunkHeader(offset: offset, rawLength: Int(raw), wireLength: Int(wire), codec: codec, crc32: crc)
     }
 }

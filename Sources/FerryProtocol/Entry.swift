@@ -83,7 +83,8 @@ public struct Entry: Hashable, Sendable {
             throw .malformed("expected 'type mode size mtime path'")
         }
         if manifest && type == .other { throw .malformed("type 'o' is not allowed in a manifest") }
-        guard f[1].count == 4, let mode = UInt32(f[1], radix: 8), mode <= 0o7777 else {
+        guard f[1].utf8.count == 4, f[1].utf8.allSatisfy({ (0x30...0x37).contains($0) }),
+              let mode = UInt32(f[1], radix: 8), mode <= 0o7777 else {
             throw .malformed("bad mode '\(f[1].prefix(16))'")
         }
         guard let size = parseWireNumber(f[2]) else { throw .malformed("bad size '\(f[2].prefix(24))'") }

@@ -80,7 +80,8 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
 
     /// Appends one validated name.
     public func appending(name: [UInt8]) throws(Invalid) -> RemotePath {
-        if name.contains(0x2F) { throw .emptyComponent }
+        if name.isEmpty || name.contains(0x2F) { throw .emptyComponent }
+        if name == [0x2E] { throw .dot }
         return try RemotePath(validating: isRoot ? name : bytes + [0x2F] + name)
     }
 

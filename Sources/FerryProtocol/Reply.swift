@@ -58,7 +58,8 @@ public enum StatusLine: Hashable, Sendable {
         if line.hasPrefix("ERR ") {
             let rest = line.dropFirst(4)
             let codeText = rest.prefix(while: { $0 != " " })
-            guard codeText.count == 3, let code = Int(codeText) else { throw Malformed(line: String(line.prefix(200))) }
+            guard codeText.utf8.count == 3, codeText.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
+                  let code = Int(codeText) else { throw Malformed(line: String(line.prefix(200))) }
             let reason = rest.dropFirst(codeText.count).drop(while: { $0 == " " })
             return .err(ErrorReply(code: code, reason: String(reason)))
         }
@@ -95,7 +96,7 @@ public struct Greeting: Hashable, Sendable {
     public static func parse(_ line: Substring) throws(ParseError) -> Greeting {
         let f = line.split(separator: " ")
         guard f.count >= 2, f[0] == "FERRY" else { throw .notFerry(String(line.prefix(120))) }
-        guard let version = Int(f[1]) else { throw .malformed("bad version") }
+        guard let version = parseWireNumber(f[1]).map({ Int($0) }) else { throw .malformed("bad version") }
         var name: String?
         var id: String?
         var auth: Substring?

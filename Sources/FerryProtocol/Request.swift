@@ -68,7 +68,8 @@ public enum Request: Hashable, Sendable {
         }
         let f = line.split(separator: " ", omittingEmptySubsequences: false)
         if f.contains(where: \.isEmpty) { throw .malformed("fields are separated by exactly one space") }
-        let verb = f[0].uppercased()
+        // ASCII case folding only: `uppercased()` would turn "lıst" or "ſtat" into verbs.
+        let verb = String(decoding: f[0].utf8.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
         let args = f.dropFirst()
 
         func path(_ s: Substring) throws(ParseError) -> RemotePath {
