@@ -34,6 +34,10 @@ public final class PartialFile {
 
     static let magic = "ferry-partial 1"
 
+    /// The sidecar, kept open: after each chunk only its `verified=` line is rewritten in place.
+    private var meta: FileHandle?
+    private var metaPrefixLength = 0
+
     private init(dataPath: String, identity: PartialIdentity, verified: Int64, handle: FileHandle, label: String) {
         self.dataPath = dataPath
         self.identity = identity
@@ -106,12 +110,23 @@ public final class PartialFile {
 
     public var fileHandle: FileHandle { handle }
 
+    /// Writes the sidecar. The verified length is written with a fixed width, so updates
+    /// after each chunk are a single small `pwrite` of one line.
     private func writeMeta() throws(SystemError) {
-        let text = "\(Self.magic)\nsize=\(identity.size)\nmtime=\(identity.mtime)\nsha256=\(identity.sha256 ?? "-")\n"
-            + "file=\(PercentEncoding.encode(Array(label.utf8)))\nverified=\(verified)\n"
+        let digits = String(verified)
+        let field = String(repeating: " ", count: max(0, 19 - digits.count)) + digits + "\n"
+        if let meta {
+            try meta.write(Array(field.utf8), at: Int64(metaPrefixLength), path: metaPath)
+            return
+        }
+        let prefix = "\(Self.magic)\nsize=\(identity.size)\nmtime=\(identity.mtime)\nsha256=\(identity.sha256 ?? "-")\n"
+            + "file=\(PercentEncoding.encode(Array(label.utf8)))\nverified="
         let fd = retryingEINTR { Glibc.open(metaPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o600) }
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "create", path: metaPath) }
-        try FileHandle(fd: fd).write(Array(text.utf8), at: 0, path: metaPath)
+        let handle = FileHandle(fd: fd)
+        try handle.write(Array((prefix + field).utf8), at: 0, path: metaPath)
+        meta = handle
+        metaPrefixLength = prefix.utf8.count
     }
 
     /// Sets mode and mtime and renames the data to `finalPath`; removes the sidecar.
