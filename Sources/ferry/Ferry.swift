@@ -20,6 +20,6 @@ struct Ferry: AsyncParsableCommand {
         """,
         version: FerryDefaults.softwareVersion,
         subcommands: [ServeCommand.self, LsCommand.self, GetCommand.self, SyncCommand.self,
-                      ManifestCommand.self]
+                      ManifestCommand.self, DiscoverCommand.self]
     )
 }

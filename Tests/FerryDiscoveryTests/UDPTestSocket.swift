@@ -63,7 +63,8 @@ final class UDPTestSocket {
             guard n >= 0 else { break }
             var text = [CChar](repeating: 0, count: 32)
             inet_ntop(AF_INET, &from.sin_addr, &text, socklen_t(text.count))
-            result.append((Array(buffer[0..<n]), String(cString: text)))
+            let host = String(decoding: text.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+            result.append((Array(buffer[0..<n]), host))
         }
         return result
     }
