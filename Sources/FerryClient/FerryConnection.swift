@@ -298,7 +298,7 @@ public final class FerryConnection {
     }
 
     /// Fetches and verifies the manifest of a subtree. `maxBytes` bounds the inflated text.
-    public func manifest(_ path: RemotePath, hashes: Bool = true, maxBytes: Int = 2 << 30) async throws -> Manifest {
+    public func manifest(_ path: RemotePath, hashes: Bool = true, maxBytes: Int = FerryLimits.maxManifestBytes) async throws -> Manifest {
         try await send(.manifest(path, hashes: hashes))
         let f = try await expectOK(for: "MANIFEST \(path)")
         guard f.count == 1, let count = parseWireNumber(f[0]), count <= FerryLimits.maxManifestEntries else {

@@ -18,5 +18,9 @@ public enum FerryLimits {
     public static let maxBlockCount = 1_048_576
     public static let maxManifestEntries = 10_000_000
     public static let maxDatagram = 512
+    /// Parsed requests a server keeps waiting per connection before it stops reading.
+    public static let maxPipelined = 64
+    /// Inflated manifest text a client accepts.
+    public static let maxManifestBytes = 1 << 30
     public static let maxSymlinkHops = 40
 }

@@ -4,6 +4,7 @@ public enum ErrorCode: Int, Sendable, Hashable, CaseIterable {
     case authRequired = 401
     case authFailed = 403
     case notFound = 404
+    case timeout = 408
     case changed = 409
     case tooLarge = 413
     case badRange = 416

@@ -9,6 +9,7 @@ import NIOCore
 struct ConnectionHandler {
     let server: FerryServer
     let connection: NIOAsyncChannel<RequestFrame, ByteBuffer>
+    let activity: ConnectionActivity
 
     var logger: Logger { server.logger }
     var root: ServedRoot { server.root }
@@ -21,7 +22,9 @@ struct ConnectionHandler {
     }
 
     func run() async {
-        let peer = connection.channel.remoteAddress?.description ?? "?"
+        let remote = connection.channel.remoteAddress
+        let peerHost = remote?.ipAddress ?? "?"
+        let peer = remote.map { "\(peerHost):\($0.port ?? 0)" } ?? "?"
         logger.debug("connection opened", metadata: ["peer": "\(peer)"])
         do {
             try await connection.executeThenClose { inbound, outbound in
@@ -50,13 +53,12 @@ struct ConnectionHandler {
                                 try await writer.send(line: "OK auth")
                                 continue
                             }
-                            if Authenticator.verify(hmacHex: hex, token: token, nonce: nonce) {
+                            if try await authenticate(hmacHex: hex, token: token, nonce: nonce, peerHost: peerHost) {
                                 authenticated = true
                                 try await writer.send(line: "OK auth")
                                 continue
                             }
                             logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
-                            try await Task.sleep(for: .milliseconds(500))
                             try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token (check --token-file)"))
                             return
                         }
@@ -64,7 +66,7 @@ struct ConnectionHandler {
                             try await writer.send(ErrorReply(.authRequired, "authentication required: this server needs a token (use --token-file)"))
                             continue
                         }
-                        try await handle(request, writer)
+                        try await activity.run { try await handle(request, writer) }
                     }
                 }
             }
@@ -72,6 +74,18 @@ struct ConnectionHandler {
             logger.debug("connection ended: \(error)", metadata: ["peer": "\(peer)"])
         }
         logger.debug("connection closed", metadata: ["peer": "\(peer)"])
+    }
+
+    /// Checks an `AUTH` answer, waiting first for this address's turn when it failed recently.
+    private func authenticate(hmacHex: String, token: [UInt8], nonce: [UInt8], peerHost: String) async throws -> Bool {
+        let wait = server.authThrottle.reserveTurn(for: peerHost)
+        if wait > .zero { try await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
+        guard Authenticator.verify(hmacHex: hmacHex, token: token, nonce: nonce) else {
+            server.authThrottle.recordFailure(for: peerHost)
+            return false
+        }
+        server.authThrottle.recordSuccess(for: peerHost)
+        return true
     }
 
     private func handle(_ request: Request, _ writer: ReplyWriter) async throws {

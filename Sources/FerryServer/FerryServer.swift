@@ -17,6 +17,7 @@ public struct ServerConfiguration: Sendable {
     /// HMAC token; nil means the server is open.
     public var token: [UInt8]?
     public var maxConnections: Int
+    /// A connection waiting this long for its next request is closed (`ERR 408`).
     public var idleTimeout: TimeAmount
     public var chunkSize: Int
 
@@ -59,8 +60,15 @@ public final class FerryServer: Sendable {
     let root: ServedRoot
     let hashCache: HashCache
     let logger: Logger
-    private let serverChannel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>
+    private let serverChannel: NIOAsyncChannel<Accepted, Never>
     private let connections = NIOLockedValueBox(ConnectionRegistry())
+    let authThrottle = AuthThrottle()
+
+    /// A freshly accepted connection and the flag its idle closer reads.
+    struct Accepted: Sendable {
+        let channel: NIOAsyncChannel<RequestFrame, ByteBuffer>
+        let activity: ConnectionActivity
+    }
 
     struct ConnectionRegistry {
         var open: [ObjectIdentifier: Channel] = [:]
@@ -71,7 +79,7 @@ public final class FerryServer: Sendable {
     public static func start(_ configuration: ServerConfiguration, logger: Logger) async throws -> FerryServer {
         let root: ServedRoot
         do { root = try ServedRoot(path: configuration.root) } catch { throw ServerError.cannotServe(configuration.root, error) }
-        let channel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>
+        let channel: NIOAsyncChannel<Accepted, Never>
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
@@ -80,10 +88,18 @@ public final class FerryServer: Sendable {
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .bind(host: configuration.bindHost, port: configuration.port) { child in
                     child.eventLoop.makeCompletedFuture {
-                        try child.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestLineDecoder()))
-                        return try NIOAsyncChannel<RequestFrame, ByteBuffer>(
+                        let activity = ConnectionActivity()
+                        let sync = child.pipeline.syncOperations
+                        try sync.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
+                        try sync.addHandler(IdleCloser(activity: activity, timeout: configuration.idleTimeout, logger: logger))
+                        try sync.addHandler(ByteToMessageHandler(RequestLineDecoder()))
+                        // At most `maxPipelined` parsed requests wait per connection; beyond that
+                        // the server stops reading the socket (TCP back-pressure).
+                        let channel = try NIOAsyncChannel<RequestFrame, ByteBuffer>(
                             wrappingChannelSynchronously: child,
-                            configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 64)))
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 4,
+                                                                             highWatermark: FerryLimits.maxPipelined)))
+                        return Accepted(channel: channel, activity: activity)
                     }
                 }
         } catch {
@@ -96,7 +112,7 @@ public final class FerryServer: Sendable {
     }
 
     private init(configuration: ServerConfiguration, root: ServedRoot,
-                 channel: NIOAsyncChannel<NIOAsyncChannel<RequestFrame, ByteBuffer>, Never>,
+                 channel: NIOAsyncChannel<Accepted, Never>,
                  address: SocketAddress, logger: Logger) {
         self.configuration = configuration
         self.root = root
@@ -118,7 +134,8 @@ public final class FerryServer: Sendable {
     public func run() async throws {
         try await withThrowingDiscardingTaskGroup { group in
             try await serverChannel.executeThenClose { inbound in
-                for try await connection in inbound {
+                for try await accepted in inbound {
+                    let connection = accepted.channel
                     let admitted = connections.withLockedValue { reg -> Bool in
                         if reg.shuttingDown || reg.open.count >= configuration.maxConnections { return false }
                         reg.open[ObjectIdentifier(connection.channel)] = connection.channel
@@ -126,7 +143,7 @@ public final class FerryServer: Sendable {
                     }
                     group.addTask {
                         if admitted {
-                            await ConnectionHandler(server: self, connection: connection).run()
+                            await ConnectionHandler(server: self, connection: connection, activity: accepted.activity).run()
                             self.connections.withLockedValue { _ = $0.open.removeValue(forKey: ObjectIdentifier(connection.channel)) }
                         } else {
                             await ConnectionHandler.refuse(connection, ErrorReply(.tooMany, "too many connections (limit \(self.configuration.maxConnections)); try again later"))

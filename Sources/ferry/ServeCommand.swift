@@ -53,6 +53,9 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Maximum simultaneous connections.", valueName: "N"))
     var maxConnections: Int = 256
 
+    @Option(help: ArgumentHelp("Close a connection that sends no request for this long.", valueName: "SECONDS"))
+    var idleTimeout: Double = 300
+
     @Option(help: ArgumentHelp("UDP port for discovery.", valueName: "N"))
     var discoveryPort: Int = FerryDefaults.discoveryPort
 
@@ -69,6 +72,7 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard (1...65535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be 1-65535") }
         guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        guard idleTimeout >= 0.1, idleTimeout <= 86_400 else { throw ValidationError("--idle-timeout must be 0.1-86400 seconds") }
         if let name {
             do { _ = try ServerName(validating: name) } catch { throw ValidationError("--name: \(error)") }
         }
@@ -112,7 +116,7 @@ struct ServeCommand: AsyncParsableCommand {
         let configuration = ServerConfiguration(
             root: root, name: serverName.rawValue, bindHost: bind, port: port,
             compression: try Self.compression(compress), hashCachePath: cachePath, token: token,
-            maxConnections: maxConnections)
+            maxConnections: maxConnections, idleTimeout: .milliseconds(Int64(idleTimeout * 1000)))
         let server = try await FerryServer.start(configuration, logger: logger)
 
         var shown = bind

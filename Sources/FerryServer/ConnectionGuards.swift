@@ -1,0 +1,118 @@
+import FerryProtocol
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Whether a connection's handler is working on a request. The idle closer leaves a busy
+/// connection alone: building a manifest of a huge tree may write nothing for minutes.
+final class ConnectionActivity: Sendable {
+    private let busy = NIOLockedValueBox(false)
+
+    var isBusy: Bool { busy.withLockedValue { $0 } }
+
+    func run<T>(_ body: () async throws -> T) async rethrows -> T {
+        busy.withLockedValue { $0 = true }
+        defer { busy.withLockedValue { $0 = false } }
+        return try await body()
+    }
+}
+
+/// Closes a connection that has neither sent nor received anything for the idle timeout while
+/// the server was waiting for its next request. Before closing it says why (`ERR 408`), when
+/// the socket can take the line.
+final class IdleCloser: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let activity: ConnectionActivity
+    let timeout: TimeAmount
+    let logger: Logger
+
+    init(activity: ConnectionActivity, timeout: TimeAmount, logger: Logger) {
+        self.activity = activity
+        self.timeout = timeout
+        self.logger = logger
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let idle = event as? IdleStateHandler.IdleStateEvent, idle == .all else {
+            context.fireUserInboundEventTriggered(event)
+            return
+        }
+        guard !activity.isBusy else { return }
+        let seconds = timeout.nanoseconds / 1_000_000_000
+        let peer = context.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+        logger.info("closing idle connection", metadata: ["peer": "\(peer)"])
+        if context.channel.isWritable {
+            let line = ErrorReply(.timeout, "idle for more than \(seconds) s; closing the connection").line + "\n"
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: line)), promise: nil)
+        }
+        context.close(promise: nil)
+    }
+}
+
+/// Slows down repeated authentication failures from one address: every `AUTH` from an address
+/// with recent failures waits for its turn, and turns are spaced by a delay that doubles with
+/// each failure (0.5 s, 1 s, 2 s … up to `maxDelay`). Parallel connections from that address
+/// queue behind each other, so they do not multiply the guessing rate. Failures are forgotten
+/// after `forgetAfter` without one, or on a successful `AUTH`.
+final class AuthThrottle: Sendable {
+    struct Record {
+        var failures: Int
+        var nextTurn: NIODeadline
+        var lastFailure: NIODeadline
+    }
+
+    static let baseDelay = TimeAmount.milliseconds(500)
+    static let maxDelay = TimeAmount.seconds(30)
+    static let forgetAfter = TimeAmount.minutes(10)
+    /// Bounds the table under a flood of spoofed or many distinct addresses.
+    static let maxTracked = 4096
+
+    private let records = NIOLockedValueBox([String: Record]())
+
+    static func delay(afterFailures failures: Int) -> TimeAmount {
+        guard failures > 0 else { return .zero }
+        let shift = min(failures - 1, 16)
+        return min(.nanoseconds(baseDelay.nanoseconds << Int64(shift)), maxDelay)
+    }
+
+    /// How long this attempt must wait before it is checked; reserves the turn.
+    func reserveTurn(for address: String, now: NIODeadline = .now()) -> TimeAmount {
+        records.withLockedValue { table in
+            guard var record = table[address] else { return .zero }
+            if now - record.lastFailure > Self.forgetAfter {
+                table[address] = nil
+                return .zero
+            }
+            let turn = max(record.nextTurn, now)
+            record.nextTurn = turn + Self.delay(afterFailures: record.failures)
+            table[address] = record
+            return turn - now
+        }
+    }
+
+    func recordFailure(for address: String, now: NIODeadline = .now()) {
+        records.withLockedValue { table in
+            if table[address] == nil && table.count >= Self.maxTracked {
+                // Forget the address whose last failure is oldest.
+                if let oldest = table.min(by: { $0.value.lastFailure < $1.value.lastFailure })?.key {
+                    table[oldest] = nil
+                }
+            }
+            var record = table[address] ?? Record(failures: 0, nextTurn: now, lastFailure: now)
+            record.failures += 1
+            record.lastFailure = now
+            record.nextTurn = max(record.nextTurn, now + Self.delay(afterFailures: record.failures))
+            table[address] = record
+        }
+    }
+
+    func recordSuccess(for address: String) {
+        records.withLockedValue { _ = $0.removeValue(forKey: address) }
+    }
+
+    func failures(for address: String) -> Int {
+        records.withLockedValue { $0[address]?.failures ?? 0 }
+    }
+}
