@@ -61,7 +61,8 @@ struct GetCommand: AsyncParsableCommand {
     private func fetch(logger: Logger) async throws {
         let address = try ServerAddress.parse(source)
         guard !address.path.isRoot else {
-            throw ValidationError("name a file after the server, e.g. \(address.endpointDescription)/file.txt (use `ferry sync` for a whole directory)")
+            Output.err("ferry: name a file after the server, e.g. \(address.endpointDescription)/file.txt (use `ferry sync` for a whole directory)")
+            throw ExitCode(Exit.usage)
         }
         let localPath = Self.localPath(for: address.path, local: local)
         let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
