@@ -37,9 +37,28 @@ public struct SyncPlan: Sendable {
         public var localHash: (RemotePath) -> String?
     }
 
+    /// Whether a relative link target has all its `..` components before any name
+    /// (`../../a/b`, not `a/../b`). The lexical check alone is not enough: in `x/..` the `x`
+    /// may itself be a symlink (say `x -> .`), and then `x/..` is the parent of DEST on disk
+    /// while it looks like DEST lexically. With every `..` first, a link climbs only through
+    /// real directories that sync created and then descends, so it cannot leave DEST.
+    static func climbsOnlyFirst(_ target: [UInt8]) -> Bool {
+        var seenName = false
+        for component in target.split(separator: 0x2F) {
+            if component.elementsEqual([0x2E]) { continue }
+            if component.elementsEqual([0x2E, 0x2E]) {
+                if seenName { return false }
+            } else {
+                seenName = true
+            }
+        }
+        return true
+    }
+
     public static func make(_ inputs: Inputs) -> SyncPlan {
         var plan = SyncPlan()
         var remotePaths = Set<RemotePath>()
+        var remoteTypes: [RemotePath: EntryType] = [:]
         var excludedDirs: [RemotePath] = []
         for e in inputs.remote {
             if e.path == RemotePath.root { continue }
@@ -50,6 +69,7 @@ public struct SyncPlan: Sendable {
                 continue
             }
             remotePaths.insert(e.path)
+            remoteTypes[e.path] = e.type
             let local = inputs.local[e.path]
             switch e.type {
             case .directory:
@@ -76,6 +96,11 @@ public struct SyncPlan: Sendable {
                     plan.skippedLinks.append((e.path, "its target \(String(decoding: e.target ?? [], as: UTF8.self)) is outside the synced tree"))
                     continue
                 }
+                guard climbsOnlyFirst(target) else {
+                    plan.skippedLinks.append((e.path, "its target \(String(decoding: target, as: UTF8.self)) climbs ('..') after a name, "
+                                              + "which can lead outside the synced tree through another symlink"))
+                    continue
+                }
                 if let l = local, l.type == .symlink, l.target == target {
                     plan.unchangedLinks += 1
                     continue
@@ -86,15 +111,22 @@ public struct SyncPlan: Sendable {
             }
         }
         if inputs.delete {
-            var removedDirs: [RemotePath] = []
-            for (path, l) in inputs.local.sorted(by: { $0.key < $1.key }) {
-                if remotePaths.contains(path) {
-                    // Present on both sides; a type change is handled by replacing in place.
-                    continue
+            // Every local entry the server lacks, children before their directory. A directory
+            // is only removed once it is empty (see `Syncer`), so excluded entries inside it
+            // (which the local scan does not list) survive, and so does the directory.
+            for (path, l) in inputs.local.sorted(by: { $1.key < $0.key }) {
+                // Present on both sides: a type change is handled by replacing in place.
+                if remotePaths.contains(path) { continue }
+                // Below an entry the server has as a file or symlink: replacing that entry
+                // removes this one with it.
+                var ancestor = path.parent
+                var replaced = false
+                while let a = ancestor, !a.isRoot {
+                    if let type = remoteTypes[a], type != .directory { replaced = true; break }
+                    ancestor = a.parent
                 }
-                if let last = removedDirs.last, path.hasPrefix(last) { continue }
+                if replaced { continue }
                 plan.deletions.append((path, l.type))
-                if l.type == .directory { removedDirs.append(path) }
             }
         }
         return plan

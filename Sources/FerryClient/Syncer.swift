@@ -169,10 +169,15 @@ public struct Syncer: Sendable {
             }
         }
 
-        // Deletions.
-        for (path, _) in plan.deletions {
+        // Deletions, children first. A directory is removed only when that left it empty: one
+        // that still holds entries the scan did not list (excluded ones) is kept.
+        for (path, type) in plan.deletions {
             do {
-                try tree.remove(path)
+                if type == .directory {
+                    guard try Self.removeEmptyDirectory(path, in: tree) else { continue }
+                } else {
+                    try tree.remove(path)
+                }
                 summary.filesDeleted += 1
                 onEvent(.action("deleted", path))
             } catch {
@@ -193,6 +198,17 @@ public struct Syncer: Sendable {
         summary.failures = failures.withLockedValue { $0 }
         summary.seconds = (ContinuousClock.now - start).secondsDouble
         return summary
+    }
+
+    /// Removes the directory `path` if it is empty; false when it still holds something.
+    static func removeEmptyDirectory(_ path: RemotePath, in tree: LocalTree) throws(SystemError) -> Bool {
+        let (dir, name) = try tree.parent(of: path)
+        if POSIX.removeDirectoryAt(dir.fd, name) == 0 { return true }
+        switch errno {
+        case ENOTEMPTY, EEXIST: return false
+        case ENOENT: return true
+        default: throw SystemError(errno: errno, operation: "remove directory", path: tree.display(path))
+        }
     }
 
     private func fetchManifest(counter: ByteCounter) async throws -> Manifest {
