@@ -250,6 +250,9 @@ final class LoopbackServerTests: XCTestCase {
         XCTAssertEqual(link?.target, Array("../data2".utf8))
         let big = manifest.entries.first { $0.path.description == "big.bin" }
         XCTAssertEqual(big?.sha256, SHA256Hasher.hex(randomBytes))
+        // `ferry manifest DIR` prints exactly what the server sends.
+        let local = try TestSupport.ferry(["manifest", data.path], check: true)
+        XCTAssertEqual(local.stdout, manifest.text)
     }
 
     // MARK: - Hostile paths

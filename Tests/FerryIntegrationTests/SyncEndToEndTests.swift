@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import FerryFiles
+import FerryProtocol
 import FerryTestSupport
 import Foundation
 import XCTest
@@ -91,6 +92,15 @@ final class SyncEndToEndTests: XCTestCase {
         XCTAssertEqual(copy.items["café.txt"]?.mode, 0o600)
         XCTAssertEqual(copy.items["hello world.txt"]?.mtimeNanos, 123_456_789)
         XCTAssertFalse(Files.exists(dest.appendingPathComponent(".ferry-partial")), "the partial folder is removed when empty")
+        // `ferry manifest` of both trees agrees too (types, modes, sizes, mtimes, hashes, targets).
+        let srcManifest = try TestSupport.ferry(["manifest", src.path], check: true).stdout.split(separator: "\n")
+        let destManifest = try TestSupport.ferry(["manifest", dest.path], check: true).stdout.split(separator: "\n")
+        // Symlink lines are `l MODE SIZE MTIME PATH TARGET`: drop the skipped links.
+        let expectedManifest = srcManifest.filter { line in
+            !(line.hasPrefix("l ") && outsideLinks.contains { line.split(separator: " ").dropLast().last.map(String.init) == PercentEncoding.encode($0) })
+        }
+        XCTAssertEqual(expectedManifest.count, srcManifest.count - outsideLinks.count)
+        XCTAssertEqual(destManifest, expectedManifest)
 
         // Nothing changed: no file data crosses the wire and DEST is untouched.
         let (second, s2) = try sync(server, dest)
