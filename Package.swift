@@ -117,6 +117,15 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
+        // Hostile clients, limits, load, shutdown and full-disk behaviour of the real binaries.
+        .testTarget(
+            name: "FerryRobustnessTests",
+            dependencies: [
+                "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
     ],
     swiftLanguageModes: [.v6]
 )

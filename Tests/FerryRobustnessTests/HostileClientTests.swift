@@ -1,0 +1,258 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryFiles
+import FerryProtocol
+import FerryTestSupport
+import Foundation
+import NIOCore
+import XCTest
+
+/// Hostile and misbehaving clients against a real `ferry serve` process: every bad line gets
+/// an error reply, other clients keep being served, and descriptors return to baseline.
+final class HostileClientTests: XCTestCase {
+    var work: URL!
+    var served: URL!
+
+    override func setUpWithError() throws {
+        work = try TestSupport.makeTemporaryDirectory("ferry-hostile")
+        served = work.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: served, withIntermediateDirectories: true)
+        try Data("hello\n".utf8).write(to: served.appendingPathComponent("a.txt"))
+        try Data().write(to: served.appendingPathComponent("empty"))
+        try randomData(3 << 20).write(to: served.appendingPathComponent("big.bin"))
+        // 8 GiB of holes: enough blocks to pass the BLOCKS count limit, no disk space used.
+        let huge = served.appendingPathComponent("huge.sparse")
+        _ = FileManager.default.createFile(atPath: huge.path, contents: nil)
+        try FileHandle(forWritingTo: huge).truncate(atOffset: 8 << 30)
+        // The string-prefix trap: a sibling whose name starts with the served directory's.
+        let sibling = work.appendingPathComponent("data2")
+        try FileManager.default.createDirectory(at: sibling, withIntermediateDirectories: true)
+        try Data("secret\n".utf8).write(to: sibling.appendingPathComponent("secret.txt"))
+        try FileManager.default.createSymbolicLink(atPath: served.appendingPathComponent("out").path, withDestinationPath: sibling.path)
+    }
+
+    override func tearDown() {
+        if let work { TestSupport.removeTemporaryDirectory(work) }
+    }
+
+    func serve(_ extra: [String] = []) throws -> ServerProcess {
+        try ServerProcess(serving: served, arguments: ["--bind", "127.0.0.1", "--no-discovery",
+                                                       "--state-dir", work.appendingPathComponent("state").path] + extra)
+    }
+
+    /// One request on a fresh raw connection; returns the first reply line.
+    func ask(_ server: ServerProcess, _ client: RawClient, _ line: [UInt8]) throws -> String {
+        try client.send(line)
+        return try XCTUnwrap(try client.readLine(), "server closed the connection after \(String(decoding: line, as: UTF8.self).prefix(60))")
+    }
+
+    func testEveryHostileLineGetsAnErrorAndTheConnectionStaysUsable() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let client = try RawClient(port: server.port)
+        XCTAssertTrue(try client.readLine()?.hasPrefix("FERRY 1 ") ?? false)
+        let cases: [(String, [UInt8])] = [
+            ("ERR 421", Array("STAT ..\n".utf8)),
+            ("ERR 421", Array("LIST a/../..\n".utf8)),
+            ("ERR 421", Array("STAT /etc/passwd\n".utf8)),
+            ("ERR 421", Array("GET out/secret.txt 0 *\n".utf8)),
+            ("ERR 421", Array("LIST out\n".utf8)),
+            ("ERR 4", Array("GET a%00.txt 0 *\n".utf8)),
+            ("ERR 400", [0x53, 0x54, 0x41, 0x54, 0x20, 0x61, 0x00, 0x0A]),
+            ("ERR 400", [0xFF, 0xFE, 0x0A]),
+            ("ERR 400", Array("FROB a.txt\n".utf8)),
+            ("ERR 400", Array("GET a.txt -5 *\n".utf8)),
+            ("ERR 400", Array("GET a.txt 0 99999999999999999999999999\n".utf8)),
+            ("ERR 400", Array("GET a.txt 0 * 5,notatime\n".utf8)),
+            ("ERR 400", Array("\n".utf8)),
+            ("ERR 404", Array("GET missing 0 *\n".utf8)),
+            ("ERR 416", Array("GET big.bin 99999999999 *\n".utf8)),
+            ("ERR 409", Array("GET a.txt 0 * 5,1.000000000\n".utf8)),
+            ("ERR 422", Array("GET . 0 *\n".utf8)),
+            ("ERR 400", Array("BLOCKS big.bin 1\n".utf8)),
+            ("ERR 413", Array("BLOCKS huge.sparse 4096\n".utf8)),
+            ("ERR 413", Array(("STAT " + String(repeating: "x", count: 10_000) + "\n").utf8)),
+            ("ERR 413", Array(String(repeating: "A", count: 100_000).utf8) + [0x0A]),
+        ]
+        for (expected, line) in cases {
+            let reply = try ask(server, client, line)
+            XCTAssertTrue(reply.hasPrefix(expected), "\(String(decoding: line.prefix(40), as: UTF8.self)) → \(reply)")
+        }
+        // Still usable: a missing file and an empty file are different answers.
+        XCTAssertTrue(try ask(server, client, Array("STAT empty\n".utf8)).hasPrefix("OK f "))
+        let get = try ask(server, client, Array("GET empty 0 *\n".utf8))
+        XCTAssertTrue(get.hasPrefix("OK 0 "), get)
+        XCTAssertEqual(try client.readLine(), "END e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertTrue(try ask(server, client, Array("STAT a.txt\n".utf8)).hasPrefix("OK f 0644 6 "))
+    }
+
+    func testGarbageFloodsDoNotCostOtherClientsAndLeakNothing() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let pid = server.process.processIdentifier
+        // Warm up (thread pools, hash cache) before measuring the baseline.
+        try fetchAndCheck(port: server.port, path: "big.bin")
+        let baselineFDs = ProcessStats.openDescriptors(pid)
+
+        let stop = Date().addingTimeInterval(4)
+        let root: URL = served
+        let good = Background.run { () throws -> Int in
+            var n = 0
+            while Date() < stop {
+                try Self.fetchAndCheck(port: server.port, path: n % 2 == 0 ? "big.bin" : "a.txt", served: root)
+                n += 1
+            }
+            return n
+        }
+        var rng = SplitMix64(seed: 42)
+        var attackers = 0
+        while Date() < stop && attackers < 400 {
+            attackers += 1
+            let client = try RawClient(port: server.port, timeout: 5)
+            _ = try client.readLine()
+            switch attackers % 6 {
+            case 0:  // random bytes, no LF at all
+                try client.send((0..<70_000).map { _ in UInt8.random(in: 0...255, using: &rng) }.filter { $0 != 0x0A })
+            case 1:  // random lines
+                try client.send((0..<20_000).map { _ in UInt8.random(in: 0...255, using: &rng) })
+            case 2:  // thousands of pipelined requests, never reading the replies
+                try client.send(Array(String(repeating: "GET big.bin 0 *\n", count: 2000).utf8))
+            case 3:  // half a line, then gone
+                try client.send(Array("GET big.bi".utf8))
+            case 4:  // request a big file and read only a little
+                try client.send(Array("GET big.bin 0 *\n".utf8))
+                _ = try client.readLine()
+            default:  // NULs and control characters
+                try client.send([UInt8](repeating: 0, count: 5000) + [0x0A, 0x1B, 0x5B, 0x32, 0x4A, 0x0A])
+            }
+        }
+        let goodFetches = try good.value()
+        XCTAssertGreaterThan(goodFetches, 2, "the well-behaved client was starved")
+        XCTAssertTrue(server.process.isRunning, "the server died: \(server.stderr)")
+        let settled = ProcessStats.eventually(timeout: 10) { ProcessStats.openDescriptors(pid) <= baselineFDs + 1 }
+        XCTAssertTrue(settled, "descriptors did not return to baseline: \(baselineFDs) → \(ProcessStats.openDescriptors(pid)) after \(attackers) hostile clients")
+        try fetchAndCheck(port: server.port, path: "big.bin")
+    }
+
+    func testConnectionLimitRefusesTheExtraClientOnly() throws {
+        let server = try serve(["--max-connections", "3"])
+        defer { server.stop() }
+        var held = try (0..<3).map { _ in try RawClient(port: server.port) }
+        for c in held { XCTAssertTrue(try c.readLine()?.hasPrefix("FERRY 1") ?? false) }
+        let extra = try RawClient(port: server.port)
+        let refusal = try extra.readLine() ?? ""
+        XCTAssertTrue(refusal.hasPrefix("ERR 429 too many connections"), refusal)
+        XCTAssertNil(try extra.readLine(), "the refused connection must be closed")
+        // The admitted ones are unaffected.
+        XCTAssertTrue(try ask(server, held[0], Array("STAT a.txt\n".utf8)).hasPrefix("OK f"))
+        held.removeLast()
+        let admitted = ProcessStats.eventually(timeout: 5) {
+            guard let c = try? RawClient(port: server.port), let line = try? c.readLine() else { return false }
+            return line.hasPrefix("FERRY 1")
+        }
+        XCTAssertTrue(admitted, "a slot freed by a closed connection was not reused")
+    }
+
+    func testIdleConnectionsAreClosedWithAReasonButBusyOnesAreNot() throws {
+        let server = try serve(["--idle-timeout", "0.6"])
+        defer { server.stop() }
+        let idle = try RawClient(port: server.port)
+        _ = try idle.readLine()
+        let started = Date()
+        let reply = try idle.readLine() ?? ""
+        XCTAssertTrue(reply.hasPrefix("ERR 408 idle"), reply)
+        XCTAssertNil(try idle.readLine())
+        XCTAssertLessThan(Date().timeIntervalSince(started), 5)
+
+        let chatty = try RawClient(port: server.port)
+        _ = try chatty.readLine()
+        for _ in 0..<8 {
+            usleep(250_000)
+            XCTAssertTrue(try ask(server, chatty, Array("STAT a.txt\n".utf8)).hasPrefix("OK f"))
+        }
+    }
+
+    /// GET through a raw socket: every chunk decoded and checked, the END hash compared with
+    /// the file on disk.
+    func fetchAndCheck(port: Int, path: String) throws {
+        try Self.fetchAndCheck(port: port, path: path, served: served)
+    }
+
+    static func fetchAndCheck(port: Int, path: String, served: URL) throws {
+        let client = try RawClient(port: port)
+        _ = try client.readLine()
+        try client.send("GET \(path) 0 *\n")
+        guard let ok = try client.readLine() else { throw RawClient.Failure(description: "GET \(path): no reply") }
+        guard ok.hasPrefix("OK ") else { throw RawClient.Failure(description: "GET \(path): \(ok)") }
+        var hasher = SHA256Hasher()
+        var offset: Int64 = 0
+        while let line = try client.readLine() {
+            if line.hasPrefix("END ") {
+                let expected = try sha256(of: served.appendingPathComponent(path))
+                guard String(line.dropFirst(4)) == expected, hasher.finalizeHex() == expected else {
+                    throw RawClient.Failure(description: "GET \(path): hash mismatch")
+                }
+                return
+            }
+            let header = try ChunkHeader.parse(Substring(line))
+            guard header.offset == offset else { throw RawClient.Failure(description: "chunk at \(header.offset), expected \(offset)") }
+            var wire = ByteBufferAllocator().buffer(capacity: header.wireLength)
+            wire.writeBytes(try client.readBytes(header.wireLength))
+            let raw = try ChunkDecoder.decode(header: header, wire: wire)
+            hasher.update(raw)
+            offset += Int64(raw.count)
+        }
+        throw RawClient.Failure(description: "GET \(path): connection closed before END")
+    }
+}
+
+/// A small deterministic generator so test data and fuzz inputs are reproducible.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Runs a throwing closure on its own thread; `value()` waits for it.
+enum Background {
+    final class Result<T>: @unchecked Sendable {
+        private let done = DispatchSemaphore(value: 0)
+        private var result: Swift.Result<T, Error>?
+        fileprivate func set(_ r: Swift.Result<T, Error>) { result = r; done.signal() }
+        func value() throws -> T {
+            done.wait()
+            return try result!.get()  // set exactly once before the signal
+        }
+    }
+
+    static func run<T>(_ body: @escaping @Sendable () throws -> T) -> Result<T> {
+        let r = Result<T>()
+        DispatchQueue.global().async { r.set(Swift.Result { try body() }) }
+        return r
+    }
+}
+
+func sha256(of url: URL) throws -> String {
+    var hasher = SHA256Hasher()
+    hasher.update(Array(try Data(contentsOf: url)))
+    return hasher.finalizeHex()
+}
+
+/// Random bytes from the kernel (fast even in debug builds).
+func randomData(_ count: Int) throws -> Data {
+    let handle = try FileHandle(forReadingFrom: URL(fileURLWithPath: "/dev/urandom"))
+    defer { try? handle.close() }
+    var data = Data()
+    while data.count < count {
+        guard let more = try handle.read(upToCount: count - data.count), !more.isEmpty else { break }
+        data.append(more)
+    }
+    return data
+}

@@ -1,0 +1,236 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryClient
+import FerryFiles
+import FerryProtocol
+import FerryTestSupport
+import Foundation
+import NIOCore
+import XCTest
+
+/// Many concurrent clients, authentication, SIGTERM mid-transfer and a full disk, against the
+/// real `ferry` binaries.
+final class LoadAndShutdownTests: XCTestCase {
+    var work: URL!
+    var served: URL!
+    var expected: [String: String] = [:]
+
+    override func setUpWithError() throws {
+        work = try TestSupport.makeTemporaryDirectory("ferry-load")
+        served = work.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: served.appendingPathComponent("sub"), withIntermediateDirectories: true)
+        var rng = SplitMix64(seed: 99)
+        for (i, size) in [0, 1, 1000, 65_536, 300_000, 1 << 20].enumerated() {
+            let name = i % 2 == 0 ? "f\(i).bin" : "sub/f\(i).txt"
+            let bytes: [UInt8] = i % 2 == 0 ? (0..<size).map { _ in UInt8.random(in: 0...255, using: &rng) }
+                                            : Array(String(repeating: "line \(i) of text\n", count: size / 16 + 1).utf8.prefix(size))
+            try Data(bytes).write(to: served.appendingPathComponent(name))
+            expected[name] = try sha256(of: served.appendingPathComponent(name))
+        }
+    }
+
+    override func tearDown() {
+        if let work { TestSupport.removeTemporaryDirectory(work) }
+    }
+
+    func serve(_ extra: [String] = [], port: Int? = nil) throws -> ServerProcess {
+        var args = ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", work.appendingPathComponent("state").path]
+        if let port { args += ["--port", String(port)] }
+        return try ServerProcess(serving: served, arguments: args + extra)
+    }
+
+    /// 200 clients list and fetch for a fixed time; every answer is checked; afterwards the
+    /// server's descriptors are back to baseline and its memory stays bounded.
+    func testTwoHundredConcurrentClients() async throws {
+        let server = try serve(["--max-connections", "512"])
+        defer { server.stop() }
+        let pid = server.process.processIdentifier
+        let endpoint = Endpoint(host: "127.0.0.1", port: server.port)
+        let names = expected.keys.sorted()
+        let hashes = expected
+        try await Self.fetch(endpoint, "f4.bin", expected: hashes)
+        let baselineFDs = ProcessStats.openDescriptors(pid)
+        let baselineKiB = ProcessStats.residentKiB(pid)
+
+        let clients = 200
+        let deadline = ContinuousClock.now + .seconds(5)
+        let counts = try await withThrowingTaskGroup(of: Int.self) { group in
+            for c in 0..<clients {
+                group.addTask {
+                    var done = 0
+                    try await FerryConnection.with(endpoint, options: ConnectionOptions(readTimeout: .seconds(60))) { conn in
+                        while ContinuousClock.now < deadline {
+                            let listing = try await conn.list(try RemotePath(validating: "sub"))
+                            guard listing.count == 3 else { throw RawClient.Failure(description: "LIST sub gave \(listing.count) entries") }
+                            let name = names[(c + done) % names.count]
+                            try await Self.fetch(on: conn, name, expected: hashes)
+                            done += 2
+                        }
+                    }
+                    return done
+                }
+            }
+            var all = [Int]()
+            for try await n in group { all.append(n) }
+            return all
+        }
+        XCTAssertEqual(counts.count, clients)
+        XCTAssertTrue(counts.allSatisfy { $0 > 0 }, "some clients were never served")
+        let peakKiB = ProcessStats.peakResidentKiB(pid)
+        let settled = ProcessStats.eventually(timeout: 10) { ProcessStats.openDescriptors(pid) <= baselineFDs + 1 }
+        let afterKiB = ProcessStats.residentKiB(pid)
+        print("load: \(clients) clients, \(counts.reduce(0, +)) requests in 5 s; server fds \(baselineFDs) → \(ProcessStats.openDescriptors(pid)); RSS \(baselineKiB / 1024) MiB → peak \(peakKiB / 1024) MiB → after \(afterKiB / 1024) MiB")
+        XCTAssertTrue(settled, "descriptors did not return to baseline \(baselineFDs): \(ProcessStats.openDescriptors(pid))")
+        XCTAssertLessThan(peakKiB, 256 * 1024, "server peak RSS over 256 MiB")
+        XCTAssertLessThan(afterKiB, baselineKiB + 64 * 1024, "server memory did not come back down")
+        try await Self.fetch(endpoint, "f4.bin", expected: hashes)
+    }
+
+    static func fetch(_ endpoint: Endpoint, _ name: String, expected: [String: String]) async throws {
+        try await FerryConnection.with(endpoint) { try await fetch(on: $0, name, expected: expected) }
+    }
+
+    static func fetch(on conn: FerryConnection, _ name: String, expected: [String: String]) async throws {
+        try await conn.send(.get(try RemotePath(validating: name), offset: 0, length: nil, validator: nil))
+        _ = try await conn.expectOK(for: "GET \(name)")
+        var hasher = SHA256Hasher()
+        while true {
+            switch try await conn.nextStreamItem() {
+            case .chunk(let header, let wire):
+                hasher.update(try ChunkDecoder.decode(header: header, wire: wire))
+            case .end(let sha):
+                let got = hasher.finalizeHex()
+                guard sha == expected[name], got == sha else {
+                    throw RawClient.Failure(description: "\(name): END \(sha), data \(got), expected \(expected[name] ?? "?")")
+                }
+                return
+            case .error(let reply):
+                throw RawClient.Failure(description: "\(name): \(reply)")
+            }
+        }
+    }
+
+    func testTokenIsRequiredAndRepeatedFailuresAreSlowedDown() throws {
+        let tokenURL = work.appendingPathComponent("token")
+        try Data("correct horse battery staple\n".utf8).write(to: tokenURL)
+        chmod(tokenURL.path, 0o600)
+        let server = try serve(["--token-file", tokenURL.path])
+        defer { server.stop() }
+
+        // Before AUTH: 401, and the connection stays open for AUTH.
+        let raw = try RawClient(port: server.port)
+        let greeting = try raw.readLine() ?? ""
+        XCTAssertTrue(greeting.contains("auth=hmac-sha256 nonce="), greeting)
+        try raw.send("LIST .\n")
+        XCTAssertTrue(try raw.readLine()?.hasPrefix("ERR 401") ?? false)
+
+        // Wrong tokens: 403 and the connection closes; each retry from this address waits longer.
+        var timings = [TimeInterval]()
+        for _ in 0..<4 {
+            let c = try RawClient(port: server.port, timeout: 30)
+            _ = try c.readLine()
+            let started = Date()
+            try c.send("AUTH " + String(repeating: "ab", count: 32) + "\n")
+            let reply = try c.readLine() ?? ""
+            timings.append(Date().timeIntervalSince(started))
+            XCTAssertTrue(reply.hasPrefix("ERR 403"), reply)
+            XCTAssertNil(try c.readLine(), "the connection must close after a failed AUTH")
+        }
+        XCTAssertGreaterThan(timings[2], 0.4, "\(timings)")
+        XCTAssertGreaterThan(timings[3], timings[2] * 1.5, "failures are not slowed down more and more: \(timings)")
+
+        // The CLI: no token → exit 3 with advice; the right token (flag or environment) works.
+        let none = try TestSupport.ferry(["ls", server.address])
+        XCTAssertEqual(none.status, 3, none.stderr)
+        XCTAssertTrue(none.stderr.contains("--token-file"), none.stderr)
+        let flag = try TestSupport.ferry(["ls", server.address, "--token-file", tokenURL.path], timeout: 60)
+        XCTAssertEqual(flag.status, 0, flag.stderr)
+        XCTAssertTrue(flag.stdout.contains("f0.bin"), flag.stdout)
+        let env = try TestSupport.ferry(["ls", server.address], timeout: 60, environment: ["FERRY_TOKEN_FILE": tokenURL.path])
+        XCTAssertEqual(env.status, 0, env.stderr)
+
+        // A token file others can read is refused, by the client and by the server.
+        chmod(tokenURL.path, 0o644)
+        let loose = try TestSupport.ferry(["ls", server.address, "--token-file", tokenURL.path])
+        XCTAssertNotEqual(loose.status, 0)
+        XCTAssertTrue(loose.stderr.contains("chmod 600"), loose.stderr)
+        XCTAssertThrowsError(try serve(["--token-file", tokenURL.path]))
+    }
+
+    /// SIGTERM while clients are mid-transfer: the server exits 0 promptly, the client fails
+    /// with a clear network error and keeps its partial, and the next run resumes.
+    func testSIGTERMDuringATransferThenResume() throws {
+        let bigURL = served.appendingPathComponent("big.bin")
+        try randomData(48 << 20).write(to: bigURL)
+        let bigHash = try sha256(of: bigURL)
+        let server = try serve()
+        let port = server.port
+        let dest = work.appendingPathComponent("big.copy")
+
+        // A second, raw client that stops reading: the server must not wait for it either.
+        let stalled = try RawClient(port: port)
+        _ = try stalled.readLine()
+        try stalled.send("GET big.bin 0 *\n")
+
+        let client = Process()
+        client.executableURL = TestSupport.ferryExecutable
+        client.arguments = ["get", "\(server.address)/big.bin", dest.path, "--retries", "1", "--quiet"]
+        let errURL = work.appendingPathComponent("client.err")
+        _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
+        client.standardError = try FileHandle(forWritingTo: errURL)
+        client.standardOutput = FileHandle.nullDevice
+        try client.run()
+        let partialURL = work.appendingPathComponent(".big.copy.ferry-partial")
+        let started = ProcessStats.eventually(timeout: 20) {
+            ((try? FileManager.default.attributesOfItem(atPath: partialURL.path)[.size] as? Int) ?? 0) > 0
+        }
+        kill(client.processIdentifier, SIGSTOP)
+        XCTAssertTrue(started, "the client never started writing its partial file")
+
+        let t0 = Date()
+        let status = server.stop(grace: 10)
+        XCTAssertEqual(status, 0, "SIGTERM must stop the server with status 0")
+        XCTAssertLessThan(Date().timeIntervalSince(t0), 5, "the server took too long to stop with transfers running")
+        kill(client.processIdentifier, SIGCONT)
+        client.waitUntilExit()
+        let clientErr = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
+        XCTAssertEqual(client.terminationStatus, 2, clientErr)
+        XCTAssertFalse(clientErr.isEmpty, "the client must say what went wrong")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dest.path), "no file may appear under the final name")
+        let kept = (try? FileManager.default.attributesOfItem(atPath: partialURL.path)[.size] as? Int) ?? 0
+        XCTAssertGreaterThan(kept, 0, "the partial data must be kept for resume")
+
+        // The server comes back on the same port; the next run resumes.
+        let again = try serve(port: port)
+        defer { again.stop() }
+        let resumed = try TestSupport.ferry(["get", "\(again.address)/big.bin", dest.path, "--json"], timeout: 120)
+        XCTAssertEqual(resumed.status, 0, resumed.stderr)
+        XCTAssertEqual(try sha256(of: dest), bigHash)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: partialURL.path))
+    }
+
+    /// A full disk is a clear local error (exit 5) that keeps the verified partial data.
+    func testFullDiskGivesAClearErrorAndKeepsThePartial() throws {
+        guard geteuid() == 0 else {
+            print("WARNING: testFullDiskGivesAClearErrorAndKeepsThePartial did NOT run: it needs root to mount a small tmpfs")
+            throw XCTSkip("needs root to mount a small tmpfs")
+        }
+        let bigURL = served.appendingPathComponent("big.bin")
+        try randomData(12 << 20).write(to: bigURL)
+        let mount = work.appendingPathComponent("small")
+        try FileManager.default.createDirectory(at: mount, withIntermediateDirectories: true)
+        try TestSupport.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "ferry-test-tmpfs", mount.path])
+        defer { _ = try? TestSupport.run("/bin/umount", [mount.path], check: false) }
+        let server = try serve()
+        defer { server.stop() }
+        let dest = mount.appendingPathComponent("big.bin")
+        let result = try TestSupport.ferry(["get", "\(server.address)/big.bin", dest.path], timeout: 60)
+        XCTAssertEqual(result.status, 5, result.stderr)
+        XCTAssertTrue(result.stderr.lowercased().contains("no space left"), result.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dest.path))
+        let partial = mount.appendingPathComponent(".big.bin.ferry-partial")
+        let kept = (try? FileManager.default.attributesOfItem(atPath: partial.path)[.size] as? Int) ?? 0
+        XCTAssertGreaterThan(kept, 1 << 20, "the verified partial data must be kept")
+    }
+}
