@@ -62,7 +62,9 @@ public struct SyncPlan: Sendable {
         var excludedDirs: [RemotePath] = []
         for e in inputs.remote {
             if e.path == RemotePath.root { continue }
-            if e.path.components.count == 1 && e.path.bytes == partialFolder { continue }
+            // DEST's partial folder and everything below it belong to the client, whatever the
+            // server has there (a served tree may itself be a sync destination).
+            if e.path.components.first.map({ $0.elementsEqual(partialFolder) }) == true { continue }
             if let last = excludedDirs.last, e.path.hasPrefix(last) { continue }
             if inputs.excludes.excludes(e.path.bytes) {
                 if e.type == .directory { excludedDirs.append(e.path) }

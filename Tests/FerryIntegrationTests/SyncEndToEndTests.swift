@@ -142,6 +142,28 @@ final class SyncEndToEndTests: XCTestCase {
         XCTAssertTrue(missing.stderr.contains("not found"), missing.stderr)
     }
 
+    /// Serving a directory that was itself a sync destination mid-transfer: its
+    /// `.ferry-partial/` folder is the client's scratch space and must be ignored entirely.
+    func testTheServersPartialFolderIsNotCopied() throws {
+        let src = work.appendingPathComponent("src")
+        try Files.write(src.appendingPathComponent("real.txt"), "real")
+        try Files.write(src.appendingPathComponent(".ferry-partial/0123456789abcdef.part"), "left over from another sync")
+        try Files.write(src.appendingPathComponent(".ferry-partial/sub/x"), "deeper")
+        try Files.write(src.appendingPathComponent("docs/.ferry-partial/kept.txt"), "only the top-level folder is special")
+        let server = try serve(src)
+        defer { server.stop() }
+        let dest = work.appendingPathComponent("dest")
+        let (first, s1) = try sync(server, dest)
+        XCTAssertEqual(first.status, 0, first.stderr)
+        XCTAssertEqual(int(s1, "filesFetched"), 2)
+        XCTAssertFalse(Files.exists(dest.appendingPathComponent(".ferry-partial")), "nothing may land in DEST's partial folder")
+        XCTAssertEqual(Files.text(dest.appendingPathComponent("docs/.ferry-partial/kept.txt")), "only the top-level folder is special")
+        let (second, s2) = try sync(server, dest, ["--delete"])
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertEqual(int(s2, "filesFetched"), 0, "a no-op re-sync fetches nothing")
+        XCTAssertEqual(int(s2, "filesDeleted"), 0)
+    }
+
     // MARK: - Delta
 
     func testAChangedBlockFetchesOnlyThatBlock() throws {
