@@ -204,6 +204,10 @@ public final class DiscoveryResponder: Sendable {
             return
         }
         let answer = DiscoveryDatagram.answer(nonce: nonce, server: advert).encoded
+        guard answer.count <= envelope.data.readableBytes else {
+            logger.debug("ignored an unpadded probe from \(sourceHost): \(envelope.data.readableBytes) bytes, the answer would be \(answer.count)")
+            return
+        }
         channel.writeAndFlush(AddressedEnvelope(remoteAddress: source, data: ByteBuffer(bytes: answer)), promise: nil)
     }
 

@@ -106,8 +106,11 @@ public enum DiscoveryDatagram: Hashable, Sendable {
     /// The smallest valid probe: `FERRY-PROBE 1 nonce=` and 16 hex digits.
     public static let minProbeBytes = 36
     /// The largest answer this codec can produce (63-character name, 24-character version,
-    /// 5-digit port): about five times the smallest probe.
+    /// 5-digit port).
     public static let maxAnswerBytes = 184
+    /// Probes are padded (`pad=000…`) to this size, and a server answers only a probe at least
+    /// as large as its answer: discovery can never amplify traffic.
+    public static let paddedProbeBytes = 200
 
     /// Why a datagram was refused; only ever logged, never answered.
     public enum Invalid: Error, Hashable, Sendable, CustomStringConvertible {
@@ -145,7 +148,8 @@ public enum DiscoveryDatagram: Hashable, Sendable {
     public var text: String {
         switch self {
         case .probe(let nonce):
-            return "\(Self.probeKind) 1 nonce=\(nonce)"
+            let bare = "\(Self.probeKind) 1 nonce=\(nonce) pad="
+            return bare + String(repeating: "0", count: max(1, Self.paddedProbeBytes - bare.utf8.count))
         case .answer(let nonce, let server):
             return "\(Self.answerKind) 1 nonce=\(nonce) \(server.fields)"
         case .announce(let server):
