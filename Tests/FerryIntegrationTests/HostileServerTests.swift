@@ -155,6 +155,24 @@ final class HostileServerTests: XCTestCase {
         XCTAssertEqual(linksLeaving(dest), [])
     }
 
+    /// DEST's partial folder replaced by a link to elsewhere: partial data must not follow it.
+    func testAPartialFolderSymlinkInDestIsNotFollowed() throws {
+        let outside = work.appendingPathComponent("outside")
+        try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
+        let dest = work.appendingPathComponent("dest")
+        try Files.symlink(dest.appendingPathComponent(".ferry-partial"), to: outside.path)
+        let fake = try FakeServer(responder: FakeServer.treeResponder(manifest: ["f 0644 5 \(mt) - f.txt"], files: ["f.txt": evil]))
+        defer { fake.stop() }
+        let r = try fsync(fake, dest)
+        XCTAssertEqual(Files.names(outside), [], "partial data went through the link: \(r.stderr)")
+        if r.status == 0 {
+            assertSameBytes(Files.read(dest.appendingPathComponent("f.txt")), evil)
+        } else {
+            XCTAssertTrue(r.stderr.contains(".ferry-partial"), "the failure must name the folder: \(r.stderr)")
+            XCTAssertFalse(Files.exists(dest.appendingPathComponent("f.txt")))
+        }
+    }
+
     // MARK: - Data that does not match its checksums
 
     func testCorruptOrMislabelledDataIsNeverRenamedIntoPlace() throws {
