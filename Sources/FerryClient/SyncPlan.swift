@@ -82,12 +82,12 @@ public struct SyncPlan: Sendable {
                     if inputs.checksum {
                         if let sha = e.sha256, inputs.localHash(e.path) == sha {
                             plan.unchangedFiles += 1
-                            if l.mtime != e.mtime || l.mode != e.mode { plan.attributeFixes.append(e) }
+                            if l.mtime != e.mtime || l.mode != LocalTree.applicableMode(e.mode) { plan.attributeFixes.append(e) }
                             continue
                         }
                     } else if l.mtime == e.mtime {
                         plan.unchangedFiles += 1
-                        if l.mode != e.mode { plan.attributeFixes.append(e) }
+                        if l.mode != LocalTree.applicableMode(e.mode) { plan.attributeFixes.append(e) }
                         continue
                     }
                 }

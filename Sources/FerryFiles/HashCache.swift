@@ -4,21 +4,25 @@ import Glibc
 import FerryProtocol
 import NIOConcurrencyHelpers
 
-/// What decides whether a cached hash is still good: the file's size, mtime and inode, as in
-/// git's index. Any change to one of them means the file is hashed again.
+/// What decides whether a cached hash is still good: the file's size, mtime, inode and ctime,
+/// as in git's index. Any change to one of them means the file is hashed again. ctime matters:
+/// a file rewritten in place with the same size and its old mtime put back (`touch -d`) keeps
+/// size, mtime and inode, but not ctime.
 public struct HashKey: Hashable, Sendable {
     public var size: Int64
     public var mtime: Timestamp
     public var inode: UInt64
+    public var ctime: Timestamp
 
-    public init(size: Int64, mtime: Timestamp, inode: UInt64) {
+    public init(size: Int64, mtime: Timestamp, inode: UInt64, ctime: Timestamp) {
         self.size = size
         self.mtime = mtime
         self.inode = inode
+        self.ctime = ctime
     }
 
     public init(_ info: FileInfo) {
-        self.init(size: info.size, mtime: info.mtime, inode: info.inode)
+        self.init(size: info.size, mtime: info.mtime, inode: info.inode, ctime: info.ctime)
     }
 }
 
@@ -35,7 +39,7 @@ public final class HashCache: Sendable {
     /// Where the cache is persisted; nil keeps it in memory only.
     public let fileURLPath: String?
 
-    static let header = "ferry-hash-cache 1"
+    static let header = "ferry-hash-cache 2"
     /// The cache never grows without bound: beyond this many entries it is cleared.
     static let maxEntries = 2_000_000
 
@@ -72,7 +76,7 @@ public final class HashCache: Sendable {
         guard let snapshot else { return }
         var text = Self.header + "\n"
         for (p, (k, sha)) in snapshot {
-            text += "\(k.size) \(k.mtime) \(k.inode) \(sha) \(PercentEncoding.encode(p))\n"
+            text += "\(k.size) \(k.mtime) \(k.inode) \(k.ctime) \(sha) \(PercentEncoding.encode(p))\n"
         }
         try AtomicFile.write(Array(text.utf8), to: path)
     }
@@ -86,9 +90,10 @@ public final class HashCache: Sendable {
         var entries: [[UInt8]: (HashKey, String)] = [:]
         for line in lines {
             let f = line.split(separator: " ")
-            guard f.count == 5, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
-                  let inode = UInt64(f[2]), isSHA256Hex(f[3]), let p = PercentEncoding.decode(f[4]) else { continue }
-            entries[p] = (HashKey(size: size, mtime: mtime, inode: inode), String(f[3]))
+            guard f.count == 6, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
+                  let inode = UInt64(f[2]), let ctime = Timestamp(f[3]), isSHA256Hex(f[4]),
+                  let p = PercentEncoding.decode(f[5]) else { continue }
+            entries[p] = (HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime), String(f[4]))
         }
         state.withLockedValue { $0.entries = entries }
     }

@@ -7,6 +7,10 @@ import FerryProtocol
 /// component at a time with `O_NOFOLLOW`, so nothing is ever created, replaced or removed
 /// through a symlink — whatever a manifest says and whatever links already sit in DEST.
 public final class LocalTree: Sendable {
+    /// The mode bits a client applies: permissions and the sticky bit, never setuid or setgid,
+    /// so a server cannot plant set-id programs on the client (least of all one running as root).
+    public static func applicableMode(_ mode: UInt32) -> UInt32 { mode & 0o1777 }
+
     public let rootPath: String
     public let root: FileHandle
 
@@ -61,7 +65,7 @@ public final class LocalTree: Sendable {
 
     public func makeDirectory(_ path: RemotePath, mode: UInt32) throws(SystemError) {
         let (dir, name) = try parent(of: path)
-        let r = withCPath(name) { mkdirat(dir.fd, $0, mode_t(mode & 0o7777 | 0o700)) }
+        let r = withCPath(name) { mkdirat(dir.fd, $0, mode_t(LocalTree.applicableMode(mode) | 0o700)) }
         if r != 0 && errno != EEXIST { throw SystemError(errno: errno, operation: "create directory", path: display(path)) }
     }
 
@@ -116,7 +120,7 @@ public final class LocalTree: Sendable {
         let fd = isRoot ? dup(root.fd) : POSIX.openAt(dir.fd, name, O_RDONLY | O_NOFOLLOW)
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display(path)) }
         let handle = FileHandle(fd: fd)
-        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
+        guard fchmod(handle.fd, mode_t(LocalTree.applicableMode(mode))) == 0 else {
             throw SystemError(errno: errno, operation: "chmod", path: display(path))
         }
         try Self.setMtime(handle.fd, mtime, display: display(path))

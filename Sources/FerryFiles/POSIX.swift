@@ -116,6 +116,9 @@ public struct FileInfo: Hashable, Sendable {
     public var mtime: Timestamp
     public var inode: UInt64
     public var device: UInt64
+    /// Status change time: moves on every write, chmod or rename, and cannot be set back by
+    /// a user (unlike mtime), so it catches an in-place rewrite whose mtime was restored.
+    public var ctime: Timestamp
 
     init(_ st: Glibc.stat) {
         switch st.st_mode & S_IFMT {
@@ -129,6 +132,7 @@ public struct FileInfo: Hashable, Sendable {
         mtime = Timestamp(seconds: Int64(st.st_mtim.tv_sec), nanoseconds: Int32(st.st_mtim.tv_nsec))
         inode = UInt64(st.st_ino)
         device = UInt64(st.st_dev)
+        ctime = Timestamp(seconds: Int64(st.st_ctim.tv_sec), nanoseconds: Int32(st.st_ctim.tv_nsec))
     }
 
     public var validator: Validator { Validator(size: size, mtime: mtime) }

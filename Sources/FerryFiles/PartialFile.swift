@@ -148,7 +148,7 @@ public final class PartialFile {
     }
 
     private func prepareForPlacement(mode: UInt32, mtime: Timestamp) throws(SystemError) {
-        guard fchmod(handle.fd, mode_t(mode & 0o7777)) == 0 else {
+        guard fchmod(handle.fd, mode_t(LocalTree.applicableMode(mode))) == 0 else {
             throw SystemError(errno: errno, operation: "chmod", path: dataPath)
         }
         try LocalTree.setMtime(handle.fd, mtime, display: dataPath)

@@ -367,13 +367,9 @@ final class SyncEndToEndTests: XCTestCase {
     }
 
     /// The same, but the file is rewritten in place (same inode), as many tools do; the
-    /// server's hash cache must not hand out the old hash. Known server bug: the cache key is
-    /// path + size + mtime + inode without ctime (Sources/FerryFiles/HashCache.swift), so
-    /// `--checksum` misses the change and `ferry get` of the file fails its SHA-256 check
-    /// (exit 4) until the file changes again. Skipped unless FERRY_KNOWN_BUGS=1 until fixed.
+    /// server's hash cache must not hand out the old hash: the cache key includes ctime
+    /// (Sources/FerryFiles/HashCache.swift), which a restored mtime does not restore.
     func testChecksumDetectsAnInPlaceRewriteWithRestoredMtime() throws {
-        try XCTSkipUnless(ProcessInfo.processInfo.environment["FERRY_KNOWN_BUGS"] == "1",
-                          "known server bug: the hash cache ignores ctime, so an in-place rewrite with a restored mtime is served with its old SHA-256")
         let src = work.appendingPathComponent("src")
         let file = src.appendingPathComponent("data.txt")
         try Files.write(file, String(repeating: "A", count: 64))
