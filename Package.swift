@@ -110,6 +110,14 @@ let package = Package(
             ]
         ),
         .testTarget(
+            name: "FerryResumeTests",
+            dependencies: [
+                "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+            ]
+        ),
+        .testTarget(
             name: "FerryIntegrationTests",
             dependencies: [
                 "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",

@@ -77,10 +77,13 @@ public struct Downloader {
 
     public func get(_ path: RemotePath, to localPath: String, onEvent: (Event) -> Void = { _ in }) async throws -> Result {
         let counter = ByteCounter()
+        // Consecutive failures without progress (what --retries bounds), and all retries.
         var attempt = 0
+        var retries = 0
         var changes = 0
         var written: Int64 = 0
         while true {
+            let writtenBefore = written
             do {
                 return try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { connection in
                     let (target, entry) = try await Self.statFile(path, on: connection)
@@ -98,7 +101,7 @@ public struct Downloader {
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
                                   sha256: sha, bytesWritten: written, wireBytes: counter.count,
-                                  resumedFrom: transfer.resumedFrom, retries: attempt)
+                                  resumedFrom: transfer.resumedFrom, retries: retries)
                 }
             } catch let changed as FileTransfer.Changed {
                 changes += 1
@@ -107,8 +110,12 @@ public struct Downloader {
                 if changes > 3 {
                     throw ClientError.integrity(path: path.description, "the file keeps changing on the server; try again when it is stable")
                 }
-            } catch let error as ClientError where error.isRetryable && attempt < options.retry.retries {
+            } catch let error as ClientError where error.isRetryable {
+                // A connection that delivered verified data before it failed starts the count again.
+                if written > writtenBefore { attempt = 0 }
+                guard attempt < options.retry.retries else { throw error }
                 attempt += 1
+                retries += 1
                 let delay = options.retry.delay(afterAttempt: attempt - 1)
                 onEvent(.retrying(attempt: attempt, of: options.retry.retries, reason: error.description, delay: delay))
                 try await Task.sleep(for: delay)

@@ -41,18 +41,27 @@ public final class FerryConnection {
     let counter: ByteCounter
     let allocator: ByteBufferAllocator
     let readTimeout: TimeAmount
+    /// Frames the pipeline has decoded, and how many of them this side has taken (the
+    /// greeting was taken before the connection object existed).
+    let framesDecoded: ByteCounter
+    private var framesTaken: Int64 = 1
 
     /// Bytes received from the network on this connection so far.
     public var bytesReceived: Int64 { counter.count }
 
+    /// Whether the next frame has already arrived, i.e. reading it will not wait for the
+    /// network. Lets a reader finish buffered work before it blocks.
+    public var hasBufferedFrame: Bool { framesDecoded.count > framesTaken }
+
     init(endpoint: Endpoint, greeting: Greeting, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
          inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator, counter: ByteCounter,
-         allocator: ByteBufferAllocator, readTimeout: TimeAmount) {
+         framesDecoded: ByteCounter, allocator: ByteBufferAllocator, readTimeout: TimeAmount) {
         self.endpoint = endpoint
         self.greeting = greeting
         self.outbound = outbound
         self.inbound = inbound
         self.counter = counter
+        self.framesDecoded = framesDecoded
         self.allocator = allocator
         self.readTimeout = readTimeout
     }
@@ -62,6 +71,7 @@ public final class FerryConnection {
                                counter: ByteCounter = ByteCounter(),
                                _ body: (FerryConnection) async throws -> R) async throws -> R {
         let channel: NIOAsyncChannel<ReplyFrame, ByteBuffer>
+        let framesDecoded = ByteCounter()
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(options.connectTimeout)
@@ -73,6 +83,7 @@ public final class FerryConnection {
                             ReadTimeoutHandler(),
                             CountingHandler(counter: counter),
                             ByteToMessageHandler(ReplyFrameDecoder()),
+                            FrameCountingHandler(counter: framesDecoded),
                         ])
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(
                             wrappingChannelSynchronously: ch,
@@ -106,8 +117,8 @@ public final class FerryConnection {
                 throw ClientError.versionMismatch(endpoint: endpoint.description, version: greeting.version)
             }
             let connection = FerryConnection(endpoint: endpoint, greeting: greeting, outbound: outbound,
-                                             inbound: iterator, counter: counter, allocator: allocator,
-                                             readTimeout: timeout)
+                                             inbound: iterator, counter: counter, framesDecoded: framesDecoded,
+                                             allocator: allocator, readTimeout: timeout)
             if let nonce = greeting.nonce {
                 try await connection.authenticate(nonce: nonce, token: options.token)
             }
@@ -176,7 +187,9 @@ public final class FerryConnection {
     }
 
     func nextFrame() async throws -> ReplyFrame {
-        try await Self.nextFrame(&inbound, endpoint: endpoint, timeout: readTimeout)
+        let frame = try await Self.nextFrame(&inbound, endpoint: endpoint, timeout: readTimeout)
+        framesTaken += 1
+        return frame
     }
 
     /// The next frame, which must be a line.
@@ -352,6 +365,18 @@ final class CountingHandler: ChannelInboundHandler, Sendable {
     init(counter: ByteCounter) { self.counter = counter }
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         counter.add(unwrapInboundIn(data).readableBytes)
+        context.fireChannelRead(data)
+    }
+}
+
+/// Counts the frames passed on to the async stream (see `FerryConnection.hasBufferedFrame`).
+final class FrameCountingHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ReplyFrame
+    typealias InboundOut = ReplyFrame
+    let counter: ByteCounter
+    init(counter: ByteCounter) { self.counter = counter }
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        counter.add(1)
         context.fireChannelRead(data)
     }
 }

@@ -151,6 +151,11 @@ public final class FileTransfer {
 
         do {
             while true {
+                if !inflight.isEmpty && !connection.hasBufferedFrame {
+                    // About to wait for the network: first write every chunk that has fully
+                    // arrived, so an interruption now (even kill -9) loses only the chunk in flight.
+                    while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
+                }
                 switch try await connection.nextStreamItem() {
                 case .chunk(let header, let wire):
                     guard header.offset == next else {
@@ -179,7 +184,12 @@ public final class FileTransfer {
                 }
             }
         } catch {
-            // Keep what was verified; let in-flight decodes finish before the partial is reused.
+            // Keep every chunk that arrived whole and checks out, in order, up to the first one
+            // that does not; let the other decodes finish before the partial is reused.
+            while let first = inflight.first, first.0.offset == partial.verified {
+                inflight.removeFirst()
+                do { try await commit(first, onBytes) } catch { break }
+            }
             for (_, task) in inflight { _ = try? await task.value }
             throw error
         }

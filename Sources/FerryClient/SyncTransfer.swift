@@ -114,7 +114,7 @@ final class SyncTransfer: Sendable {
         var attempt = 0
         let state = WorkerState()
         while true {
-            let progressBefore = state.completed
+            let progressBefore = (state.completed, state.bytes)
             do {
                 try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { connection in
                     try await self.serve(connection, state: state, partialDir: partialDir)
@@ -126,7 +126,8 @@ final class SyncTransfer: Sendable {
                 continue
             } catch let error as ClientError where error.isRetryable {
                 requeue(state.takeAll())
-                if state.completed > progressBefore { attempt = 0 }
+                // Only failures in a row without progress (a file or a verified chunk) count.
+                if state.completed > progressBefore.0 || state.bytes > progressBefore.1 { attempt = 0 }
                 attempt += 1
                 if attempt > options.retry.retries {
                     let message = "\(error.description) — gave up after \(options.retry.retries) retries"
@@ -152,6 +153,8 @@ final class SyncTransfer: Sendable {
         var pending: [(Job, FileTransfer)] = []
         var current: Job?
         var completed = 0
+        /// Verified bytes written by this worker.
+        var bytes: Int64 = 0
 
         func takeAll() -> [Job] {
             var jobs = pending.map(\.0)
@@ -167,7 +170,7 @@ final class SyncTransfer: Sendable {
             var batch: [Request] = []
             var special: Job?
             while state.pending.count < options.window, let job = nextJob() {
-                if job.delta || job.restat || PartialFile.existing(at: partialPath(for: job.entry.path)) != nil {
+                if job.delta || job.restat || (PartialFile.existing(at: partialPath(for: job.entry.path))?.1 ?? 0) > 0 {
                     special = job
                     break
                 }
@@ -178,20 +181,25 @@ final class SyncTransfer: Sendable {
                 batch.append(transfer.request())
                 state.pending.append((job, transfer))
             }
+            if let job = special, !state.pending.isEmpty {
+                // It needs round trips of its own: back to the queue until the pipeline drains
+                // (before the send below can fail, or the job would be lost with the connection).
+                requeueFront(job)
+                special = nil
+            }
             if !batch.isEmpty { try await connection.send(batch) }
             // Handle one reply, or (once nothing is in flight) the job that needs round trips.
             if state.pending.isEmpty {
                 guard let job = special else { return }
                 state.current = job
-                try await runInteractive(job, connection, partialDir: partialDir)
+                try await runInteractive(job, connection, state: state, partialDir: partialDir)
                 state.current = nil
                 continue
             }
-            if let special { requeueFront(special) }
             let (job, transfer) = state.pending.removeFirst()
             state.current = job
             try await receive(job, transfer, connection, partialDir: partialDir) {
-                try await transfer.receive(on: connection) { self.onBytes($0) }
+                try await transfer.receive(on: connection) { self.onBytes($0, state) }
             }
             state.current = nil
             state.completed += 1
@@ -202,7 +210,8 @@ final class SyncTransfer: Sendable {
         queue.withLockedValue { $0.requeued.insert(job, at: 0) }
     }
 
-    private func onBytes(_ n: Int) {
+    private func onBytes(_ n: Int, _ state: WorkerState) {
+        state.bytes += Int64(n)
         result.withLockedValue { $0.bytesWritten += Int64(n) }
         onEvent(.bytes(n))
     }
@@ -268,7 +277,7 @@ final class SyncTransfer: Sendable {
 
     /// Jobs that need round trips before their data can be requested: a re-stat, the
     /// verification of kept partial data, or block matching against an old local copy.
-    private func runInteractive(_ job: Job, _ connection: FerryConnection, partialDir: FileHandle) async throws {
+    private func runInteractive(_ job: Job, _ connection: FerryConnection, state: WorkerState, partialDir: FileHandle) async throws {
         let serverPath = base.appending(job.entry.path)
         var entry = job.entry
         if job.restat {
@@ -305,16 +314,17 @@ final class SyncTransfer: Sendable {
         let useDelta = current.delta && !current.restat
         try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {
             if useDelta {
-                return try await self.deltaFetch(current, transfer, connection)
+                return try await self.deltaFetch(current, transfer, connection, state)
             }
             try await connection.send(transfer.request())
-            return try await transfer.receive(on: connection) { self.onBytes($0) }
+            return try await transfer.receive(on: connection) { self.onBytes($0, state) }
         }
     }
 
     /// Rebuilds a changed file from the blocks of the old local copy that still match the
     /// server's block hashes, fetching only the other ranges (all requested at once).
-    private func deltaFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection) async throws -> String {
+    private func deltaFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection,
+                            _ state: WorkerState) async throws -> String {
         let serverPath = transfer.path
         let size = transfer.identity.size
         let blocks: FerryConnection.BlockList
@@ -367,7 +377,7 @@ final class SyncTransfer: Sendable {
                     p += Int64(n)
                 }
             } else {
-                sha = try await transfer.receive(on: connection, until: end) { self.onBytes($0) }
+                sha = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) }
             }
         }
         if let sha { return sha }
