@@ -73,7 +73,33 @@ struct GetCommand: AsyncParsableCommand {
                                     logger: logger)
         let progress = ProgressDisplay(mode: json ? .json : quiet ? .quiet : (Output.stderrIsTerminal ? .terminal : .quiet))
         let start = ContinuousClock.now
-        let result = try await downloader.get(address.path, to: localPath) { event in
+        let result: Downloader.Result
+        do {
+            result = try await getting(downloader, address, localPath, progress)
+        } catch let error as ClientError where error.isRetryable {
+            progress.clear()
+            Output.err("ferry: \(error.description)")
+            let n = max(0, retries)
+            Output.err("ferry: gave up after \(n) \(n == 1 ? "retry" : "retries"); run the same command again to continue "
+                       + "where it stopped (verified data is kept), or raise --retries")
+            throw ExitCode(error.exitCode)
+        }
+        progress.finish()
+        let seconds = (ContinuousClock.now - start).seconds
+        if json {
+            Output.json(["event": "summary", "path": result.path.description, "local": result.localPath,
+                         "size": result.size, "sha256": result.sha256, "bytesWritten": result.bytesWritten,
+                         "wireBytes": result.wireBytes, "resumedFrom": result.resumedFrom,
+                         "retries": result.retries, "seconds": seconds, "filesFetched": 1])
+        } else if !quiet {
+            Output.err("fetched \(result.path) → \(result.localPath): \(Output.bytes(result.size)) in "
+                       + String(format: "%.2f s", seconds) + ", \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")
+        }
+    }
+
+    private func getting(_ downloader: Downloader, _ address: ServerAddress, _ localPath: String,
+                         _ progress: ProgressDisplay) async throws -> Downloader.Result {
+        try await downloader.get(address.path, to: localPath) { event in
             switch event {
             case .started(let size, let resumed):
                 progress.begin(files: 1, bytes: size, alreadyDone: resumed)
@@ -93,17 +119,6 @@ struct GetCommand: AsyncParsableCommand {
             case .changedOnServer:
                 if !quiet && !json { Output.err("\(address.path) changed on the server; fetching the new version") }
             }
-        }
-        progress.finish()
-        let seconds = (ContinuousClock.now - start).seconds
-        if json {
-            Output.json(["event": "summary", "path": result.path.description, "local": result.localPath,
-                         "size": result.size, "sha256": result.sha256, "bytesWritten": result.bytesWritten,
-                         "wireBytes": result.wireBytes, "resumedFrom": result.resumedFrom,
-                         "retries": result.retries, "seconds": seconds, "filesFetched": 1])
-        } else if !quiet {
-            Output.err("fetched \(result.path) → \(result.localPath): \(Output.bytes(result.size)) in "
-                       + String(format: "%.2f s", seconds) + ", \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")
         }
     }
 
