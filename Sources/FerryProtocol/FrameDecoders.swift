@@ -14,6 +14,9 @@ public struct RequestLineDecoder: ByteToMessageDecoder {
 
     private let maxLine: Int
     private var discarding = false
+    /// Leading buffered bytes already known to hold no LF: a line arriving a few bytes at a
+    /// time is scanned once, not once per read (which made framing quadratic in the line).
+    private var scanned = 0
 
     public init(maxLine: Int = FerryLimits.maxRequestLine) {
         self.maxLine = maxLine
@@ -33,7 +36,9 @@ public struct RequestLineDecoder: ByteToMessageDecoder {
     public mutating func nextFrame(_ buffer: inout ByteBuffer) -> RequestFrame? {
         while true {
             let view = buffer.readableBytesView
-            if let lf = view.firstIndex(of: 0x0A) {
+            if scanned > view.count { scanned = 0 }
+            if let lf = view[(view.startIndex + scanned)...].firstIndex(of: 0x0A) {
+                scanned = 0
                 let length = lf - view.startIndex
                 if discarding {
                     buffer.moveReaderIndex(forwardBy: length + 1)
@@ -59,6 +64,7 @@ public struct RequestLineDecoder: ByteToMessageDecoder {
                 buffer.moveReaderIndex(forwardBy: buffer.readableBytes)
                 discarding = true
             }
+            scanned = buffer.readableBytes
             return nil
         }
     }
@@ -98,6 +104,8 @@ public struct ReplyFrameDecoder: ByteToMessageDecoder {
 
     private let maxLine: Int
     private var pendingChunk: ChunkHeader?
+    /// As in `RequestLineDecoder`: leading buffered bytes known to hold no LF.
+    private var scanned = 0
 
     public init(maxLine: Int = FerryLimits.maxReplyLine) {
         self.maxLine = maxLine
@@ -127,10 +135,13 @@ public struct ReplyFrameDecoder: ByteToMessageDecoder {
             return .chunk(header, payload)
         }
         let view = buffer.readableBytesView
-        guard let lf = view.firstIndex(of: 0x0A) else {
+        if scanned > view.count { scanned = 0 }
+        guard let lf = view[(view.startIndex + scanned)...].firstIndex(of: 0x0A) else {
             if buffer.readableBytes > maxLine { throw ReplyFramingError("reply line longer than \(maxLine) bytes") }
+            scanned = buffer.readableBytes
             return nil
         }
+        scanned = 0
         let length = lf - view.startIndex
         if length + 1 > maxLine { throw ReplyFramingError("reply line longer than \(maxLine) bytes") }
         var lineLength = length
