@@ -121,9 +121,10 @@ final class SyncResumeTests: XCTestCase {
             XCTAssertGreaterThanOrEqual(cuts, total / every - 3, "the proxy must really have cut the connections")
             XCTAssertTrue(conns.allSatisfy { $0.serverToClient <= every })
             XCTAssertEqual(run.int("wireBytes"), moved)
-            // Each cut may cost the chunk in flight — on a pipelined connection also the start
-            // of the next file's stream, which is requeued — and each connection a few lines of
-            // text. (The strict one-chunk bound for a single file is GetResumeTests' (1).)
+            // Each cut should cost about the chunk in flight, and each connection a few lines of
+            // text. One run in the full suite exceeded a one-chunk-per-cut bound by 295 KB (about
+            // one more chunk over ~30 cuts), cause not pinned down, so the bound here is two
+            // chunks per cut. The strict one-chunk bound for a single file is GetResumeTests' (1).
             XCTAssertLessThanOrEqual(moved, total + cuts * 2 * Wire.chunk + conns.count * 8 * 1024 + 64 * 1024,
                                      "resumes after cuts refetched too much")
             print("flaky sync, cut every \(every) bytes: \(sizes.count) files, \(total) bytes, \(conns.count) connections, \(cuts) cuts, \(moved) bytes moved (\(moved - total) extra)")
