@@ -1,4 +1,9 @@
 import CZlib
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
 import FerryProtocol
 import NIOCore
 
@@ -34,9 +39,44 @@ public enum CompressionPolicy: Sendable, Hashable {
     case off
     /// zlib at a fixed level (1...9); chunks that do not shrink are still sent stored.
     case level(Int32)
-    /// Compress at level 1 while it pays; skip the attempt on data that keeps proving
-    /// incompressible (see `ChunkEncoder`).
+    /// zlib level 1 when the network, not the CPU, is the bottleneck, chunk by chunk
+    /// (`AdaptiveCompression` decides); never on data that keeps proving incompressible.
     case auto
+}
+
+/// What the encoder did with one chunk: the evidence `AdaptiveCompression` learns from.
+public struct ChunkEncodeReport: Sendable, Hashable {
+    public enum Attempt: Sendable, Hashable {
+        /// Sent stored without trying zlib.
+        case none
+        /// A small sample did not shrink, so the chunk was not tried (sent stored).
+        case sampleRejected
+        /// The whole chunk was deflated but saved less than `ChunkEncoder.minimumSaving` (sent stored).
+        case rejected
+        /// Sent zlib-compressed.
+        case compressed
+    }
+
+    public var attempt: Attempt
+    public var rawBytes: Int
+    public var wireBytes: Int
+    /// Seconds spent inside zlib for this chunk (sample and whole-chunk attempt).
+    public var zlibSeconds: Double
+
+    public init(attempt: Attempt, rawBytes: Int, wireBytes: Int, zlibSeconds: Double) {
+        self.attempt = attempt
+        self.rawBytes = rawBytes
+        self.wireBytes = wireBytes
+        self.zlibSeconds = zlibSeconds
+    }
+}
+
+/// One encoded chunk: its header, the bytes to send and what it cost.
+public struct EncodedChunk: Sendable {
+    public var header: ChunkHeader
+    /// For a stored chunk this is the raw buffer itself (no copy).
+    public var wire: ByteBuffer
+    public var report: ChunkEncodeReport
 }
 
 /// Turns raw chunk bytes into a header and wire bytes. It keeps a little state so that a
@@ -65,15 +105,58 @@ public struct ChunkEncoder: Sendable {
     /// Encodes one chunk. `raw` must be 1...maxChunkRaw bytes.
     public mutating func encode(raw: UnsafeRawBufferPointer, offset: Int64, allocator: ByteBufferAllocator) -> (ChunkHeader, ByteBuffer) {
         let crc = CRC32.checksum(raw)
-        if let level, shouldTry(raw, level: level),
-           let wire = Self.deflate(raw, level: level, limit: Int(Double(raw.count) * (1 - Self.minimumSaving)), allocator: allocator) {
-            lastWasIncompressible = false
+        if case .compressed(let wire) = attempt(raw, allocator: allocator).outcome {
             return (ChunkHeader(offset: offset, rawLength: raw.count, wireLength: wire.readableBytes, codec: .zlib, crc32: crc), wire)
         }
-        if level != nil { lastWasIncompressible = true }
         var buffer = allocator.buffer(capacity: raw.count)
         buffer.writeBytes(raw)
         return (ChunkHeader(offset: offset, rawLength: raw.count, wireLength: raw.count, codec: .stored, crc32: crc), buffer)
+    }
+
+    /// Encodes one chunk held in a buffer and reports what it cost. A stored chunk's wire
+    /// bytes are `raw` itself, so sending incompressible data copies nothing.
+    public mutating func encode(_ raw: ByteBuffer, offset: Int64, allocator: ByteBufferAllocator) -> EncodedChunk {
+        raw.withUnsafeReadableBytes { bytes in
+            let crc = CRC32.checksum(bytes)
+            let (outcome, seconds) = attempt(bytes, allocator: allocator)
+            let kind: ChunkEncodeReport.Attempt
+            switch outcome {
+            case .compressed(let wire):
+                return EncodedChunk(
+                    header: ChunkHeader(offset: offset, rawLength: bytes.count, wireLength: wire.readableBytes, codec: .zlib, crc32: crc),
+                    wire: wire,
+                    report: ChunkEncodeReport(attempt: .compressed, rawBytes: bytes.count, wireBytes: wire.readableBytes,
+                                              zlibSeconds: seconds))
+            case .notTried: kind = .none
+            case .sampleRejected: kind = .sampleRejected
+            case .rejected: kind = .rejected
+            }
+            return EncodedChunk(
+                header: ChunkHeader(offset: offset, rawLength: bytes.count, wireLength: bytes.count, codec: .stored, crc32: crc),
+                wire: raw,
+                report: ChunkEncodeReport(attempt: kind, rawBytes: bytes.count, wireBytes: bytes.count, zlibSeconds: seconds))
+        }
+    }
+
+    private enum Outcome {
+        case notTried, sampleRejected, rejected
+        case compressed(ByteBuffer)
+    }
+
+    /// Tries zlib as the policy says; also returns the seconds spent in zlib.
+    private mutating func attempt(_ raw: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) -> (outcome: Outcome, seconds: Double) {
+        guard let level else { return (.notTried, 0) }
+        let start = ContinuousClock.now
+        guard shouldTry(raw, level: level) else {
+            lastWasIncompressible = true
+            return (.sampleRejected, (ContinuousClock.now - start).seconds)
+        }
+        guard let wire = Self.deflate(raw, level: level, limit: Int(Double(raw.count) * (1 - Self.minimumSaving)), allocator: allocator) else {
+            lastWasIncompressible = true
+            return (.rejected, (ContinuousClock.now - start).seconds)
+        }
+        lastWasIncompressible = false
+        return (.compressed(wire), (ContinuousClock.now - start).seconds)
     }
 
     /// Deflates a small sample first; only if the sample shrinks is the whole chunk tried.
@@ -94,12 +177,13 @@ public struct ChunkEncoder: Sendable {
         var buffer = allocator.buffer(capacity: limit)
         var ok = false
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: limit) { out -> Int in
+            guard let dst = out.baseAddress else { return 0 }
             var stream = z_stream()
             guard deflateInit_(&stream, level, ZLIB_VERSION, Int32(MemoryLayout<z_stream>.size)) == Z_OK else { return 0 }
             defer { deflateEnd(&stream) }
             stream.next_in = UnsafeMutablePointer(mutating: src.assumingMemoryBound(to: Bytef.self))
             stream.avail_in = uInt(raw.count)
-            stream.next_out = out.baseAddress!.assumingMemoryBound(to: Bytef.self)
+            stream.next_out = dst.assumingMemoryBound(to: Bytef.self)
             stream.avail_out = uInt(limit)
             let r = CZlib.deflate(&stream, Z_FINISH)
             guard r == Z_STREAM_END else { return 0 }
@@ -107,6 +191,164 @@ public struct ChunkEncoder: Sendable {
             return Int(stream.total_out)
         }
         return ok ? buffer : nil
+    }
+}
+
+/// The `--compress auto` policy: decides, chunk by chunk, whether zlib pays on this link.
+///
+/// zlib level 1 trades CPU time for fewer bytes on the wire. That pays only when the network,
+/// not the CPU, is the bottleneck: when the sender's writes wait for the socket to drain while
+/// cores could be compressing. On loopback or a fast LAN the socket drains faster than zlib
+/// (about 90 MB/s per core on text) can fill it, and compressing would slow both ends down.
+///
+/// The controller keeps three estimates, each decaying so that it follows change:
+/// - the link rate `D`: wire bytes per second of the time the writer spent handing data to the
+///   socket (waiting for writability included, waiting for encoders not), over about the last
+///   few MiB;
+/// - the compression rate `C·n`: raw bytes per second one encoder deflates, times the encoders
+///   working in parallel;
+/// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink).
+///
+/// and decides, when a chunk's encoding is started:
+/// 1. link known and `D ≥ 0.8·C·n`: the link drains faster than zlib can fill it: **store**;
+/// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
+///    first chunk of every multi-chunk stream, so compressible data is noticed again;
+/// 3. link not known yet (less than `trustBytes` observed): **compress** (a slow link is where
+///    a wrong guess costs most; on a fast one the first MiB or so costs a little CPU);
+/// 4. otherwise compress a fraction `f = min(1, C·n / (D + C·n·(1 − r)))` of the chunks, spread
+///    evenly: the mix at which the link and the encoders are both busy. On a slow link `f` is 1.
+///
+/// Whatever it decides, a chunk that does not shrink by 3% is sent stored (`ChunkEncoder`).
+/// It is a pure value: the caller feeds it measured seconds, so tests drive it deterministically.
+public struct AdaptiveCompression: Sendable {
+    public struct Tuning: Sendable {
+        /// Store while the link is at least this fraction of the encoders' combined speed.
+        public var fastLinkFactor = 0.8
+        /// Above this expected wire/raw ratio the data counts as incompressible.
+        public var incompressibleRatio = 0.9
+        /// While the data is incompressible, one chunk in this many is still tried.
+        public var probeInterval = 16
+        /// Wire bytes the link must have been observed moving before its rate is trusted.
+        public var trustBytes = 4 << 20
+        /// The link estimate forgets half its weight every this many wire bytes.
+        public var linkHalfLife = 2 << 20
+        /// Weight kept by the compression-rate and ratio estimates per new zlib attempt.
+        public var attemptDecay = 0.75
+        /// Raw bytes per second one encoder is assumed to deflate before any was measured.
+        public var priorCompressRate = 100e6
+        /// Expected wire/raw ratio before any attempt was seen.
+        public var priorRatio = 0.5
+
+        public init() {}
+    }
+
+    public let tuning: Tuning
+    /// Encoders working in parallel (the pipeline's window, at most the core count).
+    public var encoders: Int
+
+    private var linkBytes = 0.0
+    private var linkSeconds = 0.0
+    private var observedBytes = 0.0
+    private var zlibBytes: Double
+    private var zlibSeconds: Double
+    private var ratioEstimate: Double
+    private var sinceProbe = 0
+    private var probeNext = false
+    private var credit = 0.0
+
+    public init(encoders: Int, tuning: Tuning = Tuning()) {
+        self.tuning = tuning
+        self.encoders = max(1, encoders)
+        // The prior counts as one 256 KiB attempt, so the first real measurement dominates.
+        zlibBytes = 262_144
+        zlibSeconds = 262_144 / tuning.priorCompressRate
+        ratioEstimate = tuning.priorRatio
+    }
+
+    /// Wire bytes per second the link drains, or nil until `trustBytes` have been observed.
+    public var linkRate: Double? {
+        guard observedBytes >= Double(tuning.trustBytes) else { return nil }
+        return linkSeconds > 0 ? linkBytes / linkSeconds : .infinity
+    }
+
+    /// Raw bytes per second all encoders together deflate.
+    public var compressRate: Double { zlibBytes / zlibSeconds * Double(encoders) }
+
+    /// Expected wire/raw ratio of the next zlib attempt.
+    public var expectedRatio: Double { ratioEstimate }
+
+    /// A new stream (one `GET` or manifest) of `chunks` chunks begins: its first chunk is
+    /// probed even if recent data was incompressible, since a new file may differ.
+    public mutating func beginStream(chunks: Int) {
+        probeNext = chunks > 1
+    }
+
+    /// The writer handed `bytes` to the socket, which took `seconds` (including any wait for
+    /// the socket to become writable).
+    public mutating func recordSend(bytes: Int, seconds: Double) {
+        guard bytes > 0 else { return }
+        let keep = pow(0.5, Double(bytes) / Double(tuning.linkHalfLife))
+        linkBytes = linkBytes * keep + Double(bytes)
+        linkSeconds = linkSeconds * keep + max(0, seconds)
+        observedBytes = min(observedBytes + Double(bytes), 1e15)
+    }
+
+    /// An encoder finished a chunk.
+    public mutating func record(_ report: ChunkEncodeReport) {
+        let a = tuning.attemptDecay
+        switch report.attempt {
+        case .none:
+            return
+        case .sampleRejected:
+            ratioEstimate = ratioEstimate * a + (1 - a)
+        case .rejected:
+            ratioEstimate = ratioEstimate * a + (1 - a)
+            recordSpeed(report)
+        case .compressed:
+            ratioEstimate = ratioEstimate * a + (1 - a) * Double(report.wireBytes) / Double(max(1, report.rawBytes))
+            recordSpeed(report)
+        }
+    }
+
+    private mutating func recordSpeed(_ report: ChunkEncodeReport) {
+        guard report.zlibSeconds > 0, report.rawBytes > 0 else { return }
+        let a = tuning.attemptDecay
+        zlibBytes = zlibBytes * a + Double(report.rawBytes)
+        zlibSeconds = zlibSeconds * a + report.zlibSeconds
+    }
+
+    /// Whether the next chunk should be tried with zlib.
+    public mutating func shouldCompress() -> Bool {
+        let probe = probeNext
+        probeNext = false
+        let capacity = compressRate
+        if let link = linkRate, link >= tuning.fastLinkFactor * capacity {
+            return false
+        }
+        if ratioEstimate > tuning.incompressibleRatio {
+            sinceProbe += 1
+            if probe || sinceProbe >= tuning.probeInterval {
+                sinceProbe = 0
+                return true
+            }
+            return false
+        }
+        guard let link = linkRate else { return true }
+        let fraction = min(1, capacity / (link + capacity * (1 - ratioEstimate)))
+        credit += fraction
+        if credit >= 1 - 1e-9 {
+            credit -= 1
+            return true
+        }
+        return false
+    }
+}
+
+extension Duration {
+    /// The duration in seconds, as a Double.
+    public var seconds: Double {
+        let c = components
+        return Double(c.seconds) + Double(c.attoseconds) * 1e-18
     }
 }
 

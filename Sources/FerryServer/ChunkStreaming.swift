@@ -1,15 +1,22 @@
 import FerryFiles
 import FerryProtocol
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Encodes a byte source as a chunk stream (PROTOCOL.md section 7). Up to `window` chunks are
 /// read and compressed concurrently on the task pool while earlier ones are written, so both
 /// cores work and memory stays at about `window` × 2 × chunk size per connection.
+///
+/// With `auto` compression an `AdaptiveCompression` controller decides, as each chunk's
+/// encoding starts, whether zlib is worth it; the pipeline feeds it how long each write to the
+/// socket took and what each encoder did.
 struct ChunkPipeline {
     let writer: ReplyWriter
     let policy: CompressionPolicy
     let chunkSize: Int
     static let window = 4
+    /// Encoders that can really run at once.
+    static var encoders: Int { max(1, min(window, System.coreCount)) }
 
     enum Source: Sendable {
         case file(FileHandle)
@@ -17,8 +24,7 @@ struct ChunkPipeline {
     }
 
     struct Encoded: Sendable {
-        var header: ChunkHeader
-        var wire: ByteBuffer
+        var chunk: EncodedChunk
         var raw: ByteBuffer
     }
 
@@ -26,30 +32,40 @@ struct ChunkPipeline {
     struct ShortRead: Error {}
 
     /// Streams bytes `[from, to)` of `source`; `onRaw` sees each chunk's raw bytes in order.
-    func stream(_ source: Source, from: Int64, to: Int64, onRaw: (ByteBuffer) -> Void) async throws {
+    func stream(_ source: Source, from: Int64, to: Int64, controller: inout AdaptiveCompression,
+                onRaw: (ByteBuffer) -> Void) async throws {
         let count = Int((to - from + Int64(chunkSize) - 1) / Int64(chunkSize))
         guard count > 0 else { return }
         let allocator = writer.allocator
         let chunkSize = self.chunkSize
         let policy = self.policy
+        controller.beginStream(chunks: count)
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
             func launch(_ index: Int) {
                 let offset = from + Int64(index) * Int64(chunkSize)
                 let length = Int(min(Int64(chunkSize), to - offset))
+                let chunkPolicy: CompressionPolicy
+                switch policy {
+                case .off, .level: chunkPolicy = policy
+                case .auto: chunkPolicy = controller.shouldCompress() ? .auto : .off
+                }
                 group.addTask {
-                    (index, try Self.encode(source, offset: offset, length: length, policy: policy, allocator: allocator))
+                    (index, try Self.encode(source, offset: offset, length: length, policy: chunkPolicy, allocator: allocator))
                 }
             }
             for i in 0..<min(Self.window, count) { launch(i) }
             var launched = min(Self.window, count)
             while next < count {
                 guard let (index, encoded) = try await group.next() else { break }
+                controller.record(encoded.chunk.report)
                 ready[index] = encoded
-                while let chunk = ready.removeValue(forKey: next) {
-                    onRaw(chunk.raw)
-                    try await writer.send(chunk: chunk.header, wire: chunk.wire)
+                while let item = ready.removeValue(forKey: next) {
+                    onRaw(item.raw)
+                    let start = ContinuousClock.now
+                    try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
+                    controller.recordSend(bytes: item.chunk.wire.readableBytes + 64, seconds: (ContinuousClock.now - start).seconds)
                     next += 1
                     if launched < count {
                         launch(launched)
@@ -82,8 +98,52 @@ struct ChunkPipeline {
             if raw.readableBytes != length { throw ShortRead() }
         }
         var encoder = ChunkEncoder(policy: policy)
-        let (header, wire) = raw.withUnsafeReadableBytes { encoder.encode(raw: $0, offset: offset, allocator: allocator) }
-        return Encoded(header: header, wire: wire, raw: raw)
+        return Encoded(chunk: encoder.encode(raw, offset: offset, allocator: allocator), raw: raw)
+    }
+}
+
+/// What `auto` compression has learned about a link, kept between streams so that the next
+/// file, and a run of small files of one chunk each, start from it instead of from nothing.
+/// One memory per server (`forServer`); a connection may keep its own instead.
+final class CompressionMemory: Sendable {
+    private let state = NIOLockedValueBox<AdaptiveCompression?>(nil)
+
+    init() {}
+
+    func load() -> AdaptiveCompression {
+        state.withLockedValue { $0 } ?? AdaptiveCompression(encoders: ChunkPipeline.encoders)
+    }
+
+    func store(_ controller: AdaptiveCompression) {
+        state.withLockedValue { $0 = controller }
+    }
+
+    private struct Entry: Sendable {
+        weak var server: FerryServer?
+        let memory: CompressionMemory
+    }
+
+    private static let registry = NIOLockedValueBox<[ObjectIdentifier: Entry]>([:])
+
+    /// The memory of one server, created on first use and forgotten with the server.
+    static func forServer(_ server: FerryServer) -> CompressionMemory {
+        registry.withLockedValue { entries in
+            let key = ObjectIdentifier(server)
+            if let entry = entries[key], entry.server === server { return entry.memory }
+            entries = entries.filter { $0.value.server != nil }
+            let memory = CompressionMemory()
+            entries[key] = Entry(server: server, memory: memory)
+            return memory
+        }
+    }
+}
+
+extension ReplyWriter {
+    /// Sends a reply line and tells `controller` how long the socket took to take it.
+    func send(line: String, recording controller: inout AdaptiveCompression) async throws {
+        let start = ContinuousClock.now
+        try await send(line: line)
+        controller.recordSend(bytes: line.utf8.count + 1, seconds: (ContinuousClock.now - start).seconds)
     }
 }
 
@@ -91,6 +151,8 @@ struct ChunkPipeline {
 struct FileSender {
     let server: FerryServer
     let writer: ReplyWriter
+    /// What `auto` compression learned so far; the server's own memory when nil.
+    var memory: CompressionMemory? = nil
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
         let (file, info) = try server.root.openFile(path)
@@ -102,14 +164,17 @@ struct FileSender {
         let canonical = try server.root.resolve(path, followFinal: true).canonical
         let key = HashKey(info)
         let known = server.hashCache.lookup(canonical, key)
-        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")")
+        let memory = self.memory ?? CompressionMemory.forServer(server)
+        var controller = memory.load()
+        defer { memory.store(controller) }
+        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")", recording: &controller)
 
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         do {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
             let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
                                          chunkSize: server.configuration.chunkSize)
-            try await pipeline.stream(.file(file), from: offset, to: end) { raw in
+            try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
             }
             if hasher != nil && end < info.size { try hashRange(file, end, info.size, into: &hasher) }
@@ -134,7 +199,7 @@ struct FileSender {
         } else {
             sha = "-"  // unreachable: either known or hashed
         }
-        try await writer.send(line: "END \(sha)")
+        try await writer.send(line: "END \(sha)", recording: &controller)
     }
 
     private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
@@ -154,6 +219,8 @@ struct FileSender {
 struct ManifestSender {
     let server: FerryServer
     let writer: ReplyWriter
+    /// What `auto` compression learned so far; the server's own memory when nil.
+    var memory: CompressionMemory? = nil
 
     func send(path: RemotePath, hashes: Bool) async throws {
         let (dir, canonical) = try server.root.openDirectory(path)
@@ -178,12 +245,15 @@ struct ManifestSender {
         let text = Manifest(entries: entries).text
         let buffer = ByteBuffer(string: text)
         var hasher = SHA256Hasher()
-        try await writer.send(line: "OK \(entries.count)")
-        let policy: CompressionPolicy = server.configuration.compression == .off ? .off : .level(6)
-        let pipeline = ChunkPipeline(writer: writer, policy: policy, chunkSize: server.configuration.chunkSize)
-        try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes)) { raw in
+        let memory = self.memory ?? CompressionMemory.forServer(server)
+        var controller = memory.load()
+        defer { memory.store(controller) }
+        try await writer.send(line: "OK \(entries.count)", recording: &controller)
+        // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
+        let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression, chunkSize: server.configuration.chunkSize)
+        try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }
-        try await writer.send(line: "END \(hasher.finalizeHex())")
+        try await writer.send(line: "END \(hasher.finalizeHex())", recording: &controller)
     }
 }

@@ -1,0 +1,240 @@
+import FerryFiles
+import FerryProtocol
+import NIOCore
+import XCTest
+
+/// `AdaptiveCompression` (the `--compress auto` policy) driven with synthetic measurements, and
+/// the encoder reports it learns from.
+final class AdaptiveCompressionTests: XCTestCase {
+    private let chunk = 256 * 1024
+    private let MB = 1e6
+
+    /// Feeds `count` compressed chunks deflated at `rate` raw bytes/s to `ratio`.
+    private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40) {
+        for _ in 0..<count {
+            c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * ratio),
+                                       zlibSeconds: Double(chunk) / rate))
+        }
+    }
+
+    /// Feeds sends of `bytes` each that took as long as a link of `rate` bytes/s needs.
+    private func sends(_ c: inout AdaptiveCompression, rate: Double, total: Int, bytes: Int = 256 * 1024) {
+        for _ in 0..<(total / bytes) {
+            c.recordSend(bytes: bytes, seconds: Double(bytes) / rate)
+        }
+    }
+
+    private func decisions(_ c: inout AdaptiveCompression, _ n: Int) -> Int {
+        (0..<n).filter { _ in c.shouldCompress() }.count
+    }
+
+    func testLinkRateIsUnknownUntilEnoughBytesWereSeenAndThenMeasured() throws {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertNil(c.linkRate)
+        sends(&c, rate: 50 * MB, total: 3 << 20)
+        XCTAssertNil(c.linkRate, "3 MiB is not enough evidence")
+        sends(&c, rate: 50 * MB, total: 2 << 20)
+        let rate = try XCTUnwrap(c.linkRate)
+        XCTAssertEqual(rate / MB, 50, accuracy: 0.01)
+    }
+
+    func testUnknownLinkCompressesCompressibleData() {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertEqual(decisions(&c, 8), 8, "before the link is measured, assume it is slow")
+    }
+
+    func testFastLinkIsSentStored() {
+        // Loopback: the socket takes 1.5 GB/s; zlib does 90 MB/s per encoder.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        sends(&c, rate: 1500 * MB, total: 8 << 20)
+        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
+        XCTAssertEqual(decisions(&c, 100), 0)
+    }
+
+    func testWritesThatNeverWaitMeanAFastLink() {
+        var c = AdaptiveCompression(encoders: 2)
+        for _ in 0..<32 { c.recordSend(bytes: chunk, seconds: 0) }
+        XCTAssertEqual(c.linkRate, .infinity)
+        XCTAssertFalse(c.shouldCompress())
+    }
+
+    func testSlowLinkCompressesEveryChunk() {
+        // 100 Mbit/s: 12.5 MB/s, far below what the encoders manage.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        sends(&c, rate: 12.5 * MB, total: 8 << 20)
+        XCTAssertEqual(decisions(&c, 100), 100)
+    }
+
+    func testLinkCloseToTheEncodersGetsTheBalancingMix() {
+        // 1 Gbit/s against two encoders at 90 MB/s on text shrinking to 30%: compressing a
+        // fraction C·n / (D + C·n·(1 − r)) keeps both busy.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        sends(&c, rate: 117 * MB, total: 16 << 20)
+        let expected = 180.0 / (117 + 180 * 0.7)
+        XCTAssertEqual(c.expectedRatio, 0.3, accuracy: 0.001)
+        let n = decisions(&c, 1000)
+        XCTAssertEqual(Double(n) / 1000, expected, accuracy: 0.01)
+        XCTAssertTrue((700...780).contains(n), "\(n)")
+    }
+
+    func testMixIsSpreadEvenly() {
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        sends(&c, rate: 117 * MB, total: 16 << 20)
+        var longestStoredRun = 0, run = 0
+        for _ in 0..<200 {
+            if c.shouldCompress() { run = 0 } else { run += 1; longestStoredRun = max(longestStoredRun, run) }
+        }
+        XCTAssertEqual(longestStoredRun, 1, "a 74% mix never stores two chunks in a row")
+    }
+
+    func testMoreEncodersMakeCompressionWorthItOnTheSameLink() {
+        var two = AdaptiveCompression(encoders: 2)
+        var eight = AdaptiveCompression(encoders: 8)
+        compressed(&two, rate: 90 * MB, ratio: 0.3)
+        compressed(&eight, rate: 90 * MB, ratio: 0.3)
+        sends(&two, rate: 400 * MB, total: 8 << 20)
+        sends(&eight, rate: 400 * MB, total: 8 << 20)
+        XCTAssertEqual(decisions(&two, 50), 0, "400 MB/s ≥ 0.8 × 180 MB/s: store")
+        // 720 MB/s of encoders beat a 400 MB/s link: f = 720 / (400 + 720 × 0.7) ≈ 0.80.
+        XCTAssertTrue((39...40).contains(decisions(&eight, 50)))
+    }
+
+    func testFollowsALinkThatSlowsDownAndSpeedsUp() {
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        sends(&c, rate: 2000 * MB, total: 8 << 20)
+        XCTAssertEqual(decisions(&c, 20), 0)
+        sends(&c, rate: 10 * MB, total: 8 << 20)
+        XCTAssertEqual(decisions(&c, 20), 20, "after 8 MiB at 10 MB/s the link is slow")
+        sends(&c, rate: 2000 * MB, total: 16 << 20)
+        XCTAssertEqual(decisions(&c, 20), 0, "and fast again after 16 MiB")
+    }
+
+    func testSlowEncodersOnAModerateLinkStore() {
+        // A busy machine: zlib manages only 30 MB/s per encoder; a 100 MB/s link is faster.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 30 * MB, ratio: 0.3)
+        sends(&c, rate: 100 * MB, total: 8 << 20)
+        XCTAssertEqual(decisions(&c, 50), 0)
+    }
+
+    func testIncompressibleDataIsOnlyProbed() {
+        var c = AdaptiveCompression(encoders: 2)
+        sends(&c, rate: 10 * MB, total: 8 << 20)  // a slow link: compression would be welcome
+        for _ in 0..<10 {
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+        }
+        XCTAssertGreaterThan(c.expectedRatio, 0.9)
+        XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
+    }
+
+    func testNewMultiChunkStreamProbesItsFirstChunk() {
+        var c = AdaptiveCompression(encoders: 2)
+        sends(&c, rate: 10 * MB, total: 8 << 20)
+        for _ in 0..<10 {
+            c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.007))
+        }
+        _ = decisions(&c, 3)
+        c.beginStream(chunks: 40)
+        XCTAssertTrue(c.shouldCompress(), "a new file may compress")
+        XCTAssertFalse(c.shouldCompress())
+        c.beginStream(chunks: 1)
+        XCTAssertFalse(c.shouldCompress(), "single-chunk streams follow the history (small files)")
+    }
+
+    func testCompressibleAgainAfterSuccessfulProbes() {
+        var c = AdaptiveCompression(encoders: 2)
+        sends(&c, rate: 10 * MB, total: 8 << 20)
+        for _ in 0..<10 {
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+        }
+        XCTAssertFalse(c.shouldCompress())
+        compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
+        XCTAssertLessThan(c.expectedRatio, 0.9)
+        XCTAssertTrue(c.shouldCompress())
+    }
+
+    func testFastLinkNeedsNoProbes() {
+        var c = AdaptiveCompression(encoders: 2)
+        sends(&c, rate: 2000 * MB, total: 8 << 20)
+        c.beginStream(chunks: 100)
+        XCTAssertEqual(decisions(&c, 100), 0, "on a fast link even the first chunk is not sampled")
+    }
+
+    // MARK: - Encoder reports
+
+    private let allocator = ByteBufferAllocator()
+
+    private func randomBytes(_ count: Int) -> [UInt8] {
+        var g = SystemRandomNumberGenerator()
+        var out = [UInt8]()
+        out.reserveCapacity(count + 8)
+        while out.count < count { withUnsafeBytes(of: g.next() as UInt64) { out += $0 } }
+        return Array(out.prefix(count))
+    }
+
+    private func text(_ count: Int) -> ByteBuffer {
+        var b = ByteBuffer()
+        var i = 0
+        while b.readableBytes < count {
+            b.writeString("2024-05-01T12:00:\(i % 60) INFO request \(i) served in \(i % 97) ms\n")
+            i += 1
+        }
+        return b.getSlice(at: 0, length: count) ?? b
+    }
+
+    func testStoredChunkIsTheRawBufferItself() throws {
+        let raw = ByteBuffer(bytes: randomBytes(300_000))
+        var encoder = ChunkEncoder(policy: .off)
+        let out = encoder.encode(raw, offset: 7, allocator: allocator)
+        XCTAssertEqual(out.header.codec, .stored)
+        XCTAssertEqual(out.header.offset, 7)
+        XCTAssertEqual(out.wire, raw)
+        let same = raw.withUnsafeReadableBytes { r in out.wire.withUnsafeReadableBytes { w in r.baseAddress == w.baseAddress } }
+        XCTAssertTrue(same, "stored chunks are not copied")
+        XCTAssertEqual(out.report, ChunkEncodeReport(attempt: .none, rawBytes: 300_000, wireBytes: 300_000, zlibSeconds: 0))
+        XCTAssertEqual(try ChunkDecoder.decode(header: out.header, wire: out.wire), Array(raw.readableBytesView))
+    }
+
+    func testReportsSayWhatZlibDid() throws {
+        let random = ByteBuffer(bytes: randomBytes(256 * 1024))
+        var auto = ChunkEncoder(policy: .auto)
+        let sampled = auto.encode(random, offset: 0, allocator: allocator)
+        XCTAssertEqual(sampled.header.codec, .stored)
+        XCTAssertEqual(sampled.report.attempt, .sampleRejected)
+        XCTAssertGreaterThan(sampled.report.zlibSeconds, 0)
+
+        let small = ByteBuffer(bytes: randomBytes(20_000))  // too small to sample
+        var level = ChunkEncoder(policy: .level(1))
+        let rejected = level.encode(small, offset: 0, allocator: allocator)
+        XCTAssertEqual(rejected.header.codec, .stored)
+        XCTAssertEqual(rejected.report.attempt, .rejected)
+        XCTAssertEqual(rejected.wire, small)
+
+        let log = text(256 * 1024)
+        var fresh = ChunkEncoder(policy: .auto)
+        let packed = fresh.encode(log, offset: 0, allocator: allocator)
+        XCTAssertEqual(packed.header.codec, .zlib)
+        XCTAssertEqual(packed.report.attempt, .compressed)
+        XCTAssertEqual(packed.report.rawBytes, 256 * 1024)
+        XCTAssertEqual(packed.report.wireBytes, packed.wire.readableBytes)
+        XCTAssertLessThan(packed.report.wireBytes, 256 * 1024 / 3)
+        XCTAssertEqual(try ChunkDecoder.decode(header: packed.header, wire: packed.wire), Array(log.readableBytesView))
+    }
+
+    func testBufferAndPointerEncodingsAgree() {
+        let log = text(100_000)
+        for policy: CompressionPolicy in [.off, .level(1), .level(6), .auto] {
+            var a = ChunkEncoder(policy: policy)
+            var b = ChunkEncoder(policy: policy)
+            let viaBuffer = a.encode(log, offset: 42, allocator: allocator)
+            let viaPointer = log.withUnsafeReadableBytes { b.encode(raw: $0, offset: 42, allocator: allocator) }
+            XCTAssertEqual(viaBuffer.header, viaPointer.0, "\(policy)")
+            XCTAssertEqual(viaBuffer.wire, viaPointer.1, "\(policy)")
+        }
+    }
+}
