@@ -107,6 +107,7 @@ let package = Package(
                 "FerryDiscovery", "FerryProtocol", "FerryTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
@@ -123,6 +124,7 @@ let package = Package(
                 "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         // Hostile clients, limits, load, shutdown and full-disk behaviour of the real binaries.
