@@ -194,6 +194,25 @@ public struct ChunkEncoder: Sendable {
     }
 }
 
+/// What the kernel says about one TCP connection (Linux `TCP_INFO`), read now and then by the
+/// sender. Cumulative values, like the kernel's.
+public struct TransportSample: Sendable, Hashable {
+    /// When it was read (any monotonic clock), in seconds.
+    public var time: Double
+    /// Total seconds the sender has been held back by the receiver's window
+    /// (`tcpi_rwnd_limited`): the receiver, not the network, was the bottleneck.
+    public var receiverLimited: Double
+    /// The latest delivery-rate sample in bytes per second (`tcpi_delivery_rate`), nil when
+    /// that sample was application-limited and so says nothing about the link.
+    public var deliveryRate: Double?
+
+    public init(time: Double, receiverLimited: Double, deliveryRate: Double?) {
+        self.time = time
+        self.receiverLimited = receiverLimited
+        self.deliveryRate = deliveryRate
+    }
+}
+
 /// The `--compress auto` policy: decides, chunk by chunk, whether zlib pays on this link.
 ///
 /// zlib level 1 trades CPU time for fewer bytes on the wire. That pays only when the network,
@@ -209,8 +228,16 @@ public struct ChunkEncoder: Sendable {
 ///   working in parallel;
 /// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink).
 ///
-/// and decides, when a chunk's encoding is started:
-/// 1. link known and `D ≥ 0.8·C·n`: the link drains faster than zlib can fill it: **store**;
+/// When the kernel's view of the connection is available (`recordTransport`, from Linux
+/// `TCP_INFO`), two more facts sharpen this: the share of time the receiver's window held the
+/// sender back (then the receiver is the bottleneck, as on loopback with a busy client, and
+/// zlib would only add work on both sides), and the kernel's own delivery rate, which replaces
+/// `D` (it is not fooled by socket buffers that absorb the first few MiB).
+///
+/// The controller decides, when a chunk's encoding is started:
+/// 0. the receiver held the sender back more than a quarter of the recent time: **store**;
+/// 1. link known and `D ≥ k·C·n` (k = 1, or 2 with the kernel's delivery rate): the link drains
+///    faster than zlib can fill it: **store**;
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
 ///    first chunk of every multi-chunk stream, so compressible data is noticed again;
 /// 3. link not known yet (less than `trustBytes` observed): **compress** (a slow link is where
@@ -222,8 +249,15 @@ public struct ChunkEncoder: Sendable {
 /// It is a pure value: the caller feeds it measured seconds, so tests drive it deterministically.
 public struct AdaptiveCompression: Sendable {
     public struct Tuning: Sendable {
-        /// Store while the link is at least this fraction of the encoders' combined speed.
-        public var fastLinkFactor = 0.8
+        /// Store while the link is at least this multiple of the encoders' combined speed.
+        public var fastLinkFactor = 1.0
+        /// The same, when the link rate is the kernel's delivery rate (which, unlike the
+        /// writer's timing, never overestimates an underused link).
+        public var fastLinkFactorWithTransport = 2.0
+        /// Store while the receiver's window held the sender back more than this share of the time.
+        public var receiverLimitedShare = 0.25
+        /// Weight kept by the transport estimates per new sample.
+        public var transportDecay = 0.75
         /// Above this expected wire/raw ratio the data counts as incompressible.
         public var incompressibleRatio = 0.9
         /// While the data is incompressible, one chunk in this many is still tried.
@@ -255,6 +289,9 @@ public struct AdaptiveCompression: Sendable {
     private var sinceProbe = 0
     private var probeNext = false
     private var credit = 0.0
+    private var lastTransport: TransportSample?
+    private var receiverShareEstimate: Double?
+    private var deliveryRateEstimate: Double?
 
     public init(encoders: Int, tuning: Tuning = Tuning()) {
         self.tuning = tuning
@@ -265,8 +302,10 @@ public struct AdaptiveCompression: Sendable {
         ratioEstimate = tuning.priorRatio
     }
 
-    /// Wire bytes per second the link drains, or nil until `trustBytes` have been observed.
+    /// Wire bytes per second the link drains: the kernel's delivery rate when known, else the
+    /// writer's own timing once `trustBytes` have been observed; nil before.
     public var linkRate: Double? {
+        if let deliveryRateEstimate { return deliveryRateEstimate }
         guard observedBytes >= Double(tuning.trustBytes) else { return nil }
         return linkSeconds > 0 ? linkBytes / linkSeconds : .infinity
     }
@@ -276,6 +315,23 @@ public struct AdaptiveCompression: Sendable {
 
     /// Expected wire/raw ratio of the next zlib attempt.
     public var expectedRatio: Double { ratioEstimate }
+
+    /// Share of recent time the receiver's window held the sender back; nil without transport samples.
+    public var receiverLimitedShare: Double? { receiverShareEstimate }
+
+    /// The kernel's view of the connection, read now (cumulative values).
+    public mutating func recordTransport(_ sample: TransportSample) {
+        defer { lastTransport = sample }
+        guard let last = lastTransport else { return }
+        let elapsed = sample.time - last.time
+        guard elapsed > 0 else { return }
+        let a = tuning.transportDecay
+        let share = min(1, max(0, (sample.receiverLimited - last.receiverLimited) / elapsed))
+        receiverShareEstimate = receiverShareEstimate.map { $0 * a + share * (1 - a) } ?? share
+        if let rate = sample.deliveryRate, rate > 0 {
+            deliveryRateEstimate = deliveryRateEstimate.map { $0 * a + rate * (1 - a) } ?? rate
+        }
+    }
 
     /// A new stream (one `GET` or manifest) of `chunks` chunks begins: its first chunk is
     /// probed even if recent data was incompressible, since a new file may differ.
@@ -321,8 +377,12 @@ public struct AdaptiveCompression: Sendable {
     public mutating func shouldCompress() -> Bool {
         let probe = probeNext
         probeNext = false
+        if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
+            return false
+        }
         let capacity = compressRate
-        if let link = linkRate, link >= tuning.fastLinkFactor * capacity {
+        let factor = deliveryRateEstimate == nil ? tuning.fastLinkFactor : tuning.fastLinkFactorWithTransport
+        if let link = linkRate, link >= factor * capacity {
             return false
         }
         if ratioEstimate > tuning.incompressibleRatio {

@@ -14,7 +14,11 @@ struct ChunkPipeline {
     let writer: ReplyWriter
     let policy: CompressionPolicy
     let chunkSize: Int
+    /// The connection's `TCP_INFO`, when the caller has the channel.
+    var transport: TransportProbe? = nil
     static let window = 4
+    /// Chunks between two `TCP_INFO` reads.
+    static let transportInterval = 4
     /// Encoders that can really run at once.
     static var encoders: Int { max(1, min(window, System.coreCount)) }
 
@@ -32,14 +36,19 @@ struct ChunkPipeline {
     struct ShortRead: Error {}
 
     /// Streams bytes `[from, to)` of `source`; `onRaw` sees each chunk's raw bytes in order.
+    /// Returns how many chunks were sent zlib-compressed.
+    @discardableResult
     func stream(_ source: Source, from: Int64, to: Int64, controller: inout AdaptiveCompression,
-                onRaw: (ByteBuffer) -> Void) async throws {
+                onRaw: (ByteBuffer) -> Void) async throws -> Int {
         let count = Int((to - from + Int64(chunkSize) - 1) / Int64(chunkSize))
-        guard count > 0 else { return }
+        guard count > 0 else { return 0 }
+        var compressed = 0
         let allocator = writer.allocator
         let chunkSize = self.chunkSize
         let policy = self.policy
         controller.beginStream(chunks: count)
+        let transport = policy == .auto ? self.transport : nil
+        if let sample = await transport?.sample() { controller.recordTransport(sample) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -62,11 +71,15 @@ struct ChunkPipeline {
                 controller.record(encoded.chunk.report)
                 ready[index] = encoded
                 while let item = ready.removeValue(forKey: next) {
+                    if item.chunk.header.codec == .zlib { compressed += 1 }
                     onRaw(item.raw)
                     let start = ContinuousClock.now
                     try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
                     controller.recordSend(bytes: item.chunk.wire.readableBytes + 64, seconds: (ContinuousClock.now - start).seconds)
                     next += 1
+                    if next % Self.transportInterval == 0, let sample = await transport?.sample() {
+                        controller.recordTransport(sample)
+                    }
                     if launched < count {
                         launch(launched)
                         launched += 1
@@ -74,6 +87,7 @@ struct ChunkPipeline {
                 }
             }
         }
+        return compressed
     }
 
     private static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy,
@@ -138,6 +152,59 @@ final class CompressionMemory: Sendable {
     }
 }
 
+/// Reads the kernel's view of a TCP connection (Linux `TCP_INFO`) for `AdaptiveCompression`:
+/// how long the receiver's window has held the sender back, and the delivery rate. Elsewhere,
+/// or if the kernel says nothing, `sample()` is nil and the controller goes by timing alone.
+struct TransportProbe: Sendable {
+    let channel: any Channel
+
+    init(_ channel: any Channel) {
+        self.channel = channel
+    }
+
+    func sample() async -> TransportSample? {
+        #if os(Linux)
+        guard let provider = channel as? SocketOptionProvider else { return nil }
+        let raw: TCPInfoBytes
+        do {
+            // IPPROTO_TCP = 6, TCP_INFO = 11 (Linux ABI).
+            raw = try await provider.unsafeGetSocketOption(level: SocketOptionLevel(6), name: SocketOptionName(11)).get()
+        } catch {
+            return nil
+        }
+        let time = ContinuousClock.now
+        return Self.parse(raw, at: (time - Self.epoch).seconds)
+        #else
+        return nil
+        #endif
+    }
+
+    /// The first 192 bytes of Linux's `struct tcp_info` (linux/tcp.h), which the kernel fills
+    /// as far as it knows them (NIO zeroes the buffer first).
+    typealias TCPInfoBytes = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
+                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
+
+    private static let epoch = ContinuousClock.now
+
+    /// Byte offsets in `struct tcp_info` (stable kernel ABI since Linux 4.10).
+    static let appLimitedByte = 7, deliveryRateOffset = 160, busyTimeOffset = 168, rwndLimitedOffset = 176
+
+    static func parse(_ raw: TCPInfoBytes, at time: Double) -> TransportSample? {
+        withUnsafeBytes(of: raw) { bytes -> TransportSample? in
+            func u64(_ offset: Int) -> UInt64 { bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
+            // Kept in jiffies by the kernel: zero on an old kernel, or before the connection
+            // has been busy for a whole tick.
+            let busy = u64(busyTimeOffset)
+            guard busy > 0 else { return nil }
+            let appLimited = bytes[appLimitedByte] & 1 == 1
+            let rate = u64(deliveryRateOffset)
+            return TransportSample(time: time, receiverLimited: Double(u64(rwndLimitedOffset)) / 1e6,
+                                   deliveryRate: appLimited || rate == 0 ? nil : Double(rate))
+        }
+    }
+}
+
 extension ReplyWriter {
     /// Sends a reply line and tells `controller` how long the socket took to take it.
     func send(line: String, recording controller: inout AdaptiveCompression) async throws {
@@ -153,6 +220,8 @@ struct FileSender {
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
+    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
+    var transport: TransportProbe? = nil
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
         let (file, info) = try server.root.openFile(path)
@@ -173,9 +242,18 @@ struct FileSender {
         do {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
             let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
-                                         chunkSize: server.configuration.chunkSize)
-            try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
+                                         chunkSize: server.configuration.chunkSize, transport: transport)
+            let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
+            let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
+            }
+            if chunks > 1 {
+                server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
+                    "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
+                    "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
+                    "zlib MB/s": "\(Int(controller.compressRate / 1e6))",
+                    "ratio": "\(Int(controller.expectedRatio * 100))%",
+                ])
             }
             if hasher != nil && end < info.size { try hashRange(file, end, info.size, into: &hasher) }
         } catch is ChunkPipeline.ShortRead {
@@ -221,6 +299,8 @@ struct ManifestSender {
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
+    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
+    var transport: TransportProbe? = nil
 
     func send(path: RemotePath, hashes: Bool) async throws {
         let (dir, canonical) = try server.root.openDirectory(path)
@@ -250,7 +330,8 @@ struct ManifestSender {
         defer { memory.store(controller) }
         try await writer.send(line: "OK \(entries.count)", recording: &controller)
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression, chunkSize: server.configuration.chunkSize)
+        let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
+                                     chunkSize: server.configuration.chunkSize, transport: transport)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }
