@@ -273,8 +273,12 @@ public enum ReplyFuzzChecks {
             guard case .err(let again)? = try? StatusLine.parse(Substring(once)) else {
                 throw Violation(description: "re-serialised error \(fuzzShow(once.utf8)) does not parse")
             }
-            try expect(again.code == reply.code && !again.reason.isEmpty, "\(fuzzShow(once.utf8)) reads back as \(again)")
-            guard case .err(let third)? = try? StatusLine.parse(Substring(again.line)), third == again else {
+            try expect(again.code == reply.code, "\(fuzzShow(once.utf8)) reads back as \(again)")
+            // A reason that was only control characters reads back empty (they become spaces,
+            // and leading spaces are not part of the reason), and is then written as "error":
+            // stable from the second round on.
+            guard case .err(let third)? = try? StatusLine.parse(Substring(again.line)), third.code == reply.code,
+                  case .err(let fourth)? = try? StatusLine.parse(Substring(third.line)), fourth == third, !third.reason.isEmpty else {
                 throw Violation(description: "ERR line is not stable: \(fuzzShow(again.line.utf8))")
             }
         case nil:

@@ -1,0 +1,61 @@
+// libFuzzer target: the client's reply side. Byte 0 chooses a mode:
+//   0, 1  a reply stream through `ReplyFrameDecoder` (byte 1 chooses the line limit and how
+//         reads split it); every line is read as status, entry, greeting and chunk header,
+//         every chunk goes through `ChunkDecoder`;
+//   2     one chunk: raw length, codec, CRC and offset from the next bytes, the rest is the
+//         wire (a flag lets the CRC be that of what zlib inflates, so acceptance is reachable);
+//   3     the encoder: the rest is raw data, encoded, decoded, then decoded with one byte flipped.
+import FerryFiles
+import FerryProtocol
+import FuzzSupport
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func fuzzReply(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
+    var input = FuzzInput(data, count)
+    let mode = input.byte() % 4
+    switch mode {
+    case 0, 1:
+        let control = input.byte()
+        let maxLine = control & 0x80 != 0 ? FerryLimits.maxReplyLine : 8 + Int(control & 0x7F)
+        let largest = control & 0x40 != 0 ? 5 : 1000
+        var pieces = PieceSizes(seed: control)
+        let stream = Array(input.rest)
+        fuzzRun {
+            for frame in try ReplyFuzzChecks.checkReplyFraming(stream, maxLine: maxLine, nextPiece: { pieces.next(max: largest) }) {
+                if case .chunk(let header, let wire) = frame { try ChunkFuzzChecks.checkChunk(header, wire) }
+            }
+        }
+    case 2:
+        let flags = input.byte()
+        let length = Int(input.uint16())
+        let rawLength = flags & 0x01 != 0 ? FerryLimits.maxChunkRaw - length : 1 + length
+        var crc = input.uint32()
+        let offset = Int64(input.uint16())
+        let wire = Array(input.rest)
+        let codec: ChunkCodec = flags & 0x02 != 0 ? .stored : .zlib
+        if flags & 0x04 != 0 {
+            switch codec {
+            case .stored: crc = ChunkFuzzChecks.crc32(wire)
+            case .zlib: if let raw = ChunkFuzzChecks.referenceInflate(wire, rawLength: rawLength) { crc = ChunkFuzzChecks.crc32(raw) }
+            }
+        }
+        let header = ChunkHeader(offset: offset, rawLength: rawLength, wireLength: wire.count, codec: codec, crc32: crc)
+        // The client decodes only what its framing delivered under a header it parsed.
+        guard (try? ChunkHeader.parse(Substring(header.line))) == header else { return 0 }
+        fuzzRun { try ChunkFuzzChecks.checkChunk(header, wire) }
+    default:
+        let flags = input.byte()
+        let policies: [CompressionPolicy] = [.off, .auto, .level(1), .level(6), .level(9), .auto, .level(1), .off]
+        let policy = policies[Int(flags & 0x07)]
+        let flip = flags & 0x08 != 0 ? (position: Int(input.uint16()), mask: input.byte()) : nil
+        let raw = Array(input.rest)
+        fuzzRun { try ChunkFuzzChecks.checkRoundTrip(raw, policy: policy, offset: 0, flip: flip) }
+    }
+    return 0
+}
+
+/// See `fuzzMain`: the entry point SwiftPM links as `main`.
+@_cdecl("FuzzReply_main")
+public func harnessMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>) -> CInt {
+    fuzzMain(argc, argv, fuzzReply)
+}

@@ -1,0 +1,1 @@
+../../../Tests/FerryDiscoveryTests/DatagramFuzzTests.swift

@@ -1,0 +1,1 @@
+../../../Tests/FerryFilesTests/ManifestFuzzTests.swift

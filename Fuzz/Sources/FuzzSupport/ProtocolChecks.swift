@@ -1,0 +1,1 @@
+../../../Tests/FerryProtocolTests/FuzzTests.swift
