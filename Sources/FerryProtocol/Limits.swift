@@ -7,7 +7,9 @@ public enum FerryDefaults {
 }
 
 public enum FerryLimits {
-    public static let maxRequestLine = 4096
+    /// Room for the longest request: `GET`, a 4096-byte path percent-encoded (up to three times
+    /// as long), offset, length and validator.
+    public static let maxRequestLine = 16384
     public static let maxReplyLine = 65536
     public static let maxPathBytes = 4096
     public static let maxComponentBytes = 255

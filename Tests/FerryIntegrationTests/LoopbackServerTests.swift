@@ -323,7 +323,8 @@ final class LoopbackServerTests: XCTestCase {
 
     func testRequestLineLimitIsExact() throws {
         let c = try connect()
-        // "STAT " + path + LF = 4096 bytes exactly: accepted (and simply not found).
+        // "STAT " + path + LF = the limit exactly: accepted (and simply not found).
+        let limit = FerryLimits.maxRequestLine
         func path(_ length: Int) -> String {
             var parts: [String] = []
             var left = length
@@ -334,13 +335,21 @@ final class LoopbackServerTests: XCTestCase {
             }
             return String(parts.joined(separator: "/").prefix(length))
         }
-        let exact = path(4096 - 6)
-        XCTAssertEqual(("STAT " + exact + "\n").utf8.count, 4096)
+        // A 4096-byte path in 200-byte components percent-encodes to three times its size
+        // ("%70" per "p"): still within the limit, the longest a client ever needs to send.
+        let longest = path(4096).replacingOccurrences(of: "p", with: "%70")
+        XCTAssertLessThan(("GET " + longest + " 18446744073709551615 * 18446744073709551615,9999999999.999999999\n").utf8.count, limit)
+        try c.send("STAT " + longest + "\n")
+        try expectError(c, 404, "a maximal percent-encoded path")
+        let exact = path(limit - 6)
+        XCTAssertEqual(("STAT " + exact + "\n").utf8.count, limit)
         try c.send("STAT " + exact + "\n")
-        try expectError(c, 404, "a 4096-byte line")
-        let over = path(4096 - 5)
+        // Accepted as a line; the path itself is over the 4096-byte limit, which is its own error.
+        let atLimit = try c.readLine()
+        XCTAssertTrue(atLimit.hasPrefix("ERR 4") && !atLimit.hasPrefix("ERR 413"), "a line of exactly the limit: \(atLimit.prefix(120))")
+        let over = path(limit - 5)
         try c.send("STAT " + over + "\n")
-        try expectError(c, 413, "a 4097-byte line")
+        try expectError(c, 413, "a line one byte over the limit")
         try assertUsable(c, "the limit checks")
     }
 

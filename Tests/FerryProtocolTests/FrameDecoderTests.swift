@@ -46,8 +46,8 @@ final class RequestLineDecoderTests: XCTestCase {
 
     func testLimitIsIncludingTheLF() {
         let limit = FerryLimits.maxRequestLine
-        XCTAssertEqual(limit, 4096)
-        // 4095 bytes + LF = 4096: accepted.
+        XCTAssertEqual(limit, 16384)
+        // limit - 1 bytes + LF: accepted.
         var d = RequestLineDecoder()
         let ok = "LIST " + String(repeating: "a", count: limit - 1 - 5)
         var buf = buffer(ok + "\n")
@@ -62,7 +62,7 @@ final class RequestLineDecoderTests: XCTestCase {
 
     func testTooLongLineThenNextLineStillDecodes() {
         var d = RequestLineDecoder()
-        var buf = buffer(String(repeating: "x", count: 4096) + "\nQUIT\n")
+        var buf = buffer(String(repeating: "x", count: FerryLimits.maxRequestLine) + "\nQUIT\n")
         XCTAssertEqual(d.nextFrame(&buf), .tooLong)
         XCTAssertEqual(d.nextFrame(&buf), .line("QUIT"))
         XCTAssertNil(d.nextFrame(&buf))
@@ -89,13 +89,14 @@ final class RequestLineDecoderTests: XCTestCase {
 
     func testLimitReachedExactlyWithoutLF() {
         var d = RequestLineDecoder()
-        var buf = buffer(String(repeating: "y", count: 4095))
+        let limit = FerryLimits.maxRequestLine
+        var buf = buffer(String(repeating: "y", count: limit - 1))
         XCTAssertNil(d.nextFrame(&buf))
-        XCTAssertEqual(buf.readableBytes, 4095, "a line that may still fit stays buffered")
+        XCTAssertEqual(buf.readableBytes, limit - 1, "a line that may still fit stays buffered")
         buf.writeString("\n")
-        XCTAssertEqual(d.nextFrame(&buf), .line(String(repeating: "y", count: 4095)))
+        XCTAssertEqual(d.nextFrame(&buf), .line(String(repeating: "y", count: limit - 1)))
 
-        buf = buffer(String(repeating: "y", count: 4096))
+        buf = buffer(String(repeating: "y", count: limit))
         XCTAssertNil(d.nextFrame(&buf))
         buf.writeString("\nQUIT\n")
         XCTAssertEqual(drain(&d, &buf), [.tooLong, .line("QUIT")])

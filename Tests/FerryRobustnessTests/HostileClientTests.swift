@@ -72,7 +72,7 @@ final class HostileClientTests: XCTestCase {
             ("ERR 422", Array("GET . 0 *\n".utf8)),
             ("ERR 400", Array("BLOCKS big.bin 1\n".utf8)),
             ("ERR 413", Array("BLOCKS huge.sparse 4096\n".utf8)),
-            ("ERR 413", Array(("STAT " + String(repeating: "x", count: 10_000) + "\n").utf8)),
+            ("ERR 413", Array(("STAT " + String(repeating: "x", count: 20_000) + "\n").utf8)),
             ("ERR 413", Array(String(repeating: "A", count: 100_000).utf8) + [0x0A]),
         ]
         for (expected, line) in cases {
