@@ -59,8 +59,9 @@ public enum StatusLine: Hashable, Sendable {
         if line.hasPrefix("ERR ") {
             let rest = line.dropFirst(4)
             let codeText = rest.prefix(while: { $0 != " " })
+            // Exactly three digits, 100-599 (so every code read back writes the same line).
             guard codeText.utf8.count == 3, codeText.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
-                  let code = Int(codeText) else { throw Malformed(line: String(line.prefix(200))) }
+                  let code = Int(codeText), (100...599).contains(code) else { throw Malformed(line: String(line.prefix(200))) }
             let reason = rest.dropFirst(codeText.count).drop(while: { $0 == " " })
             return .err(ErrorReply(code: code, reason: String(reason)))
         }

@@ -29,6 +29,9 @@ final class ReplyTests: XCTestCase {
     }
 
     func testErrLines() throws {
+        for bad in ["ERR 004 x", "ERR 099 x", "ERR 600 x", "ERR 999 x"] {
+            XCTAssertThrowsError(try status(bad), bad)  // codes are 100-599
+        }
         XCTAssertEqual(try status("ERR 404 not found: nothing-here"), .err(ErrorReply(.notFound, "not found: nothing-here")))
         XCTAssertEqual(try status("ERR 409 changed 1073745920,1700000500.000000000"),
                        .err(ErrorReply(code: 409, reason: "changed 1073745920,1700000500.000000000")))
