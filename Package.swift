@@ -95,7 +95,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryProtocolTests",
-            dependencies: ["FerryProtocol", .product(name: "NIOCore", package: "swift-nio")]
+            dependencies: ["FerryProtocol", "FerryTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "FerryFilesTests",

@@ -52,7 +52,7 @@ final class ChunkCodingTests: XCTestCase {
         XCTAssertEqual(CRC32.checksum([UInt8](repeating: 0, count: 32)), 0x190A_55AD)
         XCTAssertEqual(CRC32.checksum([UInt8](repeating: 0xFF, count: 32)), 0xFF6C_AB0B)
         var rng = SplitMix64(seed: 1)
-        let data = rng.bytesArray(1000)
+        let data = rng.bytes(1000)
         XCTAssertEqual(data.withUnsafeBytes { CRC32.checksum($0) }, CRC32.checksum(data))
     }
 
@@ -87,7 +87,7 @@ final class ChunkCodingTests: XCTestCase {
 
     func testRandomDataIsStoredUnderEveryPolicy() throws {
         var rng = SplitMix64(seed: 4)
-        let raw = rng.bytesArray(FerryLimits.defaultChunkSize)
+        let raw = rng.bytes(FerryLimits.defaultChunkSize)
         for policy: CompressionPolicy in [.off, .level(1), .level(9), .auto] {
             let (header, wire) = encode(raw, policy: policy)
             XCTAssertEqual(header.codec, .stored, "\(policy)")
@@ -101,9 +101,9 @@ final class ChunkCodingTests: XCTestCase {
         var rng = SplitMix64(seed: 5)
         let size = 64 * 1024
         // 1% zeros + random: zlib saves ~1%, not enough to be worth an inflate.
-        let barely = [UInt8](repeating: 0, count: size / 100) + rng.bytesArray(size - size / 100)
+        let barely = [UInt8](repeating: 0, count: size / 100) + rng.bytes(size - size / 100)
         // 10% zeros + random: zlib saves ~10%.
-        let clearly = [UInt8](repeating: 0, count: size / 10) + rng.bytesArray(size - size / 10)
+        let clearly = [UInt8](repeating: 0, count: size / 10) + rng.bytes(size - size / 10)
         for level: Int32 in [1, 9] {
             let (h1, w1) = encode(barely, policy: .level(level))
             XCTAssertEqual(h1.codec, .stored, "a saving under 3% is not worth it (level \(level))")
@@ -115,7 +115,7 @@ final class ChunkCodingTests: XCTestCase {
         }
         // Any compressed chunk saves at least 3%, at every size.
         for count in [1, 2, 10, 33, 34, 100, 1000, 4097] {
-            for raw in [rng.text(count), [UInt8](repeating: 0x61, count: count), rng.bytesArray(count)] {
+            for raw in [rng.text(count), [UInt8](repeating: 0x61, count: count), rng.bytes(count)] {
                 let (h, w) = encode(raw, policy: .level(9))
                 if h.codec == .zlib {
                     XCTAssertLessThanOrEqual(Double(h.wireLength), Double(count) * 0.97, "\(count) bytes")
@@ -140,8 +140,8 @@ final class ChunkCodingTests: XCTestCase {
             let raw: [UInt8]
             switch kind {
             case "text": raw = rng.text(chunk)
-            case "random": raw = rng.bytesArray(chunk)
-            case "small-random": raw = rng.bytesArray(1000)
+            case "random": raw = rng.bytes(chunk)
+            case "small-random": raw = rng.bytes(1000)
             default: raw = rng.text(1000)
             }
             let (h, w) = encode(raw, &encoder, offset: offset)
@@ -158,7 +158,7 @@ final class ChunkCodingTests: XCTestCase {
     func testRoundTripsAtManySizes() throws {
         var rng = SplitMix64(seed: 7)
         for count in [1, 2, 3, 100, 16 * 1024, 32 * 1024, 32 * 1024 + 1, 256 * 1024 - 1, 256 * 1024] {
-            for raw in [rng.text(count), rng.bytesArray(count), [UInt8](repeating: 0, count: count)] {
+            for raw in [rng.text(count), rng.bytes(count), [UInt8](repeating: 0, count: count)] {
                 for policy: CompressionPolicy in [.off, .level(1), .level(9), .auto] {
                     let (h, w) = encode(raw, policy: policy)
                     XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw, "\(count) bytes, \(policy)")
@@ -169,7 +169,7 @@ final class ChunkCodingTests: XCTestCase {
 
     func testLargestChunk() throws {
         var rng = SplitMix64(seed: 8)
-        for raw in [rng.text(FerryLimits.maxChunkRaw), rng.bytesArray(FerryLimits.maxChunkRaw)] {
+        for raw in [rng.text(FerryLimits.maxChunkRaw), rng.bytes(FerryLimits.maxChunkRaw)] {
             let (h, w) = encode(raw, policy: .auto)
             XCTAssertEqual(h.rawLength, FerryLimits.maxChunkRaw)
             XCTAssertEqual(try ChunkHeader.parse(Substring(h.line)), h)
@@ -191,7 +191,7 @@ final class ChunkCodingTests: XCTestCase {
 
     func testWrongCRCIsRejected() throws {
         var rng = SplitMix64(seed: 10)
-        for raw in [rng.text(10_000), rng.bytesArray(10_000)] {
+        for raw in [rng.text(10_000), rng.bytes(10_000)] {
             var (h, w) = encode(raw, policy: .level(6), offset: 42)
             XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw)
             h.crc32 ^= 1
@@ -208,7 +208,7 @@ final class ChunkCodingTests: XCTestCase {
     /// damaged data is never handed on.
     func testEveryFlippedBitIsCaught() {
         var rng = SplitMix64(seed: 11)
-        for raw in [rng.text(3000), rng.bytesArray(300)] {
+        for raw in [rng.text(3000), rng.bytes(300)] {
             let (h, w) = encode(raw, policy: .level(9))
             let good = bytes(w)
             var caught = 0
@@ -243,7 +243,7 @@ final class ChunkCodingTests: XCTestCase {
         guard case .inflate(offset: 7, _)? = decodeError(h, buffer(notZlib)) else { return XCTFail("bad header accepted") }
 
         // Random bytes labelled as zlib.
-        let junk = rng.bytesArray(200)
+        let junk = rng.bytes(200)
         guard case .inflate? = decodeError(ChunkHeader(offset: 0, rawLength: 500, wireLength: 200, codec: .zlib, crc32: 0),
                                            buffer(junk)) else { return XCTFail("junk accepted") }
 
@@ -274,7 +274,7 @@ final class ChunkCodingTests: XCTestCase {
 
     func testWireLengthMustMatchTheHeader() {
         var rng = SplitMix64(seed: 13)
-        for raw in [rng.text(4000), rng.bytesArray(4000)] {
+        for raw in [rng.text(4000), rng.bytes(4000)] {
             let (h, w) = encode(raw, policy: .auto, offset: 9)
             let good = bytes(w)
             XCTAssertEqual(decodeError(h, buffer(Array(good.dropLast()))),

@@ -39,7 +39,7 @@ final class HashingTests: XCTestCase {
 
     func testStreamingEqualsOneShot() {
         var rng = SplitMix64(seed: 20)
-        let data = rng.bytesArray(100_003)
+        let data = rng.bytes(100_003)
         let whole = SHA256Hasher.hex(data)
         XCTAssertTrue(isSHA256Hex(whole), "lowercase hex, 64 digits")
         for step in [1, 7, 64, 4096, 65_536] {
@@ -64,7 +64,7 @@ final class HashingTests: XCTestCase {
     func testFileHashingWholeAndRanges() throws {
         var rng = SplitMix64(seed: 21)
         // More than two of FileHashing's 1 MiB read steps, not a multiple of anything.
-        let data = rng.bytesArray(2 * 1024 * 1024 + 512 * 1024 + 17)
+        let data = rng.bytes(2 * 1024 * 1024 + 512 * 1024 + 17)
         let file = try openFile(data)
         XCTAssertEqual(try FileHashing.sha256(of: file, length: Int64(data.count)), SHA256Hasher.hex(data))
         let ranges: [Range<Int>] = [0..<0, 0..<1, 1000..<1_501_000, 1_048_575..<1_048_577, data.count - 1..<data.count,

@@ -1,4 +1,5 @@
 import FerryProtocol
+import FerryTestSupport
 import NIOCore
 import XCTest
 

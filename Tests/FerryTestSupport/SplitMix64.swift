@@ -1,0 +1,24 @@
+/// A tiny deterministic PRNG (SplitMix64) so randomised tests and generated test data replay
+/// exactly from a seed.
+public struct SplitMix64: RandomNumberGenerator {
+    private var state: UInt64
+
+    public init(seed: UInt64) { state = seed }
+
+    public mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+
+    /// Uniform-enough value in `0..<n` (n > 0); the modulo bias is irrelevant here.
+    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+
+    public mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
+
+    public mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
+
+    public mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
+}
