@@ -62,12 +62,15 @@ public struct ChunkEncodeReport: Sendable, Hashable {
     public var wireBytes: Int
     /// Seconds spent inside zlib for this chunk (sample and whole-chunk attempt).
     public var zlibSeconds: Double
+    /// The zlib level tried (1 when none was).
+    public var level: Int32
 
-    public init(attempt: Attempt, rawBytes: Int, wireBytes: Int, zlibSeconds: Double) {
+    public init(attempt: Attempt, rawBytes: Int, wireBytes: Int, zlibSeconds: Double, level: Int32 = 1) {
         self.attempt = attempt
         self.rawBytes = rawBytes
         self.wireBytes = wireBytes
         self.zlibSeconds = zlibSeconds
+        self.level = level
     }
 }
 
@@ -89,16 +92,19 @@ public struct ChunkEncoder: Sendable {
     static let sampleSize = 16 * 1024
 
     private var lastWasIncompressible = false
+    /// The level `auto` uses (normally 1; `AdaptiveCompression.level` may raise it).
+    public let autoLevel: Int32
 
-    public init(policy: CompressionPolicy) {
+    public init(policy: CompressionPolicy, autoLevel: Int32 = 1) {
         self.policy = policy
+        self.autoLevel = min(9, max(1, autoLevel))
     }
 
     private var level: Int32? {
         switch policy {
         case .off: return nil
         case .level(let l): return l
-        case .auto: return 1
+        case .auto: return autoLevel
         }
     }
 
@@ -126,7 +132,7 @@ public struct ChunkEncoder: Sendable {
                     header: ChunkHeader(offset: offset, rawLength: bytes.count, wireLength: wire.readableBytes, codec: .zlib, crc32: crc),
                     wire: wire,
                     report: ChunkEncodeReport(attempt: .compressed, rawBytes: bytes.count, wireBytes: wire.readableBytes,
-                                              zlibSeconds: seconds))
+                                              zlibSeconds: seconds, level: level ?? 1))
             case .notTried: kind = .none
             case .sampleRejected: kind = .sampleRejected
             case .rejected: kind = .rejected
@@ -134,7 +140,8 @@ public struct ChunkEncoder: Sendable {
             return EncodedChunk(
                 header: ChunkHeader(offset: offset, rawLength: bytes.count, wireLength: bytes.count, codec: .stored, crc32: crc),
                 wire: raw,
-                report: ChunkEncodeReport(attempt: kind, rawBytes: bytes.count, wireBytes: bytes.count, zlibSeconds: seconds))
+                report: ChunkEncodeReport(attempt: kind, rawBytes: bytes.count, wireBytes: bytes.count, zlibSeconds: seconds,
+                                          level: level ?? 1))
         }
     }
 
@@ -213,79 +220,111 @@ public struct TransportSample: Sendable, Hashable {
     }
 }
 
-/// The `--compress auto` policy: decides, chunk by chunk, whether zlib pays on this link.
+/// The `--compress auto` policy: decides, chunk by chunk, whether zlib pays on this link, and
+/// at which level.
 ///
-/// zlib level 1 trades CPU time for fewer bytes on the wire. That pays only when the network,
-/// not the CPU, is the bottleneck: when the sender's writes wait for the socket to drain while
-/// cores could be compressing. On loopback or a fast LAN the socket drains faster than zlib
-/// (about 90 MB/s per core on text) can fill it, and compressing would slow both ends down.
+/// zlib trades CPU time for fewer bytes on the wire. That pays only when the network, not the
+/// CPU, is the bottleneck: when the sender's writes wait for the socket to drain while cores
+/// could be compressing. On loopback or a fast LAN the socket drains faster than zlib (about
+/// 90 MB/s per core on text at level 1) can fill it, and compressing would slow both ends down.
 ///
-/// The controller keeps three estimates, each decaying so that it follows change:
-/// - the link rate `D`: wire bytes per second of the time the writer spent handing data to the
-///   socket (waiting for writability included, waiting for encoders not), over about the last
-///   few MiB;
-/// - the compression rate `C·n`: raw bytes per second one encoder deflates, times the encoders
-///   working in parallel;
-/// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink).
+/// What the controller observes, all decaying so that it follows change:
+/// - the *network pressure*: the recent share of chunks written while the socket's send buffer
+///   was filling up (a write was held back by the socket within the last 2 MiB written): while
+///   that happens the link, not the encoders, sets the pace;
+/// - the link rate `D`: wire bytes per second actually written over about the last few MiB, by
+///   the wall clock (it never overestimates the link; it is the link's rate while the network
+///   is the bottleneck);
+/// - the compression rate `C·n`: raw bytes per second one encoder deflates (converted to level
+///   1), times the encoders working in parallel;
+/// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink);
+/// - when the connection's `TCP_INFO` is available (`recordTransport`): the share of time the
+///   receiver's window held the sender back, and the kernel's delivery rate, which replaces `D`
+///   (it measures the link even while it is not saturated).
 ///
-/// When the kernel's view of the connection is available (`recordTransport`, from Linux
-/// `TCP_INFO`), two more facts sharpen this: the share of time the receiver's window held the
-/// sender back (then the receiver is the bottleneck, as on loopback with a busy client, and
-/// zlib would only add work on both sides), and the kernel's own delivery rate, which replaces
-/// `D` (it is not fooled by socket buffers that absorb the first few MiB).
-///
-/// The controller decides, when a chunk's encoding is started:
-/// 0. the receiver held the sender back more than a quarter of the recent time: **store**;
-/// 1. link known and `D ≥ k·C·n` (k = 1, or 2 with the kernel's delivery rate): the link drains
-///    faster than zlib can fill it: **store**;
+/// It decides, when a chunk's encoding is started:
+/// 0. the receiver held the sender back more than a quarter of the recent time: **store** (the
+///    receiver is the bottleneck, as on loopback with a busy client; zlib would add work to both);
+/// 1. link rate known and `D ≥ 2·C·n`: the link drains twice as fast as zlib can fill it:
+///    **store** (this is what keeps loopback, where client and server share the CPU, stored);
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
 ///    first chunk of every multi-chunk stream, so compressible data is noticed again;
-/// 3. link not known yet (less than `trustBytes` observed): **compress** (a slow link is where
-///    a wrong guess costs most; on a fast one the first MiB or so costs a little CPU);
-/// 4. otherwise compress a fraction `f = min(1, C·n / (D + C·n·(1 − r)))` of the chunks, spread
-///    evenly: the mix at which the link and the encoders are both busy. On a slow link `f` is 1.
+/// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
+///    guess costs most; on a fast one the first MiB or so costs a little CPU);
+/// 4. otherwise compress the share of chunks given by the network pressure, spread evenly: on a
+///    slow link the send buffer is always full and every chunk is compressed; near the crossover
+///    compressing too much lets the buffer drain, the pressure falls and stored chunks mix in,
+///    so that the link and the encoders are both busy.
 ///
+/// The level is 1, raised to 3 while the network is the bottleneck (pressure above 0.9) and the
+/// encoders at level 1 could feed the link 1.75 times over, and to 6 at 4 times (a 100 Mbit/s
+/// link and a few cores): spare CPU buys a better ratio. If the higher level makes the encoders the
+/// bottleneck, the pressure drops and the level with it.
 /// Whatever it decides, a chunk that does not shrink by 3% is sent stored (`ChunkEncoder`).
 /// It is a pure value: the caller feeds it measured seconds, so tests drive it deterministically.
 public struct AdaptiveCompression: Sendable {
     public struct Tuning: Sendable {
         /// Store while the link is at least this multiple of the encoders' combined speed.
-        public var fastLinkFactor = 1.0
-        /// The same, when the link rate is the kernel's delivery rate (which, unlike the
-        /// writer's timing, never overestimates an underused link).
-        public var fastLinkFactorWithTransport = 2.0
+        public var fastLinkFactor = 2.0
         /// Store while the receiver's window held the sender back more than this share of the time.
         public var receiverLimitedShare = 0.25
         /// Weight kept by the transport estimates per new sample.
         public var transportDecay = 0.75
+        /// A write that waited at least this long was held back by the socket (its buffer was
+        /// full: NIO suspends writes above the high watermark until it drains to the low one).
+        public var blockedSend = 0.001
+        /// The network counts as the bottleneck while a write was held back within this many
+        /// wire bytes (about two fills of the write buffer).
+        public var recentBlockBytes = 2 << 20
+        /// Weight kept by the network pressure per chunk written.
+        public var pressureDecay = 0.9
         /// Above this expected wire/raw ratio the data counts as incompressible.
         public var incompressibleRatio = 0.9
         /// While the data is incompressible, one chunk in this many is still tried.
         public var probeInterval = 16
         /// Wire bytes the link must have been observed moving before its rate is trusted.
         public var trustBytes = 4 << 20
-        /// The link estimate forgets half its weight every this many wire bytes.
-        public var linkHalfLife = 2 << 20
+        /// The link-rate estimate forgets half its weight every this many wire bytes.
+        public var linkHalfLife = 4 << 20
         /// Weight kept by the compression-rate and ratio estimates per new zlib attempt.
         public var attemptDecay = 0.75
-        /// Raw bytes per second one encoder is assumed to deflate before any was measured.
+        /// Raw bytes per second one encoder is assumed to deflate at level 1 before any was measured.
         public var priorCompressRate = 100e6
         /// Expected wire/raw ratio before any attempt was seen.
         public var priorRatio = 0.5
+        /// Raise the level to 3 (6) when the encoders at level 1 could feed the link this many
+        /// times over, and the network is the bottleneck (pressure above `levelPressure`).
+        public var level3Headroom = 1.75
+        public var level6Headroom = 4.0
+        public var levelPressure = 0.9
 
         public init() {}
+    }
+
+    /// How much slower than level 1 a level deflates, roughly (log-like text and source code);
+    /// used to convert measured speeds to level-1 terms and back.
+    public static func relativeSpeed(level: Int32) -> Double {
+        switch level {
+        case ...1: return 1
+        case 2...3: return 0.8
+        case 4...5: return 0.6
+        case 6: return 0.4
+        default: return 0.25
+        }
     }
 
     public let tuning: Tuning
     /// Encoders working in parallel (the pipeline's window, at most the core count).
     public var encoders: Int
 
-    private var linkBytes = 0.0
-    private var linkSeconds = 0.0
     private var observedBytes = 0.0
+    private var deliveredBytes = 0.0
+    private var deliveredSeconds = 0.0
     private var zlibBytes: Double
     private var zlibSeconds: Double
     private var ratioEstimate: Double
+    private var pressure = 1.0
+    private var bytesSinceBlocked = 0.0
     private var sinceProbe = 0
     private var probeNext = false
     private var credit = 0.0
@@ -303,21 +342,37 @@ public struct AdaptiveCompression: Sendable {
     }
 
     /// Wire bytes per second the link drains: the kernel's delivery rate when known, else the
-    /// writer's own timing once `trustBytes` have been observed; nil before.
-    public var linkRate: Double? {
-        if let deliveryRateEstimate { return deliveryRateEstimate }
-        guard observedBytes >= Double(tuning.trustBytes) else { return nil }
-        return linkSeconds > 0 ? linkBytes / linkSeconds : .infinity
-    }
+    /// wall-clock throughput once `trustBytes` have been observed; nil before.
+    public var linkRate: Double? { deliveryRateEstimate ?? throughput }
 
-    /// Raw bytes per second all encoders together deflate.
+    /// Raw bytes per second all encoders together deflate at level 1.
     public var compressRate: Double { zlibBytes / zlibSeconds * Double(encoders) }
 
     /// Expected wire/raw ratio of the next zlib attempt.
     public var expectedRatio: Double { ratioEstimate }
 
+    /// Recent share of chunks written while the socket's send buffer kept filling up.
+    public var networkPressure: Double { pressure }
+
     /// Share of recent time the receiver's window held the sender back; nil without transport samples.
     public var receiverLimitedShare: Double? { receiverShareEstimate }
+
+    /// Wire bytes per second actually written, by the wall clock (recent chunks); nil until
+    /// `trustBytes` have been written.
+    public var throughput: Double? {
+        guard observedBytes >= Double(tuning.trustBytes) else { return nil }
+        return deliveredSeconds > 0 ? deliveredBytes / deliveredSeconds : .infinity
+    }
+
+    /// The zlib level for chunks that are compressed.
+    public var level: Int32 {
+        guard pressure >= tuning.levelPressure, let rate = linkRate, rate > 0 else { return 1 }
+        // Raw bytes per second the link carries at the current ratio.
+        let needed = rate / max(ratioEstimate, 0.05)
+        if compressRate >= tuning.level6Headroom * needed { return 6 }
+        if compressRate >= tuning.level3Headroom * needed { return 3 }
+        return 1
+    }
 
     /// The kernel's view of the connection, read now (cumulative values).
     public mutating func recordTransport(_ sample: TransportSample) {
@@ -339,14 +394,21 @@ public struct AdaptiveCompression: Sendable {
         probeNext = chunks > 1
     }
 
-    /// The writer handed `bytes` to the socket, which took `seconds` (including any wait for
-    /// the socket to become writable).
-    public mutating func recordSend(bytes: Int, seconds: Double) {
-        guard bytes > 0 else { return }
-        let keep = pow(0.5, Double(bytes) / Double(tuning.linkHalfLife))
-        linkBytes = linkBytes * keep + Double(bytes)
-        linkSeconds = linkSeconds * keep + max(0, seconds)
-        observedBytes = min(observedBytes + Double(bytes), 1e15)
+    /// One chunk of `wireBytes` was written; the socket took `sendSeconds` to take it, and
+    /// `intervalSeconds` passed since the previous chunk was written.
+    public mutating func recordChunkWritten(wireBytes: Int, sendSeconds: Double, intervalSeconds: Double) {
+        if sendSeconds >= tuning.blockedSend {
+            bytesSinceBlocked = 0
+        } else {
+            bytesSinceBlocked = min(bytesSinceBlocked + Double(wireBytes), 1e15)
+        }
+        let networkBound = bytesSinceBlocked < Double(tuning.recentBlockBytes) ? 1.0 : 0.0
+        let a = tuning.pressureDecay
+        pressure = pressure * a + networkBound * (1 - a)
+        let keep = pow(0.5, Double(wireBytes) / Double(tuning.linkHalfLife))
+        deliveredBytes = deliveredBytes * keep + Double(wireBytes)
+        deliveredSeconds = deliveredSeconds * keep + max(0, intervalSeconds)
+        observedBytes = min(observedBytes + Double(wireBytes), 1e15)
     }
 
     /// An encoder finished a chunk.
@@ -370,19 +432,18 @@ public struct AdaptiveCompression: Sendable {
         guard report.zlibSeconds > 0, report.rawBytes > 0 else { return }
         let a = tuning.attemptDecay
         zlibBytes = zlibBytes * a + Double(report.rawBytes)
-        zlibSeconds = zlibSeconds * a + report.zlibSeconds
+        // In level-1 terms: a level-6 chunk that took 4 ms counts as a level-1 chunk of 1.6 ms.
+        zlibSeconds = zlibSeconds * a + report.zlibSeconds * Self.relativeSpeed(level: report.level)
     }
 
-    /// Whether the next chunk should be tried with zlib.
+    /// Whether the next chunk should be tried with zlib (at `level`).
     public mutating func shouldCompress() -> Bool {
         let probe = probeNext
         probeNext = false
         if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
             return false
         }
-        let capacity = compressRate
-        let factor = deliveryRateEstimate == nil ? tuning.fastLinkFactor : tuning.fastLinkFactorWithTransport
-        if let link = linkRate, link >= factor * capacity {
+        if let link = linkRate, link >= tuning.fastLinkFactor * compressRate {
             return false
         }
         if ratioEstimate > tuning.incompressibleRatio {
@@ -393,9 +454,8 @@ public struct AdaptiveCompression: Sendable {
             }
             return false
         }
-        guard let link = linkRate else { return true }
-        let fraction = min(1, capacity / (link + capacity * (1 - ratioEstimate)))
-        credit += fraction
+        guard linkRate != nil else { return true }
+        credit += pressure
         if credit >= 1 - 1e-9 {
             credit -= 1
             return true

@@ -55,17 +55,20 @@ struct ChunkPipeline {
             func launch(_ index: Int) {
                 let offset = from + Int64(index) * Int64(chunkSize)
                 let length = Int(min(Int64(chunkSize), to - offset))
-                let chunkPolicy: CompressionPolicy
-                switch policy {
-                case .off, .level: chunkPolicy = policy
-                case .auto: chunkPolicy = controller.shouldCompress() ? .auto : .off
+                var chunkPolicy = policy
+                var level: Int32 = 1
+                if policy == .auto {
+                    chunkPolicy = controller.shouldCompress() ? .auto : .off
+                    level = controller.level
                 }
                 group.addTask {
-                    (index, try Self.encode(source, offset: offset, length: length, policy: chunkPolicy, allocator: allocator))
+                    (index, try Self.encode(source, offset: offset, length: length, policy: chunkPolicy, level: level,
+                                            allocator: allocator))
                 }
             }
             for i in 0..<min(Self.window, count) { launch(i) }
             var launched = min(Self.window, count)
+            var lastWritten = ContinuousClock.now
             while next < count {
                 guard let (index, encoded) = try await group.next() else { break }
                 controller.record(encoded.chunk.report)
@@ -75,7 +78,11 @@ struct ChunkPipeline {
                     onRaw(item.raw)
                     let start = ContinuousClock.now
                     try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
-                    controller.recordSend(bytes: item.chunk.wire.readableBytes + 64, seconds: (ContinuousClock.now - start).seconds)
+                    let end = ContinuousClock.now
+                    let bytes = item.chunk.wire.readableBytes + 64
+                    controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (end - start).seconds,
+                                                  intervalSeconds: (end - lastWritten).seconds)
+                    lastWritten = end
                     next += 1
                     if next % Self.transportInterval == 0, let sample = await transport?.sample() {
                         controller.recordTransport(sample)
@@ -90,7 +97,7 @@ struct ChunkPipeline {
         return compressed
     }
 
-    private static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy,
+    private static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy, level: Int32,
                                allocator: ByteBufferAllocator) throws -> Encoded {
         var raw: ByteBuffer
         switch source {
@@ -111,7 +118,7 @@ struct ChunkPipeline {
             if let failure { throw failure }
             if raw.readableBytes != length { throw ShortRead() }
         }
-        var encoder = ChunkEncoder(policy: policy)
+        var encoder = ChunkEncoder(policy: policy, autoLevel: level)
         return Encoded(chunk: encoder.encode(raw, offset: offset, allocator: allocator), raw: raw)
     }
 }
@@ -205,15 +212,6 @@ struct TransportProbe: Sendable {
     }
 }
 
-extension ReplyWriter {
-    /// Sends a reply line and tells `controller` how long the socket took to take it.
-    func send(line: String, recording controller: inout AdaptiveCompression) async throws {
-        let start = ContinuousClock.now
-        try await send(line: line)
-        controller.recordSend(bytes: line.utf8.count + 1, seconds: (ContinuousClock.now - start).seconds)
-    }
-}
-
 /// Answers `GET`.
 struct FileSender {
     let server: FerryServer
@@ -236,7 +234,7 @@ struct FileSender {
         let memory = self.memory ?? CompressionMemory.forServer(server)
         var controller = memory.load()
         defer { memory.store(controller) }
-        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")", recording: &controller)
+        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")")
 
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         do {
@@ -252,6 +250,8 @@ struct FileSender {
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
                     "zlib MB/s": "\(Int(controller.compressRate / 1e6))",
+                    "pressure": "\(Int(controller.networkPressure * 100))%",
+                    "level": "\(controller.level)",
                     "ratio": "\(Int(controller.expectedRatio * 100))%",
                 ])
             }
@@ -277,7 +277,7 @@ struct FileSender {
         } else {
             sha = "-"  // unreachable: either known or hashed
         }
-        try await writer.send(line: "END \(sha)", recording: &controller)
+        try await writer.send(line: "END \(sha)")
     }
 
     private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
@@ -328,13 +328,13 @@ struct ManifestSender {
         let memory = self.memory ?? CompressionMemory.forServer(server)
         var controller = memory.load()
         defer { memory.store(controller) }
-        try await writer.send(line: "OK \(entries.count)", recording: &controller)
+        try await writer.send(line: "OK \(entries.count)")
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
         let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
                                      chunkSize: server.configuration.chunkSize, transport: transport)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }
-        try await writer.send(line: "END \(hasher.finalizeHex())", recording: &controller)
+        try await writer.send(line: "END \(hasher.finalizeHex())")
     }
 }

@@ -17,10 +17,13 @@ final class AdaptiveCompressionTests: XCTestCase {
         }
     }
 
-    /// Feeds sends of `bytes` each that took as long as a link of `rate` bytes/s needs.
-    private func sends(_ c: inout AdaptiveCompression, rate: Double, total: Int, bytes: Int = 256 * 1024) {
+    /// Feeds chunk writes of `bytes` each at `rate` wire bytes/s by the wall clock; `blocked`:
+    /// each write was held back by a full socket buffer, as long as the link takes to drain the
+    /// 768 KiB between NIO's high and low watermarks.
+    private func writes(_ c: inout AdaptiveCompression, rate: Double, total: Int, blocked: Bool, bytes: Int = 256 * 1024) {
         for _ in 0..<(total / bytes) {
-            c.recordSend(bytes: bytes, seconds: Double(bytes) / rate)
+            c.recordChunkWritten(wireBytes: bytes, sendSeconds: blocked ? 768 * 1024 / rate : 0.00001,
+                                 intervalSeconds: Double(bytes) / rate)
         }
     }
 
@@ -31,9 +34,9 @@ final class AdaptiveCompressionTests: XCTestCase {
     func testLinkRateIsUnknownUntilEnoughBytesWereSeenAndThenMeasured() throws {
         var c = AdaptiveCompression(encoders: 2)
         XCTAssertNil(c.linkRate)
-        sends(&c, rate: 50 * MB, total: 3 << 20)
+        writes(&c, rate: 50 * MB, total: 3 << 20, blocked: true)
         XCTAssertNil(c.linkRate, "3 MiB is not enough evidence")
-        sends(&c, rate: 50 * MB, total: 2 << 20)
+        writes(&c, rate: 50 * MB, total: 2 << 20, blocked: true)
         let rate = try XCTUnwrap(c.linkRate)
         XCTAssertEqual(rate / MB, 50, accuracy: 0.01)
     }
@@ -44,51 +47,64 @@ final class AdaptiveCompressionTests: XCTestCase {
     }
 
     func testFastLinkIsSentStored() {
-        // Loopback: the socket takes 1.5 GB/s; zlib does 90 MB/s per encoder.
+        // Loopback: 1.5 GB/s; zlib does 90 MB/s per encoder. Even if the socket fills up (a busy
+        // client), compressing could not keep up.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 1500 * MB, total: 8 << 20)
+        writes(&c, rate: 1500 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
         XCTAssertEqual(decisions(&c, 100), 0)
     }
 
-    func testWritesThatNeverWaitMeanAFastLink() {
+    func testWritesThatTakeNoTimeMeanAFastLink() {
         var c = AdaptiveCompression(encoders: 2)
-        for _ in 0..<32 { c.recordSend(bytes: chunk, seconds: 0) }
+        for _ in 0..<32 { c.recordChunkWritten(wireBytes: chunk, sendSeconds: 0, intervalSeconds: 0) }
         XCTAssertEqual(c.linkRate, .infinity)
         XCTAssertFalse(c.shouldCompress())
     }
 
     func testSlowLinkCompressesEveryChunk() {
-        // 100 Mbit/s: 12.5 MB/s, far below what the encoders manage.
+        // 100 Mbit/s: 12.5 MB/s, far below what the encoders manage; every write waits.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 12.5 * MB, total: 8 << 20)
+        writes(&c, rate: 12.5 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(c.networkPressure, 1, accuracy: 0.001)
         XCTAssertEqual(decisions(&c, 100), 100)
     }
 
-    func testLinkCloseToTheEncodersGetsTheBalancingMix() {
-        // 1 Gbit/s against two encoders at 90 MB/s on text shrinking to 30%: compressing a
-        // fraction C·n / (D + C·n·(1 − r)) keeps both busy.
+    func testPressureFollowsWhetherTheSendBufferFills() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 117 * MB, total: 16 << 20)
-        let expected = 180.0 / (117 + 180 * 0.7)
-        XCTAssertEqual(c.expectedRatio, 0.3, accuracy: 0.001)
-        let n = decisions(&c, 1000)
-        XCTAssertEqual(Double(n) / 1000, expected, accuracy: 0.01)
-        XCTAssertTrue((700...780).contains(n), "\(n)")
+        writes(&c, rate: 117 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(decisions(&c, 20), 20, "a 1 Gbit/s link that backs up: compress")
+        // Compressing everything, the encoders cannot keep the buffer full: writes stop waiting.
+        writes(&c, rate: 60 * MB, total: 12 << 20, blocked: false, bytes: 64 * 1024)
+        XCTAssertLessThan(c.networkPressure, 0.01)
+        XCTAssertEqual(decisions(&c, 20), 0, "the encoders are the bottleneck now: store")
+        // A steady mix: one write in twelve waits, so the buffer filled within the last 2 MiB
+        // for two thirds of the chunks (the decaying average ends a cycle at about 0.52).
+        for _ in 0..<20 {
+            writes(&c, rate: 117 * MB, total: chunk, blocked: true)
+            writes(&c, rate: 117 * MB, total: 11 * chunk, blocked: false)
+        }
+        XCTAssertTrue((0.45...0.8).contains(c.networkPressure), "\(c.networkPressure)")
+        let n = decisions(&c, 100)
+        XCTAssertTrue((45...80).contains(n), "\(n) of 100 compressed")
     }
 
     func testMixIsSpreadEvenly() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 117 * MB, total: 16 << 20)
+        for _ in 0..<20 {  // one write in ten waits: pressure about 0.7
+            writes(&c, rate: 117 * MB, total: chunk, blocked: true)
+            writes(&c, rate: 117 * MB, total: 9 * chunk, blocked: false)
+        }
+        XCTAssertGreaterThan(c.networkPressure, 0.6)
         var longestStoredRun = 0, run = 0
         for _ in 0..<200 {
             if c.shouldCompress() { run = 0 } else { run += 1; longestStoredRun = max(longestStoredRun, run) }
         }
-        XCTAssertEqual(longestStoredRun, 1, "a 74% mix never stores two chunks in a row")
+        XCTAssertEqual(longestStoredRun, 1, "a mix of more than half never stores two chunks in a row")
     }
 
     func testMoreEncodersMakeCompressionWorthItOnTheSameLink() {
@@ -96,35 +112,54 @@ final class AdaptiveCompressionTests: XCTestCase {
         var eight = AdaptiveCompression(encoders: 8)
         compressed(&two, rate: 90 * MB, ratio: 0.3)
         compressed(&eight, rate: 90 * MB, ratio: 0.3)
-        sends(&two, rate: 400 * MB, total: 8 << 20)
-        sends(&eight, rate: 400 * MB, total: 8 << 20)
-        XCTAssertEqual(decisions(&two, 50), 0, "400 MB/s ≥ 0.8 × 180 MB/s: store")
-        // 720 MB/s of encoders beat a 400 MB/s link: f = 720 / (400 + 720 × 0.7) ≈ 0.80.
-        XCTAssertTrue((39...40).contains(decisions(&eight, 50)))
+        writes(&two, rate: 400 * MB, total: 8 << 20, blocked: true)
+        writes(&eight, rate: 400 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(decisions(&two, 50), 0, "400 MB/s ≥ 2 × 180 MB/s: store")
+        XCTAssertEqual(decisions(&eight, 50), 50, "720 MB/s of encoders against a 400 MB/s link that backs up")
     }
 
     func testFollowsALinkThatSlowsDownAndSpeedsUp() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 2000 * MB, total: 8 << 20)
+        writes(&c, rate: 2000 * MB, total: 8 << 20, blocked: false)
         XCTAssertEqual(decisions(&c, 20), 0)
-        sends(&c, rate: 10 * MB, total: 8 << 20)
-        XCTAssertEqual(decisions(&c, 20), 20, "after 8 MiB at 10 MB/s the link is slow")
-        sends(&c, rate: 2000 * MB, total: 16 << 20)
-        XCTAssertEqual(decisions(&c, 20), 0, "and fast again after 16 MiB")
+        writes(&c, rate: 10 * MB, total: 16 << 20, blocked: true)
+        XCTAssertGreaterThanOrEqual(decisions(&c, 20), 19, "after 16 MiB at 10 MB/s the link is slow")
+        writes(&c, rate: 2000 * MB, total: 16 << 20, blocked: false)
+        XCTAssertLessThanOrEqual(decisions(&c, 20), 1, "and fast again after 16 MiB (the socket stopped backing up)")
     }
 
     func testSlowEncodersOnAModerateLinkStore() {
-        // A busy machine: zlib manages only 30 MB/s per encoder; a 100 MB/s link is faster.
+        // A busy machine: zlib manages only 30 MB/s per encoder; a 150 MB/s link is faster.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 30 * MB, ratio: 0.3)
-        sends(&c, rate: 100 * MB, total: 8 << 20)
+        writes(&c, rate: 150 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(decisions(&c, 50), 0)
+    }
+
+    func testSpareCPUOnASlowLinkRaisesTheLevel() {
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        writes(&c, rate: 117 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(c.level, 1, "1 Gbit/s: the link carries 390 MB/s of raw text; two encoders do 180")
+        writes(&c, rate: 25 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level, 3, "25 MB/s carries 83 MB/s raw: 180 ≥ 1.75 × 83")
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level, 6, "12 MB/s carries 40 MB/s raw: 180 ≥ 4 × 40")
+        // Level-6 chunks that take 2.5 times as long as level 1 do not lower the estimate.
+        for _ in 0..<20 {
+            c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * 0.3),
+                                       zlibSeconds: Double(chunk) / (90 * MB) / 0.4, level: 6))
+        }
+        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.level, 6)
+        writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
+        XCTAssertEqual(c.level, 1, "when the socket stops backing up, back to level 1")
     }
 
     func testIncompressibleDataIsOnlyProbed() {
         var c = AdaptiveCompression(encoders: 2)
-        sends(&c, rate: 10 * MB, total: 8 << 20)  // a slow link: compression would be welcome
+        writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)  // a slow link: compression would be welcome
         for _ in 0..<10 {
             c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
         }
@@ -134,7 +169,7 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testNewMultiChunkStreamProbesItsFirstChunk() {
         var c = AdaptiveCompression(encoders: 2)
-        sends(&c, rate: 10 * MB, total: 8 << 20)
+        writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
             c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.007))
         }
@@ -148,7 +183,7 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testCompressibleAgainAfterSuccessfulProbes() {
         var c = AdaptiveCompression(encoders: 2)
-        sends(&c, rate: 10 * MB, total: 8 << 20)
+        writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
             c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
         }
@@ -160,7 +195,7 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testFastLinkNeedsNoProbes() {
         var c = AdaptiveCompression(encoders: 2)
-        sends(&c, rate: 2000 * MB, total: 8 << 20)
+        writes(&c, rate: 2000 * MB, total: 8 << 20, blocked: true)
         c.beginStream(chunks: 100)
         XCTAssertEqual(decisions(&c, 100), 0, "on a fast link even the first chunk is not sampled")
     }
@@ -179,11 +214,11 @@ final class AdaptiveCompressionTests: XCTestCase {
     }
 
     func testSlowReceiverIsNotHelpedByCompression() {
-        // Loopback with a busy client: the socket backs up (slow "link" by timing), but the
-        // kernel says the receiver's window is what holds the sender back.
+        // Loopback with a busy client: the socket backs up at 40 MB/s (a slow link, by timing),
+        // but the kernel says the receiver's window is what holds the sender back.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 40 * MB, total: 8 << 20)
+        writes(&c, rate: 40 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(decisions(&c, 10), 10, "by timing alone this looks like a slow link")
         var t = 0.0, limited = 0.0
         transport(&c, receiverShare: 0.6, rate: 40 * MB, from: &t, limited: &limited)
@@ -194,25 +229,24 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 10), 10, "once the receiver keeps up, the slow link is compressed for again")
     }
 
-    func testKernelDeliveryRateReplacesTheWritersTiming() {
-        // The writer's timing says 800 MB/s (socket buffers absorbing an underused link); the
-        // kernel measured 117 MB/s: the link is slower than two encoders, so compress.
+    func testKernelDeliveryRateReplacesTheWallClockRate() {
+        // By the wall clock 400 MB/s went out (≥ 2 × 180: store); the kernel measured the link
+        // at 150 MB/s (socket buffers absorbed the rest), slower than two encoders: compress.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
-        sends(&c, rate: 800 * MB, total: 8 << 20)
+        writes(&c, rate: 400 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(decisions(&c, 10), 0)
         var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0, rate: 117 * MB, from: &t, limited: &limited)
-        XCTAssertEqual(c.linkRate ?? 0, 117 * MB, accuracy: MB)
-        let n = decisions(&c, 100)
-        XCTAssertEqual(Double(n) / 100, 180 / (117 + 180 * 0.7), accuracy: 0.02)
+        transport(&c, receiverShare: 0, rate: 150 * MB, from: &t, limited: &limited)
+        XCTAssertEqual(c.linkRate ?? 0, 150 * MB, accuracy: MB)
+        XCTAssertEqual(decisions(&c, 10), 10)
     }
 
     func testAppLimitedSamplesSayNothingAboutTheLink() {
         var c = AdaptiveCompression(encoders: 2)
         var t = 0.0, limited = 0.0
         transport(&c, receiverShare: 0, rate: nil, from: &t, limited: &limited)
-        XCTAssertNil(c.linkRate, "no delivery-rate sample and no timing yet")
+        XCTAssertNil(c.linkRate, "no delivery-rate sample and no writes yet")
         XCTAssertEqual(c.receiverLimitedShare, 0)
         XCTAssertTrue(c.shouldCompress(), "still unknown: compress")
     }
