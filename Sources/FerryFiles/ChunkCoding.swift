@@ -238,13 +238,17 @@ public struct TransportSample: Sendable, Hashable {
 /// - the compression rate `C·n`: raw bytes per second one encoder deflates (converted to level
 ///   1), times the encoders working in parallel;
 /// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink);
+/// - how busy the machine's CPUs are with *other* programs (`recordMachineLoad`): compression
+///   needs spare CPU, and when clients on the same machine (loopback) or other work keep the
+///   cores busy, the CPU is the bottleneck whatever the socket does;
 /// - when the connection's `TCP_INFO` is available (`recordTransport`): the share of time the
 ///   receiver's window held the sender back, and the kernel's delivery rate, which replaces `D`
 ///   (it measures the link even while it is not saturated).
 ///
 /// It decides, when a chunk's encoding is started:
-/// 0. the receiver held the sender back more than a quarter of the recent time: **store** (the
-///    receiver is the bottleneck, as on loopback with a busy client; zlib would add work to both);
+/// 0. other programs keep more than half of the machine's CPU busy, or the receiver held the
+///    sender back more than a quarter of the recent time: **store** (the CPU or the receiver is
+///    the bottleneck, as with many clients on one machine; zlib would only add work);
 /// 1. link rate known and `D ≥ 2·C·n`: the link drains twice as fast as zlib can fill it:
 ///    **store** (this is what keeps loopback, where client and server share the CPU, stored);
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
@@ -268,6 +272,8 @@ public struct AdaptiveCompression: Sendable {
         public var fastLinkFactor = 2.0
         /// Store while the receiver's window held the sender back more than this share of the time.
         public var receiverLimitedShare = 0.25
+        /// Store while other programs keep more than this share of the machine's CPU busy.
+        public var busyMachineShare = 0.5
         /// Weight kept by the transport estimates per new sample.
         public var transportDecay = 0.75
         /// A write that waited at least this long was held back by the socket (its buffer was
@@ -331,6 +337,7 @@ public struct AdaptiveCompression: Sendable {
     private var lastTransport: TransportSample?
     private var receiverShareEstimate: Double?
     private var deliveryRateEstimate: Double?
+    private var othersBusyEstimate: Double?
 
     public init(encoders: Int, tuning: Tuning = Tuning()) {
         self.tuning = tuning
@@ -372,6 +379,15 @@ public struct AdaptiveCompression: Sendable {
         if compressRate >= tuning.level6Headroom * needed { return 6 }
         if compressRate >= tuning.level3Headroom * needed { return 3 }
         return 1
+    }
+
+    /// Share of the machine's CPU recently kept busy by other programs; nil when unknown.
+    public var othersBusyShare: Double? { othersBusyEstimate }
+
+    /// How much of the machine's CPU other programs used since the last reading (0...1).
+    public mutating func recordMachineLoad(othersBusy share: Double) {
+        let share = min(1, max(0, share))
+        othersBusyEstimate = othersBusyEstimate.map { $0 * 0.5 + share * 0.5 } ?? share
     }
 
     /// The kernel's view of the connection, read now (cumulative values).
@@ -441,6 +457,9 @@ public struct AdaptiveCompression: Sendable {
         let probe = probeNext
         probeNext = false
         if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
+            return false
+        }
+        if let busy = othersBusyEstimate, busy > tuning.busyMachineShare {
             return false
         }
         if let link = linkRate, link >= tuning.fastLinkFactor * compressRate {

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerryFiles
 import FerryProtocol
 import NIOConcurrencyHelpers
@@ -49,6 +52,7 @@ struct ChunkPipeline {
         controller.beginStream(chunks: count)
         let transport = policy == .auto ? self.transport : nil
         if let sample = await transport?.sample() { controller.recordTransport(sample) }
+        if policy == .auto, let busy = MachineLoad.shared.othersBusyShare() { controller.recordMachineLoad(othersBusy: busy) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -84,8 +88,11 @@ struct ChunkPipeline {
                                                   intervalSeconds: (end - lastWritten).seconds)
                     lastWritten = end
                     next += 1
-                    if next % Self.transportInterval == 0, let sample = await transport?.sample() {
-                        controller.recordTransport(sample)
+                    if next % Self.transportInterval == 0 {
+                        if let sample = await transport?.sample() { controller.recordTransport(sample) }
+                        if policy == .auto, let busy = MachineLoad.shared.othersBusyShare() {
+                            controller.recordMachineLoad(othersBusy: busy)
+                        }
                     }
                     if launched < count {
                         launch(launched)
@@ -156,6 +163,76 @@ final class CompressionMemory: Sendable {
             entries[key] = Entry(server: server, memory: memory)
             return memory
         }
+    }
+}
+
+/// How busy the machine's CPUs are with work other than this process (Linux `/proc/stat` minus
+/// `/proc/self/stat`), read at most every 200 ms and shared by all connections. Elsewhere nil.
+final class MachineLoad: Sendable {
+    static let shared = MachineLoad()
+
+    private struct State {
+        var last: ContinuousClock.Instant?
+        var busy: UInt64 = 0
+        var total: UInt64 = 0
+        var own: UInt64 = 0
+        var share: Double?
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    /// Share (0...1) of all CPUs' time since the previous reading spent on other programs.
+    func othersBusyShare() -> Double? {
+        #if os(Linux)
+        state.withLockedValue { s in
+            let now = ContinuousClock.now
+            if let last = s.last, now - last < .milliseconds(200) { return s.share }
+            guard let (busy, total) = Self.machineTicks(), let own = Self.ownTicks() else { return nil }
+            if s.last != nil, total > s.total, busy >= s.busy, own >= s.own {
+                let others = Double(busy - s.busy) - Double(own - s.own)
+                s.share = min(1, max(0, others / Double(total - s.total)))
+            }
+            s.last = now
+            s.busy = busy
+            s.total = total
+            s.own = own
+            return s.share
+        }
+        #else
+        return nil
+        #endif
+    }
+
+    /// (busy, total) clock ticks of all CPUs: the `cpu` line of /proc/stat.
+    static func machineTicks() -> (UInt64, UInt64)? {
+        guard let bytes = readProcFile("/proc/stat"),
+              let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first,
+              line.hasPrefix("cpu ") else { return nil }
+        let v = line.split(separator: " ").dropFirst().prefix(8).compactMap { UInt64($0) }
+        guard v.count == 8 else { return nil }
+        let total = v.reduce(0, +)
+        return (total - v[3] - v[4], total)  // idle and iowait are not busy
+    }
+
+    /// The first 4 KiB of a /proc file (whose stat size is 0, so `AtomicFile` cannot read it).
+    static func readProcFile(_ path: String) -> [UInt8]? {
+        #if canImport(Glibc)
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        return try? FileHandle(fd: fd).read(count: 4096, at: 0)
+        #else
+        return nil
+        #endif
+    }
+
+    /// utime + stime of this process (all threads), in the same clock ticks.
+    static func ownTicks() -> UInt64? {
+        guard let bytes = readProcFile("/proc/self/stat") else { return nil }
+        let text = String(decoding: bytes, as: UTF8.self)
+        guard let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 12, let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
+        return user + system
     }
 }
 
@@ -249,6 +326,7 @@ struct FileSender {
                 server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
+                    "others' CPU": "\(controller.othersBusyShare.map { Int($0 * 100) } ?? -1)%",
                     "zlib MB/s": "\(Int(controller.compressRate / 1e6))",
                     "pressure": "\(Int(controller.networkPressure * 100))%",
                     "level": "\(controller.level)",

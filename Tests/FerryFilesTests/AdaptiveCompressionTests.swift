@@ -200,6 +200,23 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 100), 0, "on a fast link even the first chunk is not sampled")
     }
 
+    func testBusyMachineStores() {
+        // 50 clients on the server's own machine: the socket backs up and the wall-clock rate
+        // per connection is low, yet the cores are busy with the clients: the CPU is the bottleneck.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        writes(&c, rate: 5 * MB, total: 8 << 20, blocked: true)
+        c.recordMachineLoad(othersBusy: 0.3)
+        XCTAssertEqual(decisions(&c, 10), 10, "a slow link with CPU to spare: compress")
+        c.recordMachineLoad(othersBusy: 0.9)
+        c.recordMachineLoad(othersBusy: 0.9)
+        XCTAssertEqual(c.othersBusyShare ?? 0, 0.75, accuracy: 0.01)
+        XCTAssertEqual(decisions(&c, 10), 0)
+        c.recordMachineLoad(othersBusy: 0.1)
+        c.recordMachineLoad(othersBusy: 0.1)
+        XCTAssertEqual(decisions(&c, 10), 10, "the other programs are done")
+    }
+
     // MARK: - The kernel's view (TCP_INFO)
 
     /// Feeds transport samples 10 ms apart: the receiver's window held the sender back for

@@ -4,8 +4,8 @@ import NIOCore
 import NIOPosix
 import XCTest
 
-/// `TransportProbe`: the `TCP_INFO` reader that lets `--compress auto` tell a slow receiver from
-/// a slow link.
+/// `TransportProbe` (the `TCP_INFO` reader that lets `--compress auto` tell a slow receiver from a
+/// slow link) and `MachineLoad` (how busy other programs keep the CPUs).
 final class TransportProbeTests: XCTestCase {
     private func bytes(_ fill: (inout [UInt8]) -> Void) -> TransportProbe.TCPInfoBytes {
         var b = [UInt8](repeating: 0, count: 192)
@@ -64,6 +64,25 @@ final class TransportProbeTests: XCTestCase {
         XCTAssertLessThan(s.receiverLimited, 60)
         #else
         throw XCTSkip("TCP_INFO is read on Linux only")
+        #endif
+    }
+
+    func testMachineLoadReadsProcAndGivesAShare() throws {
+        #if os(Linux)
+        let (busy, total) = try XCTUnwrap(MachineLoad.machineTicks())
+        XCTAssertGreaterThan(total, 0)
+        XCTAssertLessThanOrEqual(busy, total)
+        XCTAssertNotNil(MachineLoad.ownTicks())
+        let load = MachineLoad()
+        XCTAssertNil(load.othersBusyShare(), "one reading gives no interval yet")
+        var spin = 0.0
+        let start = ContinuousClock.now
+        while ContinuousClock.now - start < .milliseconds(300) { spin += 1 }  // our own CPU, not others'
+        let share = try XCTUnwrap(load.othersBusyShare())
+        XCTAssertTrue((0...1).contains(share), "\(share)")
+        XCTAssertGreaterThan(spin, 0)
+        #else
+        throw XCTSkip("/proc is read on Linux only")
         #endif
     }
 }
