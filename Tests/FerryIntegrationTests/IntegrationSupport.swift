@@ -170,11 +170,14 @@ final class InProcessServer: Sendable {
 
     var port: Int { server.port }
 
-    static func start(root: URL, chunkSize: Int = FerryLimits.defaultChunkSize, maxConnections: Int = 256) async throws -> InProcessServer {
+    /// `compression` defaults to a fixed zlib level: these tests assert which codec each chunk
+    /// uses, and `auto` decides from the link and the machine's load (on loopback it stores).
+    static func start(root: URL, chunkSize: Int = FerryLimits.defaultChunkSize, maxConnections: Int = 256,
+                      compression: CompressionPolicy = .level(1)) async throws -> InProcessServer {
         var logger = Logger(label: "ferry.test.server")
         logger.logLevel = .critical
         let configuration = ServerConfiguration(root: root.path, name: "loopback", bindHost: "127.0.0.1", port: 0,
-                                                maxConnections: maxConnections, chunkSize: chunkSize)
+                                                compression: compression, maxConnections: maxConnections, chunkSize: chunkSize)
         let server = try await FerryServer.start(configuration, logger: logger)
         return InProcessServer(server: server)
     }
