@@ -515,7 +515,7 @@ public enum ChunkDecoder {
                 defer { inflateEnd(&stream) }
                 stream.next_in = UnsafeMutablePointer(mutating: src.baseAddress?.assumingMemoryBound(to: Bytef.self))
                 stream.avail_in = uInt(src.count)
-                stream.next_out = destination.baseAddress!.assumingMemoryBound(to: Bytef.self)
+                stream.next_out = destination.baseAddress?.assumingMemoryBound(to: Bytef.self)
                 stream.avail_out = uInt(header.rawLength)
                 let r = inflate(&stream, Z_FINISH)
                 if r != Z_STREAM_END {

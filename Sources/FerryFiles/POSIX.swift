@@ -30,6 +30,7 @@ func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws -> R) 
     var z = bytes
     z.append(0)
     return try z.withUnsafeBufferPointer { buf in
+        // Invariant: `z` holds at least the NUL, so its buffer has a base address.
         try buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: z.count) { try body($0) }
     }
 }
@@ -63,6 +64,7 @@ public final class FileHandle: Sendable {
     /// Returns the number of bytes read; fewer than `count` only at end of file.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
         var done = 0
+        // Invariant: the loop runs only for a non-empty buffer, which has a base address.
         while done < buffer.count {
             let n = retryingEINTR { pread(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
             if n < 0 { throw SystemError(errno: errno, operation: "read", path: "fd \(fd)") }
@@ -74,6 +76,7 @@ public final class FileHandle: Sendable {
 
     public func write(_ buffer: UnsafeRawBufferPointer, at offset: Int64, path: String) throws(SystemError) {
         var done = 0
+        // Invariant: the loop runs only for a non-empty buffer, which has a base address.
         while done < buffer.count {
             let n = retryingEINTR { pwrite(fd, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done)) }
             if n < 0 { throw SystemError(errno: errno, operation: "write", path: path) }
@@ -161,6 +164,7 @@ public enum POSIX {
 
     public static func readlinkAt(_ dirfd: Int32, _ name: [UInt8]) -> [UInt8]? {
         var buf = [UInt8](repeating: 0, count: Int(PATH_MAX) + 1)
+        // Invariant: `buf` is PATH_MAX + 1 bytes, so it has a base address.
         let n = withCPath(name) { p in
             buf.withUnsafeMutableBufferPointer { readlinkat(dirfd, p, UnsafeMutableRawPointer($0.baseAddress!).assumingMemoryBound(to: CChar.self), $0.count) }
         }
