@@ -230,7 +230,7 @@ public struct TransportSample: Sendable, Hashable {
 ///
 /// What the controller observes, all decaying so that it follows change:
 /// - the *network pressure*: the recent share of chunks written while the socket's send buffer
-///   was filling up (a write was held back by the socket within the last 2 MiB written): while
+///   was filling up (a write was held back by the socket within the last 1.5 MiB written): while
 ///   that happens the link, not the encoders, sets the pace;
 /// - the link rate `D`: wire bytes per second actually written over about the last few MiB, by
 ///   the wall clock (it never overestimates the link; it is the link's rate while the network
@@ -238,19 +238,18 @@ public struct TransportSample: Sendable, Hashable {
 /// - the compression rate `C·n`: raw bytes per second one encoder deflates (converted to level
 ///   1), times the encoders working in parallel;
 /// - the ratio `r`: wire/raw bytes of recent zlib attempts (1 for a chunk that did not shrink);
-/// - how busy the machine's CPUs are with *other* programs (`recordMachineLoad`): compression
-///   needs spare CPU, and when clients on the same machine (loopback) or other work keep the
-///   cores busy, the CPU is the bottleneck whatever the socket does;
+/// - the server's total rate over all its connections (`recordServerRate`): the encoders serve
+///   them all, so fifty connections that each look slow can together outrun zlib;
 /// - when the connection's `TCP_INFO` is available (`recordTransport`): the share of time the
 ///   receiver's window held the sender back, and the kernel's delivery rate, which replaces `D`
 ///   (it measures the link even while it is not saturated).
 ///
 /// It decides, when a chunk's encoding is started:
-/// 0. other programs keep more than half of the machine's CPU busy, or the receiver held the
-///    sender back more than a quarter of the recent time: **store** (the CPU or the receiver is
-///    the bottleneck, as with many clients on one machine; zlib would only add work);
-/// 1. link rate known and `D ≥ 2·C·n`: the link drains twice as fast as zlib can fill it:
-///    **store** (this is what keeps loopback, where client and server share the CPU, stored);
+/// 0. the receiver held the sender back more than a quarter of the recent time: **store** (the
+///    receiver is the bottleneck, as on loopback with a busy client; zlib would add work to both);
+/// 1. `D`, or the server's total rate, is at least `2·C·n`: the data leaves twice as fast as zlib
+///    could produce it: **store** (this keeps loopback, where client and server share the CPU,
+///    and many clients at once, stored);
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
 ///    first chunk of every multi-chunk stream, so compressible data is noticed again;
 /// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
@@ -272,18 +271,16 @@ public struct AdaptiveCompression: Sendable {
         public var fastLinkFactor = 2.0
         /// Store while the receiver's window held the sender back more than this share of the time.
         public var receiverLimitedShare = 0.25
-        /// Store while other programs keep more than this share of the machine's CPU busy.
-        public var busyMachineShare = 0.5
         /// Weight kept by the transport estimates per new sample.
         public var transportDecay = 0.75
         /// A write that waited at least this long was held back by the socket (its buffer was
         /// full: NIO suspends writes above the high watermark until it drains to the low one).
         public var blockedSend = 0.001
         /// The network counts as the bottleneck while a write was held back within this many
-        /// wire bytes (about two fills of the write buffer).
-        public var recentBlockBytes = 2 << 20
+        /// wire bytes (the 768 KiB between the watermarks, twice).
+        public var recentBlockBytes = 3 << 19
         /// Weight kept by the network pressure per chunk written.
-        public var pressureDecay = 0.9
+        public var pressureDecay = 0.85
         /// Above this expected wire/raw ratio the data counts as incompressible.
         public var incompressibleRatio = 0.9
         /// While the data is incompressible, one chunk in this many is still tried.
@@ -337,7 +334,7 @@ public struct AdaptiveCompression: Sendable {
     private var lastTransport: TransportSample?
     private var receiverShareEstimate: Double?
     private var deliveryRateEstimate: Double?
-    private var othersBusyEstimate: Double?
+    private var serverRateEstimate: Double?
 
     public init(encoders: Int, tuning: Tuning = Tuning()) {
         self.tuning = tuning
@@ -381,13 +378,12 @@ public struct AdaptiveCompression: Sendable {
         return 1
     }
 
-    /// Share of the machine's CPU recently kept busy by other programs; nil when unknown.
-    public var othersBusyShare: Double? { othersBusyEstimate }
+    /// Wire bytes per second the whole server wrote recently (all connections); nil when unknown.
+    public var serverRate: Double? { serverRateEstimate }
 
-    /// How much of the machine's CPU other programs used since the last reading (0...1).
-    public mutating func recordMachineLoad(othersBusy share: Double) {
-        let share = min(1, max(0, share))
-        othersBusyEstimate = othersBusyEstimate.map { $0 * 0.5 + share * 0.5 } ?? share
+    /// The server's total rate over all its connections, measured just now.
+    public mutating func recordServerRate(_ bytesPerSecond: Double) {
+        serverRateEstimate = max(0, bytesPerSecond)
     }
 
     /// The kernel's view of the connection, read now (cumulative values).
@@ -459,10 +455,7 @@ public struct AdaptiveCompression: Sendable {
         if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
             return false
         }
-        if let busy = othersBusyEstimate, busy > tuning.busyMachineShare {
-            return false
-        }
-        if let link = linkRate, link >= tuning.fastLinkFactor * compressRate {
+        if let rate = [linkRate, serverRateEstimate].compactMap({ $0 }).max(), rate >= tuning.fastLinkFactor * compressRate {
             return false
         }
         if ratioEstimate > tuning.incompressibleRatio {

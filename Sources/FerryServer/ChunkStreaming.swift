@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import FerryFiles
 import FerryProtocol
 import NIOConcurrencyHelpers
@@ -19,6 +16,8 @@ struct ChunkPipeline {
     let chunkSize: Int
     /// The connection's `TCP_INFO`, when the caller has the channel.
     var transport: TransportProbe? = nil
+    /// The server's total rate, fed with every chunk written.
+    var serverRate: ServerRateMeter? = nil
     static let window = 4
     /// Chunks between two `TCP_INFO` reads.
     static let transportInterval = 4
@@ -52,7 +51,6 @@ struct ChunkPipeline {
         controller.beginStream(chunks: count)
         let transport = policy == .auto ? self.transport : nil
         if let sample = await transport?.sample() { controller.recordTransport(sample) }
-        if policy == .auto, let busy = MachineLoad.shared.othersBusyShare() { controller.recordMachineLoad(othersBusy: busy) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -88,11 +86,9 @@ struct ChunkPipeline {
                                                   intervalSeconds: (end - lastWritten).seconds)
                     lastWritten = end
                     next += 1
-                    if next % Self.transportInterval == 0 {
-                        if let sample = await transport?.sample() { controller.recordTransport(sample) }
-                        if policy == .auto, let busy = MachineLoad.shared.othersBusyShare() {
-                            controller.recordMachineLoad(othersBusy: busy)
-                        }
+                    if let rate = serverRate?.add(bytes) { controller.recordServerRate(rate) }
+                    if next % Self.transportInterval == 0, let sample = await transport?.sample() {
+                        controller.recordTransport(sample)
                     }
                     if launched < count {
                         launch(launched)
@@ -135,6 +131,8 @@ struct ChunkPipeline {
 /// One memory per server (`forServer`); a connection may keep its own instead.
 final class CompressionMemory: Sendable {
     private let state = NIOLockedValueBox<AdaptiveCompression?>(nil)
+    /// All connections' writes together.
+    let serverRate = ServerRateMeter()
 
     init() {}
 
@@ -166,73 +164,31 @@ final class CompressionMemory: Sendable {
     }
 }
 
-/// How busy the machine's CPUs are with work other than this process (Linux `/proc/stat` minus
-/// `/proc/self/stat`), read at most every 200 ms and shared by all connections. Elsewhere nil.
-final class MachineLoad: Sendable {
-    static let shared = MachineLoad()
-
+/// The rate of all of a server's chunk writes together, over windows of at least 250 ms.
+final class ServerRateMeter: Sendable {
     private struct State {
-        var last: ContinuousClock.Instant?
-        var busy: UInt64 = 0
-        var total: UInt64 = 0
-        var own: UInt64 = 0
-        var share: Double?
+        var start = ContinuousClock.now
+        var bytes = 0
+        var rate: Double?
     }
 
     private let state = NIOLockedValueBox(State())
 
-    /// Share (0...1) of all CPUs' time since the previous reading spent on other programs.
-    func othersBusyShare() -> Double? {
-        #if os(Linux)
+    init() {}
+
+    /// Counts `bytes` just written by any connection; returns the rate of the last full window.
+    func add(_ bytes: Int) -> Double? {
         state.withLockedValue { s in
+            s.bytes += bytes
             let now = ContinuousClock.now
-            if let last = s.last, now - last < .milliseconds(200) { return s.share }
-            guard let (busy, total) = Self.machineTicks(), let own = Self.ownTicks() else { return nil }
-            if s.last != nil, total > s.total, busy >= s.busy, own >= s.own {
-                let others = Double(busy - s.busy) - Double(own - s.own)
-                s.share = min(1, max(0, others / Double(total - s.total)))
+            let elapsed = (now - s.start).seconds
+            if elapsed >= 0.25 {
+                s.rate = Double(s.bytes) / elapsed
+                s.bytes = 0
+                s.start = now
             }
-            s.last = now
-            s.busy = busy
-            s.total = total
-            s.own = own
-            return s.share
+            return s.rate
         }
-        #else
-        return nil
-        #endif
-    }
-
-    /// (busy, total) clock ticks of all CPUs: the `cpu` line of /proc/stat.
-    static func machineTicks() -> (UInt64, UInt64)? {
-        guard let bytes = readProcFile("/proc/stat"),
-              let line = String(decoding: bytes, as: UTF8.self).split(separator: "\n").first,
-              line.hasPrefix("cpu ") else { return nil }
-        let v = line.split(separator: " ").dropFirst().prefix(8).compactMap { UInt64($0) }
-        guard v.count == 8 else { return nil }
-        let total = v.reduce(0, +)
-        return (total - v[3] - v[4], total)  // idle and iowait are not busy
-    }
-
-    /// The first 4 KiB of a /proc file (whose stat size is 0, so `AtomicFile` cannot read it).
-    static func readProcFile(_ path: String) -> [UInt8]? {
-        #if canImport(Glibc)
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        return try? FileHandle(fd: fd).read(count: 4096, at: 0)
-        #else
-        return nil
-        #endif
-    }
-
-    /// utime + stime of this process (all threads), in the same clock ticks.
-    static func ownTicks() -> UInt64? {
-        guard let bytes = readProcFile("/proc/self/stat") else { return nil }
-        let text = String(decoding: bytes, as: UTF8.self)
-        guard let close = text.lastIndex(of: ")") else { return nil }
-        let fields = text[text.index(after: close)...].split(separator: " ")
-        guard fields.count > 12, let user = UInt64(fields[11]), let system = UInt64(fields[12]) else { return nil }
-        return user + system
     }
 }
 
@@ -317,7 +273,8 @@ struct FileSender {
         do {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
             let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
-                                         chunkSize: server.configuration.chunkSize, transport: transport)
+                                         chunkSize: server.configuration.chunkSize, transport: transport,
+                                         serverRate: memory.serverRate)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
@@ -326,7 +283,7 @@ struct FileSender {
                 server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
-                    "others' CPU": "\(controller.othersBusyShare.map { Int($0 * 100) } ?? -1)%",
+                    "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
                     "zlib MB/s": "\(Int(controller.compressRate / 1e6))",
                     "pressure": "\(Int(controller.networkPressure * 100))%",
                     "level": "\(controller.level)",
@@ -409,7 +366,8 @@ struct ManifestSender {
         try await writer.send(line: "OK \(entries.count)")
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
         let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
-                                     chunkSize: server.configuration.chunkSize, transport: transport)
+                                     chunkSize: server.configuration.chunkSize, transport: transport,
+                                     serverRate: memory.serverRate)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }

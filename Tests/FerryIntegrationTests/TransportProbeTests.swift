@@ -5,7 +5,7 @@ import NIOPosix
 import XCTest
 
 /// `TransportProbe` (the `TCP_INFO` reader that lets `--compress auto` tell a slow receiver from a
-/// slow link) and `MachineLoad` (how busy other programs keep the CPUs).
+/// slow link) and `ServerRateMeter` (all connections' writes together).
 final class TransportProbeTests: XCTestCase {
     private func bytes(_ fill: (inout [UInt8]) -> Void) -> TransportProbe.TCPInfoBytes {
         var b = [UInt8](repeating: 0, count: 192)
@@ -67,22 +67,13 @@ final class TransportProbeTests: XCTestCase {
         #endif
     }
 
-    func testMachineLoadReadsProcAndGivesAShare() throws {
-        #if os(Linux)
-        let (busy, total) = try XCTUnwrap(MachineLoad.machineTicks())
-        XCTAssertGreaterThan(total, 0)
-        XCTAssertLessThanOrEqual(busy, total)
-        XCTAssertNotNil(MachineLoad.ownTicks())
-        let load = MachineLoad()
-        XCTAssertNil(load.othersBusyShare(), "one reading gives no interval yet")
-        var spin = 0.0
-        let start = ContinuousClock.now
-        while ContinuousClock.now - start < .milliseconds(300) { spin += 1 }  // our own CPU, not others'
-        let share = try XCTUnwrap(load.othersBusyShare())
-        XCTAssertTrue((0...1).contains(share), "\(share)")
-        XCTAssertGreaterThan(spin, 0)
-        #else
-        throw XCTSkip("/proc is read on Linux only")
-        #endif
+    func testServerRateMeterCountsAllWritersPerWindow() async throws {
+        let meter = ServerRateMeter()
+        XCTAssertNil(meter.add(1 << 20), "no full window yet")
+        try await Task.sleep(for: .milliseconds(300))
+        let rate = try XCTUnwrap(meter.add(1 << 20))
+        XCTAssertGreaterThan(rate, 1e5, "2 MiB in a bit over 0.3 s (under 20 s however busy the machine)")
+        XCTAssertLessThan(rate, 8e6)
+        XCTAssertEqual(meter.add(10), rate, "until the next window ends, the last rate stands")
     }
 }
