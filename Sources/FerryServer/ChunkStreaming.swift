@@ -100,7 +100,7 @@ struct ChunkPipeline {
         return compressed
     }
 
-    private static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy, level: Int32,
+    static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy, level: Int32,
                                allocator: ByteBufferAllocator) throws -> Encoded {
         var raw: ByteBuffer
         switch source {
@@ -192,6 +192,13 @@ final class ServerRateMeter: Sendable {
     }
 }
 
+extension ReplyWriter {
+    /// Writes several buffers (lines and chunk payloads) as one write.
+    func send(buffers: [ByteBuffer]) async throws {
+        try await outbound.write(contentsOf: buffers)
+    }
+}
+
 /// Reads the kernel's view of a TCP connection (Linux `TCP_INFO`) for `AdaptiveCompression`:
 /// how long the receiver's window has held the sender back, and the delivery rate. Elsewhere,
 /// or if the kernel says nothing, `sample()` is nil and the controller goes by timing alone.
@@ -267,6 +274,10 @@ struct FileSender {
         let memory = self.memory ?? CompressionMemory.forServer(server)
         var controller = memory.load()
         defer { memory.store(controller) }
+        if end - offset <= Int64(server.configuration.chunkSize) {
+            return try await sendInOneWrite(file: file, info: info, path: path, range: offset..<end, known: known,
+                                            key: key, canonical: canonical, memory: memory, controller: &controller)
+        }
         try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")")
 
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
@@ -313,6 +324,66 @@ struct FileSender {
             sha = "-"  // unreachable: either known or hashed
         }
         try await writer.send(line: "END \(sha)")
+    }
+
+    /// A range of at most one chunk — most files of a tree: read and encode it here and send the
+    /// status line, the chunk and the trailer in one write (one hop to the event loop, no task
+    /// group), which is what many small files cost per file.
+    private func sendInOneWrite(file: FileHandle, info: FileInfo, path: RemotePath, range: Range<Int64>, known: String?,
+                                key: HashKey, canonical: RemotePath, memory: CompressionMemory,
+                                controller: inout AdaptiveCompression) async throws {
+        let started = ContinuousClock.now
+        let allocator = writer.allocator
+        func line(_ text: String) -> ByteBuffer {
+            var b = allocator.buffer(capacity: text.utf8.count + 1)
+            b.writeString(text)
+            b.writeInteger(UInt8(0x0A))
+            return b
+        }
+        var out = [line("OK \(info.size) \(info.mtime) \(known ?? "-")")]
+        var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
+        var failure: ErrorReply?
+        do {
+            if hasher != nil && range.lowerBound > 0 { try hashRange(file, 0, range.lowerBound, into: &hasher) }
+            if !range.isEmpty {
+                var policy = server.configuration.compression
+                var level: Int32 = 1
+                if policy == .auto {
+                    controller.beginStream(chunks: 1)
+                    policy = controller.shouldCompress() ? .auto : .off
+                    level = controller.level
+                }
+                let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
+                                                       policy: policy, level: level, allocator: allocator)
+                controller.record(encoded.chunk.report)
+                encoded.raw.withUnsafeReadableBytes { hasher?.update($0) }
+                out.append(line(encoded.chunk.header.line))
+                out.append(encoded.chunk.wire)
+            }
+            if hasher != nil && range.upperBound < info.size { try hashRange(file, range.upperBound, info.size, into: &hasher) }
+        } catch is ChunkPipeline.ShortRead {
+            failure = ErrorReply(.changed, "changed during transfer")
+        } catch let error as SystemError {
+            failure = ErrorReply(.serverError, "reading \(path.wire) failed: \(error.message)")
+        }
+        if failure == nil, (try? file.stat()).map({ HashKey($0) }) != key {
+            failure = ErrorReply(.changed, "changed during transfer")
+        }
+        if let failure {
+            out.append(line(failure.line))
+        } else if let known {
+            out.append(line("END \(known)"))
+        } else if let h = hasher {
+            let sha = h.finalizeHex()
+            server.hashCache.store(canonical, key, sha256: sha)
+            out.append(line("END \(sha)"))
+        }
+        let bytes = out.reduce(0) { $0 + $1.readableBytes }
+        let start = ContinuousClock.now
+        try await writer.send(buffers: out)
+        let done = ContinuousClock.now
+        controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (done - start).seconds, intervalSeconds: (done - started).seconds)
+        if let rate = memory.serverRate.add(bytes) { controller.recordServerRate(rate) }
     }
 
     private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
