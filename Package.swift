@@ -21,6 +21,8 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // CRC-32 with PCLMULQDQ folding (run-time dispatch) and a portable fallback.
+        .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         // Wire protocol: pure values and codecs, no I/O.
         .target(
             name: "FerryProtocol",
@@ -34,6 +36,7 @@ let package = Package(
             dependencies: [
                 "FerryProtocol",
                 "CZlib",
+                "CFerryCRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -99,7 +102,7 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryFilesTests",
-            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport"]
+            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport", "CZlib", "CFerryCRC"]
         ),
         .testTarget(
             name: "FerryDiscoveryTests",

@@ -5,13 +5,13 @@ import PackageDescription
 // (docs/BENCHMARKS.md, "Micro-benchmarks"). Run from this directory:
 //
 //     swift package benchmark                   # all, as a table
-//     swift package benchmark --filter 'crc32'  # a subset
+//     swift package benchmark --filter 'CRC-32.*'  # a subset (a regex over the names)
 //
 // A separate package so that the main package's `swift build` / `swift test` never resolves
 // or builds ordo-one/benchmark. The root package exports no library products (only the
 // `ferry` executable), and a path dependency can only be used through its products, so this
 // package compiles the measured modules itself from symlinks (Sources/FerryProtocol ->
-// ../../Sources/FerryProtocol, same for FerryFiles and CZlib): what is measured is exactly the
+// ../../Sources/FerryProtocol, same for FerryFiles, CZlib and CFerryCRC): what is measured is exactly the
 // code in the main package's Sources/, built with the same settings.
 let package = Package(
     name: "FerryBenchmarks",
@@ -24,6 +24,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         .target(
             name: "FerryProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -31,7 +32,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib",
+                "FerryProtocol", "CZlib", "CFerryCRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -199,6 +199,13 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(random.withUnsafeBufferPointer { crc32_z(0, $0.baseAddress, $0.count) })
         }
     }
+    // What a CPU without PCLMULQDQ would run if it took CFerryCRC's portable path (it calls
+    // zlib instead, which is faster there); the automatic path is the "ferry CRC32" one above.
+    Benchmark("CRC-32 of a chunk · ferry CRC32 portable path (slice-by-8)") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(random.withUnsafeBytes { CRC32.checksum($0, using: .portable) })
+        }
+    }
 
     // MARK: protocol parsing (per line / frame)
 
