@@ -97,7 +97,7 @@ public struct Downloader {
                         written += Int64(n)
                         onEvent(.bytes(n))
                     }
-                    try transfer.complete(expected: sha)
+                    try await transfer.complete(expected: sha)
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
                                   sha256: sha, bytesWritten: written, wireBytes: counter.count,

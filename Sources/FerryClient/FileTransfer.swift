@@ -9,8 +9,14 @@ public final class FileTransfer {
     public let path: RemotePath
     public let identity: PartialIdentity
     public let partial: PartialFile
-    /// SHA-256 over the partial's verified prefix, continued as chunks arrive.
+    /// SHA-256 over the partial's verified prefix, continued as chunks arrive. While chunks
+    /// stream in, hashing runs off the write path in `hashChain` (see `hash(_:last:)`), and
+    /// this is the state before the chain's first task.
     var hasher = SHA256Hasher()
+    /// Hashing of written chunks, in order: each task continues the previous one's state, so
+    /// hashing chunk n overlaps writing chunk n+1 on another core. At most a few are pending.
+    private var hashChain: [Task<SHA256Hasher, Never>] = []
+    static let hashChainDepth = 4
     public private(set) var resumedFrom: Int64 = 0
 
     /// The file changed on the server (validator mismatch); the partial has been discarded.
@@ -28,6 +34,13 @@ public final class FileTransfer {
         } catch {
             throw .local(error)
         }
+    }
+
+    /// A transfer into a partial the caller made (for example a temporary beside the target).
+    public init(path: RemotePath, identity: PartialIdentity, partial: PartialFile) {
+        self.path = path
+        self.identity = identity
+        self.partial = partial
     }
 
     /// Whether data from an earlier run is waiting to be verified.
@@ -93,7 +106,7 @@ public final class FileTransfer {
 
     /// Appends bytes that are already known to be right (blocks of an old local copy whose
     /// hashes matched the server's block hashes).
-    public func appendVerified(_ bytes: [UInt8]) throws(ClientError) {
+    public func appendVerified(_ bytes: [UInt8]) async throws(ClientError) {
         let result: Result<Void, SystemError> = bytes.withUnsafeBytes { p in
             do throws(SystemError) {
                 try partial.append(p, at: partial.verified)
@@ -103,17 +116,44 @@ public final class FileTransfer {
             }
         }
         if case .failure(let e) = result { throw .local(e) }
-        hasher.update(bytes)
+        await hash(ByteBuffer(bytes: bytes), last: false)
         hasherBytes += Int64(bytes.count)
+    }
+
+    /// Adds written bytes to the file's SHA-256. A file's only chunk is hashed right here; other
+    /// chunks are hashed by a task that continues the previous chunk's state.
+    private func hash(_ raw: ByteBuffer, last: Bool) async {
+        if hashChain.isEmpty && last {
+            raw.withUnsafeReadableBytes { hasher.update($0) }
+            return
+        }
+        let previous = hashChain.last
+        let start = hasher
+        hashChain.append(Task {
+            var h: SHA256Hasher
+            if let previous { h = await previous.value } else { h = start }
+            raw.withUnsafeReadableBytes { h.update($0) }
+            return h
+        })
+        if hashChain.count > Self.hashChainDepth { _ = await hashChain.removeFirst().value }
+    }
+
+    /// The hash state over everything written so far, once pending hashing is done.
+    private func settledHasher() async -> SHA256Hasher {
+        if let last = hashChain.last {
+            hasher = await last.value
+            hashChain.removeAll()
+        }
+        return hasher
     }
 
     /// Checks that the whole file is present and its SHA-256 is `expected` (the server's);
     /// on a mismatch the partial is discarded so the next run starts clean.
-    public func complete(expected sha: String) throws(ClientError) {
+    public func complete(expected sha: String) async throws(ClientError) {
         guard partial.verified == identity.size else {
             throw .integrity(path: path.description, "only \(partial.verified) of \(identity.size) bytes arrived")
         }
-        let mine = hasher.finalizeHex()
+        let mine = await settledHasher().finalizeHex()
         guard sha == mine, identity.sha256 == nil || identity.sha256 == mine else {
             partial.discard()
             throw .integrity(path: path.description, "SHA-256 mismatch (server \(sha.prefix(12))…, received \(mine.prefix(12))…)")
@@ -207,7 +247,7 @@ public final class FileTransfer {
             }
         }
         if case .failure(let e) = result { throw ClientError.local(e) }
-        raw.withUnsafeReadableBytes { hasher.update($0) }
+        await hash(raw, last: header.offset + Int64(header.rawLength) == identity.size)
         hasherBytes += Int64(header.rawLength)
         onBytes(header.rawLength)
     }

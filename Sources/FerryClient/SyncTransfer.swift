@@ -44,6 +44,11 @@ final class SyncTransfer: Sendable {
     private let queue = NIOLockedValueBox(Queue())
     private let result = NIOLockedValueBox(Result())
     let partialDirPath: String
+    /// Names in the partial folder: those found when the transfer started, plus the partials it
+    /// made. Only a job whose name is here can have data to resume, so the others skip the probe.
+    private let partialNames = NIOLockedValueBox(Set<String>())
+    /// Recently used directories of DEST, open, for temporaries beside their targets.
+    private let directories: DirectoryCache
 
     init(endpoint: Endpoint, tree: LocalTree, options: Syncer.Options, logger: Logger, base: RemotePath,
          onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
@@ -55,11 +60,14 @@ final class SyncTransfer: Sendable {
         self.onEvent = onEvent
         self.partialDirPath = (tree.rootPath.hasSuffix("/") ? tree.rootPath : tree.rootPath + "/")
             + String(decoding: SyncPlan.partialFolder, as: UTF8.self)
+        self.directories = DirectoryCache(tree: tree)
     }
 
     func run(_ fetches: [SyncPlan.Fetch]) async throws -> Result {
         guard !fetches.isEmpty else { return Result() }
         let partialDir = try openPartialFolder()
+        let names = Self.directoryNames(partialDir.fd)
+        partialNames.withLockedValue { $0 = names }
         queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -88,7 +96,42 @@ final class SyncTransfer: Sendable {
 
     /// Where a file's partial data lives: named by a hash of its path, so any path fits.
     func partialPath(for path: RemotePath) -> String {
-        partialDirPath + "/" + SHA256Hasher.hex(path.bytes).prefix(40) + ".part"
+        partialDirPath + "/" + partialName(for: path)
+    }
+
+    func partialName(for path: RemotePath) -> String {
+        SHA256Hasher.hex(path.bytes).prefix(40) + ".part"
+    }
+
+    /// Whether the partial folder may hold data of `path` from an earlier attempt.
+    private func mayHavePartial(_ path: RemotePath) -> Bool {
+        if partialNames.withLockedValue({ $0.isEmpty }) { return false }
+        let name = partialName(for: path)
+        return partialNames.withLockedValue { $0.contains(name) }
+    }
+
+    /// Whether a kept partial of `path` holds verified data (which must be checked first).
+    private func hasKeptData(_ path: RemotePath) -> Bool {
+        mayHavePartial(path) && (PartialFile.existing(at: partialPath(for: path))?.1 ?? 0) > 0
+    }
+
+    /// The names in an open directory (empty if it cannot be read).
+    static func directoryNames(_ fd: Int32) -> Set<String> {
+        let dupFD = dup(fd)
+        guard dupFD >= 0 else { return [] }
+        guard let dir = fdopendir(dupFD) else {
+            close(dupFD)
+            return []
+        }
+        defer { closedir(dir) }
+        var names = Set<String>()
+        while let ent = readdir(dir) {
+            let name = withUnsafePointer(to: ent.pointee.d_name) { p in
+                p.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+            }
+            if name != "." && name != ".." { names.insert(name) }
+        }
+        return names
     }
 
     private func nextJob() -> Job? {
@@ -169,13 +212,22 @@ final class SyncTransfer: Sendable {
         while true {
             var batch: [Request] = []
             var special: Job?
-            while state.pending.count < options.window, let job = nextJob() {
-                if job.delta || job.restat || (PartialFile.existing(at: partialPath(for: job.entry.path))?.1 ?? 0) > 0 {
+            // Refill the pipeline once half of it has drained, so requests go out in batches
+            // (one write for many) rather than one write per reply.
+            let refill = state.pending.count <= options.window / 2
+            while refill, state.pending.count < options.window, let job = nextJob() {
+                if job.delta || job.restat || hasKeptData(job.entry.path) {
                     special = job
                     break
                 }
                 let transfer: FileTransfer
                 do { transfer = try makeTransfer(job, identity: identity(of: job.entry)) } catch {
+                    // A file that cannot even be started (say, its directory is not writable)
+                    // fails alone; a full or read-only disk stops the sync.
+                    if case .local(let e) = error, !e.isNoSpace, e.errno != EDQUOT, e.errno != EROFS {
+                        failed(job, e.description)
+                        continue
+                    }
                     throw error
                 }
                 batch.append(transfer.request())
@@ -220,9 +272,25 @@ final class SyncTransfer: Sendable {
         PartialIdentity(size: entry.size, mtime: entry.mtime, sha256: entry.sha256)
     }
 
+    /// The transfer of one file. A file that arrives in one chunk goes to a temporary beside
+    /// its target (nothing in it could be resumed); larger ones to a resumable partial.
     private func makeTransfer(_ job: Job, identity: PartialIdentity) throws(ClientError) -> FileTransfer {
-        try FileTransfer(path: base.appending(job.entry.path), identity: identity,
-                         partialPath: partialPath(for: job.entry.path), resume: options.resume)
+        let serverPath = base.appending(job.entry.path)
+        if identity.size <= Int64(FerryLimits.defaultChunkSize) && !mayHavePartial(job.entry.path) {
+            let parent = job.entry.path.parent ?? .root
+            do {
+                let directory = try directories.open(parent)
+                let partial = try PartialFile.temporary(in: directory, directoryDisplay: tree.display(parent),
+                                                        for: identity, label: serverPath.description)
+                return FileTransfer(path: serverPath, identity: identity, partial: partial)
+            } catch {
+                throw .local(error)
+            }
+        }
+        let name = partialName(for: job.entry.path)
+        partialNames.withLockedValue { _ = $0.insert(name) }
+        return try FileTransfer(path: serverPath, identity: identity,
+                                partialPath: partialPath(for: job.entry.path), resume: options.resume)
     }
 
     /// Runs `body` (which reads one file's reply stream), then finishes the file. Errors that
@@ -238,7 +306,7 @@ final class SyncTransfer: Sendable {
                 if e.isNoSpace || e.errno == EROFS { throw ClientError.local(e) }
                 throw ConnectionAbandoned()
             }
-            try transfer.complete(expected: sha)
+            try await transfer.complete(expected: sha)
             do {
                 try transfer.partial.finish(into: tree, at: job.entry.path, partialDir: partialDir,
                                             mode: job.entry.mode, mtime: job.entry.mtime)
@@ -372,7 +440,7 @@ final class SyncTransfer: Sendable {
                     let n = Int(min(Int64(1 << 20), end - p))
                     let bytes: [UInt8]
                     do { bytes = try old.read(count: n, at: p) } catch { throw ClientError.local(error) }
-                    try transfer.appendVerified(bytes)
+                    try await transfer.appendVerified(bytes)
                     result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
                     p += Int64(n)
                 }
@@ -383,5 +451,27 @@ final class SyncTransfer: Sendable {
         if let sha { return sha }
         if let known = transfer.identity.sha256 { return known }
         return try await connection.hash(serverPath, offset: 0, length: size, validator: transfer.identity.validator)
+    }
+}
+
+/// Directories of a destination tree kept open for a while (opened the safe way, one component
+/// at a time without following symlinks), so files of one directory do not each reopen it.
+final class DirectoryCache: Sendable {
+    private let tree: LocalTree
+    private let cache = NIOLockedValueBox([RemotePath: FileHandle]())
+    static let capacity = 64
+
+    init(tree: LocalTree) { self.tree = tree }
+
+    func open(_ path: RemotePath) throws(SystemError) -> FileHandle {
+        if let hit = cache.withLockedValue({ $0[path] }) { return hit }
+        let handle = try tree.openDirectory(path)
+        cache.withLockedValue { c in
+            // Manifest order visits a directory's files together: dropping everything now
+            // and then is as good as an LRU here, and handles in use stay open (reference counted).
+            if c.count >= Self.capacity { c.removeAll(keepingCapacity: true) }
+            c[path] = handle
+        }
+        return handle
     }
 }

@@ -236,9 +236,15 @@ public struct Syncer: Sendable {
         guard let tree else { return [:] }
         let excludes = options.excludes
         let entries: [Entry]
+        let temporaries = NIOLockedValueBox<[RemotePath]>([])
+        defer { removeStaleTemporaries(temporaries.withLockedValue { $0 }, in: tree) }
         do {
-            entries = try TreeWalker.walk(directory: tree.root.fd, options: .init(exclude: { path, _ in
-                (path.components.count == 1 && path.bytes == SyncPlan.partialFolder) || excludes.excludes(path.bytes)
+            entries = try TreeWalker.walk(directory: tree.root.fd, options: .init(exclude: { path, type in
+                if type == .file && PartialFile.isTemporaryName(path.name) {
+                    temporaries.withLockedValue { $0.append(path) }
+                    return true
+                }
+                return (path.components.count == 1 && path.bytes == SyncPlan.partialFolder) || excludes.excludes(path.bytes)
             }))
         } catch {
             switch error {
@@ -250,6 +256,20 @@ public struct Syncer: Sendable {
         map.reserveCapacity(entries.count)
         for e in entries { map[e.path] = e }
         return map
+    }
+}
+
+extension Syncer {
+    /// Removes temporaries a killed run left beside their targets. One changed in the last
+    /// minute may belong to a sync still running into the same directory, and is left alone.
+    func removeStaleTemporaries(_ paths: [RemotePath], in tree: LocalTree, olderThan seconds: Int64 = 60) {
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        for path in paths {
+            guard let info = tree.lstat(path), info.type == .file,
+                  Int64(now.tv_sec) - info.ctime.seconds >= seconds else { continue }
+            if (try? tree.remove(path)) != nil { logger.debug("removed a stale temporary \(tree.display(path))") }
+        }
     }
 }
 

@@ -2,7 +2,10 @@ import Crypto
 import FerryProtocol
 
 /// Streaming SHA-256 that renders as the protocol's lowercase hex.
-public struct SHA256Hasher {
+// `@unchecked`: swift-crypto's `SHA256` is a value type that is not marked Sendable, but its
+// only reference, the BoringSSL context, is copy-on-write (`update` copies it unless uniquely
+// referenced), so a copy handed to another task is independent of the original.
+public struct SHA256Hasher: @unchecked Sendable {
     private var hasher = SHA256()
 
     public init() {}

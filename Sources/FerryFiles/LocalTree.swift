@@ -106,11 +106,22 @@ public final class LocalTree: Sendable {
     /// symlink there; a directory in the way is removed first.
     public func moveIntoPlace(fromDir: Int32, fromName: [UInt8], to path: RemotePath) throws(SystemError) {
         let (dir, name) = try parent(of: path)
-        if let info = POSIX.statAt(dir.fd, name).0, info.type == .directory {
-            try Self.removeEntry(dirFD: dir.fd, name: name, display: display(path))
+        try moveIntoPlace(fromDir: fromDir, fromName: fromName, toDir: dir.fd, name: name, display: display(path))
+    }
+
+    /// Moves a finished file to `name` in the open directory `toDir` (one of this tree's,
+    /// opened without following symlinks), replacing a file or symlink there; a directory in
+    /// the way is removed first.
+    public func moveIntoPlace(fromDir: Int32, fromName: [UInt8], toDir: Int32, name: [UInt8], display: String) throws(SystemError) {
+        func rename() -> Int32 { withCPath(fromName) { f in withCPath(name) { renameat(fromDir, f, toDir, $0) } } }
+        if rename() == 0 { return }
+        // A file cannot replace a directory: rename(2) says EISDIR (or ENOTEMPTY/EEXIST).
+        guard errno == EISDIR || errno == ENOTEMPTY || errno == EEXIST,
+              let info = POSIX.statAt(toDir, name).0, info.type == .directory else {
+            throw SystemError(errno: errno, operation: "rename into place", path: display)
         }
-        let r = withCPath(fromName) { f in withCPath(name) { renameat(fromDir, f, dir.fd, $0) } }
-        if r != 0 { throw SystemError(errno: errno, operation: "rename into place", path: display(path)) }
+        try Self.removeEntry(dirFD: toDir, name: name, display: display)
+        if rename() != 0 { throw SystemError(errno: errno, operation: "rename into place", path: display) }
     }
 
     /// Sets permission bits and mtime of a directory or file (never through a symlink).

@@ -38,12 +38,67 @@ public final class PartialFile {
     private var meta: FileHandle?
     private var metaPrefixLength = 0
 
-    private init(dataPath: String, identity: PartialIdentity, verified: Int64, handle: FileHandle, label: String) {
+    /// Where the data lives until it is finished.
+    enum Placement {
+        /// In the partial folder, named by a hash of its path, with a sidecar: resumable.
+        case partialFolder
+        /// A temporary (`.~ferry-XXXXXXXXXXXXXXXX`) in the directory that will hold the file,
+        /// without a sidecar: for files that arrive in one chunk, where there is nothing to
+        /// resume. Creating it beside its final name spreads creations over the tree's
+        /// directories and keeps the final rename within one directory (no filesystem-wide
+        /// rename lock). Removed again if the partial is dropped unfinished.
+        case besideTarget(directory: FileHandle, name: [UInt8])
+    }
+    let placement: Placement
+    private var placed = false
+
+    private init(dataPath: String, identity: PartialIdentity, verified: Int64, handle: FileHandle, label: String,
+                 placement: Placement = .partialFolder) {
         self.dataPath = dataPath
         self.identity = identity
         self.verified = verified
         self.handle = handle
         self.label = label
+        self.placement = placement
+    }
+
+    deinit {
+        if case .besideTarget(let directory, let name) = placement, !placed {
+            _ = withCPath(name) { unlinkat(directory.fd, $0, 0) }
+        }
+    }
+
+    /// The prefix of the temporaries `temporary(in:...)` creates.
+    static let temporaryPrefix: [UInt8] = Array(".~ferry-".utf8)
+    static let temporaryRandomLength = 16
+
+    /// Whether `name` is one of the temporaries `temporary(in:...)` creates (left behind only
+    /// when the process died between creating and renaming it).
+    public static func isTemporaryName(_ name: [UInt8]) -> Bool {
+        guard name.count == temporaryPrefix.count + temporaryRandomLength,
+              name.starts(with: temporaryPrefix) else { return false }
+        return name.dropFirst(temporaryPrefix.count).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// Starts a new, empty file that is not resumable, as a temporary in `directory` (the
+    /// directory that will hold it; `directoryDisplay` names it in messages).
+    public static func temporary(in directory: FileHandle, directoryDisplay: String, for identity: PartialIdentity,
+                                 label: String) throws(SystemError) -> PartialFile {
+        var attempts = 0
+        while true {
+            var rng = SystemRandomNumberGenerator()
+            let random = String(rng.next(), radix: 16)
+            let name = temporaryPrefix + Array((String(repeating: "0", count: temporaryRandomLength - random.count) + random).utf8)
+            let display = (directoryDisplay.hasSuffix("/") ? directoryDisplay : directoryDisplay + "/") + String(decoding: name, as: UTF8.self)
+            let fd = POSIX.openAt(directory.fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
+            if fd < 0 {
+                attempts += 1
+                if errno == EEXIST && attempts < 8 { continue }
+                throw SystemError(errno: errno, operation: "create", path: display)
+            }
+            return PartialFile(dataPath: display, identity: identity, verified: 0, handle: FileHandle(fd: fd),
+                               label: label, placement: .besideTarget(directory: directory, name: name))
+        }
     }
 
     /// Reads the identity and verified length of an existing partial, if there is a valid one.
@@ -113,6 +168,7 @@ public final class PartialFile {
     /// Writes the sidecar. The verified length is written with a fixed width, so updates
     /// after each chunk are a single small `pwrite` of one line.
     private func writeMeta() throws(SystemError) {
+        if case .besideTarget = placement { return }
         let digits = String(verified)
         let field = String(repeating: " ", count: max(0, 19 - digits.count)) + digits + "\n"
         if let meta {
@@ -142,9 +198,15 @@ public final class PartialFile {
     /// symlink); removes the sidecar. The partial must live in `partialDir` of the same tree.
     public func finish(into tree: LocalTree, at path: RemotePath, partialDir: FileHandle, mode: UInt32, mtime: Timestamp) throws(SystemError) {
         try prepareForPlacement(mode: mode, mtime: mtime)
-        let name = Array((dataPath.split(separator: "/").last.map(String.init) ?? dataPath).utf8)
-        try tree.moveIntoPlace(fromDir: partialDir.fd, fromName: name, to: path)
-        unlink(metaPath)
+        switch placement {
+        case .partialFolder:
+            let name = Array((dataPath.split(separator: "/").last.map(String.init) ?? dataPath).utf8)
+            try tree.moveIntoPlace(fromDir: partialDir.fd, fromName: name, to: path)
+            unlink(metaPath)
+        case .besideTarget(let directory, let name):
+            try tree.moveIntoPlace(fromDir: directory.fd, fromName: name, toDir: directory.fd, name: path.name, display: tree.display(path))
+            placed = true
+        }
     }
 
     private func prepareForPlacement(mode: UInt32, mtime: Timestamp) throws(SystemError) {
@@ -156,8 +218,14 @@ public final class PartialFile {
 
     /// Deletes the partial data and its sidecar.
     public func discard() {
-        unlink(dataPath)
-        unlink(metaPath)
+        switch placement {
+        case .partialFolder:
+            unlink(dataPath)
+            unlink(metaPath)
+        case .besideTarget(let directory, let name):
+            _ = withCPath(name) { unlinkat(directory.fd, $0, 0) }
+            placed = true
+        }
     }
 
     public static func discard(at dataPath: String) {
