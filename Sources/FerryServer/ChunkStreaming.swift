@@ -262,13 +262,12 @@ struct FileSender {
     var transport: TransportProbe? = nil
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
-        let (file, info) = try server.root.openFile(path)
+        let (file, info, canonical) = try server.root.openFileCanonical(path)
         if let validator, validator != info.validator { throw ServeError.changed(info.validator) }
         guard offset <= info.size else {
             throw ServeError.badRange("offset \(offset) is beyond the end of the file (size \(info.size))")
         }
         let end = length.map { min(info.size, offset + min($0, info.size - offset)) } ?? info.size
-        let canonical = try server.root.resolve(path, followFinal: true).canonical
         let key = HashKey(info)
         let known = server.hashCache.lookup(canonical, key)
         let memory = self.memory ?? CompressionMemory.forServer(server)
