@@ -195,7 +195,7 @@ final class ServerRateMeter: Sendable {
 extension ReplyWriter {
     /// Writes several buffers (lines and chunk payloads) as one write.
     func send(buffers: [ByteBuffer]) async throws {
-        try await outbound.write(contentsOf: buffers)
+        try await write(buffers)
     }
 }
 

@@ -2,6 +2,7 @@ import Crypto
 import FerryFiles
 import FerryProtocol
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Serves one connection: reads request lines and answers them strictly in order
@@ -32,7 +33,13 @@ struct ConnectionHandler {
                 let nonce = server.configuration.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
                 var authenticated = nonce == nil
                 try await writer.send(line: server.greeting(nonce: nonce).line)
+                var taken = 0
+                defer { writer.discardHeld() }
                 for try await frame in inbound {
+                    // While the client has more requests waiting, small replies are held and
+                    // written together (a write per batch, not per reply); the last is never held.
+                    taken += 1
+                    try await writer.setHolding(activity.requestsDecoded > taken)
                     switch frame {
                     case .tooLong:
                         try await writer.send(ErrorReply(.tooLarge, "request line longer than \(FerryLimits.maxRequestLine) bytes"))
@@ -45,6 +52,7 @@ struct ConnectionHandler {
                             continue
                         }
                         if case .quit = request {
+                            try await writer.setHolding(false)
                             try await writer.send(line: "OK bye")
                             return
                         }
@@ -59,6 +67,7 @@ struct ConnectionHandler {
                                 continue
                             }
                             logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
+                            try await writer.setHolding(false)
                             try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token (check --token-file)"))
                             return
                         }
@@ -139,15 +148,60 @@ struct ConnectionHandler {
 
 /// Writes reply lines and chunk frames to a connection. Every write waits while the socket
 /// is backed up (NIO's writability), which is what bounds a connection's memory.
-struct ReplyWriter: Sendable {
-    let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
+///
+/// While `holding` (the client has pipelined more requests), writes are collected and go out
+/// together once `holdLimit` bytes are waiting or holding stops, so a stream of small replies
+/// costs one socket write per batch instead of one per reply.
+final class ReplyWriter: Sendable {
+    private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let allocator: ByteBufferAllocator
+    private struct Held {
+        var holding = false
+        var buffers: [ByteBuffer] = []
+        var bytes = 0
+    }
+    private let held = NIOLockedValueBox(Held())
+    static let holdLimit = 256 * 1024
+
+    init(outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, allocator: ByteBufferAllocator) {
+        self.outbound = outbound
+        self.allocator = allocator
+    }
+
+    /// Starts or stops holding writes back; stopping writes what was held.
+    func setHolding(_ holding: Bool) async throws {
+        let release = held.withLockedValue { h -> [ByteBuffer] in
+            h.holding = holding
+            guard !holding else { return [] }
+            defer { h.buffers.removeAll(); h.bytes = 0 }
+            return h.buffers
+        }
+        if !release.isEmpty { try await outbound.write(contentsOf: release) }
+    }
+
+    /// Forgets held writes (the connection is closing).
+    func discardHeld() {
+        held.withLockedValue { $0 = Held() }
+    }
+
+    /// Writes `buffers` (in order, after anything held), or holds them.
+    func write(_ buffers: [ByteBuffer]) async throws {
+        let out = held.withLockedValue { h -> [ByteBuffer] in
+            h.buffers.append(contentsOf: buffers)
+            h.bytes += buffers.reduce(0) { $0 + $1.readableBytes }
+            guard !h.holding || h.bytes >= Self.holdLimit else { return [] }
+            defer { h.buffers.removeAll(keepingCapacity: true); h.bytes = 0 }
+            return h.buffers
+        }
+        guard !out.isEmpty else { return }
+        if out.count == 1, let only = out.first { try await outbound.write(only) } else { try await outbound.write(contentsOf: out) }
+    }
 
     func send(line: String) async throws {
         var b = allocator.buffer(capacity: line.utf8.count + 1)
         b.writeString(line)
         b.writeInteger(UInt8(0x0A))
-        try await outbound.write(b)
+        try await write([b])
     }
 
     func send(_ error: ErrorReply) async throws {
@@ -161,11 +215,11 @@ struct ReplyWriter: Sendable {
             b.writeString(line)
             b.writeInteger(UInt8(0x0A))
             if b.readableBytes >= 64 * 1024 {
-                try await outbound.write(b)
-                b.clear()
+                try await write([b])
+                b = allocator.buffer(capacity: 64 * 1024)
             }
         }
-        if b.readableBytes > 0 { try await outbound.write(b) }
+        if b.readableBytes > 0 { try await write([b]) }
     }
 
     func send(chunk header: ChunkHeader, wire: ByteBuffer) async throws {
@@ -173,7 +227,7 @@ struct ReplyWriter: Sendable {
         var b = allocator.buffer(capacity: line.utf8.count + 1)
         b.writeString(line)
         b.writeInteger(UInt8(0x0A))
-        try await outbound.write(contentsOf: [b, wire])
+        try await write([b, wire])
     }
 }
 
