@@ -333,7 +333,7 @@ public final class FerryConnection {
             case .end(let sha):
                 guard sha == hasher.finalizeHex() else { throw ClientError.integrity(path: "manifest", "SHA-256 mismatch") }
                 let manifest: Manifest
-                do { manifest = try Manifest.parse(String(decoding: text, as: UTF8.self)) } catch {
+                do { manifest = try Manifest.parse(bytes: text) } catch {
                     throw violation("bad manifest: \(error)")
                 }
                 guard manifest.entries.count == count else { throw violation("manifest entry count differs from the announced \(count)") }

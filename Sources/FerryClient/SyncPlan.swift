@@ -55,6 +55,12 @@ public struct SyncPlan: Sendable {
         return true
     }
 
+    /// Whether the first component of `path` is the partial folder (without splitting the path).
+    static func isInPartialFolder(_ path: RemotePath) -> Bool {
+        let b = path.bytes, p = partialFolder
+        return b.count >= p.count && (b.count == p.count || b[p.count] == 0x2F) && b[0..<p.count].elementsEqual(p)
+    }
+
     public static func make(_ inputs: Inputs) -> SyncPlan {
         var plan = SyncPlan()
         var remotePaths = Set<RemotePath>()
@@ -64,14 +70,16 @@ public struct SyncPlan: Sendable {
             if e.path == RemotePath.root { continue }
             // DEST's partial folder and everything below it belong to the client, whatever the
             // server has there (a served tree may itself be a sync destination).
-            if e.path.components.first.map({ $0.elementsEqual(partialFolder) }) == true { continue }
+            if isInPartialFolder(e.path) { continue }
             if let last = excludedDirs.last, e.path.hasPrefix(last) { continue }
             if inputs.excludes.excludes(e.path.bytes) {
                 if e.type == .directory { excludedDirs.append(e.path) }
                 continue
             }
-            remotePaths.insert(e.path)
-            remoteTypes[e.path] = e.type
+            if inputs.delete {  // only deletions need them: no hashing per entry otherwise
+                remotePaths.insert(e.path)
+                remoteTypes[e.path] = e.type
+            }
             let local = inputs.local[e.path]
             switch e.type {
             case .directory:

@@ -30,8 +30,27 @@ public struct HashKey: Hashable, Sendable {
 /// file in the server's state folder (never inside the served tree). The file is a simple
 /// text table, rewritten atomically (temp file + rename) by `save()`.
 public final class HashCache: Sendable {
+    /// A path's raw bytes as a dictionary key. The hash is computed once, in one go (an array
+    /// of bytes feeds the hasher byte by byte), and kept beside the bytes: a dictionary compares
+    /// the key of every bucket it probes, and comparing the stored hashes first spares a visit
+    /// to each other key's bytes (a cache miss each, in a table of every file served).
+    private struct PathKey: Hashable {
+        let hash: Int
+        let bytes: [UInt8]
+
+        init(bytes: [UInt8]) {
+            self.bytes = bytes
+            var hasher = Hasher()
+            bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+            self.hash = hasher.finalize()
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(hash) }
+        static func == (a: PathKey, b: PathKey) -> Bool { a.hash == b.hash && a.bytes == b.bytes }
+    }
+
     private struct State {
-        var entries: [[UInt8]: (HashKey, String)] = [:]
+        var entries: [PathKey: (HashKey, String)] = [:]
         var dirty = false
     }
 
@@ -52,7 +71,7 @@ public final class HashCache: Sendable {
 
     public func lookup(_ path: RemotePath, _ key: HashKey) -> String? {
         state.withLockedValue { s in
-            guard let (k, sha) = s.entries[path.bytes], k == key else { return nil }
+            guard let (k, sha) = s.entries[PathKey(bytes: path.bytes)], k == key else { return nil }
             return sha
         }
     }
@@ -60,7 +79,7 @@ public final class HashCache: Sendable {
     public func store(_ path: RemotePath, _ key: HashKey, sha256: String) {
         state.withLockedValue { s in
             if s.entries.count >= Self.maxEntries { s.entries.removeAll() }
-            s.entries[path.bytes] = (key, sha256)
+            s.entries[PathKey(bytes: path.bytes)] = (key, sha256)
             s.dirty = true
         }
     }
@@ -68,7 +87,7 @@ public final class HashCache: Sendable {
     /// Writes the cache to its file if it changed since the last save.
     public func save() throws(SystemError) {
         guard let path = fileURLPath else { return }
-        let snapshot: [[UInt8]: (HashKey, String)]? = state.withLockedValue { s in
+        let snapshot: [PathKey: (HashKey, String)]? = state.withLockedValue { s in
             guard s.dirty else { return nil }
             s.dirty = false
             return s.entries
@@ -76,7 +95,7 @@ public final class HashCache: Sendable {
         guard let snapshot else { return }
         var text = Self.header + "\n"
         for (p, (k, sha)) in snapshot {
-            text += "\(k.size) \(k.mtime) \(k.inode) \(k.ctime) \(sha) \(PercentEncoding.encode(p))\n"
+            text += "\(k.size) \(k.mtime) \(k.inode) \(k.ctime) \(sha) \(PercentEncoding.encode(p.bytes))\n"
         }
         try AtomicFile.write(Array(text.utf8), to: path)
     }
@@ -87,13 +106,13 @@ public final class HashCache: Sendable {
         var lines = text.split(separator: "\n")
         guard lines.first.map(String.init) == Self.header else { return }
         lines.removeFirst()
-        var entries: [[UInt8]: (HashKey, String)] = [:]
+        var entries: [PathKey: (HashKey, String)] = [:]
         for line in lines {
             let f = line.split(separator: " ")
             guard f.count == 6, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
                   let inode = UInt64(f[2]), let ctime = Timestamp(f[3]), isSHA256Hex(f[4]),
                   let p = PercentEncoding.decode(f[5]) else { continue }
-            entries[p] = (HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime), String(f[4]))
+            entries[PathKey(bytes: p)] = (HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime), String(f[4]))
         }
         state.withLockedValue { $0.entries = entries }
     }

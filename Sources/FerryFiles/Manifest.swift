@@ -13,10 +13,19 @@ public struct Manifest: Sendable, Equatable {
     public init(entries: [Entry]) { self.entries = entries }
 
     /// The text form: header line, then one `manifestLine` per entry, each ending in LF.
-    public var text: String {
-        var s = Self.header + "\n"
-        for e in entries { s += e.manifestLine + "\n" }
-        return s
+    public var text: String { String(decoding: bytes, as: UTF8.self) }
+
+    /// `text` as UTF-8 bytes, written straight into one array (no per-entry String).
+    public var bytes: [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(Self.header.utf8.count + 1 + entries.count * 112)
+        out.append(contentsOf: Self.header.utf8)
+        out.append(0x0A)
+        for e in entries {
+            e.appendLine(to: &out, manifest: true)
+            out.append(0x0A)
+        }
+        return out
     }
 
     public enum ParseError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -41,20 +50,77 @@ public struct Manifest: Sendable, Equatable {
     /// validated, entries are strictly sorted (so no duplicates), and every entry's parent is a
     /// directory listed before it (so nothing can be placed beneath a file or a symlink).
     public static func parse(_ text: String) throws(ParseError) -> Manifest {
-        var lines = text.split(separator: "\n", omittingEmptySubsequences: false)
-        if lines.last == "" { lines.removeLast() }
-        guard let first = lines.first, first == Self.header else { throw .badHeader }
-        guard lines.count - 1 <= FerryLimits.maxManifestEntries else { throw .tooManyEntries }
+        var text = text
+        let result: Result<Manifest, ParseError> = text.withUTF8 { b in
+            do throws(ParseError) { return .success(try parse(utf8: b)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// `parse(_:)` on the UTF-8 bytes as received, without building a String first. Bytes that
+    /// are not valid UTF-8 are refused where they could otherwise pass (in paths and targets).
+    public static func parse(bytes: [UInt8]) throws(ParseError) -> Manifest {
+        let result: Result<Manifest, ParseError> = bytes.withUnsafeBufferPointer { b in
+            do throws(ParseError) { return .success(try parse(utf8: b)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// `parse(_:)` on UTF-8 bytes: lines are split on LF by byte offset and each entry is parsed
+    /// from bytes (`Entry(manifestLineBytes:)`).
+    public static func parse(utf8 b: UnsafeBufferPointer<UInt8>) throws(ParseError) -> Manifest {
+        let n = b.count
+        // Lines as `split(separator: "\n")` gives them, less one empty last line.
+        var lineCount = 1
+        for c in b where c == 0x0A { lineCount += 1 }
+        if n == 0 || b[n - 1] == 0x0A { lineCount -= 1 }
+        var start = 0
+        func nextLine() -> UnsafeBufferPointer<UInt8> {
+            var end = start
+            while end < n && b[end] != 0x0A { end += 1 }
+            let line = UnsafeBufferPointer(rebasing: b[start..<end])
+            start = end + 1
+            return line
+        }
+        guard lineCount >= 1, nextLine().elementsEqual(Self.header.utf8) else { throw .badHeader }
+        guard lineCount - 1 <= FerryLimits.maxManifestEntries else { throw .tooManyEntries }
         var entries: [Entry] = []
-        entries.reserveCapacity(lines.count - 1)
-        var directories: Set<RemotePath> = [.root]
-        for (i, line) in lines.dropFirst().enumerated() {
-            let number = i + 2
+        // An entry line is at least 22 bytes (`d 0755 0 1.000000000 a`): a flood of short
+        // lines does not reserve room for millions of entries.
+        entries.reserveCapacity(min(lineCount - 1, n / 22 + 1))
+        // The directories enclosing the current position, outermost first (indices into
+        // `entries`). Entries are strictly sorted with `/` first, so a directory's subtree
+        // directly follows it: an entry's parent is a listed directory exactly when, after
+        // leaving the directories that do not contain it, the innermost one left is its parent.
+        var open: [Int] = []
+        for number in stride(from: 2, through: lineCount, by: 1) {
+            let line = nextLine()
             let entry: Entry
-            do { entry = try Entry(manifestLine: line) } catch { throw .badLine(number: number, error) }
-            if let last = entries.last, !(last.path < entry.path) { throw .unsorted(number: number) }
-            guard let parent = entry.path.parent, directories.contains(parent) else { throw .orphan(number: number) }
-            if entry.type == .directory { directories.insert(entry.path) }
+            do { entry = try Entry(manifestLineBytes: line) } catch { throw .badLine(number: number, error) }
+            let ok: Bool = entry.path.bytes.withUnsafeBufferPointer { p in
+                if let last = entries.last {
+                    let sorted = last.path.bytes.withUnsafeBufferPointer { RemotePath.manifestOrder($0, p) < 0 }
+                    if !sorted { return false }
+                }
+                return true
+            }
+            if !ok { throw .unsorted(number: number) }
+            let parentFound: Bool = entry.path.bytes.withUnsafeBufferPointer { p in
+                var parentLength = p.count - 1
+                while parentLength >= 0 && p[parentLength] != 0x2F { parentLength -= 1 }
+                // parentLength is -1 for an entry at the top (its parent is the root).
+                while let top = open.last {
+                    let d = entries[top].path.bytes
+                    let contains = d.count < p.count && p[d.count] == 0x2F
+                        && d.withUnsafeBufferPointer { $0.elementsEqual(UnsafeBufferPointer(rebasing: p[0..<d.count])) }
+                    if contains { break }
+                    open.removeLast()
+                }
+                if let top = open.last { return entries[top].path.bytes.count == parentLength }
+                return parentLength < 0
+            }
+            guard parentFound else { throw .orphan(number: number) }
+            if entry.type == .directory { open.append(entries.count) }
             entries.append(entry)
         }
         return Manifest(entries: entries)
@@ -100,16 +166,15 @@ public enum TreeWalker {
 
     private static func walk(fd: Int32, prefix: RemotePath, options: Options, into out: inout [Entry],
                              visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void) throws(WalkError) {
-        let names: [[UInt8]]
+        var names: [[UInt8]]
         do { names = try POSIX.readDirectoryNames(fd) } catch { throw .io(error) }
-        var children: [(RemotePath, [UInt8])] = []
-        children.reserveCapacity(names.count)
+        // Siblings share `prefix/`, and a name holds no `/`, so ordering the names orders the
+        // paths: no path comparisons over the shared prefix, no path built for a sort.
+        names.sort { a, b in
+            a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in RemotePath.manifestOrder(x, y) < 0 } }
+        }
         for name in names {
             guard let path = try? prefix.appending(name: name) else { continue }  // over-long: skipped
-            children.append((path, name))
-        }
-        children.sort { $0.0 < $1.0 }
-        for (path, name) in children {
             let (infoOrNil, _) = POSIX.statAt(fd, name)
             guard let info = infoOrNil, info.type != .other else { continue }  // vanished, or FIFO/socket/device
             if options.exclude(path, info.type) { continue }

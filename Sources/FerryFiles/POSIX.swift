@@ -27,11 +27,14 @@ public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
 /// Runs a byte path (no NUL inside, checked by `RemotePath`) as a C string.
 @inline(__always)
 func withCPath<R>(_ bytes: [UInt8], _ body: (UnsafePointer<CChar>) throws -> R) rethrows -> R {
-    var z = bytes
-    z.append(0)
-    return try z.withUnsafeBufferPointer { buf in
-        // Invariant: `z` holds at least the NUL, so its buffer has a base address.
-        try buf.baseAddress!.withMemoryRebound(to: CChar.self, capacity: z.count) { try body($0) }
+    // A stack buffer (no heap copy per call for the usual name or path).
+    try withUnsafeTemporaryAllocation(of: CChar.self, capacity: bytes.count + 1) { buf in
+        bytes.withUnsafeBytes { src in
+            // Invariant: `buf` holds at least the NUL, so it has a base address.
+            UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: src.baseAddress ?? UnsafeRawPointer(buf.baseAddress!), byteCount: src.count)
+        }
+        buf[bytes.count] = 0
+        return try body(UnsafePointer(buf.baseAddress!))
     }
 }
 
@@ -199,13 +202,14 @@ public enum POSIX {
                 if errno != 0 { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
                 break
             }
-            let name: [UInt8] = withUnsafePointer(to: ent.pointee.d_name) { p in
+            let name: [UInt8]? = withUnsafePointer(to: ent.pointee.d_name) { p in
                 p.withMemoryRebound(to: UInt8.self, capacity: 256) { c in
-                    Array(UnsafeBufferPointer(start: c, count: strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))))
+                    let length = strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))
+                    if c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E)) { return nil }  // `.`, `..`
+                    return Array(UnsafeBufferPointer(start: c, count: length))
                 }
             }
-            if name == [0x2E] || name == [0x2E, 0x2E] { continue }
-            names.append(name)
+            if let name { names.append(name) }
         }
         return names
     }

@@ -34,25 +34,45 @@ public struct Entry: Hashable, Sendable {
     /// The identity a client sends back as a validator.
     public var validator: Validator { Validator(size: size, mtime: mtime) }
 
-    static func octal(_ mode: UInt32) -> String {
-        let s = String(mode & 0o7777, radix: 8)
-        return String(repeating: "0", count: max(0, 4 - s.count)) + s
-    }
-
     /// `type mode size mtime path [target]` (LIST and STAT).
     public var line: String {
-        var s = "\(type.rawValue) \(Entry.octal(mode)) \(size) \(mtime) \(path.wire)"
-        if let target { s += " " + PercentEncoding.encode(target) }
-        return s
+        var out: [UInt8] = []
+        out.reserveCapacity(64 + path.bytes.count)
+        appendLine(to: &out, manifest: false)
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The manifest form: files carry their SHA-256 (or `-`) after the mtime.
     public var manifestLine: String {
-        switch type {
-        case .file:
-            return "f \(Entry.octal(mode)) \(size) \(mtime) \(sha256 ?? "-") \(path.wire)"
-        default:
-            return line
+        var out: [UInt8] = []
+        out.reserveCapacity(128 + path.bytes.count)
+        appendLine(to: &out, manifest: true)
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// Appends `line` (or, with `manifest`, `manifestLine`) as UTF-8 bytes, without the LF.
+    public func appendLine(to out: inout [UInt8], manifest: Bool) {
+        out.append(type.byte)
+        out.append(0x20)
+        let m = mode & 0o7777
+        out.append(0x30 &+ UInt8(truncatingIfNeeded: m >> 9))
+        out.append(0x30 &+ UInt8(truncatingIfNeeded: (m >> 6) & 7))
+        out.append(0x30 &+ UInt8(truncatingIfNeeded: (m >> 3) & 7))
+        out.append(0x30 &+ UInt8(truncatingIfNeeded: m & 7))
+        out.append(0x20)
+        if size < 0 { out.append(0x2D) }
+        appendDecimal(size.magnitude, to: &out)
+        out.append(0x20)
+        mtime.appendWire(to: &out)
+        out.append(0x20)
+        if manifest && type == .file {
+            if let sha256 { out.append(contentsOf: sha256.utf8) } else { out.append(0x2D) }
+            out.append(0x20)
+        }
+        if path.isRoot { out.append(0x2E) } else { PercentEncoding.encode(path.bytes, appendingTo: &out) }
+        if let target {
+            out.append(0x20)
+            PercentEncoding.encode(target, appendingTo: &out)
         }
     }
 
@@ -70,46 +90,135 @@ public struct Entry: Hashable, Sendable {
 
     /// Parses a LIST/STAT entry line.
     public init(line: Substring) throws(ParseError) {
-        try self.init(fields: line.split(separator: " ", omittingEmptySubsequences: false), manifest: false)
+        try self.init(utf8: line, manifest: false)
     }
 
     /// Parses a manifest entry line.
     public init(manifestLine: Substring) throws(ParseError) {
-        try self.init(fields: manifestLine.split(separator: " ", omittingEmptySubsequences: false), manifest: true)
+        try self.init(utf8: manifestLine, manifest: true)
     }
 
-    private init(fields f: [Substring], manifest: Bool) throws(ParseError) {
-        guard f.count >= 5, let type = EntryType(rawValue: String(f[0])) else {
+    private init(utf8 line: Substring, manifest: Bool) throws(ParseError) {
+        let parsed: Result<Entry, ParseError>? = line.utf8.withContiguousStorageIfAvailable { b in
+            do throws(ParseError) { return .success(try Entry(bytes: b, manifest: manifest)) } catch { return .failure(error) }
+        }
+        if let parsed { self = try parsed.get(); return }
+        let copy = Array(line.utf8)
+        let result: Result<Entry, ParseError> = copy.withUnsafeBufferPointer { b in
+            do throws(ParseError) { return .success(try Entry(bytes: b, manifest: manifest)) } catch { return .failure(error) }
+        }
+        self = try result.get()
+    }
+
+    /// Parses a manifest entry line given as UTF-8 bytes (without its LF).
+    public init(manifestLineBytes line: UnsafeBufferPointer<UInt8>) throws(ParseError) {
+        try self.init(bytes: line, manifest: true)
+    }
+
+    /// Parses a LIST/STAT entry line given as UTF-8 bytes (without its LF).
+    public init(lineBytes line: UnsafeBufferPointer<UInt8>) throws(ParseError) {
+        try self.init(bytes: line, manifest: false)
+    }
+
+    /// For error messages: the first characters of a field, as the String parser showed them.
+    private static func shown(_ field: UnsafeBufferPointer<UInt8>, _ count: Int) -> Substring {
+        String(decoding: field, as: UTF8.self).prefix(count)
+    }
+
+    /// The parser: fields are split on single spaces by byte offset and parsed from bytes.
+    /// The checks and their order (hence the error reported) are those of PROTOCOL.md
+    /// sections 2 and 5: field count and type, mode, size, mtime, hash, path, target, extra
+    /// fields, size of a non-file.
+    private init(bytes b: UnsafeBufferPointer<UInt8>, manifest: Bool) throws(ParseError) {
+        let n = b.count
+        var spaces = 0
+        for c in b where c == 0x20 { spaces += 1 }
+        var cursor = 0
+        /// The next field (up to the next space or the end of the line).
+        func next() -> UnsafeBufferPointer<UInt8> {
+            var end = cursor
+            while end < n && b[end] != 0x20 { end += 1 }
+            let field = UnsafeBufferPointer(rebasing: b[cursor..<end])
+            cursor = end + 1
+            return field
+        }
+        var remaining = spaces + 1
+        let typeField = next()
+        guard remaining >= 5, typeField.count == 1, let type = EntryType(byte: typeField[0]) else {
             throw .malformed("expected 'type mode size mtime path'")
         }
         if manifest && type == .other { throw .malformed("type 'o' is not allowed in a manifest") }
-        guard f[1].utf8.count == 4, f[1].utf8.allSatisfy({ (0x30...0x37).contains($0) }),
-              let mode = UInt32(f[1], radix: 8), mode <= 0o7777 else {
-            throw .malformed("bad mode '\(f[1].prefix(16))'")
+        let modeField = next()
+        guard modeField.count == 4 else { throw .malformed("bad mode '\(Self.shown(modeField, 16))'") }
+        var mode: UInt32 = 0
+        for c in modeField {
+            let d = c &- 0x30
+            guard d < 8 else { throw .malformed("bad mode '\(Self.shown(modeField, 16))'") }
+            mode = mode << 3 | UInt32(d)
         }
-        guard let size = parseWireNumber(f[2]) else { throw .malformed("bad size '\(f[2].prefix(24))'") }
-        guard let mtime = Timestamp(f[3]) else { throw .malformed("bad mtime '\(f[3].prefix(32))'") }
-        var rest = f[4...]
+        let sizeField = next()
+        guard let size = parseWireNumber(bytes: sizeField) else { throw .malformed("bad size '\(Self.shown(sizeField, 24))'") }
+        let mtimeField = next()
+        guard let mtime = Timestamp(wireBytes: mtimeField) else { throw .malformed("bad mtime '\(Self.shown(mtimeField, 32))'") }
+        remaining -= 4
         var sha: String?
         if manifest && type == .file {
-            guard let h = rest.popFirst(), h == "-" || isSHA256Hex(h) else { throw .malformed("bad sha256") }
-            sha = h == "-" ? nil : String(h)
+            let h = next()
+            remaining -= 1
+            if h.count == 1 && h[0] == 0x2D {
+                sha = nil
+            } else {
+                guard isSHA256Hex(bytes: h) else { throw .malformed("bad sha256") }
+                sha = String(decoding: h, as: UTF8.self)
+            }
         }
-        guard let pathField = rest.popFirst() else { throw .malformed("missing path") }
+        guard remaining > 0 else { throw .malformed("missing path") }
+        let pathField = next()
+        remaining -= 1
         let path: RemotePath
-        do { path = try RemotePath(wire: pathField) } catch { throw .badPath(error) }
+        do { path = try RemotePath(wireBytes: pathField) } catch { throw .badPath(error) }
         if manifest && path.isRoot { throw .malformed("the root is not listed in a manifest") }
         var target: [UInt8]?
         if type == .symlink {
-            guard let t = rest.popFirst(), let raw = PercentEncoding.decode(t), !raw.isEmpty, !raw.contains(0) else {
+            guard remaining > 0, let raw = PercentEncoding.decode(bytes: next()), !raw.isEmpty, !raw.contains(0) else {
                 throw .malformed("symlink without a valid target")
             }
+            remaining -= 1
             target = raw
         }
-        guard rest.isEmpty else { throw .malformed("unexpected extra fields") }
+        guard remaining == 0 else { throw .malformed("unexpected extra fields") }
         if type != .file && type != .symlink && size != 0 { throw .malformed("non-file with a size") }
         self.init(type: type, mode: mode, size: size, mtime: mtime, path: path, target: target, sha256: sha)
     }
+}
+
+extension EntryType {
+    /// The type letter as one byte.
+    public var byte: UInt8 {
+        switch self {
+        case .file: return 0x66
+        case .directory: return 0x64
+        case .symlink: return 0x6C
+        case .other: return 0x6F
+        }
+    }
+
+    public init?(byte: UInt8) {
+        switch byte {
+        case 0x66: self = .file
+        case 0x64: self = .directory
+        case 0x6C: self = .symlink
+        case 0x6F: self = .other
+        default: return nil
+        }
+    }
+}
+
+/// `isSHA256Hex` over UTF-8 bytes: 64 lowercase hex digits.
+public func isSHA256Hex(bytes s: UnsafeBufferPointer<UInt8>) -> Bool {
+    guard s.count == 64 else { return false }
+    for c in s where !((c &- 0x30) < 10 || (c &- 0x61) < 6) { return false }
+    return true
 }
 
 public func isSHA256Hex<S: StringProtocol>(_ s: S) -> Bool {

@@ -36,16 +36,41 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
     /// Validates raw (decoded) bytes. `.` and the empty path both mean the root.
     public init(validating raw: [UInt8]) throws(Invalid) {
         if raw.isEmpty || raw == [0x2E] { self.bytes = []; return }
-        if raw.count > FerryLimits.maxPathBytes { throw .tooLong }
-        if raw.first == 0x2F { throw .absolute }
-        if raw.contains(0) { throw .nul }
-        for component in raw.split(separator: 0x2F, omittingEmptySubsequences: false) {
-            if component.isEmpty { throw .emptyComponent }
-            if component.elementsEqual([0x2E, 0x2E]) { throw .dotDot }
-            if component.elementsEqual([0x2E]) { throw .dot }
-            if component.count > FerryLimits.maxComponentBytes { throw .componentTooLong }
-        }
+        try raw.withUnsafeBufferPointer { b throws(Invalid) in try Self.check(b) }
         self.bytes = raw
+    }
+
+    /// The checks of `init(validating:)` on a non-root path, in the same order (so the same
+    /// error wins): length, absolute, NUL, then each component in turn.
+    @usableFromInline
+    static func check(_ b: UnsafeBufferPointer<UInt8>) throws(Invalid) {
+        let n = b.count
+        if n > FerryLimits.maxPathBytes { throw .tooLong }
+        if b[0] == 0x2F { throw .absolute }
+        var nul = false
+        var componentError: Invalid?
+        var start = 0
+        var i = 0
+        while i <= n {
+            if i == n || b[i] == 0x2F {
+                if componentError == nil {
+                    let length = i - start
+                    if length == 0 {
+                        componentError = .emptyComponent
+                    } else if b[start] == 0x2E && (length == 1 || (length == 2 && b[start + 1] == 0x2E)) {
+                        componentError = length == 2 ? .dotDot : .dot
+                    } else if length > FerryLimits.maxComponentBytes {
+                        componentError = .componentTooLong
+                    }
+                }
+                start = i + 1
+            } else if b[i] == 0 {
+                nul = true
+            }
+            i += 1
+        }
+        if nul { throw .nul }
+        if let componentError { throw componentError }
     }
 
     public init(validating text: String) throws(Invalid) {
@@ -58,6 +83,16 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
         // An encoded "/" would smuggle a separator inside a name: refuse it.
         if PercentEncoding.containsEncodedSlash(wire) { throw .badEncoding }
         try self.init(validating: raw)
+    }
+
+    /// Decodes and validates a percent-encoded wire path given as UTF-8 bytes: the same rules
+    /// and errors as `init(wire:)`, in one pass and without a String. Raw bytes above 0x7F are
+    /// accepted only as valid UTF-8 (a line must be valid UTF-8, PROTOCOL.md section 2).
+    public init(wireBytes w: UnsafeBufferPointer<UInt8>) throws(Invalid) {
+        guard let raw = PercentEncoding.decode(bytes: w, refusingSlash: true) else { throw .badEncoding }
+        if raw.isEmpty || (raw.count == 1 && raw[0] == 0x2E) { self.bytes = []; return }
+        try raw.withUnsafeBufferPointer { b throws(Invalid) in try Self.check(b) }
+        self.bytes = raw
     }
 
     public var isRoot: Bool { bytes.isEmpty }
@@ -82,7 +117,20 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
     public func appending(name: [UInt8]) throws(Invalid) -> RemotePath {
         if name.isEmpty || name.contains(0x2F) { throw .emptyComponent }
         if name == [0x2E] { throw .dot }
-        return try RemotePath(validating: isRoot ? name : bytes + [0x2F] + name)
+        // `self` is valid, so only the new component and the total length need checking, in
+        // the order `init(validating:)` checks them.
+        let total = isRoot ? name.count : bytes.count + 1 + name.count
+        if total > FerryLimits.maxPathBytes { throw .tooLong }
+        if name.contains(0) { throw .nul }
+        if name == [0x2E, 0x2E] { throw .dotDot }
+        if name.count > FerryLimits.maxComponentBytes { throw .componentTooLong }
+        if isRoot { return RemotePath(uncheckedBytes: name) }
+        var joined: [UInt8] = []
+        joined.reserveCapacity(total)
+        joined.append(contentsOf: bytes)
+        joined.append(0x2F)
+        joined.append(contentsOf: name)
+        return RemotePath(uncheckedBytes: joined)
     }
 
     /// Appends a relative path.
@@ -110,23 +158,36 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
     /// Manifest order: raw bytes, with `/` sorting before every other byte so that a
     /// directory's contents follow it directly.
     public static func < (a: RemotePath, b: RemotePath) -> Bool {
-        let n = min(a.bytes.count, b.bytes.count)
+        a.bytes.withUnsafeBufferPointer { x in b.bytes.withUnsafeBufferPointer { y in manifestOrder(x, y) < 0 } }
+    }
+
+    /// Compares two raw paths in manifest order: negative, zero or positive.
+    @inlinable
+    public static func manifestOrder(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>) -> Int {
+        let n = min(a.count, b.count)
         var i = 0
         while i < n {
-            let x = a.bytes[i], y = b.bytes[i]
+            let x = a[i], y = b[i]
             if x != y {
-                if x == 0x2F { return true }
-                if y == 0x2F { return false }
-                return x < y
+                if x == 0x2F { return -1 }
+                if y == 0x2F { return 1 }
+                return x < y ? -1 : 1
             }
             i += 1
         }
-        return a.bytes.count < b.bytes.count
+        return a.count - b.count
     }
+
+    /// Hashes the bytes in one go (the synthesized form feeds the hasher byte by byte).
+    public func hash(into hasher: inout Hasher) {
+        bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
+    }
+
+    public static func == (a: RemotePath, b: RemotePath) -> Bool { a.bytes == b.bytes }
 }
 
 public enum PercentEncoding {
-    @inline(__always)
+    @inlinable @inline(__always)
     static func needsEscape(_ b: UInt8) -> Bool { b <= 0x20 || b >= 0x7F || b == 0x25 }
 
     private static let hex: [UInt8] = Array("0123456789ABCDEF".utf8)
@@ -148,6 +209,85 @@ public enum PercentEncoding {
     }
 
     public static func encode(_ text: String) -> String { encode(Array(text.utf8)) }
+
+    /// Appends the percent-encoded form of `bytes` to `out`.
+    @inlinable
+    public static func encode(_ bytes: [UInt8], appendingTo out: inout [UInt8]) {
+        bytes.withUnsafeBufferPointer { b in
+            var plain = 0
+            while plain < b.count && !needsEscape(b[plain]) { plain += 1 }
+            if plain == b.count { out.append(contentsOf: b); return }
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: b[0..<plain]))
+            for i in plain..<b.count {
+                let c = b[i]
+                if needsEscape(c) {
+                    out.append(0x25)
+                    out.append(hexDigit(c >> 4))
+                    out.append(hexDigit(c & 0x0F))
+                } else {
+                    out.append(c)
+                }
+            }
+        }
+    }
+
+    @inlinable
+    static func hexDigit(_ v: UInt8) -> UInt8 { v < 10 ? 0x30 &+ v : 0x37 &+ v }
+
+    /// Decodes UTF-8 bytes: nil for a malformed escape, a raw byte that should have been
+    /// escaped, raw bytes above 0x7F that are not valid UTF-8, or (with `refusingSlash`) an
+    /// encoded `/`.
+    public static func decode(bytes w: UnsafeBufferPointer<UInt8>, refusingSlash: Bool = false) -> [UInt8]? {
+        let n = w.count
+        var i = 0
+        var high = false
+        // Fast path: nothing to unescape.
+        while i < n {
+            let b = w[i]
+            if b == 0x25 || b <= 0x20 || b == 0x7F { break }
+            if b >= 0x80 { high = true }
+            i += 1
+        }
+        var out: [UInt8]
+        if i == n {
+            out = Array(w)
+        } else {
+            out = []
+            out.reserveCapacity(n)
+            out.append(contentsOf: UnsafeBufferPointer(rebasing: w[0..<i]))
+            while i < n {
+                let b = w[i]
+                if b == 0x25 {
+                    guard i + 2 < n, let h = hexValue(w[i + 1]), let l = hexValue(w[i + 2]) else { return nil }
+                    let v = h << 4 | l
+                    if refusingSlash && v == 0x2F { return nil }
+                    out.append(v)
+                    i += 3
+                    continue
+                } else if b <= 0x20 || b == 0x7F {
+                    return nil
+                }
+                if b >= 0x80 { high = true }
+                out.append(b)
+                i += 1
+            }
+        }
+        if high && !isValidUTF8(w) { return nil }
+        return out
+    }
+
+    /// Whether `bytes` is well-formed UTF-8 (no overlong forms, surrogates or values past U+10FFFF).
+    public static func isValidUTF8(_ bytes: UnsafeBufferPointer<UInt8>) -> Bool {
+        var it = bytes.makeIterator()
+        var decoder = UTF8()
+        while true {
+            switch decoder.decode(&it) {
+            case .scalarValue: continue
+            case .emptyInput: return true
+            case .error: return false
+            }
+        }
+    }
 
     /// Decodes; nil for a malformed escape or a raw byte that should have been escaped.
     public static func decode(_ text: Substring) -> [UInt8]? {
@@ -181,7 +321,7 @@ public enum PercentEncoding {
         return false
     }
 
-    @inline(__always)
+    @inlinable @inline(__always)
     static func hexValue(_ b: UInt8) -> UInt8? {
         switch b {
         case 0x30...0x39: return b - 0x30

@@ -51,3 +51,92 @@ public func parseWireNumber(_ text: Substring) -> Int64? {
     }
     return value
 }
+
+// MARK: - Byte-level forms (manifests: no String, no Character indexing)
+
+extension Timestamp {
+    /// Parses `SECONDS.NANOSECONDS` from UTF-8 bytes; the same rules as `init?(_: Substring)`.
+    @inlinable
+    public init?(wireBytes t: UnsafeBufferPointer<UInt8>) {
+        let n = t.count
+        var dot = 0
+        while dot < n && t[dot] != 0x2E { dot += 1 }
+        guard dot < n, n - dot - 1 == 9 else { return nil }
+        var ns: Int32 = 0
+        for i in (dot + 1)..<n {
+            let d = t[i] &- 0x30
+            guard d < 10 else { return nil }
+            ns = ns &* 10 &+ Int32(d)
+        }
+        var i = 0
+        var negative = false
+        if dot > 0 && t[0] == 0x2D { negative = true; i = 1 }
+        guard dot - i >= 1, dot - i <= 19 else { return nil }
+        var s: Int64 = 0
+        while i < dot {
+            let d = t[i] &- 0x30
+            guard d < 10 else { return nil }
+            let (m, o1) = s.multipliedReportingOverflow(by: 10)
+            let (a, o2) = negative ? m.subtractingReportingOverflow(Int64(d)) : m.addingReportingOverflow(Int64(d))
+            if o1 || o2 { return nil }
+            s = a
+            i += 1
+        }
+        self.init(seconds: s, nanoseconds: ns)
+    }
+
+    /// Appends the wire form (`description`) as UTF-8 bytes.
+    @inlinable
+    public func appendWire(to out: inout [UInt8]) {
+        guard nanoseconds >= 0 && nanoseconds < 1_000_000_000 else {
+            out.append(contentsOf: description.utf8)
+            return
+        }
+        if seconds < 0 { out.append(0x2D) }
+        appendDecimal(seconds.magnitude, to: &out)
+        out.append(0x2E)
+        var ns = UInt32(nanoseconds)
+        let start = out.count
+        for _ in 0..<9 { out.append(0x30) }
+        var i = start + 8
+        while ns > 0 {
+            out[i] = 0x30 &+ UInt8(ns % 10)
+            ns /= 10
+            i -= 1
+        }
+    }
+}
+
+/// Appends an unsigned decimal number as ASCII digits.
+@inlinable
+public func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
+    if value < 10 { out.append(0x30 &+ UInt8(value)); return }
+    var digits = 0
+    var v = value
+    while v > 0 { digits += 1; v /= 10 }
+    let start = out.count
+    for _ in 0..<digits { out.append(0x30) }
+    v = value
+    var i = start + digits - 1
+    while v > 0 {
+        out[i] = 0x30 &+ UInt8(v % 10)
+        v /= 10
+        i -= 1
+    }
+}
+
+/// `parseWireNumber` over UTF-8 bytes.
+@inlinable
+public func parseWireNumber(bytes text: UnsafeBufferPointer<UInt8>) -> Int64? {
+    guard !text.isEmpty, text.count <= 19 else { return nil }
+    var value: Int64 = 0
+    for b in text {
+        let d = b &- 0x30
+        guard d < 10 else { return nil }
+        let (m, o1) = value.multipliedReportingOverflow(by: 10)
+        let (a, o2) = m.addingReportingOverflow(Int64(d))
+        if o1 || o2 { return nil }
+        value = a
+    }
+    return value
+}
