@@ -259,6 +259,17 @@ public final class FileTransfer {
     }
 
     static func decode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator, label: String) throws -> ByteBuffer {
+        if header.codec == .stored {
+            // Stored: the wire bytes are the raw bytes. Check them where they are (no copy).
+            guard wire.readableBytes == header.wireLength, wire.readableBytes == header.rawLength else {
+                throw ClientError.corruptChunk(path: label, .length(offset: header.offset, expected: header.rawLength,
+                                                                    got: wire.readableBytes))
+            }
+            guard wire.withUnsafeReadableBytes({ CRC32.checksum($0) }) == header.crc32 else {
+                throw ClientError.corruptChunk(path: label, .checksum(offset: header.offset))
+            }
+            return wire
+        }
         var out = allocator.buffer(capacity: header.rawLength)
         var failure: ChunkError?
         out.writeWithUnsafeMutableBytes(minimumWritableBytes: header.rawLength) { ptr in
