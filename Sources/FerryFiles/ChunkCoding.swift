@@ -6,6 +6,7 @@ import Glibc
 import Darwin
 #endif
 import FerryProtocol
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// A chunk that failed its checks on the receiving side.
@@ -139,7 +140,8 @@ public struct ChunkEncoder: Sendable {
     /// Encodes one chunk. `raw` must be 1...maxChunkRaw bytes.
     public mutating func encode(raw: UnsafeRawBufferPointer, offset: Int64, allocator: ByteBufferAllocator) -> (ChunkHeader, ByteBuffer) {
         let crc = CRC32.checksum(raw)
-        if case .compressed(let wire) = attempt(raw, allocator: allocator).outcome {
+        var output: ByteBuffer? = nil
+        if case .compressed(let wire) = attempt(raw, allocator: allocator, output: &output).outcome {
             return (ChunkHeader(offset: offset, rawLength: raw.count, wireLength: wire.readableBytes, codec: .zlib, crc32: crc), wire)
         }
         var buffer = allocator.buffer(capacity: raw.count)
@@ -150,9 +152,19 @@ public struct ChunkEncoder: Sendable {
     /// Encodes one chunk held in a buffer and reports what it cost. A stored chunk's wire
     /// bytes are `raw` itself, so sending incompressible data copies nothing.
     public mutating func encode(_ raw: ByteBuffer, offset: Int64, allocator: ByteBufferAllocator) -> EncodedChunk {
+        var output: ByteBuffer? = nil
+        return encode(raw, offset: offset, allocator: allocator, output: &output)
+    }
+
+    /// Like `encode(_:offset:allocator:)`, but a compressed chunk is deflated into `output` when
+    /// it holds a buffer (cleared first: a reused buffer spares a fresh allocation and its page
+    /// faults). `output` is nil afterwards if its buffer became the chunk's wire bytes; otherwise
+    /// it still holds it, for the caller to reuse.
+    public mutating func encode(_ raw: ByteBuffer, offset: Int64, allocator: ByteBufferAllocator,
+                                output: inout ByteBuffer?) -> EncodedChunk {
         raw.withUnsafeReadableBytes { bytes in
             let crc = CRC32.checksum(bytes)
-            let (outcome, seconds) = attempt(bytes, allocator: allocator)
+            let (outcome, seconds) = attempt(bytes, allocator: allocator, output: &output)
             let kind: ChunkEncodeReport.Attempt
             switch outcome {
             case .compressed(let wire):
@@ -179,14 +191,16 @@ public struct ChunkEncoder: Sendable {
     }
 
     /// Tries zlib as the policy says; also returns the seconds spent in zlib.
-    private mutating func attempt(_ raw: UnsafeRawBufferPointer, allocator: ByteBufferAllocator) -> (outcome: Outcome, seconds: Double) {
+    private mutating func attempt(_ raw: UnsafeRawBufferPointer, allocator: ByteBufferAllocator,
+                                  output: inout ByteBuffer?) -> (outcome: Outcome, seconds: Double) {
         guard let level else { return (.notTried, 0) }
         let start = ContinuousClock.now
         guard shouldTry(raw, level: level) else {
             lastWasIncompressible = true
             return (.sampleRejected, (ContinuousClock.now - start).seconds)
         }
-        guard let wire = Self.deflate(raw, level: level, limit: Int(Double(raw.count) * (1 - Self.minimumSaving)), allocator: allocator) else {
+        guard let wire = Self.deflate(raw, level: level, limit: Int(Double(raw.count) * (1 - Self.minimumSaving)),
+                                      allocator: allocator, output: &output) else {
             lastWasIncompressible = true
             return (.rejected, (ContinuousClock.now - start).seconds)
         }
@@ -206,10 +220,21 @@ public struct ChunkEncoder: Sendable {
                             allocator: ByteBufferAllocator()) != nil
     }
 
-    /// One complete zlib stream, or nil when the output would exceed `limit` bytes.
+    /// One complete zlib stream, or nil when the output would exceed `limit` bytes. Written into
+    /// the buffer `output` holds, if any (cleared; taken out of `output` on success, so that it
+    /// is uniquely referenced and written in place).
     static func deflate(_ raw: UnsafeRawBufferPointer, level: Int32, limit: Int, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        var none: ByteBuffer? = nil
+        return deflate(raw, level: level, limit: limit, allocator: allocator, output: &none)
+    }
+
+    static func deflate(_ raw: UnsafeRawBufferPointer, level: Int32, limit: Int, allocator: ByteBufferAllocator,
+                        output: inout ByteBuffer?) -> ByteBuffer? {
         guard limit > 0, let src = raw.baseAddress else { return nil }
-        var buffer = allocator.buffer(capacity: limit)
+        let reusing = output != nil
+        // One variable holds the buffer (taken out of `output`), so it is written in place.
+        var buffer = output.take() ?? allocator.buffer(capacity: limit)
+        buffer.clear()
         var ok = false
         buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: limit) { out -> Int in
             guard let dst = out.baseAddress else { return 0 }
@@ -225,7 +250,58 @@ public struct ChunkEncoder: Sendable {
             ok = true
             return Int(stream.total_out)
         }
-        return ok ? buffer : nil
+        if ok { return buffer }
+        if reusing { output = buffer }  // not used: the caller may reuse it
+        return nil
+    }
+}
+
+/// Chunk-sized buffers a server reuses for file reads and zlib output (`ChunkPipeline`), instead of a fresh
+/// 256 KiB allocation per chunk: a fresh one is served by `mmap` or a trimmed heap, and its
+/// first touch costs 64 page faults and zeroing (about 8% of the server's CPU on a large file).
+///
+/// A buffer is handed back right after its write was queued, while the channel may still hold
+/// it; ByteBuffer is copy-on-write, so it is reused only once the pool's reference is the only
+/// one again (`modifyIfUniquelyOwned`), and until then `take` passes it over. At most `limit`
+/// buffers are kept (4 MiB at 256 KiB chunks), for all connections together: enough for one or
+/// two streams' chunks in flight (encoding, queued and in the socket's buffer). Small chunks
+/// (under 64 KiB) are not pooled: malloc serves them from its arenas.
+public final class ChunkBufferPool: Sendable {
+    /// Buffers smaller than this are not worth keeping (malloc serves them from its arenas).
+    public static let minimumCapacity = 64 * 1024
+    public let limit: Int
+    private let free = NIOLockedValueBox<[ByteBuffer]>([])
+    private let allocator = ByteBufferAllocator()
+
+    public init(limit: Int = 16) {
+        self.limit = limit
+    }
+
+    /// Buffers kept now (some may still be in flight).
+    public var count: Int { free.withLockedValue { $0.count } }
+
+    /// An empty buffer of at least `capacity` bytes: a kept one nobody else references, else a new one.
+    public func take(capacity: Int) -> ByteBuffer {
+        guard capacity >= Self.minimumCapacity else { return allocator.buffer(capacity: capacity) }
+        let reused: ByteBuffer? = free.withLockedValue { buffers in
+            // Oldest first: the longest since written, the likeliest to be released.
+            for i in buffers.indices where buffers[i].capacity >= capacity && buffers[i].capacity <= 2 * capacity {
+                if buffers[i].modifyIfUniquelyOwned({ $0.clear() }) != nil {
+                    return buffers.remove(at: i)
+                }
+            }
+            return nil
+        }
+        return reused ?? allocator.buffer(capacity: capacity)
+    }
+
+    /// Keeps `buffer` for reuse once whoever else holds it (the channel) lets go; dropped when
+    /// the pool is full or the buffer is small.
+    public func recycle(_ buffer: ByteBuffer) {
+        guard buffer.capacity >= Self.minimumCapacity, buffer.capacity <= FerryLimits.maxChunkRaw + FerryLimits.chunkWireSlack else { return }
+        free.withLockedValue { buffers in
+            if buffers.count < limit { buffers.append(buffer) }
+        }
     }
 }
 

@@ -18,6 +18,8 @@ struct ChunkPipeline {
     var transport: TransportProbe? = nil
     /// The server's total rate, fed with every chunk written.
     var serverRate: ServerRateMeter? = nil
+    /// Chunk buffers to reuse (file reads and deflate output); fresh ones when nil.
+    var buffers: ChunkBufferPool? = nil
     static let window = 4
     /// Chunks between two `TCP_INFO` reads.
     static let transportInterval = 4
@@ -32,6 +34,16 @@ struct ChunkPipeline {
     struct Encoded: Sendable {
         var chunk: EncodedChunk
         var raw: ByteBuffer
+        /// Whether `raw` was read into a buffer of the pool (not a slice of a memory source).
+        var rawIsOwned: Bool
+
+        /// Hands the chunk's buffers back to `pool` once they are written: they are reused when
+        /// the channel has let go of them.
+        func recycle(into pool: ChunkBufferPool?) {
+            guard let pool else { return }
+            if rawIsOwned { pool.recycle(raw) }
+            if chunk.header.codec == .zlib { pool.recycle(chunk.wire) }
+        }
     }
 
     /// A read came back short: the file shrank while it was being sent.
@@ -48,6 +60,7 @@ struct ChunkPipeline {
         let allocator = writer.allocator
         let chunkSize = self.chunkSize
         let policy = self.policy
+        let buffers = self.buffers
         controller.beginStream(chunks: count)
         let transport = policy == .auto ? self.transport : nil
         if let sample = await transport?.sample() { controller.recordTransport(sample) }
@@ -65,7 +78,7 @@ struct ChunkPipeline {
                 }
                 group.addTask {
                     (index, try Self.encode(source, offset: offset, length: length, policy: chunkPolicy, level: level,
-                                            allocator: allocator))
+                                            allocator: allocator, buffers: buffers))
                 }
             }
             for i in 0..<min(Self.window, count) { launch(i) }
@@ -85,6 +98,7 @@ struct ChunkPipeline {
                     controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (end - start).seconds,
                                                   intervalSeconds: (end - lastWritten).seconds)
                     lastWritten = end
+                    item.recycle(into: buffers)
                     next += 1
                     if let rate = serverRate?.add(bytes) { controller.recordServerRate(rate) }
                     if next % Self.transportInterval == 0, let sample = await transport?.sample() {
@@ -101,14 +115,17 @@ struct ChunkPipeline {
     }
 
     static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy, level: Int32,
-                               allocator: ByteBufferAllocator) throws -> Encoded {
+                       allocator: ByteBufferAllocator, buffers: ChunkBufferPool? = nil) throws -> Encoded {
         var raw: ByteBuffer
+        let owned: Bool
         switch source {
         case .memory(let buffer):
             guard let slice = buffer.getSlice(at: buffer.readerIndex + Int(offset), length: length) else { throw ShortRead() }
             raw = slice
+            owned = false
         case .file(let handle):
-            raw = allocator.buffer(capacity: length)
+            raw = buffers?.take(capacity: length) ?? allocator.buffer(capacity: length)
+            owned = true
             var failure: SystemError?
             raw.writeWithUnsafeMutableBytes(minimumWritableBytes: length) { ptr in
                 do throws(SystemError) {
@@ -122,7 +139,11 @@ struct ChunkPipeline {
             if raw.readableBytes != length { throw ShortRead() }
         }
         var encoder = ChunkEncoder(policy: policy, autoLevel: level)
-        return Encoded(chunk: encoder.encode(raw, offset: offset, allocator: allocator), raw: raw)
+        // zlib's output goes to a reused buffer too; it comes back unused if the chunk is stored.
+        var output = policy == .off ? nil : buffers?.take(capacity: length)
+        let chunk = encoder.encode(raw, offset: offset, allocator: allocator, output: &output)
+        if let output { buffers?.recycle(output) }
+        return Encoded(chunk: chunk, raw: raw, rawIsOwned: owned)
     }
 }
 
@@ -133,6 +154,8 @@ final class CompressionMemory: Sendable {
     private let state = NIOLockedValueBox<AdaptiveCompression?>(nil)
     /// All connections' writes together.
     let serverRate = ServerRateMeter()
+    /// Chunk buffers shared by all of the server's streams.
+    let buffers = ChunkBufferPool()
 
     init() {}
 
@@ -284,7 +307,7 @@ struct FileSender {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
             let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
                                          chunkSize: server.configuration.chunkSize, transport: transport,
-                                         serverRate: memory.serverRate)
+                                         serverRate: memory.serverRate, buffers: memory.buffers)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
@@ -342,6 +365,7 @@ struct FileSender {
         var out = [line("OK \(info.size) \(info.mtime) \(known ?? "-")")]
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         var failure: ErrorReply?
+        var sent: ChunkPipeline.Encoded?
         do {
             if hasher != nil && range.lowerBound > 0 { try hashRange(file, 0, range.lowerBound, into: &hasher) }
             if !range.isEmpty {
@@ -353,7 +377,9 @@ struct FileSender {
                     level = controller.level
                 }
                 let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
-                                                       policy: policy, level: level, allocator: allocator)
+                                                       policy: policy, level: level, allocator: allocator,
+                                                       buffers: memory.buffers)
+                sent = encoded
                 controller.record(encoded.chunk.report)
                 encoded.raw.withUnsafeReadableBytes { hasher?.update($0) }
                 out.append(line(encoded.chunk.header.line))
@@ -380,6 +406,8 @@ struct FileSender {
         let bytes = out.reduce(0) { $0 + $1.readableBytes }
         let start = ContinuousClock.now
         try await writer.send(buffers: out)
+        out.removeAll()
+        sent?.recycle(into: memory.buffers)
         let done = ContinuousClock.now
         controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (done - start).seconds, intervalSeconds: (done - started).seconds)
         if let rate = memory.serverRate.add(bytes) { controller.recordServerRate(rate) }
