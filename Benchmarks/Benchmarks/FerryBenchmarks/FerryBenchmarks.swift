@@ -281,6 +281,35 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(try? Manifest.parse(manifest))
         }
     }
+    let manifestBytes = Array(manifest.utf8)
+    Benchmark("parse a manifest of 100,000 entries · ferry Manifest.parse(bytes:)",
+              configuration: .init(metrics: [.wallClock, .mallocCountTotal, .peakMemoryResident], maxDuration: .seconds(5),
+                                   maxIterations: 20)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(try? Manifest.parse(bytes: manifestBytes))
+        }
+    }
+    Benchmark("parse a manifest of 100,000 entries · raw count LF and spaces",
+              configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 20)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            var separators = 0
+            for b in manifestBytes where b == 0x0A || b == 0x20 { separators += 1 }
+            blackHole(separators)
+        }
+    }
+    let parsedManifest = try? Manifest.parse(bytes: manifestBytes)
+    Benchmark("produce a manifest of 100,000 entries · ferry Manifest.bytes",
+              configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 20)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(parsedManifest?.bytes)
+        }
+    }
+    Benchmark("produce a manifest of 100,000 entries · raw copy of the text",
+              configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 20)) { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(Array(manifestBytes))
+        }
+    }
     Benchmark("parse a manifest of 100,000 entries · raw split into lines and fields",
               configuration: .init(metrics: [.wallClock, .mallocCountTotal], maxDuration: .seconds(5), maxIterations: 20)) { benchmark in
         for _ in benchmark.scaledIterations {
