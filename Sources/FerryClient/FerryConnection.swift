@@ -76,10 +76,11 @@ public final class FerryConnection {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(options.connectTimeout)
                 .channelOption(.socketOption(.tcp_nodelay), value: 1)
-                // Reads of up to 1 MiB (NIO's default stops at 64 KiB): fewer read calls and
-                // fewer pieces for the frame decoder to merge into a 256 KiB chunk.
-                .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64 * 1024, initial: 256 * 1024,
-                                                                                     maximum: 1024 * 1024))
+                // Reads of up to 256 KiB (NIO's default stops at 64 KiB): fewer read calls and
+                // fewer pieces for the frame decoder to merge into a 256 KiB chunk. Not larger:
+                // a stored chunk is written straight from its read buffer, which it keeps alive.
+                .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 64 * 1024, initial: 128 * 1024,
+                                                                                     maximum: 256 * 1024))
                 .connect(host: endpoint.host, port: endpoint.port) { ch in
                     ch.eventLoop.makeCompletedFuture {
                         try ch.pipeline.syncOperations.addHandlers([
