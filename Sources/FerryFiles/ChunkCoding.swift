@@ -373,6 +373,10 @@ public struct AdaptiveCompression: Sendable {
     public struct Tuning: Sendable {
         /// Store while the link is at least this multiple of the encoders' combined speed.
         public var fastLinkFactor = 2.0
+        /// Store compressible data while the link, or the server's total rate, is at least this
+        /// multiple of `(1 - ratio) × compressRate`: the encoder time a chunk costs (spread over
+        /// the encoders, which serve every connection) would exceed the link time it saves.
+        public var savingFactor = 1.0
         /// Store while the receiver's window held the sender back more than this share of the time.
         public var receiverLimitedShare = 0.25
         /// Weight kept by the transport estimates per new sample.
@@ -482,6 +486,16 @@ public struct AdaptiveCompression: Sendable {
         return 1
     }
 
+    /// The rate (wire bytes per second, of this link or of the whole server) from which
+    /// compressing costs more encoder time than it saves link time: per chunk of `R` raw bytes
+    /// the encoders spend `R / compressRate` seconds (they work in parallel, for all
+    /// connections) to save `(1 - ratio) · R / rate` seconds of sending. Measured encoder speeds
+    /// are wall-clock, so a machine whose CPU is saturated (fifty clients on loopback) shows slow
+    /// encoders and a low bound.
+    public var savingBound: Double {
+        (1 - min(max(ratioEstimate, 0), 1)) * compressRate * tuning.savingFactor
+    }
+
     /// Wire bytes per second the whole server wrote recently (all connections); nil when unknown.
     public var serverRate: Double? { serverRateEstimate }
 
@@ -568,6 +582,9 @@ public struct AdaptiveCompression: Sendable {
                 sinceProbe = 0
                 return true
             }
+            return false
+        }
+        if let rate = [linkRate, serverRateEstimate].compactMap({ $0 }).max(), rate >= savingBound {
             return false
         }
         guard linkRate != nil else { return true }

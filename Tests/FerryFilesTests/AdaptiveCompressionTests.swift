@@ -214,6 +214,65 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 10), 10, "fifty clients behind a slow uplink: compress")
     }
 
+    // MARK: - Encoder time against the link time it saves
+
+    func testEncoderTimeMustBeBelowTheSendTimeItSaves() {
+        // Two encoders at 100 MB/s, text to 0.4: a chunk costs R / 200 MB/s of encoder time and
+        // saves 0.6 · R / rate of sending, so compressing pays below 120 MB/s.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 100 * MB, ratio: 0.4)
+        XCTAssertEqual(c.savingBound / MB, 120, accuracy: 0.5)
+        writes(&c, rate: 110 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(decisions(&c, 20), 20, "110 MB/s: each chunk saves more than it costs")
+        writes(&c, rate: 130 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(decisions(&c, 20), 0, "130 MB/s: below the old 2 × 200 MB/s guard, but a loss")
+    }
+
+    func testManyClientsOnASaturatedMachineStore() {
+        // Fifty clients on loopback: every connection's socket backs up at 1.5 MB/s because its
+        // client gets little CPU, the server writes 75 MB/s in all, and the encoders, fighting the
+        // clients for two cores, deflate 40 MB/s each by the wall clock. Compressing would cost
+        // 1/80 s of encoder time per MB to save 0.55/75 s of sending: store.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 40 * MB, ratio: 0.45)
+        writes(&c, rate: 1.5 * MB, total: 8 << 20, blocked: true)
+        XCTAssertEqual(c.networkPressure, 1, accuracy: 0.001)
+        c.recordServerRate(75 * MB)
+        XCTAssertLessThan(c.savingBound, 75 * MB)
+        XCTAssertEqual(decisions(&c, 50), 0)
+        // Once it stores, the same machine pushes more; still stored.
+        c.recordServerRate(150 * MB)
+        XCTAssertEqual(decisions(&c, 50), 0)
+        // The same fifty clients behind a 100 Mbit/s uplink: 12.5 MB/s in all, compress.
+        c.recordServerRate(12.5 * MB)
+        XCTAssertEqual(decisions(&c, 50), 50)
+    }
+
+    func testSlowLinkOnABusyMachineStillCompresses() {
+        // lan100m while other work loads the machine: zlib gets only a third of a core per
+        // encoder (30 MB/s), and still saves far more sending time than it costs.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 30 * MB, ratio: 0.3)
+        writes(&c, rate: 12.5 * MB, total: 16 << 20, blocked: true)
+        c.recordServerRate(12.5 * MB)
+        XCTAssertEqual(c.savingBound / MB, 42, accuracy: 0.5)
+        XCTAssertEqual(decisions(&c, 50), 50)
+    }
+
+    func testIncompressibleProbesAreNotBlockedByTheSavingBound() {
+        // With a ratio near 1 the bound is tiny, but the probes that notice compressible data
+        // again must go on (below the fast-link guard).
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
+        writes(&c, rate: 50 * MB, total: 8 << 20, blocked: true)
+        for _ in 0..<20 {
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+        }
+        XCTAssertGreaterThan(c.expectedRatio, 0.9)
+        XCTAssertLessThan(c.savingBound, 50 * MB)
+        XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
+    }
+
     // MARK: - The kernel's view (TCP_INFO)
 
     /// Feeds transport samples 10 ms apart: the receiver's window held the sender back for
@@ -245,14 +304,15 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testKernelDeliveryRateReplacesTheWallClockRate() {
         // By the wall clock 400 MB/s went out (≥ 2 × 180: store); the kernel measured the link
-        // at 150 MB/s (socket buffers absorbed the rest), slower than two encoders: compress.
+        // at 100 MB/s (socket buffers absorbed the rest), slow enough that two encoders save
+        // more link time than they spend (100 < 0.7 × 180): compress.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
         writes(&c, rate: 400 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(decisions(&c, 10), 0)
         var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0, rate: 150 * MB, from: &t, limited: &limited)
-        XCTAssertEqual(c.linkRate ?? 0, 150 * MB, accuracy: MB)
+        transport(&c, receiverShare: 0, rate: 100 * MB, from: &t, limited: &limited)
+        XCTAssertEqual(c.linkRate ?? 0, 100 * MB, accuracy: MB)
         XCTAssertEqual(decisions(&c, 10), 10)
     }
 
