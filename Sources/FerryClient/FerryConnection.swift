@@ -92,7 +92,7 @@ public final class FerryConnection {
                         ])
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(
                             wrappingChannelSynchronously: ch,
-                            configuration: .init(backPressureStrategy: .init(lowWatermark: 8, highWatermark: 32)))
+                            configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 12)))
                     }
                 }
         } catch {
