@@ -97,7 +97,7 @@ public struct Syncer: Sendable {
         }
         let local = try scanLocal(tree)
         let plan = SyncPlan.make(.init(
-            remote: manifest.entries, local: local, excludes: options.excludes, delete: options.delete,
+            remote: manifest.entries, local: local.entries, excludes: options.excludes, delete: options.delete,
             checksum: options.checksum, deltaMinimumSize: options.deltaMinimumSize,
             localHash: { path in
                 guard let tree, let file = try? tree.openFile(path), let info = try? file.stat() else { return nil }
@@ -190,7 +190,18 @@ public struct Syncer: Sendable {
         for e in plan.attributeFixes {
             do { try tree.setAttributes(e.path, mode: e.mode, mtime: e.mtime) } catch { fail(e.path, error.description) }
         }
+        // Only directories whose entries changed here (which moved their mtime), or whose mode or
+        // mtime differ, are touched: a no-op re-sync of a large tree sets nothing.
+        var touched = Set<RemotePath>()
+        if !fetches.isEmpty { touched.insert(.root) }  // the partial folder came and went
+        for f in fetches { touched.insert(f.entry.path.parent ?? .root) }
+        for l in plan.links { touched.insert(l.path.parent ?? .root) }
+        for (p, _) in plan.deletions { touched.insert(p.parent ?? .root) }
+        for d in plan.newDirectories { touched.insert(d); touched.insert(d.parent ?? .root) }
+        for p in local.temporaries { touched.insert(p.parent ?? .root) }
         for d in plan.directories.reversed() where !failedDirs.contains(where: { d.path.hasPrefix($0) }) {
+            if !touched.contains(d.path), let l = local.entries[d.path], l.type == .directory,
+               l.mtime == d.mtime, l.mode == LocalTree.applicableMode(d.mode) { continue }
             do { try tree.setAttributes(d.path, mode: d.mode, mtime: d.mtime) } catch { fail(d.path, error.description) }
         }
         transfer.removePartialFolderIfEmpty()
@@ -232,8 +243,14 @@ public struct Syncer: Sendable {
         }
     }
 
-    private func scanLocal(_ tree: LocalTree?) throws -> [RemotePath: Entry] {
-        guard let tree else { return [:] }
+    /// What DEST holds (by path), and the temporaries found (and removed when stale) on the way.
+    struct LocalScan {
+        var entries: [RemotePath: Entry] = [:]
+        var temporaries: [RemotePath] = []
+    }
+
+    private func scanLocal(_ tree: LocalTree?) throws -> LocalScan {
+        guard let tree else { return LocalScan() }
         let excludes = options.excludes
         let entries: [Entry]
         let temporaries = NIOLockedValueBox<[RemotePath]>([])
@@ -255,7 +272,7 @@ public struct Syncer: Sendable {
         var map: [RemotePath: Entry] = [:]
         map.reserveCapacity(entries.count)
         for e in entries { map[e.path] = e }
-        return map
+        return LocalScan(entries: map, temporaries: temporaries.withLockedValue { $0 })
     }
 }
 
