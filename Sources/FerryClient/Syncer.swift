@@ -84,18 +84,32 @@ public struct Syncer: Sendable {
     public func run(onEvent: @escaping @Sendable (Event) -> Void) async throws -> Summary {
         let start = ContinuousClock.now
         let manifestCounter = ByteCounter()
-        let manifest = try await fetchManifest(counter: manifestCounter)
+        // An existing DEST is scanned while the server builds and sends the manifest.
+        let existing = try? LocalTree(path: destination, create: false)
+        let earlyScan = existing.map { tree in Task { try self.scanLocal(tree) } }
+        let manifest: Manifest
+        do {
+            manifest = try await fetchManifest(counter: manifestCounter)
+        } catch {
+            _ = try? await earlyScan?.value
+            throw error
+        }
         var summary = Summary()
         summary.manifestWireBytes = manifestCounter.count
         summary.dryRun = options.dryRun
 
         let tree: LocalTree?
-        do {
-            tree = try LocalTree(path: destination, create: !options.dryRun)
-        } catch {
-            if options.dryRun && error.errno == ENOENT { tree = nil } else { throw ClientError.local(error) }
+        if let existing {
+            tree = existing
+        } else {
+            do {
+                tree = try LocalTree(path: destination, create: !options.dryRun)
+            } catch {
+                if options.dryRun && error.errno == ENOENT { tree = nil } else { throw ClientError.local(error) }
+            }
         }
-        let local = try scanLocal(tree)
+        let local: LocalScan
+        if let earlyScan { local = try await earlyScan.value } else { local = try scanLocal(tree) }
         let plan = SyncPlan.make(.init(
             remote: manifest.entries, local: local.entries, excludes: options.excludes, delete: options.delete,
             checksum: options.checksum, deltaMinimumSize: options.deltaMinimumSize,
