@@ -98,13 +98,15 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
     public var isRoot: Bool { bytes.isEmpty }
 
     public var components: [ArraySlice<UInt8>] {
-        bytes.isEmpty ? [] : bytes.split(separator: 0x2F, omittingEmptySubsequences: false)
+        if bytes.isEmpty { return [] }
+        if !bytes.contains(0x2F) { return [bytes[...]] }
+        return bytes.split(separator: 0x2F, omittingEmptySubsequences: false)
     }
 
     /// The last component's bytes (empty for the root).
     public var name: [UInt8] {
-        guard let last = components.last else { return [] }
-        return Array(last)
+        guard let slash = bytes.lastIndex(of: 0x2F) else { return bytes }
+        return Array(bytes[(slash + 1)...])
     }
 
     public var parent: RemotePath? {
@@ -139,7 +141,12 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
         if isRoot { return other }
         // Both halves are valid, so the join is valid unless it is too long; a too-long
         // join is still refused by anything that validates before use.
-        return RemotePath(uncheckedBytes: bytes + [0x2F] + other.bytes)
+        var joined: [UInt8] = []
+        joined.reserveCapacity(bytes.count + 1 + other.bytes.count)
+        joined.append(contentsOf: bytes)
+        joined.append(0x2F)
+        joined.append(contentsOf: other.bytes)
+        return RemotePath(uncheckedBytes: joined)
     }
 
     /// Whether `self` equals `ancestor` or lies below it.
