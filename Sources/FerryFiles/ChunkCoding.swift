@@ -356,6 +356,10 @@ public struct TransportSample: Sendable, Hashable {
 ///    and many clients at once, stored);
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
 ///    first chunk of every multi-chunk stream, so compressible data is noticed again;
+/// 2b. `D`, or the server's total rate, is at least `savingBound = (1 - r)·C·n`: the encoder
+///    time a chunk costs exceeds the sending time it saves, and zlib would only make the CPU the
+///    bottleneck: **store** (wall-clock `C` falls when the machine's CPU is saturated, as with
+///    fifty clients on loopback);
 /// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
 ///    guess costs most; on a fast one the first MiB or so costs a little CPU);
 /// 4. otherwise compress the share of chunks given by the network pressure, spread evenly: on a
