@@ -87,7 +87,7 @@ public final class FerryConnection {
                             IdleStateHandler(readTimeout: options.readTimeout),
                             ReadTimeoutHandler(),
                             CountingHandler(counter: counter),
-                            ByteToMessageHandler(ReplyFrameDecoder()),
+                            ReplyFrameHandler(),
                             FrameCountingHandler(counter: framesDecoded),
                         ])
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(

@@ -111,6 +111,13 @@ public struct ReplyFrameDecoder: ByteToMessageDecoder {
         self.maxLine = maxLine
     }
 
+    /// The header of a chunk whose payload `nextFrame` is still waiting for, handed over (the
+    /// decoder then forgets it): for a caller that assembles the payload itself.
+    public mutating func takePendingChunk() -> ChunkHeader? {
+        defer { pendingChunk = nil }
+        return pendingChunk
+    }
+
     public mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
         guard let frame = try nextFrame(&buffer) else { return .needMoreData }
         context.fireChannelRead(wrapInboundOut(frame))
