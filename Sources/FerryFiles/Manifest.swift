@@ -1,9 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import FerryProtocol
-import NIOConcurrencyHelpers
 
 /// The manifest of a tree (PROTOCOL.md section 8): entries in manifest order, paths relative
 /// to the manifest's root.
@@ -166,90 +164,6 @@ public enum TreeWalker {
         return out
     }
 
-    /// `walk` without a per-file visitor (a scan of DEST): the same entries in the same order,
-    /// the same errors, but the subtrees of the root's directories are walked on all cores.
-    /// A walk is mostly `fstatat` and `getdents`, which scale across threads.
-    public static func walk(directory fd: Int32, options: Options) throws(WalkError) -> [Entry] {
-        // The root, serially: its entries, and the subdirectories to walk (opened by the
-        // worker, so no more directories are open at once than in a serial walk).
-        enum Segment { case entry(Entry), probe, subtree(Int) }
-        var segments: [Segment] = []
-        var jobs: [(name: [UInt8], path: RemotePath)] = []
-        var names: [[UInt8]]
-        do { names = try POSIX.readDirectoryNames(fd) } catch { throw .io(error) }
-        sortNames(&names)
-        for name in names {
-            guard let path = try? RemotePath.root.appending(name: name) else { continue }
-            let (infoOrNil, _) = POSIX.statAt(fd, name)
-            guard let info = infoOrNil, info.type != .other else { continue }
-            if options.exclude(path, info.type) { continue }
-            switch info.type {
-            case .file:
-                segments.append(.entry(Entry(info: info, path: path, target: nil)))
-            case .symlink:
-                guard let target = POSIX.readlinkAt(fd, name), !target.isEmpty else { segments.append(.probe); continue }
-                segments.append(.entry(Entry(info: info, path: path, target: target)))
-            case .directory:
-                segments.append(.entry(Entry(info: info, path: path, target: nil)))
-                segments.append(.subtree(jobs.count))
-                jobs.append((name, path))
-            case .other:
-                continue
-            }
-        }
-        struct Walked: Sendable {
-            var entries: [Entry] = []
-            /// The subtree's own entry count at its last limit check (-1: none).
-            var lastCheck = -1
-            var error: WalkError?
-        }
-        @Sendable func run(_ job: (name: [UInt8], path: RemotePath)) -> Walked {
-            var walked = Walked()
-            let child = POSIX.openAt(fd, job.name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-            guard child >= 0 else { return walked }  // unreadable or swapped: listed, not descended
-            let handle = FileHandle(fd: child)
-            do throws(WalkError) {
-                try walk(fd: handle.fd, prefix: job.path, options: options, into: &walked.entries,
-                         lastCheck: &walked.lastCheck, visitFile: { _, _, _, _ in })
-            } catch {
-                walked.error = error
-            }
-            return walked
-        }
-        var results: [Walked]
-        if jobs.count < 2 {
-            results = jobs.map(run)
-        } else {
-            let box = NIOLockedValueBox([Walked?](repeating: nil, count: jobs.count))
-            let work = jobs
-            DispatchQueue.concurrentPerform(iterations: work.count) { i in
-                let walked = run(work[i])
-                box.withLockedValue { $0[i] = walked }
-            }
-            results = box.withLockedValue { $0.map { $0 ?? Walked() } }
-        }
-        // Splice in order, with the limit checked exactly where a serial walk checks it.
-        var out: [Entry] = []
-        out.reserveCapacity(segments.count + results.reduce(0) { $0 + $1.entries.count })
-        for segment in segments {
-            switch segment {
-            case .entry(let e):
-                if out.count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
-                out.append(e)
-            case .probe:
-                if out.count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
-            case .subtree(let i):
-                let walked = results[i]
-                if walked.lastCheck >= 0 && out.count + walked.lastCheck >= options.maxEntries {
-                    throw .tooManyEntries(options.maxEntries)
-                }
-                if let error = walked.error { throw error }
-                out.append(contentsOf: walked.entries)
-            }
-        }
-        return out
-    }
-
     /// Siblings share `prefix/`, and a name holds no `/`, so ordering the names orders the
     /// paths: no path comparisons over the shared prefix, no path built for a sort.
     private static func sortNames(_ names: inout [[UInt8]]) {
@@ -260,13 +174,6 @@ public enum TreeWalker {
 
     private static func walk(fd: Int32, prefix: RemotePath, options: Options, into out: inout [Entry],
                              visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void) throws(WalkError) {
-        var lastCheck = -1
-        try walk(fd: fd, prefix: prefix, options: options, into: &out, lastCheck: &lastCheck, visitFile: visitFile)
-    }
-
-    /// The serial walk. `lastCheck` is set to `out.count` at each limit check.
-    private static func walk(fd: Int32, prefix: RemotePath, options: Options, into out: inout [Entry], lastCheck: inout Int,
-                             visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void) throws(WalkError) {
         var names: [[UInt8]]
         do { names = try POSIX.readDirectoryNames(fd) } catch { throw .io(error) }
         sortNames(&names)
@@ -275,7 +182,6 @@ public enum TreeWalker {
             let (infoOrNil, _) = POSIX.statAt(fd, name)
             guard let info = infoOrNil, info.type != .other else { continue }  // vanished, or FIFO/socket/device
             if options.exclude(path, info.type) { continue }
-            lastCheck = out.count
             if out.count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
             switch info.type {
             case .file:
@@ -290,7 +196,7 @@ public enum TreeWalker {
                 let child = POSIX.openAt(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
                 guard child >= 0 else { continue }  // unreadable or swapped: listed, not descended
                 let handle = FileHandle(fd: child)
-                try walk(fd: handle.fd, prefix: path, options: options, into: &out, lastCheck: &lastCheck, visitFile: visitFile)
+                try walk(fd: handle.fd, prefix: path, options: options, into: &out, visitFile: visitFile)
             case .other:
                 continue
             }

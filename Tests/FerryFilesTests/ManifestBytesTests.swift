@@ -547,51 +547,6 @@ final class ManifestBytesTests: XCTestCase {
         }
     }
 
-    /// The scan without a visitor (subtrees on all cores) returns what the serial walk returns,
-    /// entry for entry, with the same exclusions and the same limit errors at every limit.
-    func testParallelScanEqualsSerialWalk() throws {
-        let scratch = try TestSupport.makeTemporaryDirectory("ferry-walk")
-        defer { TestSupport.removeTemporaryDirectory(scratch) }
-        let fm = FileManager.default
-        var rng = SplitMix64(seed: 0x5741_4C4B)
-        for d in 0..<12 {
-            let dir = scratch.appendingPathComponent("d\(d)")
-            try fm.createDirectory(at: dir, withIntermediateDirectories: true)
-            for f in 0..<rng.below(6) { try Data("x\(f)".utf8).write(to: dir.appendingPathComponent("f\(f)")) }
-            if rng.chance(50) {
-                let sub = dir.appendingPathComponent("sub dir")
-                try fm.createDirectory(at: sub, withIntermediateDirectories: true)
-                try Data().write(to: sub.appendingPathComponent("empty"))
-                try fm.createSymbolicLink(atPath: sub.appendingPathComponent("link").path, withDestinationPath: "../f0")
-            }
-        }
-        try Data("top".utf8).write(to: scratch.appendingPathComponent("d5-file"))
-        try fm.createSymbolicLink(atPath: scratch.appendingPathComponent("top-link").path, withDestinationPath: "d1")
-        _ = try TestSupport.materializeFixtures(in: scratch)
-        let root = try LocalTree(path: scratch.path, create: false)
-
-        func outcome(_ body: () throws(TreeWalker.WalkError) -> [Entry]) -> String {
-            do throws(TreeWalker.WalkError) { return try body().map(\.manifestLine).joined(separator: "\n") } catch { return "error: \(error)" }
-        }
-        let excludes: [@Sendable (RemotePath, EntryType) -> Bool] = [
-            { _, _ in false },
-            { path, _ in path.bytes == Array("d3".utf8) || path.name == Array("empty".utf8) },
-            { _, type in type == .symlink },
-        ]
-        let serialAll = try TreeWalker.walk(directory: root.root.fd, options: .init(), visitFile: { _, _, _, _ in })
-        XCTAssertGreaterThan(serialAll.count, 40)
-        for exclude in excludes {
-            for limit in [0, 1, 2, 3, 7, 8, 9, 20, serialAll.count - 1, serialAll.count, serialAll.count + 1, .max] {
-                let options = TreeWalker.Options(exclude: exclude, maxEntries: limit)
-                let serial = outcome { () throws(TreeWalker.WalkError) in
-                    try TreeWalker.walk(directory: root.root.fd, options: options, visitFile: { _, _, _, _ in })
-                }
-                let parallel = outcome { () throws(TreeWalker.WalkError) in try TreeWalker.walk(directory: root.root.fd, options: options) }
-                XCTAssertEqual(parallel, serial, "limit \(limit)")
-            }
-        }
-    }
-
     /// `name` and `components` without splitting more than needed give what splitting gave.
     func testNameAndComponents() throws {
         for text in ["a", "a/b", "a/b c/d", "x/yy/zzz/w", "é/f"] {
