@@ -356,10 +356,13 @@ public struct TransportSample: Sendable, Hashable {
 ///    and many clients at once, stored);
 /// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
 ///    first chunk of every multi-chunk stream, so compressible data is noticed again;
-/// 2b. `D`, or the server's total rate, is at least `savingBound = (1 - r)·C·n`: the encoder
-///    time a chunk costs exceeds the sending time it saves, and zlib would only make the CPU the
-///    bottleneck: **store** (wall-clock `C` falls when the machine's CPU is saturated, as with
-///    fifty clients on loopback);
+/// 2b. other connections are busy too (the server's total rate is more than twice `D`) and that
+///    total is at least `savingBound = (1 - r)·C·n`: the encoders serve every connection, and the
+///    encoder time a chunk costs would exceed the sending time it saves, so zlib would only make
+///    the CPU the bottleneck: **store** (wall-clock `C` falls when the machine's CPU is
+///    saturated, as with fifty clients on loopback). A connection alone is not held to this
+///    bound: while the encoders have CPU to spare, mixing compressed chunks into a link that is
+///    nearly as fast as they are still raises the delivered rate (1 Gbit/s text, below);
 /// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
 ///    guess costs most; on a fast one the first MiB or so costs a little CPU);
 /// 4. otherwise compress the share of chunks given by the network pressure, spread evenly: on a
@@ -377,10 +380,14 @@ public struct AdaptiveCompression: Sendable {
     public struct Tuning: Sendable {
         /// Store while the link is at least this multiple of the encoders' combined speed.
         public var fastLinkFactor = 2.0
-        /// Store compressible data while the link, or the server's total rate, is at least this
-        /// multiple of `(1 - ratio) × compressRate`: the encoder time a chunk costs (spread over
-        /// the encoders, which serve every connection) would exceed the link time it saves.
+        /// Store compressible data while the server's total rate is at least this multiple of
+        /// `(1 - ratio) × compressRate` (and other connections are busy, see
+        /// `sharedServerFactor`): the encoder time a chunk costs (spread over the encoders, which
+        /// serve every connection) would exceed the link time it saves.
         public var savingFactor = 1.0
+        /// Other connections count as busy while the server's total rate is more than this
+        /// multiple of this connection's own rate.
+        public var sharedServerFactor = 2.0
         /// Store while the receiver's window held the sender back more than this share of the time.
         public var receiverLimitedShare = 0.25
         /// Weight kept by the transport estimates per new sample.
@@ -588,7 +595,7 @@ public struct AdaptiveCompression: Sendable {
             }
             return false
         }
-        if let rate = [linkRate, serverRateEstimate].compactMap({ $0 }).max(), rate >= savingBound {
+        if let server = serverRateEstimate, server > tuning.sharedServerFactor * (linkRate ?? 0), server >= savingBound {
             return false
         }
         guard linkRate != nil else { return true }
