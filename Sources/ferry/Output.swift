@@ -21,22 +21,44 @@ enum Exit {
 
 /// Everything the executable writes goes through here; library code never prints.
 enum Output {
+    /// Exit status when standard output was closed by its reader (`ferry ls srv | head`): what
+    /// a shell reports for a process ended by SIGPIPE (128 + 13), without a crash report.
+    static let closedOutputStatus: Int32 = 141
+
     static func out(_ text: String) {
-        FileHandle.standardOutput.write(Data((text + "\n").utf8))
+        write(STDOUT_FILENO, text + "\n")
     }
 
     static func err(_ text: String) {
-        FileHandle.standardError.write(Data((text + "\n").utf8))
+        write(STDERR_FILENO, text + "\n")
+    }
+
+    /// Writes all of `text` with write(2); lines from several threads never interleave (each is
+    /// one call unless the pipe takes it in parts, which then continue under the lock).
+    private static let lock = NSLock()
+    private static func write(_ fd: Int32, _ text: String) {
+        let bytes = Array(text.utf8)
+        lock.lock()
+        defer { lock.unlock() }
+        var done = 0
+        while done < bytes.count {
+            // Invariant: the loop runs only for non-empty bytes, which have a base address.
+            let n = bytes.withUnsafeBytes { Glibc.write(fd, $0.baseAddress! + done, $0.count - done) }
+            if n > 0 { done += n; continue }
+            if n < 0 && errno == EINTR { continue }
+            if n < 0 && errno == EPIPE && fd == STDOUT_FILENO { exit(closedOutputStatus) }
+            return  // stderr gone or another error: nothing better to do than drop the line
+        }
     }
 
     static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
     static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
 
-    /// One JSON object on one line.
+    /// One JSON object on one line, keys sorted.
     static func json(_ object: [String: Any]) {
-        if let data = try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes]) {
-            FileHandle.standardOutput.write(data + Data("\n".utf8))
-        }
+        var line = ""
+        JSONText.append(object, to: &line)
+        out(line)
     }
 
     /// Prints `ferry: message` and exits with the error's status.
@@ -155,5 +177,62 @@ enum TokenFile {
         while let last = bytes.last, last == 0x0A || last == 0x0D { bytes.removeLast() }
         guard !bytes.isEmpty else { throw Problem(description: "the token file \(path) is empty") }
         return bytes
+    }
+}
+
+/// A small JSON writer for the event objects the executable prints (strings, integers,
+/// doubles, booleans, arrays and nested objects; keys sorted). JSONSerialization took most of
+/// a sync's user time when every file produced two event lines.
+enum JSONText {
+    static func append(_ value: Any, to out: inout String) {
+        switch value {
+        case let s as String: appendString(s, to: &out)
+        case let b as Bool: out += b ? "true" : "false"
+        case let i as Int: out += String(i)
+        case let i as Int64: out += String(i)
+        case let i as Int32: out += String(i)
+        case let u as UInt64: out += String(u)
+        case let u as UInt32: out += String(u)
+        case let d as Double: out += d.isFinite ? String(d) : "null"
+        case let a as [Any]:
+            out += "["
+            for (i, v) in a.enumerated() {
+                if i > 0 { out += "," }
+                append(v, to: &out)
+            }
+            out += "]"
+        case let o as [String: Any]:
+            out += "{"
+            for (i, key) in o.keys.sorted().enumerated() {
+                if i > 0 { out += "," }
+                appendString(key, to: &out)
+                out += ":"
+                append(o[key] ?? NSNull(), to: &out)
+            }
+            out += "}"
+        case is NSNull: out += "null"
+        default: appendString(String(describing: value), to: &out)
+        }
+    }
+
+    static func appendString(_ s: String, to out: inout String) {
+        out += "\""
+        for scalar in s.unicodeScalars {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                if scalar.value < 0x20 {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        out += "\""
     }
 }

@@ -31,6 +31,21 @@ final class CLIEndToEndTests: XCTestCase {
 
     // MARK: - get
 
+    /// `ferry ls SERVER | head -1` and `ferry sync --json | head -1`: the reader closes the
+    /// pipe early; ferry stops quietly with 141 (as if ended by SIGPIPE), never a crash report.
+    func testAClosedStandardOutputEndsQuietly() throws {
+        let s = try startServer()
+        let ferry = TestSupport.ferryExecutable.path
+        let dest = work.appendingPathComponent("piped")
+        for command in ["'\(ferry)' ls \(s.address) | head -c 1 >/dev/null; echo \"status=${PIPESTATUS[0]}\" >&2",
+                        "'\(ferry)' sync \(s.address) '\(dest.path)' --json | head -c 1 >/dev/null; echo \"status=${PIPESTATUS[0]}\" >&2"] {
+            // A pipe the reader closes after one byte; the writer keeps writing lines.
+            let r = try TestSupport.run("/bin/bash", ["-c", command], check: false)
+            XCTAssertFalse(r.stderr.contains("Fatal error") || r.stderr.contains("crashed"), r.stderr)
+            XCTAssertTrue(r.stderr.contains("status=141") || r.stderr.contains("status=0"), r.stderr)
+        }
+    }
+
     func testGetFetchesVerifiesAndPreservesAttributes() throws {
         let s = try startServer()
         let big = try Files.randomBytes(3 << 20)
