@@ -88,7 +88,7 @@ public final class FerryConnection {
                             ReadTimeoutHandler(),
                             CountingHandler(counter: counter),
                             ReplyFrameHandler(),
-                            FrameCountingHandler(counter: framesDecoded),
+                            FrameCounter<ReplyFrame> { framesDecoded.add(1) },  // see `hasBufferedFrame`
                         ])
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(
                             wrappingChannelSynchronously: ch,
@@ -374,17 +374,6 @@ final class CountingHandler: ChannelInboundHandler, Sendable {
     }
 }
 
-/// Counts the frames passed on to the async stream (see `FerryConnection.hasBufferedFrame`).
-final class FrameCountingHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ReplyFrame
-    typealias InboundOut = ReplyFrame
-    let counter: ByteCounter
-    init(counter: ByteCounter) { self.counter = counter }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        counter.add(1)
-        context.fireChannelRead(data)
-    }
-}
 
 struct ReadTimeout: Error {}
 

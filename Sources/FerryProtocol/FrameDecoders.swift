@@ -72,14 +72,22 @@ public struct RequestLineDecoder: ByteToMessageDecoder {
 
 @usableFromInline
 func validUTF8(_ bytes: [UInt8]) -> Bool {
-    var it = bytes.makeIterator()
-    var decoder = UTF8()
-    while true {
-        switch decoder.decode(&it) {
-        case .scalarValue: continue
-        case .emptyInput: return true
-        case .error: return false
-        }
+    bytes.withUnsafeBufferPointer { PercentEncoding.isValidUTF8($0) }
+}
+
+/// Passes frames on unchanged and calls `counted` for each, so a connection can compare the
+/// frames decoded with the frames it took and tell whether the next one is already waiting
+/// (the client, before it waits for the network; the server, to hold small replies back).
+public final class FrameCounter<Frame: Sendable>: ChannelInboundHandler, Sendable {
+    public typealias InboundIn = Frame
+    public typealias InboundOut = Frame
+    private let counted: @Sendable () -> Void
+
+    public init(_ counted: @escaping @Sendable () -> Void) { self.counted = counted }
+
+    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        counted()
+        context.fireChannelRead(data)
     }
 }
 

@@ -9,7 +9,7 @@ final class ConnectionActivity: Sendable {
     private let busy = NIOLockedValueBox(false)
     private let decoded = NIOLockedValueBox(0)
 
-    /// Requests parsed off the socket so far (`RequestCounter` counts them as they are passed
+    /// Requests parsed off the socket so far (a `FrameCounter` counts them as they are passed
     /// on). More than the connection has taken means the next one is already waiting.
     var requestsDecoded: Int { decoded.withLockedValue { $0 } }
     func requestDecoded() { decoded.withLockedValue { $0 += 1 } }
@@ -123,16 +123,3 @@ final class AuthThrottle: Sendable {
     }
 }
 
-/// Counts the requests passed on to the connection's async stream, so the connection can tell
-/// whether another pipelined request is already waiting (and hold its small replies back to
-/// write them together).
-final class RequestCounter: ChannelInboundHandler, Sendable {
-    typealias InboundIn = RequestFrame
-    typealias InboundOut = RequestFrame
-    let activity: ConnectionActivity
-    init(activity: ConnectionActivity) { self.activity = activity }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        activity.requestDecoded()
-        context.fireChannelRead(data)
-    }
-}

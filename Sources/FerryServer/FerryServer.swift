@@ -93,7 +93,7 @@ public final class FerryServer: Sendable {
                         try sync.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
                         try sync.addHandler(IdleCloser(activity: activity, timeout: configuration.idleTimeout, logger: logger))
                         try sync.addHandler(ByteToMessageHandler(RequestLineDecoder()))
-                        try sync.addHandler(RequestCounter(activity: activity))
+                        try sync.addHandler(FrameCounter<RequestFrame> { activity.requestDecoded() })
                         // At most `maxPipelined` parsed requests wait per connection; beyond that
                         // the server stops reading the socket (TCP back-pressure).
                         let channel = try NIOAsyncChannel<RequestFrame, ByteBuffer>(
