@@ -97,14 +97,7 @@ public struct Manifest: Sendable, Equatable {
             let line = nextLine()
             let entry: Entry
             do { entry = try Entry(manifestLineBytes: line) } catch { throw .badLine(number: number, error) }
-            let ok: Bool = entry.path.bytes.withUnsafeBufferPointer { p in
-                if let last = entries.last {
-                    let sorted = last.path.bytes.withUnsafeBufferPointer { RemotePath.manifestOrder($0, p) < 0 }
-                    if !sorted { return false }
-                }
-                return true
-            }
-            if !ok { throw .unsorted(number: number) }
+            if let last = entries.last, !(last.path < entry.path) { throw .unsorted(number: number) }
             let parentFound: Bool = entry.path.bytes.withUnsafeBufferPointer { p in
                 var parentLength = p.count - 1
                 while parentLength >= 0 && p[parentLength] != 0x2F { parentLength -= 1 }

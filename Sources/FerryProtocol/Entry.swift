@@ -99,12 +99,7 @@ public struct Entry: Hashable, Sendable {
     }
 
     private init(utf8 line: Substring, manifest: Bool) throws(ParseError) {
-        let parsed: Result<Entry, ParseError>? = line.utf8.withContiguousStorageIfAvailable { b in
-            do throws(ParseError) { return .success(try Entry(bytes: b, manifest: manifest)) } catch { return .failure(error) }
-        }
-        if let parsed { self = try parsed.get(); return }
-        let copy = Array(line.utf8)
-        let result: Result<Entry, ParseError> = copy.withUnsafeBufferPointer { b in
+        let result: Result<Entry, ParseError> = withUTF8Bytes(line) { b in
             do throws(ParseError) { return .success(try Entry(bytes: b, manifest: manifest)) } catch { return .failure(error) }
         }
         self = try result.get()
@@ -222,7 +217,7 @@ public func isSHA256Hex(bytes s: UnsafeBufferPointer<UInt8>) -> Bool {
 }
 
 public func isSHA256Hex<S: StringProtocol>(_ s: S) -> Bool {
-    s.utf8.count == 64 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    s.utf8.count == 64 && withUTF8Bytes(Substring(s)) { isSHA256Hex(bytes: $0) }
 }
 
 /// A file's identity as the client last saw it (PROTOCOL.md section 6, `GET`).

@@ -298,20 +298,7 @@ public enum PercentEncoding {
 
     /// Decodes; nil for a malformed escape or a raw byte that should have been escaped.
     public static func decode(_ text: Substring) -> [UInt8]? {
-        var out: [UInt8] = []
-        out.reserveCapacity(text.utf8.count)
-        var it = text.utf8.makeIterator()
-        while let b = it.next() {
-            if b == 0x25 {
-                guard let h = it.next().flatMap(hexValue), let l = it.next().flatMap(hexValue) else { return nil }
-                out.append(h << 4 | l)
-            } else if b <= 0x20 || b == 0x7F {
-                return nil
-            } else {
-                out.append(b)
-            }
-        }
-        return out
+        withUTF8Bytes(text) { decode(bytes: $0) }
     }
 
     public static func decodeString(_ text: Substring) -> String? {

@@ -21,35 +21,28 @@ public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible
     /// Seconds as a floating-point value, for display and JSON.
     public var timeInterval: Double { Double(seconds) + Double(nanoseconds) / 1e9 }
 
+    /// Parses `SECONDS.NANOSECONDS` (see `init?(wireBytes:)`, which holds the rules).
     public init?(_ text: Substring) {
-        guard let dot = text.firstIndex(of: ".") else { return nil }
-        let secText = text[..<dot]
-        let nsText = text[text.index(after: dot)...]
-        guard nsText.count == 9, nsText.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let ns = Int32(nsText) else { return nil }
-        var digits = secText
-        if digits.first == "-" { digits = digits.dropFirst() }
-        guard !digits.isEmpty, digits.count <= 19, digits.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let s = Int64(secText) else { return nil }
-        self.init(seconds: s, nanoseconds: ns)
+        guard let t = withUTF8Bytes(text, { Timestamp(wireBytes: $0) }) else { return nil }
+        self = t
     }
 
     public init?(_ text: String) { self.init(Substring(text)) }
 }
 
-/// Parses a protocol number: unsigned decimal, no sign, at most 19 digits, fits in Int64.
+/// Parses a protocol number: unsigned decimal, no sign, at most 19 digits, fits in Int64
+/// (see `parseWireNumber(bytes:)`, which holds the rules).
 @inlinable
 public func parseWireNumber(_ text: Substring) -> Int64? {
-    guard !text.isEmpty, text.utf8.count <= 19 else { return nil }
-    var value: Int64 = 0
-    for b in text.utf8 {
-        guard b >= 0x30, b <= 0x39 else { return nil }
-        let (m, o1) = value.multipliedReportingOverflow(by: 10)
-        let (a, o2) = m.addingReportingOverflow(Int64(b - 0x30))
-        if o1 || o2 { return nil }
-        value = a
-    }
-    return value
+    withUTF8Bytes(text) { parseWireNumber(bytes: $0) }
+}
+
+/// Runs `body` on the UTF-8 bytes of `text`: in place when they are contiguous (a native
+/// string), else on a copy. The String-facing parsers go through it to the byte-level ones.
+@inlinable
+func withUTF8Bytes<R>(_ text: Substring, _ body: (UnsafeBufferPointer<UInt8>) -> R) -> R {
+    if let r = text.utf8.withContiguousStorageIfAvailable(body) { return r }
+    return Array(text.utf8).withUnsafeBufferPointer(body)
 }
 
 // MARK: - Byte-level forms (manifests: no String, no Character indexing)
@@ -125,7 +118,7 @@ public func appendDecimal(_ value: UInt64, to out: inout [UInt8]) {
     }
 }
 
-/// `parseWireNumber` over UTF-8 bytes.
+/// `parseWireNumber` over UTF-8 bytes: unsigned decimal, no sign, at most 19 digits, fits in Int64.
 @inlinable
 public func parseWireNumber(bytes text: UnsafeBufferPointer<UInt8>) -> Int64? {
     guard !text.isEmpty, text.count <= 19 else { return nil }
