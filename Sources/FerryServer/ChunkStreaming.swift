@@ -324,28 +324,35 @@ struct FileSender {
                 ])
             }
             if hasher != nil && end < info.size { try hashRange(file, end, info.size, into: &hasher) }
-        } catch is ChunkPipeline.ShortRead {
-            try await writer.send(ErrorReply(.changed, "changed during transfer"))
-            return
-        } catch let error as SystemError {
-            try await writer.send(ErrorReply(.serverError, "reading \(path.wire) failed: \(error.message)"))
+        } catch {
+            guard let reply = Self.readFailure(error, path: path) else { throw error }
+            try await writer.send(reply)
             return
         }
-        let after = try? file.stat()
-        guard let after, HashKey(after) == key else {
-            try await writer.send(ErrorReply(.changed, "changed during transfer"))
-            return
+        try await writer.send(line: trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical))
+    }
+
+    /// The reply to a read that failed while the chunks were being produced; nil for errors that
+    /// are not about the file (the connection's own).
+    private static func readFailure(_ error: Error, path: RemotePath) -> ErrorReply? {
+        switch error {
+        case is ChunkPipeline.ShortRead: return ErrorReply(.changed, "changed during transfer")
+        case let e as SystemError: return ErrorReply(.serverError, "reading \(path.wire) failed: \(e.message)")
+        default: return nil
         }
-        let sha: String
-        if let known {
-            sha = known
-        } else if let h = hasher {
-            sha = h.finalizeHex()
-            server.hashCache.store(canonical, key, sha256: sha)
-        } else {
-            sha = "-"  // unreachable: either known or hashed
+    }
+
+    /// The line that ends a `GET` once its chunks are out: `END` with the file's SHA-256 (put in
+    /// the hash cache when it was computed here), or `ERR 409` when the file changed meanwhile.
+    private func trailer(file: FileHandle, key: HashKey, known: String?, hasher: SHA256Hasher?, canonical: RemotePath) -> String {
+        guard let after = try? file.stat(), HashKey(after) == key else {
+            return ErrorReply(.changed, "changed during transfer").line
         }
-        try await writer.send(line: "END \(sha)")
+        if let known { return "END \(known)" }
+        guard let hasher else { return "END -" }  // unreachable: either known or hashed
+        let sha = hasher.finalizeHex()
+        server.hashCache.store(canonical, key, sha256: sha)
+        return "END \(sha)"
     }
 
     /// A range of at most one chunk — most files of a tree: read and encode it here and send the
@@ -386,23 +393,11 @@ struct FileSender {
                 out.append(encoded.chunk.wire)
             }
             if hasher != nil && range.upperBound < info.size { try hashRange(file, range.upperBound, info.size, into: &hasher) }
-        } catch is ChunkPipeline.ShortRead {
-            failure = ErrorReply(.changed, "changed during transfer")
-        } catch let error as SystemError {
-            failure = ErrorReply(.serverError, "reading \(path.wire) failed: \(error.message)")
+        } catch {
+            guard let reply = Self.readFailure(error, path: path) else { throw error }
+            failure = reply
         }
-        if failure == nil, (try? file.stat()).map({ HashKey($0) }) != key {
-            failure = ErrorReply(.changed, "changed during transfer")
-        }
-        if let failure {
-            out.append(line(failure.line))
-        } else if let known {
-            out.append(line("END \(known)"))
-        } else if let h = hasher {
-            let sha = h.finalizeHex()
-            server.hashCache.store(canonical, key, sha256: sha)
-            out.append(line("END \(sha)"))
-        }
+        out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical)))
         let bytes = out.reduce(0) { $0 + $1.readableBytes }
         let start = ContinuousClock.now
         try await writer.send(buffers: out)
