@@ -66,8 +66,9 @@ final class SyncTransfer: Sendable {
     func run(_ fetches: [SyncPlan.Fetch]) async throws -> Result {
         guard !fetches.isEmpty else { return Result() }
         let partialDir = try openPartialFolder()
-        let names = Self.directoryNames(partialDir.fd)
-        partialNames.withLockedValue { $0 = names }
+        // Unreadable: nothing to resume is known, so every file starts afresh.
+        let names = (try? POSIX.readDirectoryNames(partialDir.fd)) ?? []
+        partialNames.withLockedValue { $0 = Set(names.map { String(decoding: $0, as: UTF8.self) }) }
         queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -115,24 +116,6 @@ final class SyncTransfer: Sendable {
         mayHavePartial(path) && (PartialFile.existing(at: partialPath(for: path))?.1 ?? 0) > 0
     }
 
-    /// The names in an open directory (empty if it cannot be read).
-    static func directoryNames(_ fd: Int32) -> Set<String> {
-        let dupFD = dup(fd)
-        guard dupFD >= 0 else { return [] }
-        guard let dir = fdopendir(dupFD) else {
-            close(dupFD)
-            return []
-        }
-        defer { closedir(dir) }
-        var names = Set<String>()
-        while let ent = readdir(dir) {
-            let name = withUnsafePointer(to: ent.pointee.d_name) { p in
-                p.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-            }
-            if name != "." && name != ".." { names.insert(name) }
-        }
-        return names
-    }
 
     private func nextJob() -> Job? {
         queue.withLockedValue { q in

@@ -275,7 +275,8 @@ public struct Syncer: Sendable {
                     temporaries.withLockedValue { $0.append(path) }
                     return true
                 }
-                return (path.components.count == 1 && path.bytes == SyncPlan.partialFolder) || excludes.excludes(path.bytes)
+                // The partial folder's name holds no `/`: equal bytes mean the top-level folder.
+                return path.bytes == SyncPlan.partialFolder || excludes.excludes(path.bytes)
             }))
         } catch {
             switch error {

@@ -188,7 +188,7 @@ public enum POSIX {
     }
 
     /// Reads all names of an open directory (consumes a dup of `fd`), without `.` and `..`.
-    static func readDirectoryNames(_ fd: Int32) throws(SystemError) -> [[UInt8]] {
+    public static func readDirectoryNames(_ fd: Int32) throws(SystemError) -> [[UInt8]] {
         let dupFD = dup(fd)
         guard dupFD >= 0, let dir = fdopendir(dupFD) else {
             throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)")

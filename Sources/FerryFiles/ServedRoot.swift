@@ -74,11 +74,7 @@ public final class ServedRoot: Sendable {
             while index < pending.count {
                 let name = pending[index]
                 let isLast = index == pending.count - 1
-                let (statResult, err) = POSIX.statAt(dir.fd, name)
-                guard let info = statResult else {
-                    if err == ENOENT || err == ENOTDIR { throw .notFound(path) }
-                    throw .io(SystemError(errno: err, operation: "stat", path: path.description))
-                }
+                let info = try Self.lstat(dir.fd, name, for: path)
                 if info.type == .symlink && (!isLast || followFinal) {
                     hops += 1
                     if hops > FerryLimits.maxSymlinkHops { throw .refused(path, "too many symlinks") }
@@ -128,13 +124,17 @@ public final class ServedRoot: Sendable {
             dir = FileHandle(fd: next)
         }
         let name = Array(last)
-        let (statResult, err) = POSIX.statAt(dir.fd, name)
-        guard let info = statResult else {
-            if err == ENOENT || err == ENOTDIR { throw .notFound(path) }
-            throw .io(SystemError(errno: err, operation: "stat", path: path.description))
-        }
+        let info = try Self.lstat(dir.fd, name, for: path)
         if info.type == .symlink && followFinal { return nil }
         return Resolved(parent: dir, name: name, info: info, canonical: path)
+    }
+
+    /// What `name` in `dirFD` is (not following a symlink); a missing entry is `path` not found.
+    private static func lstat(_ dirFD: Int32, _ name: [UInt8], for path: RemotePath) throws(ServeError) -> FileInfo {
+        let (info, err) = POSIX.statAt(dirFD, name)
+        if let info { return info }
+        if err == ENOENT || err == ENOTDIR { throw .notFound(path) }
+        throw .io(SystemError(errno: err, operation: "stat", path: path.description))
     }
 
     /// Lexically substitutes a symlink's target; nil when the result leaves the root.
