@@ -144,17 +144,8 @@ final class RequestLineDecoderTests: XCTestCase {
 }
 
 final class ReplyFrameDecoderTests: XCTestCase {
-    private enum Frame: Equatable {
-        case line(String)
-        case chunk(ChunkHeader, [UInt8])
-    }
-
-    private func frame(_ f: ReplyFrame) -> Frame {
-        switch f {
-        case .line(let l): return .line(l)
-        case .chunk(let h, let b): return .chunk(h, Array(b.readableBytesView))
-        }
-    }
+    private typealias Frame = ComparableReplyFrame
+    private func frame(_ f: ReplyFrame) -> Frame { Frame(f) }
 
     private func drain(_ d: inout ReplyFrameDecoder, _ buf: inout ByteBuffer) throws -> [Frame] {
         var out: [Frame] = []
@@ -302,5 +293,18 @@ final class ReplyFrameDecoderTests: XCTestCase {
 
     func testFramingErrorDescription() {
         XCTAssertEqual(ReplyFramingError("x").description, "the server broke the protocol: x")
+    }
+}
+
+/// A reply frame with its payload as bytes, so frames compare by value in assertions.
+enum ComparableReplyFrame: Equatable {
+    case line(String)
+    case chunk(ChunkHeader, [UInt8])
+
+    init(_ f: ReplyFrame) {
+        switch f {
+        case .line(let l): self = .line(l)
+        case .chunk(let h, let b): self = .chunk(h, Array(b.readableBytesView))
+        }
     }
 }

@@ -6,17 +6,8 @@ import XCTest
 /// `ReplyFrameSplitter` must yield exactly the frames `ReplyFrameDecoder` yields on the whole
 /// stream, however the stream is cut into reads, and reject what the decoder rejects.
 final class ReplyFrameSplitterTests: XCTestCase {
-    private enum Frame: Equatable {
-        case line(String)
-        case chunk(ChunkHeader, [UInt8])
-    }
-
-    private func frame(_ f: ReplyFrame) -> Frame {
-        switch f {
-        case .line(let l): return .line(l)
-        case .chunk(let h, let b): return .chunk(h, Array(b.readableBytesView))
-        }
-    }
+    private typealias Frame = ComparableReplyFrame
+    private func frame(_ f: ReplyFrame) -> Frame { Frame(f) }
 
     /// A reply stream: status lines, chunks of every size class (including ones larger than
     /// the reads), LIST-style lines, END trailers.
