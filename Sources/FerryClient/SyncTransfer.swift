@@ -176,14 +176,15 @@ final class SyncTransfer: Sendable {
 
     /// Jobs a worker holds, so they can be put back if its connection drops.
     final class WorkerState {
-        var pending: [(Job, FileTransfer)] = []
+        /// Jobs whose `GET` is sent and whose reply has not been read yet.
+        var pending: [Job] = []
         var current: Job?
         var completed = 0
         /// Verified bytes written by this worker.
         var bytes: Int64 = 0
 
         func takeAll() -> [Job] {
-            var jobs = pending.map(\.0)
+            var jobs = pending
             if let current { jobs.insert(current, at: 0) }
             pending.removeAll()
             current = nil
@@ -203,18 +204,11 @@ final class SyncTransfer: Sendable {
                     special = job
                     break
                 }
-                let transfer: FileTransfer
-                do { transfer = try makeTransfer(job, identity: identity(of: job.entry)) } catch {
-                    // A file that cannot even be started (say, its directory is not writable)
-                    // fails alone; a full or read-only disk stops the sync.
-                    if case .local(let e) = error, !e.isNoSpace, e.errno != EDQUOT, e.errno != EROFS {
-                        failed(job, e.description)
-                        continue
-                    }
-                    throw error
-                }
-                batch.append(transfer.request())
-                state.pending.append((job, transfer))
+                // Without kept data a pipelined file is fetched whole; where it is written is only
+                // created when its reply comes up (an interruption leaves no empty files behind).
+                batch.append(.get(base.appending(job.entry.path), offset: 0, length: nil,
+                                  validator: identity(of: job.entry).validator))
+                state.pending.append(job)
             }
             if let job = special, !state.pending.isEmpty {
                 // It needs round trips of its own: back to the queue until the pipeline drains
@@ -231,13 +225,43 @@ final class SyncTransfer: Sendable {
                 state.current = nil
                 continue
             }
-            let (job, transfer) = state.pending.removeFirst()
+            let job = state.pending.removeFirst()
             state.current = job
+            let transfer: FileTransfer
+            do {
+                transfer = try makeTransfer(job, identity: identity(of: job.entry))
+                // The request asked for the whole file: never append it to older data.
+                if transfer.partial.verified > 0 { try transfer.partial.truncate(to: 0) }
+            } catch {
+                // A file that cannot even be started (say, its directory is not writable)
+                // fails alone; a full or read-only disk stops the sync.
+                let local: SystemError? = switch error {
+                case let e as ClientError: if case .local(let l) = e { l } else { nil }
+                case let e as SystemError: e
+                default: nil
+                }
+                guard let local, !local.isNoSpace, local.errno != EDQUOT, local.errno != EROFS else { throw error }
+                failed(job, local.description)
+                try await Self.skipReply(on: connection, for: job.entry.path)
+                state.current = nil
+                continue
+            }
             try await receive(job, transfer, connection, partialDir: partialDir) {
                 try await transfer.receive(on: connection) { self.onBytes($0, state) }
             }
             state.current = nil
             state.completed += 1
+        }
+    }
+
+    /// Reads and drops the reply to a `GET` whose file could not be started.
+    private static func skipReply(on connection: FerryConnection, for path: RemotePath) async throws {
+        guard case .ok = try await connection.readStatus(for: "GET \(path)") else { return }
+        while true {
+            switch try await connection.nextStreamItem() {
+            case .chunk: continue
+            case .end, .error: return
+            }
         }
     }
 
