@@ -75,7 +75,7 @@ public final class FerryConnection {
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(options.connectTimeout)
-                .channelOption(.socketOption(.tcp_nodelay), value: 1)
+                .channelOption(.tcpOption(.tcp_nodelay), value: 1)
                 // Reads of up to 256 KiB (NIO's default stops at 64 KiB): fewer read calls and
                 // fewer pieces for the frame decoder to merge into a 256 KiB chunk. Not larger:
                 // a stored chunk is written straight from its read buffer, which it keeps alive.
