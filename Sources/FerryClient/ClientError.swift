@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerryFiles
 import FerryProtocol
 
@@ -15,6 +18,8 @@ public enum ClientError: Error, CustomStringConvertible {
     case corruptChunk(path: String, ChunkError)
     case local(SystemError)
     case refusedPath(String)
+    /// LOCAL (or what stands at its place) is something ferry must not replace.
+    case localTarget(path: String, String)
 
     public var description: String {
         switch self {
@@ -39,9 +44,14 @@ public enum ClientError: Error, CustomStringConvertible {
         case .corruptChunk(let path, let why):
             return "\(path): \(why)"
         case .local(let e):
-            return e.isNoSpace ? "\(e) (free some space and run the command again; the partial data was kept for resume)" : e.description
+            if e.isNoSpace { return "\(e) (free some space and run the command again; the partial data was kept for resume)" }
+            if e.errno == EACCES || e.errno == EPERM { return "\(e) (check that you may write there, or choose another place)" }
+            if e.errno == EROFS { return "\(e) (the file system is mounted read-only)" }
+            return e.description
         case .refusedPath(let why):
             return "refused a path sent by the server: \(why)"
+        case .localTarget(let path, let why):
+            return "cannot write \(path): \(why)"
         }
     }
 
@@ -71,7 +81,7 @@ public enum ClientError: Error, CustomStringConvertible {
         case .protocolViolation, .notFerry, .versionMismatch: return 2
         case .server, .authentication, .refusedPath: return 3
         case .integrity, .corruptChunk: return 4
-        case .local: return 5
+        case .local, .localTarget: return 5
         }
     }
 }

@@ -51,6 +51,8 @@ public struct Downloader {
 
     /// Events for the progress display.
     public enum Event: Sendable {
+        /// Kept data of an earlier run is being checked against the server.
+        case verifying(kept: Int64)
         case started(size: Int64, resumedFrom: Int64)
         case bytes(Int)
         case retrying(attempt: Int, of: Int, reason: String, delay: Duration)
@@ -82,6 +84,8 @@ public struct Downloader {
         var retries = 0
         var changes = 0
         var written: Int64 = 0
+        try Self.checkLocalTarget(localPath)
+        try Self.checkLocalTarget(Self.partialPath(for: localPath), partial: true)
         while true {
             let writtenBefore = written
             do {
@@ -90,6 +94,7 @@ public struct Downloader {
                     let identity = PartialIdentity(size: entry.size, mtime: entry.mtime, sha256: nil)
                     let transfer = try FileTransfer(path: target, identity: identity,
                                                     partialPath: Self.partialPath(for: localPath), resume: options.resume)
+                    if transfer.partial.verified > 0 { onEvent(.verifying(kept: transfer.partial.verified)) }
                     try await transfer.verifyKeptData(on: connection)
                     onEvent(.started(size: entry.size, resumedFrom: transfer.partial.verified))
                     try await connection.send(transfer.request())
@@ -98,6 +103,7 @@ public struct Downloader {
                         onEvent(.bytes(n))
                     }
                     try await transfer.complete(expected: sha)
+                    try Self.checkLocalTarget(localPath)  // again: something may have appeared meanwhile
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
                                   sha256: sha, bytesWritten: written, wireBytes: counter.count,
@@ -120,6 +126,32 @@ public struct Downloader {
                 onEvent(.retrying(attempt: attempt, of: options.retry.retries, reason: error.description, delay: delay))
                 try await Task.sleep(for: delay)
             }
+        }
+    }
+
+    /// Refuses a LOCAL that ferry must not replace: a directory, a device node, a FIFO or a
+    /// socket. ferry writes a verified copy beside LOCAL and renames it over LOCAL, which would
+    /// swap a device node such as `/dev/null` for a regular file; it never writes into such a
+    /// file either (a partial copy would reach a device before being verified). A symlink at
+    /// LOCAL is replaced by the file, as rsync does: the link's target is never written, so
+    /// nothing outside the named place changes. (`partial`: the same for the partial file.)
+    static func checkLocalTarget(_ path: String, partial: Bool = false) throws(ClientError) {
+        let info: FileInfo
+        do { info = try POSIX.lstat(path) } catch {
+            if error.errno == ENOENT { return }
+            throw .local(error)
+        }
+        switch info.type {
+        case .file, .symlink:
+            return
+        case .directory:
+            throw .localTarget(path: path, partial ? "a directory is in the way of the partial file (move it away)"
+                                                   : "it is a directory (name a file, or end LOCAL with / to fetch into it)")
+        case .other:
+            let what = info.special?.noun ?? "special file"
+            throw .localTarget(path: path, partial
+                ? "a \(what) is in the way of the partial file (move it away)"
+                : "it is a \(what); ferry never replaces or writes into devices, FIFOs or sockets (name a regular file or a directory)")
         }
     }
 

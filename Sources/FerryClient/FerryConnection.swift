@@ -151,7 +151,7 @@ public final class FerryConnection {
         case .ok: return
         case .err(let reply):
             throw ClientError.authentication(endpoint: endpoint.description,
-                                             "refused the token (\(reply.reason)); check --token-file")
+                                             "refused the token (\(reply.reason)); check --token-file or FERRY_TOKEN_FILE")
         }
     }
 
@@ -248,9 +248,20 @@ public final class FerryConnection {
 
     // MARK: - Requests
 
-    public func list(_ path: RemotePath) async throws -> [Entry] {
-        try await send(.list(path))
-        return try await readList(path)
+    /// Lists a directory. With `kinds`, entries of type `o` say what they are (FIFO, socket,
+    /// device); a 1.0 server refuses the option with `ERR 400`, and the plain request follows.
+    public func list(_ path: RemotePath, kinds: Bool = false) async throws -> [Entry] {
+        guard kinds else {
+            try await send(.list(path))
+            return try await readList(path)
+        }
+        try await send(.list(path, kinds: true))
+        do {
+            return try await readList(path)
+        } catch ClientError.server(_, _, let reply) where reply.knownCode == .malformed {
+            try await send(.list(path))
+            return try await readList(path)
+        }
     }
 
     public func readList(_ path: RemotePath) async throws -> [Entry] {

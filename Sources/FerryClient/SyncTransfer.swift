@@ -85,7 +85,9 @@ final class SyncTransfer: Sendable {
 
     private func openPartialFolder() throws(ClientError) -> FileHandle {
         let name = SyncPlan.partialFolder
-        _ = POSIX.makeDirectoryAt(tree.root.fd, name, mode: 0o700)
+        if POSIX.makeDirectoryAt(tree.root.fd, name, mode: 0o700) != 0, errno != EEXIST {
+            throw .local(SystemError(errno: errno, operation: "create directory", path: partialDirPath))
+        }
         let fd = POSIX.openAt(tree.root.fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
         guard fd >= 0 else { throw .local(SystemError(errno: errno, operation: "open", path: partialDirPath)) }
         return FileHandle(fd: fd)

@@ -137,6 +137,7 @@ public struct Syncer: Sendable {
             return summary
         }
         guard let tree else { return summary }  // unreachable: handled with the dry run above
+        do { try tree.requireWritable() } catch { throw ClientError.local(error) }
 
         let failures = NIOLockedValueBox<[(path: String, message: String)]>([])
         func fail(_ path: RemotePath, _ message: String) {

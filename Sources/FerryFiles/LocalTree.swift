@@ -15,13 +15,24 @@ public final class LocalTree: Sendable {
     public let root: FileHandle
 
     public init(path: String, create: Bool) throws(SystemError) {
-        if create {
-            _ = mkdir(path, 0o755)  // EEXIST is fine; anything else shows up in open() below
+        if create, mkdir(path, 0o755) != 0, errno != EEXIST {
+            // The first failure is the one to report (EACCES on the parent, say), not the
+            // ENOENT that opening the missing directory would give next.
+            throw SystemError(errno: errno, operation: "create directory", path: path)
         }
         let fd = retryingEINTR { open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: path) }
         rootPath = path
         root = FileHandle(fd: fd)
+    }
+
+    /// Throws when this process may not create entries in the root (permission denied or a
+    /// read-only file system), so a DEST ferry cannot write into fails once, naming the
+    /// folder, rather than once per directory and file below it.
+    public func requireWritable() throws(SystemError) {
+        if faccessat(root.fd, ".", W_OK | X_OK, AT_EACCESS) != 0, errno == EACCES || errno == EROFS {
+            throw SystemError(errno: errno, operation: "write into", path: rootPath)
+        }
     }
 
     public func display(_ path: RemotePath) -> String {

@@ -125,12 +125,19 @@ public struct FileInfo: Hashable, Sendable {
     /// Status change time: moves on every write, chmod or rename, and cannot be set back by
     /// a user (unlike mtime), so it catches an in-place rewrite whose mtime was restored.
     public var ctime: Timestamp
+    /// What an entry of type `.other` is (nil for the other types, or an unknown kind).
+    public var special: SpecialKind?
 
     init(_ st: Glibc.stat) {
+        special = nil
         switch st.st_mode & S_IFMT {
         case S_IFREG: type = .file
         case S_IFDIR: type = .directory
         case S_IFLNK: type = .symlink
+        case S_IFIFO: type = .other; special = .fifo
+        case S_IFSOCK: type = .other; special = .socket
+        case S_IFCHR: type = .other; special = .character
+        case S_IFBLK: type = .other; special = .block
         default: type = .other
         }
         mode = UInt32(st.st_mode & 0o7777)

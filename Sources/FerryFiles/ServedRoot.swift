@@ -227,5 +227,6 @@ extension Entry {
         }
         self.init(type: info.type, mode: info.mode, size: size, mtime: info.mtime, path: path,
                   target: info.type == .symlink ? (target ?? [0x3F]) : nil)
+        self.special = info.special
     }
 }

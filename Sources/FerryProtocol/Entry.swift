@@ -6,6 +6,28 @@ public enum EntryType: String, Sendable, Hashable, Codable {
     case other = "o"
 }
 
+/// What an entry of type `o` is, as `ls -l` tells it (PROTOCOL.md section 5): sent only to a
+/// client that asked with `LIST PATH kinds=yes`, as one extra field after the name.
+public enum SpecialKind: UInt8, Sendable, Hashable, CaseIterable {
+    case fifo = 0x70       // p
+    case socket = 0x73     // s
+    case character = 0x63  // c
+    case block = 0x62      // b
+
+    /// The letter `ls -l` shows, which is also the wire field.
+    public var letter: String { String(UnicodeScalar(rawValue)) }
+
+    /// A word for messages ("FIFO", "socket", ...).
+    public var noun: String {
+        switch self {
+        case .fifo: return "FIFO"
+        case .socket: return "socket"
+        case .character: return "character device"
+        case .block: return "block device"
+        }
+    }
+}
+
 /// One entry of a listing, a stat reply or a manifest.
 public struct Entry: Hashable, Sendable {
     public var type: EntryType
@@ -19,6 +41,8 @@ public struct Entry: Hashable, Sendable {
     public var target: [UInt8]?
     /// SHA-256 hex of a file's content, when known (manifests only).
     public var sha256: String?
+    /// What an `o` entry is, when known; written only in `LIST`/`STAT` lines (`kinds=yes`).
+    public var special: SpecialKind?
 
     public init(type: EntryType, mode: UInt32, size: Int64, mtime: Timestamp, path: RemotePath,
                 target: [UInt8]? = nil, sha256: String? = nil) {
@@ -73,6 +97,10 @@ public struct Entry: Hashable, Sendable {
         if let target {
             out.append(0x20)
             PercentEncoding.encode(target, appendingTo: &out)
+        }
+        if !manifest, type == .other, let special {
+            out.append(0x20)
+            out.append(special.rawValue)
         }
     }
 
@@ -181,9 +209,19 @@ public struct Entry: Hashable, Sendable {
             remaining -= 1
             target = raw
         }
+        var special: SpecialKind?
+        if !manifest && type == .other && remaining == 1 {
+            let field = next()
+            guard field.count == 1, let kind = SpecialKind(rawValue: field[0]) else {
+                throw .malformed("bad kind of special file (expected p, s, c or b)")
+            }
+            remaining -= 1
+            special = kind
+        }
         guard remaining == 0 else { throw .malformed("unexpected extra fields") }
         if type != .file && type != .symlink && size != 0 { throw .malformed("non-file with a size") }
         self.init(type: type, mode: mode, size: size, mtime: mtime, path: path, target: target, sha256: sha)
+        self.special = special
     }
 }
 

@@ -2,7 +2,8 @@
 /// exactly what `parse` accepts.
 public enum Request: Hashable, Sendable {
     case auth(hmacHex: String)
-    case list(RemotePath)
+    /// `kinds`: the client wants `o` entries to say what they are (`kinds=yes`).
+    case list(RemotePath, kinds: Bool = false)
     case stat(RemotePath)
     case get(RemotePath, offset: Int64, length: Int64?, validator: Validator?)
     case hash(RemotePath, offset: Int64, length: Int64, validator: Validator?)
@@ -27,7 +28,7 @@ public enum Request: Hashable, Sendable {
     public var line: String {
         switch self {
         case .auth(let hex): return "AUTH \(hex)"
-        case .list(let p): return "LIST \(p.wire)"
+        case .list(let p, let kinds): return "LIST \(p.wire)" + (kinds ? " kinds=yes" : "")
         case .stat(let p): return "STAT \(p.wire)"
         case .get(let p, let offset, let length, let v):
             var s = "GET \(p.wire) \(offset) \(length.map(String.init) ?? "*")"
@@ -93,8 +94,16 @@ public enum Request: Hashable, Sendable {
             guard isSHA256Hex(args[1]) else { throw .malformed("AUTH takes 64 lowercase hex digits") }
             return .auth(hmacHex: String(args[1]))
         case "LIST":
-            try arity(1...1, "LIST PATH")
-            return .list(try path(args[1]))
+            try arity(1...2, "LIST PATH [kinds=yes|no]")
+            var kinds = false
+            if args.count == 2 {
+                switch args[2] {
+                case "kinds=yes": kinds = true
+                case "kinds=no": kinds = false
+                default: throw .malformed("unknown LIST option '\(args[2].prefix(32))'")
+                }
+            }
+            return .list(try path(args[1]), kinds: kinds)
         case "STAT":
             try arity(1...1, "STAT PATH")
             return .stat(try path(args[1]))

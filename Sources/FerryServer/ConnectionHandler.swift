@@ -68,7 +68,7 @@ struct ConnectionHandler {
                             }
                             logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
                             try await writer.setHolding(false)
-                            try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token (check --token-file)"))
+                            try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token"))
                             return
                         }
                         guard authenticated else {
@@ -100,14 +100,19 @@ struct ConnectionHandler {
     private func handle(_ request: Request, _ writer: ReplyWriter) async throws {
         do {
             switch request {
-            case .list(let path):
+            case .list(let path, let kinds):
                 let entries = try root.list(path)
                 var lines = ["OK \(entries.count)"]
                 lines.reserveCapacity(entries.count + 1)
-                for e in entries { lines.append(e.line) }
+                for var e in entries {
+                    if !kinds { e.special = nil }  // a 1.0 client's parser allows no extra field
+                    lines.append(e.line)
+                }
                 try await writer.send(lines: lines)
             case .stat(let path):
-                try await writer.send(line: "OK " + (try root.stat(path)).line)
+                var entry = try root.stat(path)
+                entry.special = nil  // STAT has no `kinds` option
+                try await writer.send(line: "OK " + entry.line)
             case .get(let path, let offset, let length, let validator):
                 try await FileSender(server: server, writer: writer)
                     .send(path: path, offset: offset, length: length, validator: validator)

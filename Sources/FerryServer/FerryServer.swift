@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import FerryFiles
 import FerryProtocol
 import Logging
@@ -40,14 +43,25 @@ public struct ServerConfiguration: Sendable {
 
 public enum ServerError: Error, CustomStringConvertible {
     case cannotServe(String, SystemError)
-    case cannotBind(String, Int, String)
+    /// The listening socket could not be bound; `errno` when the system said why.
+    case cannotBind(String, Int, errno: Int32?, String)
 
     public var description: String {
         switch self {
         case .cannotServe(let path, let e):
             return "cannot serve \(path): \(e.message) (check that it exists and is a readable directory)"
-        case .cannotBind(let host, let port, let why):
-            return "cannot listen on \(host):\(port): \(why) (is another server using the port? try --port 0 or another --port)"
+        case .cannotBind(let host, let port, let code, let why):
+            let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            switch code {
+            case EADDRINUSE?:
+                return "cannot listen on \(shown): the port is in use (is another server using it? try --port 0 or another --port)"
+            case EADDRNOTAVAIL?:
+                return "cannot listen on \(shown): this machine has no address \(host) (check --bind; `ip addr` lists this machine's addresses)"
+            case EACCES?:
+                return "cannot listen on \(shown): permission denied (ports below 1024 need privileges; use --port 1024 or higher)"
+            default:
+                return "cannot listen on \(shown): \(why) (check --bind and --port)"
+            }
         }
     }
 }
@@ -104,10 +118,11 @@ public final class FerryServer: Sendable {
                     }
                 }
         } catch {
-            throw ServerError.cannotBind(configuration.bindHost, configuration.port, "\(error)")
+            throw ServerError.cannotBind(configuration.bindHost, configuration.port,
+                                         errno: (error as? IOError)?.errnoCode, "\(error)")
         }
         guard let address = channel.channel.localAddress else {
-            throw ServerError.cannotBind(configuration.bindHost, configuration.port, "no local address")
+            throw ServerError.cannotBind(configuration.bindHost, configuration.port, errno: nil, "no local address")
         }
         return FerryServer(configuration: configuration, root: root, channel: channel, address: address, logger: logger)
     }

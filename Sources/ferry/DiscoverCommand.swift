@@ -8,18 +8,18 @@ struct DiscoverCommand: AsyncParsableCommand {
         commandName: "discover",
         abstract: "Find the ferry servers on the local network.",
         discussion: """
-        Broadcasts a probe on UDP --discovery-port (7447) and lists every server that
-        answers: its name, the address the answer came from, its TCP port and its version.
-        By default the probe goes to 255.255.255.255 and to the broadcast address of every
-        up IPv4 interface; --to sends it only to the addresses given (use a broadcast
-        address: a unicast probe reaches only one of several servers sharing a host). Any
+        Broadcasts a probe on UDP --discovery-port (7447) and lists every server that \
+        answers: its name, the address the answer came from, its TCP port and its version. \
+        By default the probe goes to 255.255.255.255 and to the broadcast address of every \
+        up IPv4 interface; --to sends it only to the addresses given (use a broadcast \
+        address: a unicast probe reaches only one of several servers sharing a host). Any \
         SERVER argument of the other commands accepts the NAME shown here.
 
-        With --watch, ferry keeps listening and prints servers as they answer, announce
+        With --watch, ferry keeps listening and prints servers as they answer, announce \
         themselves (ferry serve --announce) and say goodbye, until interrupted.
 
-        Exit status: 0 when at least one server answered, 1 when none did (the reason is
-        printed on stderr; --json prints nothing on stdout), 2 when no probe could be sent
+        Exit status: 0 when at least one server answered, 1 when none did (the reason is \
+        printed on stderr; --json prints nothing on stdout), 2 when no probe could be sent \
         or the discovery port could not be opened, 64 for invalid options.
 
         Examples:

@@ -7,8 +7,8 @@ struct Ferry: AsyncParsableCommand {
         commandName: "ferry",
         abstract: "Sync a directory from another machine on the local network.",
         discussion: """
-        One machine serves a directory; others list it, fetch files, or sync a copy that
-        stays exact. Transfers are checksummed, compressed when it helps, and resume where
+        One machine serves a directory; others list it, fetch files, or sync a copy that \
+        stays exact. Transfers are checksummed, compressed when it helps, and resume where \
         they stopped.
 
         Examples:

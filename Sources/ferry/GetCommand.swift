@@ -12,13 +12,13 @@ struct GetCommand: AsyncParsableCommand {
         commandName: "get",
         abstract: "Fetch one file from a server, verified and resumable.",
         discussion: """
-        Every chunk's CRC-32 and the whole file's SHA-256 are checked; the file is written to
-        `.NAME.ferry-partial` beside LOCAL and renamed into place only when everything matches.
-        If the transfer is interrupted (Ctrl-C, a dropped connection, a crash), running the same
-        command again continues where it stopped, after checking the kept data against the
+        Every chunk's CRC-32 and the whole file's SHA-256 are checked; the file is written to \
+        `.NAME.ferry-partial` beside LOCAL and renamed into place only when everything matches. \
+        If the transfer is interrupted (Ctrl-C, a dropped connection, a crash), running the same \
+        command again continues where it stopped, after checking the kept data against the \
         server. If the file changed on the server meanwhile, it is fetched whole.
 
-        LOCAL defaults to the file's name in the current directory; an existing directory
+        LOCAL defaults to the file's name in the current directory; an existing directory \
         receives the file under its own name.
 
         Examples:
@@ -50,6 +50,7 @@ struct GetCommand: AsyncParsableCommand {
 
     func run() async throws {
         Output.bootstrapLogging(verbose: client.verbose)
+        Output.jsonMode = json
         let logger = Logger(label: "ferry.get")
         do {
             try await fetch(logger: logger)
@@ -72,17 +73,22 @@ struct GetCommand: AsyncParsableCommand {
                                                    resume: !noResume),
                                     logger: logger)
         let progress = ProgressDisplay(mode: json ? .json : quiet ? .quiet : (Output.stderrIsTerminal ? .terminal : .quiet))
+        progress.current(address.path)
+        Interrupt.install(progress: progress, resumable: true)
         let start = ContinuousClock.now
         let result: Downloader.Result
         do {
             result = try await getting(downloader, address, localPath, progress)
         } catch let error as ClientError where error.isRetryable {
             progress.clear()
-            Output.err("ferry: \(error.description)")
             let n = max(0, retries)
-            Output.err("ferry: gave up after \(n) \(n == 1 ? "retry" : "retries"); run the same command again to continue "
-                       + "where it stopped (verified data is kept), or raise --retries")
+            Output.fatal(error.description + " — gave up after \(n) \(n == 1 ? "retry" : "retries"); run the same command "
+                         + "again to continue where it stopped (verified data is kept), or raise --retries",
+                         status: error.exitCode)
             throw ExitCode(error.exitCode)
+        } catch {
+            progress.clear()
+            throw error
         }
         progress.finish()
         let seconds = (ContinuousClock.now - start).seconds
@@ -92,7 +98,7 @@ struct GetCommand: AsyncParsableCommand {
                          "wireBytes": result.wireBytes, "resumedFrom": result.resumedFrom,
                          "retries": result.retries, "seconds": seconds, "filesFetched": 1])
         } else if !quiet {
-            Output.err("fetched \(result.path) → \(result.localPath): \(Output.bytes(result.size)) in "
+            Output.err("fetched \(Output.shown(result.path)) → \(result.localPath): \(Output.bytes(result.size)) in "
                        + String(format: "%.2f s", seconds) + ", \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")
         }
     }
@@ -101,11 +107,15 @@ struct GetCommand: AsyncParsableCommand {
                          _ progress: ProgressDisplay) async throws -> Downloader.Result {
         try await downloader.get(address.path, to: localPath) { event in
             switch event {
-            case .started(let size, let resumed):
-                progress.begin(files: 1, bytes: size, alreadyDone: resumed)
-                if resumed > 0 && !quiet && !json {
-                    Output.err("resuming \(address.path) at \(Output.bytes(resumed)) of \(Output.bytes(size))")
+            case .verifying(let kept):
+                if !quiet && !json {
+                    progress.note("verifying kept data of \(Output.shown(address.path)) (\(Output.bytes(kept))) with the server")
                 }
+            case .started(let size, let resumed):
+                if resumed > 0 && !quiet && !json {
+                    progress.note("resuming \(Output.shown(address.path)) at \(Output.bytes(resumed)) of \(Output.bytes(size))")
+                }
+                progress.begin(files: 1, bytes: size, alreadyDone: resumed)
                 if json { Output.json(["event": "start", "path": address.path.description, "size": size, "resumedFrom": resumed]) }
             case .bytes(let n):
                 progress.add(bytes: n)
@@ -117,7 +127,7 @@ struct GetCommand: AsyncParsableCommand {
                     Output.err("ferry: \(reason); retrying (\(attempt)/\(of)) in \(delay)")
                 }
             case .changedOnServer:
-                if !quiet && !json { Output.err("\(address.path) changed on the server; fetching the new version") }
+                if !quiet && !json { progress.note("\(Output.shown(address.path)) changed on the server; fetching the new version") }
             }
         }
     }

@@ -8,7 +8,7 @@ struct LsCommand: AsyncParsableCommand {
         commandName: "ls",
         abstract: "List a directory on a server.",
         discussion: """
-        SERVER is HOST[:PORT], [IPv6]:PORT, ferry://HOST[:PORT]/PATH, or the name a server
+        SERVER is HOST[:PORT], [IPv6]:PORT, ferry://HOST[:PORT]/PATH, or the name a server \
         announces (found by discovery). The default port is 7446.
 
         Examples:
@@ -28,12 +28,14 @@ struct LsCommand: AsyncParsableCommand {
 
     func run() async throws {
         Output.bootstrapLogging(verbose: client.verbose)
+        Output.jsonMode = json
+        Interrupt.install(progress: nil, resumable: false)
         let logger = Logger(label: "ferry.ls")
         do {
             let address = try ServerAddress.parse(target)
             let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
             let entries = try await FerryConnection.with(endpoint, options: try client.connectionOptions()) { c in
-                let list = try await c.list(address.path)
+                let list = try await c.list(address.path, kinds: true)
                 await c.quit()
                 return list
             }
@@ -51,6 +53,7 @@ struct LsCommand: AsyncParsableCommand {
                     "mtime": e.mtime.timeInterval, "mode": String(format: "%04o", e.mode),
                 ]
                 if let t = e.target { o["target"] = String(decoding: t, as: UTF8.self) }
+                if let k = e.special { o["kind"] = k.noun }
                 Output.json(o)
             }
             return
@@ -58,11 +61,11 @@ struct LsCommand: AsyncParsableCommand {
         let sizeWidth = entries.map { String($0.size).count }.max() ?? 1
         for e in entries {
             let size = String(e.size)
-            var line = Output.modeString(e.type, e.mode) + "  "
+            var line = Output.modeString(e.type, e.mode, kind: e.special) + "  "
                 + String(repeating: " ", count: sizeWidth - size.count) + size + "  "
-                + Output.date(e.mtime) + "  " + Self.printable(e.path.bytes)
+                + Output.date(e.mtime) + "  " + Output.printable(bytes: e.path.bytes)
             if e.type == .directory { line += "/" }
-            if let t = e.target { line += " -> " + Self.printable(t) }
+            if let t = e.target { line += " -> " + Output.printable(bytes: t) }
             Output.out(line)
         }
     }
@@ -74,20 +77,5 @@ struct LsCommand: AsyncParsableCommand {
         case .symlink: return "symlink"
         case .other: return "other"
         }
-    }
-
-    /// A name as UTF-8, with control characters and invalid bytes shown escaped so a hostile
-    /// name cannot drive the terminal.
-    static func printable(_ bytes: [UInt8]) -> String {
-        let text = String(decoding: bytes, as: UTF8.self)
-        var out = ""
-        for scalar in text.unicodeScalars {
-            if scalar.value < 0x20 || scalar.value == 0x7F || (0x80...0x9F).contains(scalar.value) {
-                out += "\\x" + String(format: "%02x", scalar.value)
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
     }
 }

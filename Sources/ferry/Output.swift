@@ -25,12 +25,58 @@ enum Output {
     /// a shell reports for a process ended by SIGPIPE (128 + 13), without a crash report.
     static let closedOutputStatus: Int32 = 141
 
+    /// Writes a line to stdout. Control characters (a server-chosen name or link target may
+    /// hold ESC sequences) are shown escaped, as `ls` does, never sent to the terminal raw.
     static func out(_ text: String) {
-        write(STDOUT_FILENO, text + "\n")
+        write(STDOUT_FILENO, printable(text) + "\n")
     }
 
+    /// Writes a line to stderr, control characters escaped (see `out`).
     static func err(_ text: String) {
-        write(STDERR_FILENO, text + "\n")
+        write(STDERR_FILENO, printable(text) + "\n")
+    }
+
+    /// Whether `--json` is in force: fatal errors are then also printed as a JSON `error` object.
+    nonisolated(unsafe) static var jsonMode = false
+
+    /// `text` with C0 controls (other than newline and tab), DEL and C1 controls shown as
+    /// `\xNN`. Returns `text` itself when there is nothing to escape (the common case).
+    static func printable(_ text: String) -> String {
+        let needsEscape = text.unicodeScalars.contains { Self.isControl($0) }
+        guard needsEscape else { return text }
+        var out = ""
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count + 16)
+        for scalar in text.unicodeScalars {
+            if Self.isControl(scalar) {
+                out += "\\x" + String(scalar.value, radix: 16).leftPadded(to: 2)
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    private static func isControl(_ s: Unicode.Scalar) -> Bool {
+        (s.value < 0x20 && s != "\n" && s != "\t") || s.value == 0x7F || (0x80...0x9F).contains(s.value)
+    }
+
+    /// A name or link target (raw bytes from a server or a file system) for the terminal:
+    /// UTF-8 where valid, with every control character, tab and newline included, escaped.
+    static func printable(bytes: [UInt8]) -> String {
+        var out = ""
+        for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
+            if isControl(scalar) || scalar == "\n" || scalar == "\t" {
+                out += "\\x" + String(scalar.value, radix: 16).leftPadded(to: 2)
+            } else {
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
+    }
+
+    /// A path for the terminal (see `printable(bytes:)`).
+    static func shown(_ path: RemotePath) -> String {
+        path.isRoot ? "." : printable(bytes: path.bytes)
     }
 
     /// Writes all of `text` with write(2); lines from several threads never interleave (each is
@@ -61,24 +107,32 @@ enum Output {
         out(line)
     }
 
-    /// Prints `ferry: message` and exits with the error's status.
+    /// Prints `ferry: message` (and, with `--json`, a JSON `error` object on stdout) and
+    /// returns the error's exit status.
     static func fail(_ error: Error) -> ExitCode {
+        let message: String
+        let status: Int32
         switch error {
         case let e as ClientError:
-            err("ferry: \(e.description)")
-            return ExitCode(e.exitCode)
+            (message, status) = (e.description, e.exitCode)
         case let e as ServerAddress.Invalid:
-            err("ferry: \(e.description)")
-            return ExitCode(Exit.usage)
+            (message, status) = (e.description, Exit.usage)
         case let e as ExitCode:
             return e
         case let e as CustomStringConvertible:
-            err("ferry: \(e.description)")
-            return ExitCode(Exit.failed)
+            (message, status) = (e.description, Exit.failed)
         default:
-            err("ferry: \(error)")
-            return ExitCode(Exit.failed)
+            (message, status) = ("\(error)", Exit.failed)
         }
+        fatal(message, status: status)
+        return ExitCode(status)
+    }
+
+    /// Reports an error that ends the run: `ferry: message` on stderr and, with `--json`, an
+    /// `error` object with `"fatal": true` and the exit status on stdout.
+    static func fatal(_ message: String, status: Int32) {
+        err("ferry: \(message)")
+        if jsonMode { json(["event": "error", "fatal": true, "message": message, "exitCode": status]) }
     }
 
     static func bootstrapLogging(verbose: Bool, defaultLevel: Logger.Level = .warning) {
@@ -121,12 +175,30 @@ enum Output {
         return String(decoding: buf[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
-    static func modeString(_ type: EntryType, _ mode: UInt32) -> String {
-        let t: Character = type == .directory ? "d" : type == .symlink ? "l" : type == .other ? "?" : "-"
-        var s = String(t)
-        for shift in stride(from: 6, through: 0, by: -3) {
+    /// The mode as `ls -l` shows it: type letter, then rwx triplets with setuid/setgid (`s`,
+    /// `S` without execute) and sticky (`t`, `T`) in the execute positions. `kind` tells what an
+    /// entry of type `o` is (FIFO `p`, socket `s`, character `c` or block `b` device) when the
+    /// server said; otherwise it shows as `?`.
+    static func modeString(_ type: EntryType, _ mode: UInt32, kind: SpecialKind? = nil) -> String {
+        let t: String = switch type {
+        case .directory: "d"
+        case .symlink: "l"
+        case .file: "-"
+        case .other: kind?.letter ?? "?"
+        }
+        var s = t
+        let special: [(bit: UInt32, set: String, setNoExec: String)] = [
+            (0o4000, "s", "S"), (0o2000, "s", "S"), (0o1000, "t", "T"),
+        ]
+        for (i, shift) in stride(from: 6, through: 0, by: -3).enumerated() {
             let bits = (mode >> UInt32(shift)) & 7
-            s += (bits & 4 != 0 ? "r" : "-") + (bits & 2 != 0 ? "w" : "-") + (bits & 1 != 0 ? "x" : "-")
+            s += (bits & 4 != 0 ? "r" : "-") + (bits & 2 != 0 ? "w" : "-")
+            let exec = bits & 1 != 0
+            if mode & special[i].bit != 0 {
+                s += exec ? special[i].set : special[i].setNoExec
+            } else {
+                s += exec ? "x" : "-"
+            }
         }
         return s
     }
@@ -234,5 +306,12 @@ enum JSONText {
             }
         }
         out += "\""
+    }
+}
+
+extension String {
+    /// The string with leading zeros up to `width` characters.
+    func leftPadded(to width: Int) -> String {
+        count >= width ? self : String(repeating: "0", count: width - count) + self
     }
 }

@@ -15,11 +15,11 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve a directory, read-only, to ferry clients on the network.",
         discussion: """
-        Prints `listening on HOST:PORT` when ready, then serves until Ctrl-C or SIGTERM
-        (exit status 0). Anyone who can reach the port can read DIR unless --token-file is
+        Prints `listening on HOST:PORT` when ready, then serves until Ctrl-C or SIGTERM \
+        (exit status 0). Anyone who can reach the port can read DIR unless --token-file is \
         given; there is no encryption on the wire.
 
-        Discovery: the server answers `ferry discover` probes on UDP --discovery-port
+        Discovery: the server answers `ferry discover` probes on UDP --discovery-port \
         (7447); with --announce it also broadcasts its presence. --no-discovery turns this off.
 
         Examples:

@@ -10,17 +10,17 @@ struct SyncCommand: AsyncParsableCommand {
         commandName: "sync",
         abstract: "Make a local directory an exact copy of a directory on a server.",
         discussion: """
-        Fetches only what differs: by default a file is unchanged when its size and mtime
-        match (--checksum compares SHA-256 instead). A changed file with an old local copy is
-        rebuilt from the blocks that still match, so only the changed regions cross the
-        network. Every file lands in DEST/.ferry-partial/ first and is renamed into place once
-        its SHA-256 matches the server's; mtime and permission bits are preserved, empty
-        directories created, and symlinks whose target stays inside the tree recreated (others
+        Fetches only what differs: by default a file is unchanged when its size and mtime \
+        match (--checksum compares SHA-256 instead). A changed file with an old local copy is \
+        rebuilt from the blocks that still match, so only the changed regions cross the \
+        network. Every file lands in DEST/.ferry-partial/ first and is renamed into place once \
+        its SHA-256 matches the server's; mtime and permission bits are preserved, empty \
+        directories created, and symlinks whose target stays inside the tree recreated (others \
         are skipped with a warning). An interrupted sync resumes where it stopped.
 
-        --exclude takes a glob: `*` and `?` stay within one path component, `**` crosses
-        them, [a-z] and [!a-z] are character classes. A pattern without `/` matches names at
-        any depth (`*.tmp`); one with `/` matches the path from the synced root
+        --exclude takes a glob: `*` and `?` stay within one path component, `**` crosses \
+        them, [a-z] and [!a-z] are character classes. A pattern without `/` matches names at \
+        any depth (`*.tmp`); one with `/` matches the path from the synced root \
         (`build/**`). Excluded paths are neither fetched nor deleted.
 
         Examples:
@@ -75,6 +75,7 @@ struct SyncCommand: AsyncParsableCommand {
 
     func run() async throws {
         Output.bootstrapLogging(verbose: client.verbose)
+        Output.jsonMode = json
         let logger = Logger(label: "ferry.sync")
         let summary: Syncer.Summary
         do {
@@ -97,6 +98,7 @@ struct SyncCommand: AsyncParsableCommand {
                             options: options, logger: logger)
         let mode: ProgressDisplay.Mode = json ? .json : (quiet || dryRun || !Output.stderrIsTerminal) ? .quiet : .terminal
         let progress = ProgressDisplay(mode: mode)
+        Interrupt.install(progress: progress, resumable: !dryRun)
         let json = self.json, quiet = self.quiet, dryRun = self.dryRun
         let summary = try await syncer.run { event in
             switch event {
@@ -111,9 +113,10 @@ struct SyncCommand: AsyncParsableCommand {
                     Output.json(["event": what, "path": path.description])
                 } else if dryRun || (what == "deleted" && !quiet) {
                     progress.clear()
-                    Output.out("\(dryRun ? "would " : "")\(what) \(path)")
+                    Output.out("\(dryRun ? "would " : "")\(what) \(Output.shown(path))")
                 }
             case .fileStarted(let path, let size):
+                progress.current(path)
                 if json { Output.json(["event": "start", "path": path.description, "size": size]) }
             case .fileFinished(let path, let size, let delta):
                 progress.fileDone()
@@ -121,7 +124,7 @@ struct SyncCommand: AsyncParsableCommand {
             case .failed(let path, let message):
                 progress.clear()
                 if json { Output.json(["event": "error", "path": path.description, "message": message]) }
-                Output.err("ferry: \(path): \(message)")
+                Output.err("ferry: \(Output.shown(path)): \(message)")
             case .bytes(let n):
                 progress.add(bytes: n)
             case .warning(let message):
