@@ -130,6 +130,11 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // What the executable renders (mode strings, escaping, the progress line), without a process.
+        .testTarget(
+            name: "FerryCLITests",
+            dependencies: ["ferry", "FerryProtocol"]
+        ),
         // Hostile clients, limits, load, shutdown and full-disk behaviour of the real binaries.
         .testTarget(
             name: "FerryRobustnessTests",

@@ -386,7 +386,7 @@ final class SyncTransfer: Sendable {
             return
         }
         if transfer.resumedFrom > 0 {
-            logger.info("resuming \(entry.path) at \(transfer.resumedFrom) of \(entry.size) bytes")
+            onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size))
         }
         let useDelta = current.delta && !current.restat
         try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {

@@ -44,6 +44,8 @@ public struct Syncer: Sendable {
         case planned(files: Int, bytes: Int64, unchanged: Int, deletions: Int)
         case action(String, RemotePath)
         case fileStarted(RemotePath, size: Int64)
+        /// Kept data of an interrupted run was verified: the file continues at `from`.
+        case resuming(RemotePath, from: Int64, size: Int64)
         case fileFinished(RemotePath, size: Int64, delta: Bool)
         case failed(RemotePath, String)
         case bytes(Int)

@@ -115,6 +115,13 @@ struct SyncCommand: AsyncParsableCommand {
                     progress.clear()
                     Output.out("\(dryRun ? "would " : "")\(what) \(Output.shown(path))")
                 }
+            case .resuming(let path, let from, let size):
+                progress.addKept(bytes: from)
+                if json {
+                    Output.json(["event": "resume", "path": path.description, "from": from, "size": size])
+                } else if !quiet {
+                    progress.note("resuming \(Output.shown(path)) at \(Output.bytes(from)) of \(Output.bytes(size))")
+                }
             case .fileStarted(let path, let size):
                 progress.current(path)
                 if json { Output.json(["event": "start", "path": path.description, "size": size]) }

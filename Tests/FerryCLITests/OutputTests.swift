@@ -1,0 +1,54 @@
+import FerryProtocol
+import XCTest
+@testable import ferry
+
+/// What the executable shows a person: mode strings as `ls -l`, escaped names, a progress line
+/// that never wraps.
+final class OutputTests: XCTestCase {
+    func testModeStringShowsSpecialBitsAsLsDoes() {
+        XCTAssertEqual(Output.modeString(.file, 0o644), "-rw-r--r--")
+        XCTAssertEqual(Output.modeString(.file, 0o4755), "-rwsr-xr-x")
+        XCTAssertEqual(Output.modeString(.file, 0o4644), "-rwSr--r--")
+        XCTAssertEqual(Output.modeString(.file, 0o2755), "-rwxr-sr-x")
+        XCTAssertEqual(Output.modeString(.file, 0o2745), "-rwxr-Sr-x")
+        XCTAssertEqual(Output.modeString(.directory, 0o1777), "drwxrwxrwt")
+        XCTAssertEqual(Output.modeString(.directory, 0o1770), "drwxrwx--T")
+        XCTAssertEqual(Output.modeString(.symlink, 0o777), "lrwxrwxrwx")
+        XCTAssertEqual(Output.modeString(.other, 0o644, kind: .fifo), "prw-r--r--")
+        XCTAssertEqual(Output.modeString(.other, 0o660, kind: .block), "brw-rw----")
+        XCTAssertEqual(Output.modeString(.other, 0o666, kind: .character), "crw-rw-rw-")
+        XCTAssertEqual(Output.modeString(.other, 0o755, kind: .socket), "srwxr-xr-x")
+        XCTAssertEqual(Output.modeString(.other, 0o644), "?rw-r--r--")
+    }
+
+    func testControlCharactersAreEscaped() {
+        XCTAssertEqual(Output.printable("plain name"), "plain name")
+        XCTAssertEqual(Output.printable("a\u{1B}[2Jb"), "a\\x1b[2Jb")
+        XCTAssertEqual(Output.printable("bell\u{07} del\u{7F} c1\u{9B}"), "bell\\x07 del\\x7f c1\\x9b")
+        XCTAssertEqual(Output.printable("two\nlines\tok"), "two\nlines\tok")
+        XCTAssertEqual(Output.printable(bytes: Array("tab\there\nnl\u{1B}".utf8)), "tab\\x09here\\x0anl\\x1b")
+        XCTAssertEqual(Output.printable(bytes: [0x61, 0xFF, 0x62]), "a\u{FFFD}b")
+        XCTAssertEqual(Output.shown(.root), ".")
+    }
+
+    func testProgressLineNeverWraps() {
+        let stats = "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s  ETA 00:21"
+        let name = "photos/2024/some very long folder name/and an even longer file name IMG_20240101_123456.jpg"
+        for columns in [10, 20, 40, 62, 70, 80, 100, 200, 400] {
+            let line = ProgressDisplay.fit(stats: stats, name: name, columns: columns)
+            XCTAssertLessThanOrEqual(ProgressDisplay.width(of: line), max(0, columns - 3), "columns \(columns): '\(line)'")
+        }
+        // Wide enough: everything, unchanged.
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: name, columns: 400), stats + "  " + name)
+        // Narrower: the counts stay whole and the end of the name is kept.
+        let cut = ProgressDisplay.fit(stats: stats, name: name, columns: 100)
+        XCTAssertTrue(cut.hasPrefix(stats + "  "), cut)
+        XCTAssertTrue(cut.hasSuffix("123456.jpg"), cut)
+        XCTAssertTrue(cut.contains("…"), cut)
+        // East Asian wide characters take two columns each.
+        let wide = String(repeating: "写真", count: 40)
+        let line = ProgressDisplay.fit(stats: stats, name: wide, columns: 90)
+        XCTAssertLessThanOrEqual(ProgressDisplay.width(of: line), 87, line)
+        XCTAssertEqual(ProgressDisplay.width(of: "写真"), 4)
+    }
+}
