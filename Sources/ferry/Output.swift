@@ -7,6 +7,7 @@ import FerryFiles
 import FerryProtocol
 import Foundation
 import Logging
+import NIOCore
 
 /// Process exit statuses (documented in the README).
 enum Exit {
@@ -70,6 +71,9 @@ enum Output {
         case let e as ServerAddress.Invalid:
             err("ferry: \(e.description)")
             return ExitCode(Exit.usage)
+        case let e as ServerResolution.Failure:
+            err("ferry: \(e.description)")
+            return ExitCode(e.exitCode)
         case let e as ExitCode:
             return e
         case let e as CustomStringConvertible:
@@ -137,8 +141,10 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("File holding the server's token (or set FERRY_TOKEN_FILE).", valueName: "PATH"))
     var tokenFile: String?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds without data before a connection is dropped and retried.", valueName: "SECONDS"))
-    var timeout: Int = 60
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds to wait for the server at each step: to connect, and for each reply line to arrive complete (a chunk's data gets more time on a slow link). A connection that misses one is dropped and, for get and sync, retried.",
+        valueName: "SECONDS"))
+    var timeout: Double = 60
 
     @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a discovered server name (repeatable).", valueName: "ADDR"))
     var probeTargets: [String] = []
@@ -149,9 +155,16 @@ struct ClientOptions: ParsableArguments {
     @Flag(name: .long, help: "Log protocol details to stderr.")
     var verbose = false
 
+    func validate() throws {
+        guard timeout.isFinite, (0.1...86_400).contains(timeout) else {
+            throw ValidationError("--timeout must be between 0.1 and 86400 seconds")
+        }
+    }
+
     func connectionOptions() throws -> ConnectionOptions {
-        ConnectionOptions(token: try TokenFile.load(path: tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"]),
-                          readTimeout: .seconds(Int64(max(1, timeout))))
+        let wait = TimeAmount.milliseconds(Int64((timeout * 1000).rounded()))
+        return ConnectionOptions(token: try TokenFile.load(path: tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"]),
+                                 connectTimeout: wait, readTimeout: wait)
     }
 }
 
