@@ -68,7 +68,6 @@ public final class FerryConnection {
     var inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator
     let counter: ByteCounter
     let allocator: ByteBufferAllocator
-    let readTimeout: TimeAmount
     /// The channel, to tell its `ReplyStreamHandler` when this side starts waiting.
     let channel: any Channel
     /// Frames the pipeline has decoded, and how many of them this side has taken (the
@@ -85,7 +84,7 @@ public final class FerryConnection {
 
     init(endpoint: Endpoint, greeting: Greeting, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
          inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator, counter: ByteCounter,
-         framesDecoded: ByteCounter, allocator: ByteBufferAllocator, readTimeout: TimeAmount, channel: any Channel) {
+         framesDecoded: ByteCounter, allocator: ByteBufferAllocator, channel: any Channel) {
         self.endpoint = endpoint
         self.greeting = greeting
         self.outbound = outbound
@@ -93,7 +92,6 @@ public final class FerryConnection {
         self.counter = counter
         self.framesDecoded = framesDecoded
         self.allocator = allocator
-        self.readTimeout = readTimeout
         self.channel = channel
     }
 
@@ -127,10 +125,9 @@ public final class FerryConnection {
             throw ClientError.connect(endpoint: endpoint.description, reason: describe(error))
         }
         let allocator = channel.channel.allocator
-        let timeout = options.readTimeout
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let first = try await Self.nextFrame(&iterator, endpoint: endpoint, timeout: timeout)
+            let first = try await Self.nextFrame(&iterator, endpoint: endpoint)
             guard case .line(let line) = first else {
                 throw ClientError.protocolViolation(endpoint: endpoint.description, "data before the greeting")
             }
@@ -151,7 +148,7 @@ public final class FerryConnection {
             }
             let connection = FerryConnection(endpoint: endpoint, greeting: greeting, outbound: outbound,
                                              inbound: iterator, counter: counter, framesDecoded: framesDecoded,
-                                             allocator: allocator, readTimeout: timeout, channel: channel.channel)
+                                             allocator: allocator, channel: channel.channel)
             if let nonce = greeting.nonce {
                 try await connection.authenticate(nonce: nonce, token: options.token)
             }
@@ -222,7 +219,7 @@ public final class FerryConnection {
     // MARK: - Receiving
 
     static func nextFrame(_ iterator: inout NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator,
-                          endpoint: Endpoint, timeout: TimeAmount) async throws -> ReplyFrame {
+                          endpoint: Endpoint) async throws -> ReplyFrame {
         do {
             guard let frame = try await iterator.next() else { throw ClientError.closed(endpoint: endpoint.description) }
             return frame
@@ -242,7 +239,7 @@ public final class FerryConnection {
             // The clock for this frame starts now (see `WaitPolicy`).
             channel.triggerUserOutboundEvent(ReplyStreamHandler.BeginWait(taken: framesTaken), promise: nil)
         }
-        let frame = try await Self.nextFrame(&inbound, endpoint: endpoint, timeout: readTimeout)
+        let frame = try await Self.nextFrame(&inbound, endpoint: endpoint)
         framesTaken += 1
         return frame
     }

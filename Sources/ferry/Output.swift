@@ -3,6 +3,7 @@ import Glibc
 #endif
 import ArgumentParser
 import FerryClient
+import FerryDiscovery
 import FerryFiles
 import FerryProtocol
 import Foundation
@@ -158,6 +159,11 @@ struct ClientOptions: ParsableArguments {
     func validate() throws {
         guard timeout.isFinite, (0.1...86_400).contains(timeout) else {
             throw ValidationError("--timeout must be between 0.1 and 86400 seconds")
+        }
+        guard (1...65535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be 1-65535") }
+        // Checked here, not only when discovery runs: a bad --to is a mistake even when DNS answers.
+        for target in probeTargets {
+            do throws(DiscoveryError) { _ = try DiscoveryTargets.parse(target) } catch { throw ValidationError(error.description) }
         }
     }
 

@@ -51,6 +51,15 @@ final class ServerResolutionTests: XCTestCase {
         }
     }
 
+    func testABadToIsAUsageErrorEvenWhenNoProbeIsNeeded() throws {
+        // 127.0.0.1 needs no lookup at all; the mistake in --to is still reported, before anything is sent.
+        for bad in [["--to", "not-an-address"], ["--to", "10.0.0"], ["--discovery-port", "0"], ["--discovery-port", "70000"]] {
+            let r = try TestSupport.ferry(["ls", "127.0.0.1:1"] + bad, timeout: 30)
+            XCTAssertEqual(r.status, 64, "\(bad): \(r.stderr)")
+            XCTAssertFalse(r.stderr.contains("cannot connect"), "\(bad): nothing is tried: \(r.stderr)")
+        }
+    }
+
     // MARK: - End to end, in a private network namespace
 
     /// The commands run inside a fresh network namespace (`unshare -rn`: a user namespace, so
