@@ -184,57 +184,74 @@ final class TimeoutTests: XCTestCase {
     }
 
     func testServerRestartingDuringGetIsRetried() throws {
+        let out = work.appendingPathComponent("big.bin")
+        try restartServerDuring(partial: {
+            let partial = self.work.appendingPathComponent(".big.bin.ferry-partial")
+            var st = stat()
+            return lstat(partial.path, &st) == 0 && st.st_size > 0
+        }, retryWord: "retrying", result: out) { address in ["get", "\(address)/big.bin", out.path, "--retries", "5"] }
+    }
+
+    func testServerRestartingDuringSyncIsRetried() throws {
+        let dest = work.appendingPathComponent("dest")
+        try restartServerDuring(partial: {
+            let folder = dest.appendingPathComponent(".ferry-partial")
+            return Files.names(folder).contains { name in
+                var st = stat()
+                return name.hasSuffix(".part") && lstat(folder.appendingPathComponent(name).path, &st) == 0 && st.st_size > 0
+            }
+        }, retryWord: "reconnecting", result: dest.appendingPathComponent("big.bin")) { address in
+            ["sync", address, dest.path, "--retries", "5"]
+        }
+    }
+
+    /// Runs the command `arguments(address)` against a real server holding a 96 MiB `big.bin`;
+    /// once `partial` says data has arrived, freezes the client, kills the server, lets the
+    /// client find the port closed for about a second, and starts the server again on the same
+    /// port. The client must treat those refused connections as a restart: retry and finish.
+    func restartServerDuring(partial: () -> Bool, retryWord: String, result: URL,
+                             arguments: (String) -> [String]) throws {
         let served = work.appendingPathComponent("served")
         try FileManager.default.createDirectory(at: served, withIntermediateDirectories: true)
-        let size = 96 << 20
-        let bytes = try Files.randomBytes(size)
+        let bytes = try Files.randomBytes(96 << 20)
         try Files.write(served.appendingPathComponent("big.bin"), bytes)
-        let want = SHA256Hasher.hex(bytes)
         let state = work.appendingPathComponent("state")
         let common = serveArguments(stateDir: state)
         var server = try ServerProcess(serving: served, arguments: common)
         let port = server.port
         defer { server.stop() }
 
-        let out = work.appendingPathComponent("big.bin")
-        let partial = work.appendingPathComponent(".big.bin.ferry-partial")
-        let errURL = work.appendingPathComponent("get.err")
+        let errURL = work.appendingPathComponent("client.err")
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let get = Process()
-        get.executableURL = TestSupport.ferryExecutable
-        get.arguments = ["get", "\(server.address)/big.bin", out.path, "--retries", "5"]
-        get.standardInput = FileHandle.nullDevice
-        get.standardOutput = FileHandle.nullDevice
-        get.standardError = try FileHandle(forWritingTo: errURL)
-        try get.run()
-        defer { if get.isRunning { kill(get.processIdentifier, SIGKILL); get.waitUntilExit() } }
+        let client = Process()
+        client.executableURL = TestSupport.ferryExecutable
+        client.arguments = arguments(server.address)
+        client.standardInput = FileHandle.nullDevice
+        client.standardOutput = FileHandle.nullDevice
+        client.standardError = try FileHandle(forWritingTo: errURL)
+        try client.run()
+        defer { if client.isRunning { kill(client.processIdentifier, SIGKILL); client.waitUntilExit() } }
 
-        // Freeze the client mid-transfer, kill the server, and let the client find the port
-        // closed for about a second before the server is back on it.
         let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline && get.isRunning {
-            var st = stat()
-            if lstat(partial.path, &st) == 0 && st.st_size > 0 { break }
-            usleep(500)
-        }
-        XCTAssertTrue(get.isRunning, "the fetch finished before the test could interrupt it; use a bigger file")
-        kill(get.processIdentifier, SIGSTOP)
+        while Date() < deadline && client.isRunning && !partial() { usleep(500) }
+        XCTAssertTrue(client.isRunning, "the transfer finished before the test could interrupt it; use a bigger file")
+        kill(client.processIdentifier, SIGSTOP)
         kill(server.process.processIdentifier, SIGKILL)
         server.process.waitUntilExit()
-        kill(get.processIdentifier, SIGCONT)
+        kill(client.processIdentifier, SIGCONT)
         usleep(1_200_000)
         server = try ServerProcess(serving: served, arguments: common + ["--port", String(port)])
         XCTAssertEqual(server.port, port)
 
         let exitDeadline = Date().addingTimeInterval(60)
-        while get.isRunning && Date() < exitDeadline { usleep(10_000) }
-        XCTAssertFalse(get.isRunning, "the client must finish")
-        get.waitUntilExit()
+        while client.isRunning && Date() < exitDeadline { usleep(10_000) }
+        XCTAssertFalse(client.isRunning, "the client must finish")
+        client.waitUntilExit()
         let stderr = (try? String(contentsOf: errURL, encoding: .utf8)) ?? ""
-        XCTAssertEqual(get.terminationStatus, 0, stderr)
-        XCTAssertTrue(stderr.contains("connection refused") && stderr.contains("retrying"),
+        XCTAssertEqual(client.terminationStatus, 0, stderr)
+        XCTAssertTrue(stderr.contains("connection refused") && stderr.contains(retryWord),
                       "the restart window must have been met with refused connections, and those retried: \(stderr)")
-        XCTAssertEqual(SHA256Hasher.hex(Files.read(out) ?? []), want)
+        XCTAssertEqual(SHA256Hasher.hex(Files.read(result) ?? []), SHA256Hasher.hex(bytes))
     }
 
     /// A TCP port on 127.0.0.1 that nobody listens on (bound, then closed).
