@@ -7,8 +7,11 @@ import FerryProtocol
 /// Everything that can go wrong on the client side, worded for the person at the terminal.
 public enum ClientError: Error, CustomStringConvertible {
     case connect(endpoint: String, reason: String)
+    /// Nothing listens at the address (ECONNREFUSED).
+    case refused(endpoint: String)
     case closed(endpoint: String)
-    case timeout(endpoint: String, seconds: Int)
+    /// A wait for the server ran out (`WaitPolicy`); the text says what was awaited.
+    case timeout(endpoint: String, String)
     case protocolViolation(endpoint: String, String)
     case notFerry(endpoint: String, firstLine: String)
     case versionMismatch(endpoint: String, version: Int)
@@ -25,10 +28,13 @@ public enum ClientError: Error, CustomStringConvertible {
         switch self {
         case .connect(let e, let why):
             return "cannot connect to \(e): \(why) (is `ferry serve` running there, and is the port right?)"
+        case .refused(let e):
+            return "cannot connect to \(e): connection refused — nothing is listening on that port "
+                + "(start `ferry serve` there, or check the address and port; the default port is \(FerryDefaults.tcpPort))"
         case .closed(let e):
             return "the server \(e) closed the connection unexpectedly (it may have stopped; run the command again to resume)"
-        case .timeout(let e, let s):
-            return "the server \(e) sent nothing for \(s) s; giving up on this connection"
+        case .timeout(let e, let why):
+            return "the server \(e) \(why); giving up on this connection (on a slow link, raise --timeout)"
         case .protocolViolation(let e, let why):
             return "the server \(e) broke the ferry protocol: \(why)"
         case .notFerry(let e, let line):
@@ -64,20 +70,29 @@ public enum ClientError: Error, CustomStringConvertible {
         }
     }
 
-    /// Whether a new connection could get further (the network or the server hiccupped).
+    /// Whether a new connection could get further (the network or the server hiccupped). A
+    /// refused connection is not: nobody is listening (but see `isRetryable(serverAnsweredThisRun:)`).
     public var isRetryable: Bool {
         switch self {
         case .connect, .closed, .timeout, .corruptChunk: return true
+        case .refused: return false
         case .server(_, _, let reply): return reply.knownCode == .shuttingDown || reply.knownCode == .tooMany || reply.knownCode == .serverError
         case .protocolViolation: return true
         default: return false
         }
     }
 
+    /// `isRetryable`, except that a refused connection is retried when this server already
+    /// answered during this run: it was serving moments ago, so it is most likely restarting.
+    public func isRetryable(serverAnsweredThisRun: Bool) -> Bool {
+        if case .refused = self { return serverAnsweredThisRun }
+        return isRetryable
+    }
+
     /// The process exit status for this error (documented in the README).
     public var exitCode: Int32 {
         switch self {
-        case .connect, .closed, .timeout: return 2
+        case .connect, .refused, .closed, .timeout: return 2
         case .protocolViolation, .notFerry, .versionMismatch: return 2
         case .server, .authentication, .refusedPath: return 3
         case .integrity, .corruptChunk: return 4

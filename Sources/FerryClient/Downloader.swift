@@ -116,7 +116,7 @@ public struct Downloader {
                 if changes > 3 {
                     throw ClientError.integrity(path: path.description, "the file keeps changing on the server; try again when it is stable")
                 }
-            } catch let error as ClientError where error.isRetryable {
+            } catch let error as ClientError where error.isRetryable(serverAnsweredThisRun: counter.count > 0) {
                 // A connection that delivered verified data before it failed starts the count again.
                 if written > writtenBefore { attempt = 0 }
                 guard attempt < options.retry.retries else { throw error }

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Crypto
 import FerryFiles
 import FerryProtocol
@@ -9,14 +12,39 @@ import NIOPosix
 /// Options for opening a connection.
 public struct ConnectionOptions: Sendable {
     public var token: [UInt8]?
+    /// How long the TCP connection may take to establish.
     public var connectTimeout: TimeAmount
-    /// A connection that receives nothing for this long is dropped (and retried by callers).
+    /// Bounds every wait for the server (`--timeout`): each reply frame ferry waits for must
+    /// arrive whole within this time, a chunk's payload within `WaitPolicy.payloadTime`, and a
+    /// wait never goes this long without a byte. A connection that misses one is dropped (and
+    /// retried by callers); bytes trickling in do not keep it alive.
     public var readTimeout: TimeAmount
 
     public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60)) {
         self.token = token
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
+    }
+}
+
+/// How long a reply may take, given the connection's timeout (the README documents it under
+/// `--timeout`). A line (greeting, status, entry, hash, chunk header, trailer) must be complete
+/// within `timeout` of ferry starting to wait for it. A chunk's payload, which may be 256 KiB
+/// on a slow link, gets `timeout` plus one second per `minimumPayloadRate` bytes from its
+/// header, and may never pause for `timeout`.
+public struct WaitPolicy: Sendable, Hashable {
+    /// The slowest average rate a chunk's payload may arrive at, beyond the timeout itself.
+    public static let minimumPayloadRate = 8 * 1024
+
+    public var timeout: TimeAmount
+
+    public init(timeout: TimeAmount) {
+        self.timeout = timeout
+    }
+
+    /// The time a payload of `wireLength` bytes may take from its header's arrival.
+    public func payloadTime(_ wireLength: Int) -> TimeAmount {
+        timeout + .nanoseconds(Int64(wireLength) * 1_000_000_000 / Int64(Self.minimumPayloadRate))
     }
 }
 
@@ -40,7 +68,8 @@ public final class FerryConnection {
     var inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator
     let counter: ByteCounter
     let allocator: ByteBufferAllocator
-    let readTimeout: TimeAmount
+    /// The channel, to tell its `ReplyStreamHandler` when this side starts waiting.
+    let channel: any Channel
     /// Frames the pipeline has decoded, and how many of them this side has taken (the
     /// greeting was taken before the connection object existed).
     let framesDecoded: ByteCounter
@@ -55,7 +84,7 @@ public final class FerryConnection {
 
     init(endpoint: Endpoint, greeting: Greeting, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
          inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator, counter: ByteCounter,
-         framesDecoded: ByteCounter, allocator: ByteBufferAllocator, readTimeout: TimeAmount) {
+         framesDecoded: ByteCounter, allocator: ByteBufferAllocator, channel: any Channel) {
         self.endpoint = endpoint
         self.greeting = greeting
         self.outbound = outbound
@@ -63,7 +92,7 @@ public final class FerryConnection {
         self.counter = counter
         self.framesDecoded = framesDecoded
         self.allocator = allocator
-        self.readTimeout = readTimeout
+        self.channel = channel
     }
 
     /// Connects, reads the greeting, authenticates if asked, runs `body`, and closes.
@@ -83,26 +112,22 @@ public final class FerryConnection {
                                                                                      maximum: 256 * 1024))
                 .connect(host: endpoint.host, port: endpoint.port) { ch in
                     ch.eventLoop.makeCompletedFuture {
-                        try ch.pipeline.syncOperations.addHandlers([
-                            IdleStateHandler(readTimeout: options.readTimeout),
-                            ReadTimeoutHandler(),
-                            CountingHandler(counter: counter),
-                            ReplyFrameHandler(),
-                            FrameCounter<ReplyFrame> { framesDecoded.add(1) },  // see `hasBufferedFrame`
-                        ])
+                        try ch.pipeline.syncOperations.addHandler(
+                            ReplyStreamHandler(policy: WaitPolicy(timeout: options.readTimeout), bytes: counter,
+                                               frames: framesDecoded))
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(
                             wrappingChannelSynchronously: ch,
                             configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 12)))
                     }
                 }
         } catch {
+            if isRefused(error) { throw ClientError.refused(endpoint: endpoint.description) }
             throw ClientError.connect(endpoint: endpoint.description, reason: describe(error))
         }
         let allocator = channel.channel.allocator
-        let timeout = options.readTimeout
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let first = try await Self.nextFrame(&iterator, endpoint: endpoint, timeout: timeout)
+            let first = try await Self.nextFrame(&iterator, endpoint: endpoint)
             guard case .line(let line) = first else {
                 throw ClientError.protocolViolation(endpoint: endpoint.description, "data before the greeting")
             }
@@ -123,7 +148,7 @@ public final class FerryConnection {
             }
             let connection = FerryConnection(endpoint: endpoint, greeting: greeting, outbound: outbound,
                                              inbound: iterator, counter: counter, framesDecoded: framesDecoded,
-                                             allocator: allocator, readTimeout: timeout)
+                                             allocator: allocator, channel: channel.channel)
             if let nonce = greeting.nonce {
                 try await connection.authenticate(nonce: nonce, token: options.token)
             }
@@ -132,12 +157,30 @@ public final class FerryConnection {
     }
 
     static func describe(_ error: Error) -> String {
+        if case ChannelError.connectTimeout(let t)? = error as? ChannelError {
+            return "no answer within \(seconds(t)) (the host may be down or unreachable, or a firewall drops the connection)"
+        }
         if let e = error as? IOError { return e.description }
-        if error is ChannelError { return "\(error)" }
-        let text = "\(error)"
-        if text.contains("connectTimeout") { return "timed out" }
-        if text.contains("ECONNREFUSED") || text.contains("Connection refused") { return "connection refused" }
-        return text
+        if let e = error as? NIOConnectionError, let first = e.connectionErrors.first {
+            return describe(first.error)
+        }
+        return "\(error)"
+    }
+
+    /// Whether connecting failed only because nothing listens at the address (ECONNREFUSED
+    /// for every address tried).
+    static func isRefused(_ error: Error) -> Bool {
+        if let e = error as? IOError { return e.errnoCode == ECONNREFUSED }
+        if let e = error as? NIOConnectionError {
+            return !e.connectionErrors.isEmpty && e.connectionErrors.allSatisfy { isRefused($0.error) }
+        }
+        return false
+    }
+
+    /// `3 s`, `0.5 s`.
+    static func seconds(_ t: TimeAmount) -> String {
+        let millis = t.nanoseconds / 1_000_000
+        return millis % 1000 == 0 ? "\(millis / 1000) s" : "\(Double(millis) / 1000) s"
     }
 
     private func authenticate(nonce: [UInt8], token: [UInt8]?) async throws {
@@ -176,7 +219,7 @@ public final class FerryConnection {
     // MARK: - Receiving
 
     static func nextFrame(_ iterator: inout NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator,
-                          endpoint: Endpoint, timeout: TimeAmount) async throws -> ReplyFrame {
+                          endpoint: Endpoint) async throws -> ReplyFrame {
         do {
             guard let frame = try await iterator.next() else { throw ClientError.closed(endpoint: endpoint.description) }
             return frame
@@ -184,15 +227,19 @@ public final class FerryConnection {
             throw e
         } catch let e as ReplyFramingError {
             throw ClientError.protocolViolation(endpoint: endpoint.description, e.why)
-        } catch is ReadTimeout {
-            throw ClientError.timeout(endpoint: endpoint.description, seconds: Int(timeout.nanoseconds / 1_000_000_000))
+        } catch let e as ReplyTimeout {
+            throw ClientError.timeout(endpoint: endpoint.description, e.description)
         } catch {
             throw ClientError.closed(endpoint: endpoint.description)
         }
     }
 
     func nextFrame() async throws -> ReplyFrame {
-        let frame = try await Self.nextFrame(&inbound, endpoint: endpoint, timeout: readTimeout)
+        if !hasBufferedFrame {
+            // The clock for this frame starts now (see `WaitPolicy`).
+            channel.triggerUserOutboundEvent(ReplyStreamHandler.BeginWait(taken: framesTaken), promise: nil)
+        }
+        let frame = try await Self.nextFrame(&inbound, endpoint: endpoint)
         framesTaken += 1
         return frame
     }
@@ -374,30 +421,163 @@ public final class ByteCounter: Sendable {
     func add(_ n: Int) { value.withLockedValue { $0 += Int64(n) } }
 }
 
-final class CountingHandler: ChannelInboundHandler, Sendable {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    let counter: ByteCounter
-    init(counter: ByteCounter) { self.counter = counter }
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        counter.add(unwrapInboundIn(data).readableBytes)
-        context.fireChannelRead(data)
-    }
+/// A wait for the server that ran out of time: what ferry was waiting for and what arrived.
+struct ReplyTimeout: Error, CustomStringConvertible {
+    let description: String
 }
 
-
-struct ReadTimeout: Error {}
-
-/// Turns an idle-read event into an error on the inbound stream and closes the channel.
-final class ReadTimeoutHandler: ChannelInboundHandler, Sendable {
+/// The client's inbound side in one handler: counts wire bytes, splits them into reply frames
+/// (`ReplyFrameSplitter`), and bounds each wait for a frame by the `WaitPolicy`. A wait starts
+/// when the connection asks for a frame that has not arrived (`BeginWait`, and at connect for
+/// the greeting) and ends when that frame is complete; between waits nothing is timed, so a
+/// client busy with local work is never cut off. On a miss it reports `ReplyTimeout` and
+/// closes the channel.
+final class ReplyStreamHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let e = event as? IdleStateHandler.IdleStateEvent, e == .read {
-            context.fireErrorCaught(ReadTimeout())
-            context.close(promise: nil)
+    typealias InboundOut = ReplyFrame
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// Sent by the connection, as an outbound user event, before it waits for the frame after
+    /// the `taken` frames it has read.
+    struct BeginWait: Sendable {
+        let taken: Int64
+    }
+
+    private struct Wait {
+        var taken: Int64
+        var started: NIODeadline
+        /// When the awaited frame must be complete.
+        var deadline: NIODeadline
+        var lastByte: NIODeadline
+        var bytes = 0
+        /// The wire length of the chunk payload this wait was extended for.
+        var payload: Int?
+        var timer: Scheduled<Void>?
+    }
+
+    private let policy: WaitPolicy
+    private let bytes: ByteCounter
+    private let frames: ByteCounter
+    private var splitter = ReplyFrameSplitter()
+    private var decoded: Int64 = 0
+    private var failed = false
+    private var wait: Wait?
+
+    init(policy: WaitPolicy, bytes: ByteCounter, frames: ByteCounter) {
+        self.policy = policy
+        self.bytes = bytes
+        self.frames = frames
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { beginWait(taken: 0, context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        beginWait(taken: 0, context: context)  // the greeting
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        endWait()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        endWait()
+    }
+
+    func triggerUserOutboundEvent(context: ChannelHandlerContext, event: Any, promise: EventLoopPromise<Void>?) {
+        guard let begin = event as? BeginWait else {
+            context.triggerUserOutboundEvent(event, promise: promise)
             return
         }
-        context.fireUserInboundEventTriggered(event)
+        promise?.succeed(())
+        beginWait(taken: begin.taken, context: context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !failed else { return }
+        let input = unwrapInboundIn(data)
+        bytes.add(input.readableBytes)
+        let now = NIODeadline.now()
+        if wait != nil {
+            wait?.lastByte = now
+            wait?.bytes += input.readableBytes
+        }
+        do {
+            for frame in try splitter.feed(input, allocator: context.channel.allocator) {
+                decoded += 1
+                frames.add(1)  // before the frame is passed on: see `FerryConnection.hasBufferedFrame`
+                context.fireChannelRead(wrapInboundOut(frame))
+            }
+        } catch {
+            failed = true
+            endWait()
+            context.fireErrorCaught(error)
+            return
+        }
+        guard let w = wait else { return }
+        if decoded > w.taken {
+            endWait()
+        } else if w.payload == nil, let length = splitter.payloadInProgress {
+            // The awaited frame is a chunk whose header is in: its payload gets its own time.
+            wait?.payload = length
+            wait?.deadline = max(w.deadline, now + policy.payloadTime(length))
+        }
+    }
+
+    private func beginWait(taken: Int64, context: ChannelHandlerContext) {
+        guard !failed, wait == nil || wait?.taken != taken, decoded <= taken else { return }
+        endWait()
+        let now = NIODeadline.now()
+        var w = Wait(taken: taken, started: now, deadline: now + policy.timeout, lastByte: now)
+        if let length = splitter.payloadInProgress {
+            w.payload = length
+            w.deadline = now + policy.payloadTime(length)
+        }
+        wait = w
+        schedule(context: context)
+    }
+
+    private func endWait() {
+        wait?.timer?.cancel()
+        wait = nil
+    }
+
+    private func schedule(context: ChannelHandlerContext) {
+        guard let w = wait else { return }
+        let next = min(w.deadline, w.lastByte + policy.timeout)
+        wait?.timer = context.eventLoop.assumeIsolated().scheduleTask(deadline: next) { [self] in
+            check(context: context)
+        }
+    }
+
+    private func check(context: ChannelHandlerContext) {
+        guard let w = wait, !failed else { return }
+        let now = NIODeadline.now()
+        let silent = now >= w.lastByte + policy.timeout
+        guard silent || now >= w.deadline else {
+            schedule(context: context)
+            return
+        }
+        let limit = FerryConnection.seconds(policy.timeout)
+        let why: String
+        if let length = w.payload {
+            why = silent
+                ? "stopped sending in the middle of a \(length)-byte chunk (nothing for \(limit))"
+                : "sent a \(length)-byte chunk too slowly (not complete within \(FerryConnection.seconds(w.deadline - w.started)))"
+        } else if w.bytes == 0 && !splitter.hasPartialFrame {
+            why = "sent nothing for \(limit) while ferry waited for a reply"
+        } else if silent {
+            why = "stopped sending in the middle of a reply line (nothing for \(limit))"
+        } else {
+            why = "did not complete a reply line within \(limit) (\(w.bytes) bytes trickled in)"
+        }
+        failed = true
+        endWait()
+        context.fireErrorCaught(ReplyTimeout(description: why))
+        context.close(promise: nil)
     }
 }

@@ -18,13 +18,36 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
     /// Whether the port was written explicitly (a bare name without a port may be a
     /// discovered server's name).
     public var portGiven: Bool
+    /// Whether the host was written in brackets (`[::1]`, `[myhost]`).
+    public var bracketed: Bool
     public var path: RemotePath
 
-    public init(host: Host, port: Int = FerryDefaults.tcpPort, portGiven: Bool = false, path: RemotePath = .root) {
+    public init(host: Host, port: Int = FerryDefaults.tcpPort, portGiven: Bool = false, bracketed: Bool = false,
+                path: RemotePath = .root) {
         self.host = host
         self.port = port
         self.portGiven = portGiven
+        self.bracketed = bracketed
         self.path = path
+    }
+
+    /// How the host becomes an address to connect to, decided by how it was written alone.
+    public enum Lookup: Hashable, Sendable {
+        /// An IP address: used as written; nothing is looked up.
+        case none
+        /// A host name with a port, a dot, or in brackets: looked up in the system resolver
+        /// (`/etc/hosts`, DNS) only. It is never a server name, so nothing is broadcast.
+        case dnsOnly
+        /// A bare name (no port, no dot, no brackets): the system resolver first, and only if it
+        /// has no address, discovery of a server announcing this name.
+        case dnsThenDiscovery
+    }
+
+    public var lookup: Lookup {
+        switch host {
+        case .ipv4, .ipv6: return .none
+        case .name(let name): return portGiven || bracketed || name.contains(".") ? .dnsOnly : .dnsThenDiscovery
+        }
     }
 
     public var hostString: String {
@@ -65,11 +88,21 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
         let host: Host
         var portText: Substring?
         var pathText: Substring = ""
-        if rest.first == "[" {
+        let bracketed = rest.first == "["
+        if bracketed {
             guard let close = rest.firstIndex(of: "]") else { throw fail("missing ']' after an IPv6 address") }
             let inner = rest[rest.index(after: rest.startIndex)..<close]
-            guard isIPv6(inner) else { throw fail("'\(inner)' is not an IPv6 address") }
-            host = .ipv6(String(inner))
+            if isIPv6(inner) {
+                host = .ipv6(String(inner))
+            } else if inner.contains(":") || inner.isEmpty {
+                throw fail("'\(inner)' is not an IPv6 address")
+            } else if inner.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
+                try validateIPv4(inner, fail)
+                host = .ipv4(String(inner))
+            } else {
+                try validateHostName(inner, fail)
+                host = .name(String(inner))
+            }
             rest = rest[rest.index(after: close)...]
             if rest.first == ":" {
                 let afterColon = rest.dropFirst()
@@ -108,7 +141,7 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
         while pathText.hasSuffix("/") { pathText = pathText.dropLast() }
         let path: RemotePath
         do { path = try RemotePath(validating: String(pathText)) } catch { throw fail("path: \(error)") }
-        return ServerAddress(host: host, port: port, portGiven: portText != nil, path: path)
+        return ServerAddress(host: host, port: port, portGiven: portText != nil, bracketed: bracketed, path: path)
     }
 
     static func validateIPv4(_ text: Substring, _ fail: (String) -> Invalid) throws(Invalid) {

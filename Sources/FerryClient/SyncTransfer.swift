@@ -152,7 +152,8 @@ final class SyncTransfer: Sendable {
                 state.current = nil
                 requeue(state.takeAll())
                 continue
-            } catch let error as ClientError where error.isRetryable {
+            } catch let error as ClientError where error.isRetryable(serverAnsweredThisRun: true) {
+                // (A refused connection too: this server sent the manifest moments ago, so it is restarting.)
                 requeue(state.takeAll())
                 // Only failures in a row without progress (a file or a verified chunk) count.
                 if state.completed > progressBefore.0 || state.bytes > progressBefore.1 { attempt = 0 }

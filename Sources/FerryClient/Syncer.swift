@@ -253,7 +253,8 @@ public struct Syncer: Sendable {
                     await c.quit()
                     return m
                 }
-            } catch let error as ClientError where error.isRetryable && attempt < options.retry.retries {
+            } catch let error as ClientError
+                        where error.isRetryable(serverAnsweredThisRun: counter.count > 0) && attempt < options.retry.retries {
                 attempt += 1
                 try await Task.sleep(for: options.retry.delay(afterAttempt: attempt - 1))
             }

@@ -20,6 +20,10 @@ public struct ReplyFrameSplitter {
     /// Whether part of a frame is waiting for more bytes.
     public var hasPartialFrame: Bool { lineTail != nil || assembling != nil }
 
+    /// The wire length of the chunk payload being gathered across reads, if one is (a client
+    /// gives a payload more time than a line: see `FerryConnection`).
+    public var payloadInProgress: Int? { assembling?.header.wireLength }
+
     /// Takes the next read off the socket and returns the frames it completes, in order.
     public mutating func feed(_ input: ByteBuffer, allocator: ByteBufferAllocator) throws -> [ReplyFrame] {
         var frames: [ReplyFrame] = []
@@ -74,32 +78,5 @@ public struct ReplyFrameSplitter {
             return frames
         }
         return frames
-    }
-}
-
-/// The channel handler around `ReplyFrameSplitter`. A framing error is passed on as an error
-/// (the connection reports the server as broken) and everything after it is dropped.
-public final class ReplyFrameHandler: ChannelInboundHandler {
-    public typealias InboundIn = ByteBuffer
-    public typealias InboundOut = ReplyFrame
-
-    private var splitter: ReplyFrameSplitter
-    private var failed = false
-
-    public init(maxLine: Int = FerryLimits.maxReplyLine) {
-        splitter = ReplyFrameSplitter(maxLine: maxLine)
-    }
-
-    public func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !failed else { return }
-        let input = unwrapInboundIn(data)
-        do {
-            for frame in try splitter.feed(input, allocator: context.channel.allocator) {
-                context.fireChannelRead(wrapInboundOut(frame))
-            }
-        } catch {
-            failed = true
-            context.fireErrorCaught(error)
-        }
     }
 }

@@ -3,10 +3,12 @@ import Glibc
 #endif
 import ArgumentParser
 import FerryClient
+import FerryDiscovery
 import FerryFiles
 import FerryProtocol
 import Foundation
 import Logging
+import NIOCore
 
 /// Process exit statuses (documented in the README).
 enum Exit {
@@ -117,6 +119,8 @@ enum Output {
             (message, status) = (e.description, e.exitCode)
         case let e as ServerAddress.Invalid:
             (message, status) = (e.description, Exit.usage)
+        case let e as ServerResolution.Failure:
+            (message, status) = (e.description, e.exitCode)
         case let e as ExitCode:
             return e
         case let e as CustomStringConvertible:
@@ -209,21 +213,35 @@ struct ClientOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp("File holding the server's token (or set FERRY_TOKEN_FILE).", valueName: "PATH"))
     var tokenFile: String?
 
-    @Option(name: .long, help: ArgumentHelp("Seconds without data before a connection is dropped and retried.", valueName: "SECONDS"))
-    var timeout: Int = 60
+    @Option(name: .long, help: ArgumentHelp(
+        "Seconds to wait for the server at each step: to connect, and for each reply line to arrive complete (a chunk's data gets more time on a slow link). A connection that misses one is dropped and, for get and sync, retried.",
+        valueName: "SECONDS"))
+    var timeout: Double = 60
 
-    @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a discovered server name (repeatable).", valueName: "ADDR"))
+    @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a bare name the system resolver does not know, to find a server announcing it (repeatable).", valueName: "ADDR"))
     var probeTargets: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("UDP port for discovery when SERVER is a server name.", valueName: "N"))
+    @Option(name: .long, help: ArgumentHelp("UDP port for discovery when SERVER is found by discovery.", valueName: "N"))
     var discoveryPort: Int = FerryDefaults.discoveryPort
 
     @Flag(name: .long, help: "Log protocol details to stderr.")
     var verbose = false
 
+    func validate() throws {
+        guard timeout.isFinite, (0.1...86_400).contains(timeout) else {
+            throw ValidationError("--timeout must be between 0.1 and 86400 seconds")
+        }
+        guard (1...65535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be 1-65535") }
+        // Checked here, not only when discovery runs: a bad --to is a mistake even when DNS answers.
+        for target in probeTargets {
+            do throws(DiscoveryError) { _ = try DiscoveryTargets.parse(target) } catch { throw ValidationError(error.description) }
+        }
+    }
+
     func connectionOptions() throws -> ConnectionOptions {
-        ConnectionOptions(token: try TokenFile.load(path: tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"]),
-                          readTimeout: .seconds(Int64(max(1, timeout))))
+        let wait = TimeAmount.milliseconds(Int64((timeout * 1000).rounded()))
+        return ConnectionOptions(token: try TokenFile.load(path: tokenFile ?? ProcessInfo.processInfo.environment["FERRY_TOKEN_FILE"]),
+                                 connectTimeout: wait, readTimeout: wait)
     }
 }
 
