@@ -37,9 +37,9 @@ final class CLIEndToEndTests: XCTestCase {
     func testAClosedStandardOutputEndsQuietly() throws {
         let many = sample.appendingPathComponent("many")
         try FileManager.default.createDirectory(at: many, withIntermediateDirectories: true)
-        for i in 0..<4000 {
-            try Files.write(many.appendingPathComponent(String(format: "a-rather-long-file-name-to-fill-the-pipe-%05d.txt", i)), "x")
-        }
+        let name = String(repeating: "a-rather-long-file-name-to-fill-the-pipe-", count: 3)
+        try TestSupport.run("/bin/sh", ["-c", "cd \"$1\" && i=0; while [ $i -lt 2000 ]; do : > \"$2$i.txt\"; i=$((i+1)); done",
+                                        "sh", many.path, name])
         let s = try startServer()
         let ferry = TestSupport.ferryExecutable.path
 

@@ -284,6 +284,7 @@ final class ServerClaimsTests: XCTestCase {
         XCTAssertTrue(server.process.isRunning, server.stderr)
 
         // The connection is intact: the file, then one reply per request, in order.
+        XCTAssertTrue(try client.readLine()?.hasPrefix("OK \(size) ") ?? false)
         var streamed = 0
         while let reply = try client.readLine(), reply.hasPrefix("CHUNK ") {
             let header = try ChunkHeader.parse(Substring(reply))
