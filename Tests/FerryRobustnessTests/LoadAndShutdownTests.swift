@@ -44,20 +44,22 @@ final class LoadAndShutdownTests: XCTestCase {
     /// one arena (with many threads glibc otherwise starts arenas at unpredictable moments, each
     /// keeping its freed pages — a one-time jump of 20 MiB in one round made the earlier
     /// three-round version of this test fail), freed memory at the top of the heap returned at
-    /// once, and 256 KiB chunk buffers always in their own mappings (glibc otherwise raises the
-    /// mmap threshold after the first free and keeps them in the heap). A leak still grows it.
+    /// once, and every block of 32 KiB or more (chunk and socket buffers) in its own mapping,
+    /// returned when freed (glibc otherwise raises the mmap threshold after the first free and
+    /// keeps them in the heap, where a few long-lived blocks pin megabytes). With these, the
+    /// resident size after ten healthy rounds varies by under 2 MiB; a leak still grows it.
     static let trackingAllocator = [
         "MALLOC_ARENA_MAX": "1",
         "MALLOC_TRIM_THRESHOLD_": "0",
-        "MALLOC_MMAP_THRESHOLD_": "131072",
+        "MALLOC_MMAP_THRESHOLD_": "32768",
     ]
 
     /// 200 clients connected at the same time list and fetch (every answer checked), round
     /// after round; afterwards the server's descriptors are back to baseline, its peak memory is
-    /// bounded, and its memory does not grow from round to round: after a warm-up round, the
-    /// resident size must not rise by more than 1 MiB in each of the last three rounds in a row
-    /// (a leak of even 1 KiB per request does; the plateau of a healthy server does not).
-    /// `FERRY_LOAD_ROUNDS` sets the number of rounds (default 6, at least 5).
+    /// bounded, and its memory reaches a plateau: after two warm-up rounds, the median resident
+    /// size of the last three rounds may exceed that of rounds 3–5 by at most 6 MiB. A healthy
+    /// server moved by under 2 MiB in every run tried; a leak of 1 KiB per request (injected
+    /// into the server to check this test) added 10 MiB between the two windows. `FERRY_LOAD_ROUNDS` sets the number of rounds (default 10, at least 8).
     func testTwoHundredConcurrentClients() async throws {
         let clients = 200
         let server = try serve(["--max-connections", "512"], environment: Self.trackingAllocator)
@@ -70,7 +72,7 @@ final class LoadAndShutdownTests: XCTestCase {
         let baselineFDs = ProcessStats.openDescriptors(pid)
         let baselineKiB = ProcessStats.residentKiB(pid)
 
-        let rounds = max(5, Int(ProcessInfo.processInfo.environment["FERRY_LOAD_ROUNDS"] ?? "") ?? 6)
+        let rounds = max(8, Int(ProcessInfo.processInfo.environment["FERRY_LOAD_ROUNDS"] ?? "") ?? 10)
         var afterRounds = [Int]()
         for round in 1...rounds {
             let together = ConcurrencyProbe(clients: clients) { ProcessStats.openDescriptors(pid) }
@@ -82,19 +84,19 @@ final class LoadAndShutdownTests: XCTestCase {
             let afterKiB = ProcessStats.residentKiB(pid)
             afterRounds.append(afterKiB)
             let openTogether = together.descriptorsWhenAllWereServed
+            let idleFDs = ProcessStats.openDescriptors(pid)
             print("load round \(round): \(clients) clients, \(counts.reduce(0, +)) requests; server fds \(baselineFDs) → \(openTogether) with all clients connected → \(ProcessStats.openDescriptors(pid)); threads \(ProcessStats.threads(pid)); RSS \(baselineKiB / 1024) MiB → peak \(peakKiB / 1024) MiB → after \(afterKiB) KiB")
             // Every client was served while all the others were connected too.
-            XCTAssertGreaterThanOrEqual(openTogether, baselineFDs + clients,
-                                        "the server never held all \(clients) connections at once")
+            XCTAssertGreaterThanOrEqual(openTogether, idleFDs + clients,
+                                        "the server never held all \(clients) connections at once (\(idleFDs) descriptors when idle)")
             XCTAssertTrue(settled, "descriptors did not return to baseline \(baselineFDs): \(ProcessStats.openDescriptors(pid))")
             XCTAssertLessThan(peakKiB, 256 * 1024, "server peak RSS over 256 MiB")
             XCTAssertLessThan(afterKiB, baselineKiB + 64 * 1024, "server memory did not come back down")
         }
-        let steps = zip(afterRounds.dropFirst(), afterRounds).map { $0 - $1 }
-        XCTAssertFalse(steps.suffix(3).allSatisfy { $0 > 1024 },
-                       "resident memory keeps growing round after round: \(afterRounds) KiB")
-        XCTAssertLessThan(afterRounds.last ?? 0, (afterRounds.first ?? 0) + 32 * 1024,
-                          "resident memory grew by more than 32 MiB after the first round: \(afterRounds) KiB")
+        func median(_ values: ArraySlice<Int>) -> Int { values.sorted()[values.count / 2] }
+        let early = median(afterRounds[2..<5]), late = median(afterRounds.suffix(3))
+        XCTAssertLessThanOrEqual(late - early, 6 * 1024,
+                                 "resident memory keeps growing with repeated load (median of rounds 3-5 \(early) KiB, of the last three \(late) KiB): \(afterRounds) KiB")
         try await Self.fetch(endpoint, "f4.bin", expected: hashes)
     }
 
