@@ -140,9 +140,32 @@ struct ServeCommand: AsyncParsableCommand {
         logger.info("stopped")
     }
 
+    static func isInside(_ path: String, _ root: String) -> Bool {
+        path == root || path.hasPrefix(root.hasSuffix("/") ? root : root + "/")
+    }
+
+    /// `path` with the symlinks of its longest existing prefix resolved and the rest (which
+    /// does not exist yet) appended as written, so a state folder reached through a link into
+    /// DIR is recognised as inside it.
+    static func resolvingSymlinks(_ path: String) -> String {
+        var existing = URL(fileURLWithPath: path).standardizedFileURL
+        var rest: [String] = []
+        while true {
+            if let real = realpath(existing.path, nil) {
+                defer { free(real) }
+                var url = URL(fileURLWithPath: String(cString: real))
+                for component in rest.reversed() { url.appendPathComponent(component) }
+                return url.standardizedFileURL.path
+            }
+            if existing.path == "/" { return path }
+            rest.append(existing.lastPathComponent)
+            existing.deleteLastPathComponent()
+        }
+    }
+
     private func hashCachePath(root: String, logger: Logger) throws -> String? {
         let dir = stateDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? Self.defaultStateDir()
-        if dir == root || dir.hasPrefix(root.hasSuffix("/") ? root : root + "/") {
+        if Self.isInside(dir, root) || Self.isInside(Self.resolvingSymlinks(dir), Self.resolvingSymlinks(root)) {
             throw ValidationError("--state-dir \(dir) is inside the served directory; choose a folder outside it")
         }
         do {

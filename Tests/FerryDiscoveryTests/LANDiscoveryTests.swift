@@ -12,13 +12,12 @@ import XCTest
 /// routable). Servers run in `a` and `b`; `ferry discover` runs in `c` with its default
 /// targets. The LAN is torn down in `defer` even when an assertion fails.
 ///
-/// Without root or `ip`, the tests say so loudly and run the loopback fallback
-/// (`--to 127.255.255.255`), which cannot prove that broadcasts cross a LAN.
-final class LANDiscoveryTests: XCTestCase {
+/// Needs root (network namespaces) and iproute2: without them these tests skip saying so, and
+/// in the root phase of `scripts/test` (`FERRY_TEST_REQUIRE_ROOT=1`) they fail instead. What
+/// loopback can show is tested separately by `LoopbackCLIDiscoveryTests`.
+final class LANDiscoveryPrivilegedTests: XCTestCase {
     func testDiscoverFindsServersOnOtherHostsAndSyncsByName() throws {
-        guard let lan = try VirtualLAN.createIfPossible(warnAbout: "discover across hosts, sync by name") else {
-            return try LoopbackCLIFallback.discoverTwoServers()
-        }
+        let lan = try VirtualLAN.create()
         defer { lan.tearDown() }
         let served = try TestSupport.makeTemporaryDirectory("ferry-lan")
         defer { TestSupport.removeTemporaryDirectory(served) }
@@ -64,9 +63,7 @@ final class LANDiscoveryTests: XCTestCase {
     }
 
     func testWatchSeesAnnouncementsAndGoodbyesFromAnotherHost() throws {
-        guard let lan = try VirtualLAN.createIfPossible(warnAbout: "--watch with --announce across hosts") else {
-            return try LoopbackCLIFallback.watchFindsRunningServer()
-        }
+        let lan = try VirtualLAN.create()
         defer { lan.tearDown() }
         let served = try TestSupport.makeTemporaryDirectory("ferry-lan")
         defer { TestSupport.removeTemporaryDirectory(served) }
@@ -101,21 +98,18 @@ final class LANDiscoveryTests: XCTestCase {
                        watcher.transcript)
     }
 
-    /// Always runs (root or not): the CLI on loopback, every probe to 127.255.255.255.
-    func testLoopbackCLIDiscovery() throws {
-        try LoopbackCLIFallback.discoverTwoServers()
-    }
 }
 
-/// What can be checked without namespaces: servers in this namespace, bound to loopback,
-/// found by probes sent only to 127.255.255.255 (never --announce here: announcements go to
-/// the real network's broadcast addresses).
-enum LoopbackCLIFallback {
-    static func freeDiscoveryPort() throws -> String {
+/// The CLI's discovery in this namespace: servers bound to loopback, found by probes sent only
+/// to 127.255.255.255 (never --announce here: announcements go to the real network's broadcast
+/// addresses). Runs as any user; it cannot show that probes and answers cross a LAN, which is
+/// what `LANDiscoveryPrivilegedTests` is for.
+final class LoopbackCLIDiscoveryTests: XCTestCase {
+    func freeDiscoveryPort() throws -> String {
         String(try UDPTestSocket.freePort())
     }
 
-    static func discoverTwoServers() throws {
+    func testDiscoverFindsTwoServersOnLoopback() throws {
         let served = try TestSupport.makeTemporaryDirectory("ferry-loop")
         defer { TestSupport.removeTemporaryDirectory(served) }
         let port = try freeDiscoveryPort()
@@ -141,7 +135,7 @@ enum LoopbackCLIFallback {
         XCTAssertEqual(bad.status, 64, bad.stderr)
     }
 
-    static func watchFindsRunningServer() throws {
+    func testWatchFindsARunningServerOnLoopback() throws {
         let served = try TestSupport.makeTemporaryDirectory("ferry-loop")
         defer { TestSupport.removeTemporaryDirectory(served) }
         let port = try freeDiscoveryPort()
@@ -183,23 +177,12 @@ final class VirtualLAN {
                             timeout: timeout, check: false)
     }
 
-    /// nil (after a loud warning) where namespaces cannot be made: not root, or no `ip`.
-    static func createIfPossible(warnAbout what: String) throws -> VirtualLAN? {
-        let ip = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) }
-        var missing: String?
-        if geteuid() != 0 { missing = "not running as root" } else if ip == nil { missing = "the `ip` tool (iproute2) is not installed" }
-        if let missing {
-            let banner = String(repeating: "!", count: 78)
-            print("""
-                \(banner)
-                WARNING: the virtual-LAN discovery test (\(what)) did NOT run: \(missing).
-                Falling back to loopback (--to 127.255.255.255), which cannot prove that probes,
-                answers and announcements cross a real LAN. Run the tests as root with iproute2.
-                \(banner)
-                """)
-            return nil
-        }
-        guard let ip else { return nil }
+    /// Builds the LAN; skips (or, in the root phase, fails) without root or `ip`.
+    static func create() throws -> VirtualLAN {
+        try TestSupport.requireRoot("creates network namespaces, a bridge and veth pairs for a private virtual LAN")
+        let found = TestSupport.executable(["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"])
+        try TestSupport.requireForPrivilegedTest(found != nil, "the `ip` tool (iproute2) is not installed; scripts/setup installs it")
+        guard let ip = found else { throw XCTSkip("no `ip` tool") }
         removeStaleNamespaces(ip: ip)
         let lan = VirtualLAN(ip: ip, tag: "\(prefix)\(getpid())")
         do {
@@ -293,14 +276,13 @@ enum JSONLines {
 /// A long-running child (e.g. `ferry discover --watch`) whose stdout is read as it comes.
 /// Stopped by its own PID only.
 final class StreamingProcess: @unchecked Sendable {
-    private let process = Process()
+    private let process: Process
     private let lock = NSLock()
     private var output = Data()
     private var errors = Data()
 
     init(_ command: [String]) throws {
-        process.executableURL = URL(fileURLWithPath: command[0])
-        process.arguments = Array(command.dropFirst())
+        process = TestSupport.process(command)
         let out = Pipe(), err = Pipe()
         process.standardOutput = out
         process.standardError = err

@@ -156,20 +156,59 @@ final class HostileServerTests: XCTestCase {
     }
 
     /// DEST's partial folder replaced by a link to elsewhere: partial data must not follow it.
+    /// The file is bigger than one chunk (so it is fetched through `.ferry-partial`, not a
+    /// temporary), and the first server hangs up after three of its chunks, so whatever partial
+    /// data was written stays where it was written.
     func testAPartialFolderSymlinkInDestIsNotFollowed() throws {
+        let size = 600_000
+        let data = try Files.randomBytes(size)
+        let manifest = ["f 0644 \(size) \(mt) - f.bin"]
+        let whole = FakeServer.treeResponder(manifest: manifest, files: ["f.bin": data])
+        let cutting: FakeServer.Responder = { line in
+            guard let reply = whole(line) else { return nil }
+            return line.hasPrefix("GET ") ? Array(reply.prefix(3 * 65_600 + 10_000)) + FakeServer.hangUp : reply
+        }
+        let cutter = try FakeServer(responder: cutting)
+        defer { cutter.stop() }
+
+        // Control: into a plain DEST the interrupted file leaves its verified chunks in
+        // DEST/.ferry-partial, so that is the folder the link below stands in for.
+        let plain = work.appendingPathComponent("plain")
+        let control = try fsync(cutter, plain)
+        XCTAssertNotEqual(control.status, 0, control.stderr)
+        let kept = Files.names(plain.appendingPathComponent(".ferry-partial")).filter { $0.hasSuffix(".part") }
+        XCTAssertEqual(kept.count, 1, "the interrupted file was not fetched through the partial folder: \(control.stderr)")
+        let keptSize = kept.first.map { Files.read(plain.appendingPathComponent(".ferry-partial/\($0)"))?.count ?? 0 } ?? 0
+        XCTAssertGreaterThanOrEqual(keptSize, 3 * 65_536, "verified chunks must be kept")
+
         let outside = work.appendingPathComponent("outside")
         try FileManager.default.createDirectory(at: outside, withIntermediateDirectories: true)
         let dest = work.appendingPathComponent("dest")
-        try Files.symlink(dest.appendingPathComponent(".ferry-partial"), to: outside.path)
-        let fake = try FakeServer(responder: FakeServer.treeResponder(manifest: ["f 0644 5 \(mt) - f.txt"], files: ["f.txt": evil]))
-        defer { fake.stop() }
-        let r = try fsync(fake, dest)
+        let link = dest.appendingPathComponent(".ferry-partial")
+        try Files.symlink(link, to: outside.path)
+        let r = try fsync(cutter, dest)
+        XCTAssertNotEqual(r.status, 0, r.stderr)
         XCTAssertEqual(Files.names(outside), [], "partial data went through the link: \(r.stderr)")
-        if r.status == 0 {
-            assertSameBytes(Files.read(dest.appendingPathComponent("f.txt")), evil)
+        var st = stat()
+        XCTAssertEqual(lstat(link.path, &st), 0)
+        if st.st_mode & S_IFMT == S_IFLNK {
+            XCTAssertEqual(try FileManager.default.destinationOfSymbolicLink(atPath: link.path), outside.path)
+            XCTAssertTrue(r.stderr.contains(".ferry-partial"), "a refusal must name the folder: \(r.stderr)")
         } else {
-            XCTAssertTrue(r.stderr.contains(".ferry-partial"), "the failure must name the folder: \(r.stderr)")
-            XCTAssertFalse(Files.exists(dest.appendingPathComponent("f.txt")))
+            XCTAssertEqual(st.st_mode & S_IFMT, S_IFDIR, "the link was replaced by something other than a folder")
+        }
+
+        // With a server that sends everything, the sync either completes beside the link or
+        // refuses naming it; nothing ever lands outside.
+        let honest = try FakeServer(responder: whole)
+        defer { honest.stop() }
+        let full = try fsync(honest, dest)
+        XCTAssertEqual(Files.names(outside), [], "partial data went through the link: \(full.stderr)")
+        if full.status == 0 {
+            assertSameBytes(Files.read(dest.appendingPathComponent("f.bin")), data)
+        } else {
+            XCTAssertTrue(full.stderr.contains(".ferry-partial"), "the failure must name the folder: \(full.stderr)")
+            XCTAssertFalse(Files.exists(dest.appendingPathComponent("f.bin")))
         }
     }
 

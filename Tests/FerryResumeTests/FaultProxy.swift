@@ -48,6 +48,8 @@ final class FaultProxy: @unchecked Sendable {
         var stalled = false
         var stalling = false
         var finished = false
+        /// At the cut: the bytes forwarded that the client cannot use (see `StreamShape`).
+        var unusableAtCut = 0
     }
 
     struct ProxyError: Error, CustomStringConvertible {
@@ -215,6 +217,7 @@ final class FaultProxy: @unchecked Sendable {
     private func relay(index: Int, client: Int32, upstream: Int32, faults: Faults) {
         var buffer = [UInt8](repeating: 0, count: 64 * 1024)
         var down = 0  // server→client bytes forwarded
+        var shape = StreamShape()
         var stallDone = false
         var flipDone = false
         while !isStopping {
@@ -248,12 +251,17 @@ final class FaultProxy: @unchecked Sendable {
                         let ok = buffer.withUnsafeBytes { sendAll(client, UnsafeRawBufferPointer(rebasing: $0[offset..<end])) }
                         if !ok { return }
                         let count = end - offset
+                        buffer.withUnsafeBytes { shape.feed(UnsafeRawBufferPointer(rebasing: $0[offset..<end])) }
                         down += count
                         update(index) { $0.serverToClient += count }
                         offset = end
                     }
                     if let cut = faults.cutAfter, down >= cut {
-                        update(index) { $0.cut = true }
+                        let unusable = shape.unusable
+                        update(index) {
+                            $0.cut = true
+                            $0.unusableAtCut = unusable
+                        }
                         shutdown(client, Int32(SHUT_RDWR))
                         shutdown(upstream, Int32(SHUT_RDWR))
                         return
@@ -268,6 +276,52 @@ final class FaultProxy: @unchecked Sendable {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Follows the frames of a server→client stream (lines, and `CHUNK` headers with their
+/// payload) to say how many of the bytes so far a client cannot use if the stream ends now:
+/// the incomplete frame, or for a one-chunk `GET` reply (at most 256 KiB, which a sync writes
+/// to a temporary it keeps only when verified) everything since its status line.
+struct StreamShape {
+    private var position = 0
+    private var frameStart = 0
+    private var line: [UInt8] = []
+    private var payloadLeft = 0
+    private var smallReplyStart: Int?
+
+    var unusable: Int { position - (smallReplyStart ?? frameStart) }
+
+    mutating func feed(_ bytes: UnsafeRawBufferPointer) {
+        var i = 0
+        while i < bytes.count {
+            if payloadLeft > 0 {
+                let n = min(payloadLeft, bytes.count - i)
+                payloadLeft -= n
+                i += n
+                position += n
+                if payloadLeft == 0 { frameStart = position }
+                continue
+            }
+            let byte = bytes[i]
+            i += 1
+            position += 1
+            guard byte == 0x0A else { line.append(byte); continue }
+            let text = String(decoding: line, as: UTF8.self)
+            let lineStart = position - line.count - 1
+            line.removeAll(keepingCapacity: true)
+            let fields = text.split(separator: " ")
+            if fields.first == "CHUNK", fields.count == 6, let wire = Int(fields[3]), wire > 0 {
+                payloadLeft = wire
+                continue  // the frame (header and payload) ends with the payload
+            }
+            frameStart = position
+            if fields.first == "OK", fields.count == 4, let size = Int(fields[1]), size <= 256 * 1024 {
+                smallReplyStart = lineStart  // a GET status: OK SIZE MTIME SHA
+            } else if fields.first == "END" || fields.first == "ERR" {
+                smallReplyStart = nil
             }
         }
     }

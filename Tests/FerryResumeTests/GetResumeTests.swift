@@ -81,9 +81,8 @@ final class GetResumeTests: XCTestCase {
         let stallAt = size / 2 + 54321
         h.proxy.setFaults(.init(stallAt: stallAt, stallSeconds: 60, connections: 1))
 
-        let process = Process()
-        process.executableURL = TestSupport.ferryExecutable
-        process.arguments = ["get", "\(h.proxy.address)/big.bin", h.localFile("big.bin").path, "--json"]
+        let process = TestSupport.process([TestSupport.ferryExecutable.path, "get", "\(h.proxy.address)/big.bin",
+                                           h.localFile("big.bin").path, "--json"])
         process.standardInput = FileHandle.nullDevice
         process.standardOutput = FileHandle.nullDevice
         process.standardError = FileHandle.nullDevice

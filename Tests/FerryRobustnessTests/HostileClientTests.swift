@@ -87,52 +87,91 @@ final class HostileClientTests: XCTestCase {
         XCTAssertTrue(try ask(server, client, Array("STAT a.txt\n".utf8)).hasPrefix("OK f 0644 6 "))
     }
 
+    /// Eight attackers at once, each opening connection after connection for four seconds and
+    /// keeping its last twelve open (so about a hundred hostile connections are open together,
+    /// most of them stuck mid-request or with replies nobody reads), while a well-behaved client
+    /// keeps fetching and checking files. The good client is served throughout, the server
+    /// really held the attackers' connections at the same time, and afterwards its descriptors
+    /// return to baseline.
     func testGarbageFloodsDoNotCostOtherClientsAndLeakNothing() throws {
         let server = try serve()
         defer { server.stop() }
         let pid = server.process.processIdentifier
+        let port = server.port
         // Warm up (thread pools, hash cache) before measuring the baseline.
-        try fetchAndCheck(port: server.port, path: "big.bin")
+        try fetchAndCheck(port: port, path: "big.bin")
         let baselineFDs = ProcessStats.openDescriptors(pid)
 
         let stop = Date().addingTimeInterval(4)
         let root: URL = served
-        let good = Background.run { () throws -> Int in
+        let good = Background.run { () throws -> (fetches: Int, slowest: TimeInterval) in
             var n = 0
+            var slowest: TimeInterval = 0
             while Date() < stop {
-                try Self.fetchAndCheck(port: server.port, path: n % 2 == 0 ? "big.bin" : "a.txt", served: root)
+                let started = Date()
+                try Self.fetchAndCheck(port: port, path: n % 2 == 0 ? "big.bin" : "a.txt", served: root)
+                slowest = max(slowest, Date().timeIntervalSince(started))
                 n += 1
             }
-            return n
+            return (n, slowest)
         }
-        var rng = SplitMix64(seed: 42)
-        var attackers = 0
-        while Date() < stop && attackers < 400 {
-            attackers += 1
-            let client = try RawClient(port: server.port, timeout: 5)
-            _ = try client.readLine()
-            switch attackers % 6 {
-            case 0:  // random bytes, no LF at all
-                try client.send((0..<70_000).map { _ in UInt8.random(in: 0...255, using: &rng) }.filter { $0 != 0x0A })
-            case 1:  // random lines
-                try client.send((0..<20_000).map { _ in UInt8.random(in: 0...255, using: &rng) })
-            case 2:  // thousands of pipelined requests, never reading the replies
-                try client.send(Array(String(repeating: "GET big.bin 0 *\n", count: 2000).utf8))
-            case 3:  // half a line, then gone
-                try client.send(Array("GET big.bi".utf8))
-            case 4:  // request a big file and read only a little
-                try client.send(Array("GET big.bin 0 *\n".utf8))
-                _ = try client.readLine()
-            default:  // NULs and control characters
-                try client.send([UInt8](repeating: 0, count: 5000) + [0x0A, 0x1B, 0x5B, 0x32, 0x4A, 0x0A])
+        let attackers = (0..<8).map { index in
+            Background.run { () -> (connections: Int, refused: Int) in
+                var rng = SplitMix64(seed: 42 + UInt64(index))
+                var held: [RawClient] = []
+                var connections = 0, refused = 0
+                while Date() < stop {
+                    connections += 1
+                    do {
+                        let client = try RawClient(port: port, timeout: 5)
+                        held.append(client)
+                        if held.count > 12 { held.removeFirst() }
+                        _ = try client.readLine()
+                        try Self.attack(client, kind: (connections + index) % 6, rng: &rng)
+                    } catch {
+                        refused += 1  // the server may close a hostile connection mid-send
+                    }
+                }
+                held.removeAll()
+                return (connections, refused)
             }
         }
-        let goodFetches = try good.value()
+        // While the flood runs: how many connections does the server hold at once?
+        var peakFDs = 0
+        while Date() < stop {
+            peakFDs = max(peakFDs, ProcessStats.openDescriptors(pid))
+            usleep(50_000)
+        }
+        let results = try attackers.map { try $0.value() }
+        let (goodFetches, slowest) = try good.value()
+        let total = results.reduce(0) { $0 + $1.connections }
+        print("flood: \(total) hostile connections from 8 attackers (\(results.reduce(0) { $0 + $1.refused }) cut by the server), server fds \(baselineFDs) → peak \(peakFDs); good client: \(goodFetches) fetches, slowest \(slowest) s")
         XCTAssertGreaterThan(goodFetches, 2, "the well-behaved client was starved")
+        XCTAssertLessThan(slowest, 3, "a good fetch took \(slowest) s during the flood")
+        XCTAssertGreaterThanOrEqual(peakFDs, baselineFDs + 60, "the attackers' connections were never open together")
         XCTAssertTrue(server.process.isRunning, "the server died: \(server.stderr)")
         let settled = ProcessStats.eventually(timeout: 10) { ProcessStats.openDescriptors(pid) <= baselineFDs + 1 }
-        XCTAssertTrue(settled, "descriptors did not return to baseline: \(baselineFDs) → \(ProcessStats.openDescriptors(pid)) after \(attackers) hostile clients")
-        try fetchAndCheck(port: server.port, path: "big.bin")
+        XCTAssertTrue(settled, "descriptors did not return to baseline: \(baselineFDs) → \(ProcessStats.openDescriptors(pid)) after \(total) hostile clients")
+        try fetchAndCheck(port: port, path: "big.bin")
+    }
+
+    /// One kind of hostile behaviour on an open connection (the greeting already read).
+    static func attack(_ client: RawClient, kind: Int, rng: inout SplitMix64) throws {
+        switch kind {
+        case 0:  // random bytes, no LF at all
+            try client.send((0..<70_000).map { _ in UInt8(truncatingIfNeeded: rng.next()) }.filter { $0 != 0x0A })
+        case 1:  // random lines
+            try client.send(rng.bytes(20_000))
+        case 2:  // thousands of pipelined requests, never reading the replies
+            try client.send(Array(String(repeating: "GET big.bin 0 *\n", count: 2000).utf8))
+        case 3:  // half a line, then nothing
+            try client.send(Array("GET big.bi".utf8))
+        case 4:  // request a big file and read only a little
+            try client.send(Array("GET big.bin 0 *\n".utf8))
+            _ = try client.readLine()
+        default:  // NULs and control characters
+            try client.send([UInt8](repeating: 0, count: 5000) + [0x0A, 0x1B, 0x5B, 0x32, 0x4A, 0x0A])
+        }
     }
 
     func testConnectionLimitRefusesTheExtraClientOnly() throws {
@@ -219,9 +258,13 @@ enum Background {
         }
     }
 
+    /// A thread of its own (not a dispatch queue, whose pool may run only as many blocking
+    /// bodies at once as there are cores).
     static func run<T>(_ body: @escaping @Sendable () throws -> T) -> Result<T> {
         let r = Result<T>()
-        DispatchQueue.global().async { r.set(Swift.Result { try body() }) }
+        let thread = Thread { r.set(Swift.Result { try body() }) }
+        thread.stackSize = 1 << 20
+        thread.start()
         return r
     }
 }

@@ -34,16 +34,35 @@ final class LoadAndShutdownTests: XCTestCase {
         if let work { TestSupport.removeTemporaryDirectory(work) }
     }
 
-    func serve(_ extra: [String] = [], port: Int? = nil) throws -> ServerProcess {
+    func serve(_ extra: [String] = [], port: Int? = nil, environment: [String: String]? = nil) throws -> ServerProcess {
         var args = ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", work.appendingPathComponent("state").path]
         if let port { args += ["--port", String(port)] }
-        return try ServerProcess(serving: served, arguments: args + extra)
+        return try ServerProcess(serving: served, arguments: args + extra, environment: environment)
     }
 
-    /// 200 clients list and fetch for a fixed time, twice; every answer is checked; afterwards
-    /// the server's descriptors are back to baseline and its memory stays bounded and flat.
+    /// glibc settings under which the server's resident size follows what it has allocated:
+    /// one arena (with many threads glibc otherwise starts arenas at unpredictable moments, each
+    /// keeping its freed pages — a one-time jump of 20 MiB in one round made the earlier
+    /// three-round version of this test fail), freed memory at the top of the heap returned at
+    /// once, and every block of 32 KiB or more (chunk and socket buffers) in its own mapping,
+    /// returned when freed (glibc otherwise raises the mmap threshold after the first free and
+    /// keeps them in the heap, where a few long-lived blocks pin megabytes). With these, the
+    /// resident size after ten healthy rounds varies by under 2 MiB; a leak still grows it.
+    static let trackingAllocator = [
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_TRIM_THRESHOLD_": "0",
+        "MALLOC_MMAP_THRESHOLD_": "32768",
+    ]
+
+    /// 200 clients connected at the same time list and fetch (every answer checked), round
+    /// after round; afterwards the server's descriptors are back to baseline, its peak memory is
+    /// bounded, and its memory reaches a plateau: after two warm-up rounds, the median resident
+    /// size of the last three rounds may exceed that of rounds 3–5 by at most 6 MiB. A healthy
+    /// server moved by under 2 MiB in every run tried; a leak of 1 KiB per request (injected
+    /// into the server to check this test) added 10 MiB between the two windows. `FERRY_LOAD_ROUNDS` sets the number of rounds (default 10, at least 8).
     func testTwoHundredConcurrentClients() async throws {
-        let server = try serve(["--max-connections", "512"])
+        let clients = 200
+        let server = try serve(["--max-connections", "512"], environment: Self.trackingAllocator)
         defer { server.stop() }
         let pid = server.process.processIdentifier
         let endpoint = Endpoint(host: "127.0.0.1", port: server.port)
@@ -53,48 +72,53 @@ final class LoadAndShutdownTests: XCTestCase {
         let baselineFDs = ProcessStats.openDescriptors(pid)
         let baselineKiB = ProcessStats.residentKiB(pid)
 
-        // Three rounds: each shows memory stays bounded and descriptors come back; the last
-        // shows nothing accumulates (glibc keeps freed pages, so the resident size settles
-        // above the idle baseline, but a leak would keep growing it round after round).
+        let rounds = max(8, Int(ProcessInfo.processInfo.environment["FERRY_LOAD_ROUNDS"] ?? "") ?? 10)
         var afterRounds = [Int]()
-        for round in 1...(Int(ProcessInfo.processInfo.environment["FERRY_LOAD_ROUNDS"] ?? "") ?? 3) {
-            let counts = try await Self.load(endpoint, clients: 200, seconds: 3, names: names, expected: hashes)
-            XCTAssertEqual(counts.count, 200)
-            XCTAssertTrue(counts.allSatisfy { $0 > 0 }, "some clients were never served")
+        for round in 1...rounds {
+            let together = ConcurrencyProbe(clients: clients) { ProcessStats.openDescriptors(pid) }
+            let counts = try await Self.load(endpoint, clients: clients, seconds: 2, names: names, expected: hashes,
+                                             probe: together)
             let peakKiB = ProcessStats.peakResidentKiB(pid)
             let settled = ProcessStats.eventually(timeout: 10) { ProcessStats.openDescriptors(pid) <= baselineFDs + 1 }
             usleep(500_000)
             let afterKiB = ProcessStats.residentKiB(pid)
             afterRounds.append(afterKiB)
-            print("load round \(round): 200 clients, \(counts.reduce(0, +)) requests in 3 s; server fds \(baselineFDs) → \(ProcessStats.openDescriptors(pid)); threads \(ProcessStats.threads(pid)); RSS \(baselineKiB / 1024) MiB → peak \(peakKiB / 1024) MiB → after \(afterKiB / 1024) MiB")
+            let openTogether = together.descriptorsWhenAllWereServed
+            let idleFDs = ProcessStats.openDescriptors(pid)
+            print("load round \(round): \(clients) clients, \(counts.reduce(0, +)) requests; server fds \(baselineFDs) → \(openTogether) with all clients connected → \(ProcessStats.openDescriptors(pid)); threads \(ProcessStats.threads(pid)); RSS \(baselineKiB / 1024) MiB → peak \(peakKiB / 1024) MiB → after \(afterKiB) KiB")
+            // Every client was served while all the others were connected too.
+            XCTAssertGreaterThanOrEqual(openTogether, idleFDs + clients,
+                                        "the server never held all \(clients) connections at once (\(idleFDs) descriptors when idle)")
             XCTAssertTrue(settled, "descriptors did not return to baseline \(baselineFDs): \(ProcessStats.openDescriptors(pid))")
             XCTAssertLessThan(peakKiB, 256 * 1024, "server peak RSS over 256 MiB")
             XCTAssertLessThan(afterKiB, baselineKiB + 64 * 1024, "server memory did not come back down")
         }
-        let settledLevel = afterRounds.dropLast().max() ?? 0
-        XCTAssertLessThan(afterRounds.last ?? 0, settledLevel + 8 * 1024, "resident memory keeps growing round after round: \(afterRounds) KiB")
+        func median(_ values: ArraySlice<Int>) -> Int { values.sorted()[values.count / 2] }
+        let early = median(afterRounds[2..<5]), late = median(afterRounds.suffix(3))
+        XCTAssertLessThanOrEqual(late - early, 6 * 1024,
+                                 "resident memory keeps growing with repeated load (median of rounds 3-5 \(early) KiB, of the last three \(late) KiB): \(afterRounds) KiB")
         try await Self.fetch(endpoint, "f4.bin", expected: hashes)
     }
 
     /// `clients` connections that each list a directory and fetch a file (checked) in a loop
-    /// for `seconds`; returns the number of requests each made.
+    /// for `seconds`, and on until every client has been served once while connected (so all
+    /// are open together at that moment, which `probe` records); returns the requests each made.
     static func load(_ endpoint: Endpoint, clients: Int, seconds: Int, names: [String],
-                     expected: [String: String]) async throws -> [Int] {
+                     expected: [String: String], probe: ConcurrencyProbe) async throws -> [Int] {
         let deadline = ContinuousClock.now + .seconds(seconds)
         return try await withThrowingTaskGroup(of: Int.self) { group in
             for c in 0..<clients {
                 group.addTask {
                     var done = 0
                     try await FerryConnection.with(endpoint, options: ConnectionOptions(readTimeout: .seconds(60))) { conn in
-                        // At least one round per client, however long connecting took on a
-                        // loaded machine: every client must be served.
                         repeat {
                             let listing = try await conn.list(try RemotePath(validating: "sub"))
                             guard listing.count == 3 else { throw RawClient.Failure(description: "LIST sub gave \(listing.count) entries") }
                             let name = names[(c + done) % names.count]
                             try await Self.fetch(on: conn, name, expected: expected)
                             done += 2
-                        } while ContinuousClock.now < deadline
+                            if done == 2 { probe.served() }
+                        } while ContinuousClock.now < deadline || !probe.allServed
                     }
                     return done
                 }
@@ -144,19 +168,24 @@ final class LoadAndShutdownTests: XCTestCase {
         XCTAssertTrue(try raw.readLine()?.hasPrefix("ERR 401") ?? false)
 
         // Wrong tokens: 403 and the connection closes; each retry from this address waits longer.
-        var timings = [TimeInterval]()
+        // The exact schedule is AuthThrottleTests' (through the throttle's clock); here only that
+        // the server applies it: the k-th failure's reply cannot come sooner than the throttle's
+        // delay after the previous one (0.5 s, 1 s, 2 s). Lower bounds only: a busy machine
+        // makes replies late, never early.
+        var replies = [Date]()
         for _ in 0..<4 {
             let c = try RawClient(port: server.port, timeout: 30)
             _ = try c.readLine()
-            let started = Date()
             try c.send("AUTH " + String(repeating: "ab", count: 32) + "\n")
             let reply = try c.readLine() ?? ""
-            timings.append(Date().timeIntervalSince(started))
+            replies.append(Date())
             XCTAssertTrue(reply.hasPrefix("ERR 403"), reply)
             XCTAssertNil(try c.readLine(), "the connection must close after a failed AUTH")
         }
-        XCTAssertGreaterThan(timings[2], 0.4, "\(timings)")
-        XCTAssertGreaterThan(timings[3], timings[2] * 1.5, "failures are not slowed down more and more: \(timings)")
+        let gaps = zip(replies.dropFirst(), replies).map { $0.timeIntervalSince($1) }
+        XCTAssertGreaterThan(gaps[0], 0.4, "the 2nd failure was not delayed: \(gaps)")
+        XCTAssertGreaterThan(gaps[1], 0.85, "the 3rd failure was not delayed by 1 s: \(gaps)")
+        XCTAssertGreaterThan(gaps[2], 1.8, "the 4th failure was not delayed by 2 s: \(gaps)")
 
         // The CLI: no token → exit 3 with advice; the right token (flag or environment) works.
         let none = try TestSupport.ferry(["ls", server.address])
@@ -191,9 +220,8 @@ final class LoadAndShutdownTests: XCTestCase {
         _ = try stalled.readLine()
         try stalled.send("GET big.bin 0 *\n")
 
-        let client = Process()
-        client.executableURL = TestSupport.ferryExecutable
-        client.arguments = ["get", "\(server.address)/big.bin", dest.path, "--retries", "1", "--quiet"]
+        let client = TestSupport.process([TestSupport.ferryExecutable.path, "get", "\(server.address)/big.bin", dest.path,
+                                          "--retries", "1", "--quiet"])
         let errURL = work.appendingPathComponent("client.err")
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
         client.standardError = try FileHandle(forWritingTo: errURL)
@@ -227,28 +255,39 @@ final class LoadAndShutdownTests: XCTestCase {
         XCTAssertEqual(try sha256(of: dest), bigHash)
         XCTAssertFalse(FileManager.default.fileExists(atPath: partialURL.path))
     }
+}
 
-    /// A full disk is a clear local error (exit 5) that keeps the verified partial data.
-    func testFullDiskGivesAClearErrorAndKeepsThePartial() throws {
-        guard geteuid() == 0 else {
-            print("WARNING: testFullDiskGivesAClearErrorAndKeepsThePartial did NOT run: it needs root to mount a small tmpfs")
-            throw XCTSkip("needs root to mount a small tmpfs")
-        }
-        let bigURL = served.appendingPathComponent("big.bin")
-        try randomData(12 << 20).write(to: bigURL)
-        let mount = work.appendingPathComponent("small")
-        try FileManager.default.createDirectory(at: mount, withIntermediateDirectories: true)
-        try TestSupport.run("/bin/mount", ["-t", "tmpfs", "-o", "size=4m", "ferry-test-tmpfs", mount.path])
-        defer { _ = try? TestSupport.run("/bin/umount", [mount.path], check: false) }
-        let server = try serve()
-        defer { server.stop() }
-        let dest = mount.appendingPathComponent("big.bin")
-        let result = try TestSupport.ferry(["get", "\(server.address)/big.bin", dest.path], timeout: 60)
-        XCTAssertEqual(result.status, 5, result.stderr)
-        XCTAssertTrue(result.stderr.lowercased().contains("no space left"), result.stderr)
-        XCTAssertFalse(FileManager.default.fileExists(atPath: dest.path))
-        let partial = mount.appendingPathComponent(".big.bin.ferry-partial")
-        let kept = (try? FileManager.default.attributesOfItem(atPath: partial.path)[.size] as? Int) ?? 0
-        XCTAssertGreaterThan(kept, 1 << 20, "the verified partial data must be kept")
+/// Counts clients served at least once; when the last one is, records what `measure` says
+/// (the server's open descriptors) while every client is still connected.
+final class ConcurrencyProbe: @unchecked Sendable {
+    private let lock = NSLock()
+    private let clients: Int
+    private let measure: () -> Int
+    private var count = 0
+    private var measured = -1
+
+    init(clients: Int, measure: @escaping () -> Int) {
+        self.clients = clients
+        self.measure = measure
+    }
+
+    func served() {
+        lock.lock()
+        defer { lock.unlock() }
+        count += 1
+        if count == clients { measured = measure() }
+    }
+
+    var allServed: Bool {
+        lock.lock()
+        defer { lock.unlock() }
+        return count >= clients
+    }
+
+    /// -1 until every client was served.
+    var descriptorsWhenAllWereServed: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return measured
     }
 }

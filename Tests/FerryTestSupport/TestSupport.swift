@@ -1,7 +1,9 @@
 import Foundation
+import XCTest
 
 /// Shared helpers for the test targets: locating the built `ferry` executable, materialising
-/// the fixture tree, running processes with a time limit.
+/// the fixture tree, running processes with a time limit in an isolated environment, and
+/// marking the tests that need (or must not have) root.
 public enum TestSupport {
     /// The package root (three levels above this file).
     public static let packageRoot: URL = URL(fileURLWithPath: #filePath)
@@ -53,13 +55,14 @@ public enum TestSupport {
     }
 
     /// Runs a program to completion (killed after `timeout` seconds) and captures its output.
+    /// It runs in `childEnvironment(environment)`: never with the invoking user's home.
     @discardableResult
     public static func run(_ program: String, _ arguments: [String], timeout: TimeInterval = 120,
                            environment: [String: String]? = nil, check: Bool = true) throws -> ProcessResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
         process.arguments = arguments
-        if let environment { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        process.environment = childEnvironment(environment)
         let outFile = try makeTemporaryDirectory("ferry-proc")
         defer { removeTemporaryDirectory(outFile) }
         let outURL = outFile.appendingPathComponent("out"), errURL = outFile.appendingPathComponent("err")
@@ -102,18 +105,14 @@ public final class ServerProcess: @unchecked Sendable {
     private let stdoutPipe: Pipe
     public let stderrURL: URL
 
-    /// Starts `ferry serve DIR --port 0 ARGS...` and waits for its `listening on` line.
-    public init(serving dir: URL, arguments: [String] = [], wrapper: [String] = [], timeout: TimeInterval = 20) throws {
-        let process = Process()
+    /// Starts `ferry serve DIR --port 0 ARGS...` and waits for its `listening on` line. It runs
+    /// in `TestSupport.childEnvironment(environment)`, so even without `--state-dir` its hash
+    /// cache lands in the tests' throwaway home.
+    public init(serving dir: URL, arguments: [String] = [], wrapper: [String] = [], timeout: TimeInterval = 20,
+                environment: [String: String]? = nil) throws {
         let ferry = TestSupport.ferryExecutable.path
-        let all = ["serve", dir.path, "--port", "0"] + arguments
-        if let first = wrapper.first {
-            process.executableURL = URL(fileURLWithPath: first)
-            process.arguments = Array(wrapper.dropFirst()) + [ferry] + all
-        } else {
-            process.executableURL = URL(fileURLWithPath: ferry)
-            process.arguments = all
-        }
+        let process = TestSupport.process(wrapper + [ferry, "serve", dir.path, "--port", "0"] + arguments,
+                                          environment: environment)
         let pipe = Pipe()
         process.standardOutput = pipe
         let errDir = try TestSupport.makeTemporaryDirectory("ferry-serve-log")
