@@ -285,9 +285,8 @@ final class CLIRealUserTests: XCTestCase {
         // Greets, then never answers: the client waits on its first request.
         let fake = try FakeServer { _ in [] }
         defer { fake.stop() }
-        let process = Process()
-        process.executableURL = TestSupport.ferryExecutable
-        process.arguments = ["get", "\(fake.address)/file", work.appendingPathComponent("file").path, "--timeout", "60"]
+        let process = TestSupport.process([TestSupport.ferryExecutable.path, "get", "\(fake.address)/file",
+                                           work.appendingPathComponent("file").path, "--timeout", "60"])
         let errPipe = Pipe()
         process.standardError = errPipe
         process.standardOutput = FileHandle.nullDevice
@@ -310,7 +309,7 @@ final class CLIRealUserTests: XCTestCase {
     /// An ordinary user syncing into a folder they cannot write is told so once, naming the
     /// folder and the permission error, not once per file nor with a later ENOENT.
     func testUnwritableDestinationIsNamedOnce() throws {
-        try XCTSkipIf(geteuid() == 0, "root may write into any folder; this runs in the unprivileged phase")
+        try TestSupport.requireNonRoot("root may write into any folder, so a chmod 555 DEST proves nothing")
         let s = try startServer()
         let locked = work.appendingPathComponent("locked")
         try FileManager.default.createDirectory(at: locked, withIntermediateDirectories: true)
