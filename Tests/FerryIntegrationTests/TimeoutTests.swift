@@ -223,9 +223,7 @@ final class TimeoutTests: XCTestCase {
 
         let errURL = work.appendingPathComponent("client.err")
         _ = FileManager.default.createFile(atPath: errURL.path, contents: nil)
-        let client = Process()
-        client.executableURL = TestSupport.ferryExecutable
-        client.arguments = arguments(server.address)
+        let client = TestSupport.process([TestSupport.ferryExecutable.path] + arguments(server.address))
         client.standardInput = FileHandle.nullDevice
         client.standardOutput = FileHandle.nullDevice
         client.standardError = try FileHandle(forWritingTo: errURL)
