@@ -82,7 +82,7 @@ struct SyncCommand: AsyncParsableCommand {
         } catch {
             throw Output.fail(error)
         }
-        if !summary.failures.isEmpty { throw ExitCode(Exit.failed) }
+        if !summary.failures.isEmpty || !summary.conflicts.isEmpty { throw ExitCode(Exit.failed) }
     }
 
     private func sync(logger: Logger) async throws -> Syncer.Summary {
@@ -106,12 +106,14 @@ struct SyncCommand: AsyncParsableCommand {
                     Output.json(["event": "plan", "filesToFetch": files, "bytesToFetch": bytes,
                                  "filesUnchanged": unchanged, "deletions": deletions])
                 }
-            case .action(let what, let path):
+            case .action(let what, let path, let size):
                 if json {
-                    Output.json(["event": what, "path": path.description])
+                    var object: [String: Any] = ["event": what, "path": path.description]
+                    if let size { object["size"] = size }
+                    Output.json(object)
                 } else if dryRun || (what == "deleted" && !quiet) {
                     progress.clear()
-                    Output.out("\(dryRun ? "would " : "")\(what) \(path)")
+                    Output.out("\(dryRun ? "would " : "")\(what) \(Self.shown(path.description))" + (size.map { " (\(Output.bytes($0)))" } ?? ""))
                 }
             case .fileStarted(let path, let size):
                 if json { Output.json(["event": "start", "path": path.description, "size": size]) }
@@ -121,7 +123,11 @@ struct SyncCommand: AsyncParsableCommand {
             case .failed(let path, let message):
                 progress.clear()
                 if json { Output.json(["event": "error", "path": path.description, "message": message]) }
-                Output.err("ferry: \(path): \(message)")
+                Output.err("ferry: \(Self.shown(path.description)): \(Self.shown(message))")
+            case .conflict(let path, let message):
+                progress.clear()
+                if json { Output.json(["event": "conflict", "path": path.description, "message": message]) }
+                Output.err("ferry: conflict: \(Self.shown(path.description)) \(Self.shown(message))")
             case .bytes(let n):
                 progress.add(bytes: n)
             case .warning(let message):
@@ -145,23 +151,81 @@ struct SyncCommand: AsyncParsableCommand {
 
     private func report(_ s: Syncer.Summary) {
         if json {
-            Output.json(["event": "summary", "filesFetched": s.filesFetched, "filesUnchanged": s.filesUnchanged,
-                         "filesDeleted": s.filesDeleted, "directoriesCreated": s.directoriesCreated,
-                         "linksCreated": s.linksCreated, "linksSkipped": s.linksSkipped,
-                         "filesDelta": s.deltaFiles, "bytesWritten": s.bytesWritten, "wireBytes": s.wireBytes,
-                         "manifestWireBytes": s.manifestWireBytes, "fileWireBytes": s.wireBytes - s.manifestWireBytes,
-                         "seconds": s.seconds, "failures": s.failures.count, "dryRun": s.dryRun])
+            var object: [String: Any] = [
+                "event": "summary", "filesFetched": s.filesFetched, "filesUnchanged": s.filesUnchanged,
+                "filesDeleted": s.filesDeleted, "directoriesCreated": s.directoriesCreated,
+                "linksCreated": s.linksCreated, "linksSkipped": s.linksSkipped,
+                "filesDelta": s.deltaFiles, "bytesWritten": s.bytesWritten, "wireBytes": s.wireBytes,
+                "manifestWireBytes": s.manifestWireBytes, "fileWireBytes": s.wireBytes - s.manifestWireBytes,
+                "seconds": s.seconds, "failures": s.failures.count, "dryRun": s.dryRun,
+                "failed": s.failures.map { ["path": $0.path, "message": $0.message] },
+                "conflicts": s.conflicts.map { ["path": $0.path, "message": $0.message] },
+                "specialSkipped": s.specialSkipped, "reservedSkipped": s.reservedSkipped,
+            ]
+            if s.dryRun {
+                object["filesToFetch"] = s.plannedFetches
+                object["bytesToFetch"] = s.plannedFetchBytes
+                object["filesToReplace"] = s.plannedReplacements
+                object["bytesToReplace"] = s.plannedReplacementBytes
+                object["filesToDelete"] = s.plannedDeletions
+                object["bytesToDelete"] = s.plannedDeletionBytes
+            }
+            Output.json(object)
             return
         }
-        if quiet && s.failures.isEmpty { return }
-        let verb = s.dryRun ? "would fetch" : "fetched"
-        var line = "\(verb) \(s.filesFetched) file\(s.filesFetched == 1 ? "" : "s")"
-        if !s.dryRun { line += " (\(Output.bytes(s.bytesWritten)))" }
-        line += ", \(s.filesUnchanged) unchanged"
-        if s.filesDeleted > 0 { line += ", \(s.dryRun ? "would delete" : "deleted") \(s.filesDeleted)" }
+        finalList(s)
+        if quiet && s.failures.isEmpty && s.conflicts.isEmpty { return }
+        var line: String
+        if s.dryRun {
+            line = "would fetch \(s.plannedFetches) file\(s.plannedFetches == 1 ? "" : "s") (\(Output.bytes(s.plannedFetchBytes)))"
+                + ", replace \(s.plannedReplacements) (\(Output.bytes(s.plannedReplacementBytes)))"
+                + ", delete \(s.plannedDeletions) (\(Output.bytes(s.plannedDeletionBytes)))"
+                + ", \(s.filesUnchanged) unchanged"
+        } else {
+            line = "fetched \(s.filesFetched) file\(s.filesFetched == 1 ? "" : "s") (\(Output.bytes(s.bytesWritten)))"
+                + ", \(s.filesUnchanged) unchanged"
+            if s.filesDeleted > 0 { line += ", deleted \(s.filesDeleted)" }
+        }
         if s.linksSkipped > 0 { line += ", \(s.linksSkipped) symlink\(s.linksSkipped == 1 ? "" : "s") skipped" }
+        if !s.specialSkipped.isEmpty { line += ", \(s.specialSkipped.count) special skipped" }
+        if !s.reservedSkipped.isEmpty { line += ", \(s.reservedSkipped.count) reserved name\(s.reservedSkipped.count == 1 ? "" : "s") skipped" }
         line += "; \(Output.bytes(s.wireBytes)) on the wire in " + String(format: "%.2f s", s.seconds)
         if !s.failures.isEmpty { line += "; \(s.failures.count) failed" }
+        if !s.conflicts.isEmpty { line += "; \(s.conflicts.count) conflict\(s.conflicts.count == 1 ? "" : "s")" }
         Output.out(line)
+    }
+
+    /// The entries that failed and the conflicts, once more at the end where they are seen.
+    private func finalList(_ s: Syncer.Summary) {
+        if !s.failures.isEmpty {
+            Output.err("ferry: \(s.failures.count) entr\(s.failures.count == 1 ? "y was" : "ies were") not synced:")
+            for f in s.failures { Output.err("  \(Self.shown(f.path)): \(Self.shown(f.message))") }
+        }
+        if !s.conflicts.isEmpty {
+            Output.err("ferry: \(s.conflicts.count) conflict\(s.conflicts.count == 1 ? "" : "s") left alone (--delete replaces them):")
+            for c in s.conflicts { Output.err("  \(Self.shown(c.path)) \(Self.shown(c.message))") }
+        }
+    }
+
+    /// A name or message as the terminal should see it: control characters escaped (`\n`,
+    /// `\x1b`), never sent raw.
+    static func shown(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\n": out += "\\n"
+            case "\t": out += "\\t"
+            case "\r": out += "\\r"
+            case "\\": out += "\\\\"
+            default:
+                if scalar.value < 0x20 || scalar.value == 0x7F || (0x80..<0xA0).contains(scalar.value) {
+                    let hex = String(scalar.value, radix: 16)
+                    out += "\\x" + (hex.count < 2 ? "0" : "") + hex
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
     }
 }
