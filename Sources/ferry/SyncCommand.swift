@@ -18,6 +18,14 @@ struct SyncCommand: AsyncParsableCommand {
         directories created, and symlinks whose target stays inside the tree recreated (others
         are skipped with a warning). An interrupted sync resumes where it stopped.
 
+        A file that cannot be fetched fails alone: it is named, every other file still
+        syncs, and the exit status is 1 with the list of what was not synced at the end.
+        Without --delete nothing that exists only in DEST is deleted: where the server has a
+        file and DEST a directory with something in it (or the other way round) the entry is
+        left alone as a conflict (exit status 1); --delete replaces it. Nothing below a
+        directory the server cannot read is deleted. DEST/.ferry-partial and names like
+        .~ferry-0123456789abcdef are ferry's own and never copied from the server.
+
         --exclude takes a glob: `*` and `?` stay within one path component, `**` crosses
         them, [a-z] and [!a-z] are character classes. A pattern without `/` matches names at
         any depth (`*.tmp`); one with `/` matches the path from the synced root
