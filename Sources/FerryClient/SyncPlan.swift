@@ -45,11 +45,6 @@ public struct SyncPlan: Sendable {
 
     public var bytesToFetch: Int64 { fetches.reduce(0) { $0 + $1.entry.size } }
 
-    /// Whether `path` lies strictly below a directory the server could not read.
-    public func isBelowUnreadable(_ path: RemotePath) -> Bool {
-        unreadableDirectories.contains { path != $0 && path.hasPrefix($0) }
-    }
-
     /// The name of DEST's partial-data folder, which sync never lists, compares or deletes.
     public static let partialFolder: [UInt8] = Array(".ferry-partial".utf8)
 
@@ -188,6 +183,17 @@ public struct SyncPlan: Sendable {
                 plan.links.append(e)
             case .other:
                 continue
+            }
+        }
+        // Notes about what lies in an excluded (or reserved, or conflicting) directory concern
+        // nothing this sync would have copied.
+        if !skippedDirs.isEmpty {
+            func skipped(_ p: RemotePath) -> Bool { skippedDirs.contains { p.hasPrefix($0) } }
+            plan.unreadableDirectories.removeAll { skipped($0) }
+            plan.specialFiles.removeAll { skipped($0) }
+            plan.tooLong = inputs.notes.compactMap { note in
+                guard case .tooLong(let parent, _) = note, !skipped(parent) else { return nil }
+                return note.displayPath
             }
         }
         if inputs.delete {

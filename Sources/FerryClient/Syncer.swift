@@ -48,6 +48,8 @@ public struct Syncer: Sendable {
         case fileStarted(RemotePath, size: Int64)
         case fileFinished(RemotePath, size: Int64, delta: Bool)
         case failed(RemotePath, String)
+        /// An entry not synced whose path is not a valid one (longer than the protocol allows).
+        case failedPath(String, String)
         /// An entry left alone because DEST holds what the server does not (no `--delete`).
         case conflict(RemotePath, String)
         case bytes(Int)
@@ -167,11 +169,10 @@ public struct Syncer: Sendable {
                          deletions: plan.deletions.count))
 
         let failures = NIOLockedValueBox<[(path: String, message: String)]>([])
-        func fail(_ path: String, _ message: String, event: RemotePath?) {
-            failures.withLockedValue { $0.append((path, message)) }
-            if let event { onEvent(.failed(event, message)) }
+        func fail(_ path: RemotePath, _ message: String) {
+            failures.withLockedValue { $0.append((path.description, message)) }
+            onEvent(.failed(path, message))
         }
-        func fail(_ path: RemotePath, _ message: String) { fail(path.description, message, event: path) }
         var conflicts: [(path: String, message: String)] = []
         func conflict(_ path: RemotePath, _ message: String) {
             conflicts.append((path.description, message))
@@ -183,9 +184,9 @@ public struct Syncer: Sendable {
                  + (options.delete ? " (and nothing in it was deleted here)" : ""))
         }
         for p in plan.tooLong {
-            let name = (try? RemotePath(validating: p)) ?? .root
-            fail(p, "its path is longer than \(FerryLimits.maxPathBytes) bytes, which ferry cannot transfer",
-                 event: name.isRoot ? nil : name)
+            let message = "its path is longer than \(FerryLimits.maxPathBytes) bytes, which ferry cannot transfer"
+            failures.withLockedValue { $0.append((p, message)) }
+            onEvent(.failedPath(p, message))
         }
 
         if options.dryRun || tree == nil {

@@ -132,6 +132,10 @@ struct SyncCommand: AsyncParsableCommand {
                 progress.clear()
                 if json { Output.json(["event": "error", "path": path.description, "message": message]) }
                 Output.err("ferry: \(Self.shown(path.description)): \(Self.shown(message))")
+            case .failedPath(let path, let message):
+                progress.clear()
+                if json { Output.json(["event": "error", "path": path, "message": message]) }
+                Output.err("ferry: \(Self.shown(path)): \(Self.shown(message))")
             case .conflict(let path, let message):
                 progress.clear()
                 if json { Output.json(["event": "conflict", "path": path.description, "message": message]) }

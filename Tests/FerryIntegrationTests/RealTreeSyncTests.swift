@@ -160,6 +160,9 @@ final class RealTreeSyncTests: XCTestCase {
         XCTAssertEqual(result.status, 1, result.stderr)
         let failed = (summary["failed"] as? [[String: Any]] ?? []).compactMap { $0["message"] as? String }
         XCTAssertTrue(failed.contains { $0.contains("longer than 4096 bytes") }, "\(failed) \(all.count)")
+        let errors = events(all, "error")
+        XCTAssertEqual(errors.count, 1, "one error event, under the entry's own path: \(errors)")
+        XCTAssertTrue(errors.first?.hasSuffix("/" + name + "17") ?? false, "\(errors)")
         XCTAssertEqual(Files.text(dest.appendingPathComponent("short.txt")), "fine")
     }
 
