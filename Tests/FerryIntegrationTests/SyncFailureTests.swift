@@ -42,8 +42,18 @@ final class SyncFailureTests: XCTestCase {
                                  wrapper: [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
     }
 
+    /// Runs `ferry ARGS` as an ordinary user too (`nobody` through setpriv when we are root).
+    private func ferryUnprivileged(_ arguments: [String]) throws -> TestSupport.ProcessResult {
+        let setpriv = "/usr/bin/setpriv"
+        guard geteuid() == 0, FileManager.default.isExecutableFile(atPath: setpriv) else {
+            return try TestSupport.ferry(arguments, timeout: 120)
+        }
+        return try TestSupport.run(setpriv, ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                             TestSupport.ferryExecutable.path] + arguments, timeout: 120, check: false)
+    }
+
     private func sync(_ address: String, _ dest: URL, _ extra: [String] = []) throws -> (TestSupport.ProcessResult, [[String: Any]], [String: Any]) {
-        let result = try TestSupport.ferry(["sync", address, dest.path, "--json"] + extra, timeout: 120)
+        let result = try ferryUnprivileged(["sync", address, dest.path, "--json"] + extra)
         let events = JSONLines.parse(result.stdout)
         let summary = JSONLines.summary(result.stdout) ?? [:]
         XCTAssertFalse(summary.isEmpty, "no summary in \(result.stdout.suffix(400)) \(result.stderr)")
@@ -81,6 +91,7 @@ final class SyncFailureTests: XCTestCase {
 
         let dest = work.appendingPathComponent("dest")
         try Files.write(dest.appendingPathComponent("locked/local-only.txt"), "mine, not the server's")
+        chmod(dest.path, 0o777)  // the client may run as `nobody` too
         let server = try serveUnprivileged(src)
         defer { server.stop() }
 
@@ -96,6 +107,11 @@ final class SyncFailureTests: XCTestCase {
             assertSameBytes(Files.read(dest.appendingPathComponent(name)), bytes, name)
         }
         XCTAssertFalse(Files.exists(dest.appendingPathComponent("d1/secret-small.txt")))
+        if geteuid() == 0 {
+            var st = stat()
+            XCTAssertEqual(stat(dest.appendingPathComponent("d0/f00.txt").path, &st), 0)
+            XCTAssertNotEqual(st.st_uid, 0, "the client ran as an ordinary user")
+        }
         XCTAssertEqual(Files.text(dest.appendingPathComponent("locked/local-only.txt")), "mine, not the server's",
                        "--delete must not delete below a directory the server could not read")
         let messages = events.filter { ($0["event"] as? String) == "error" }.compactMap { $0["message"] as? String }
@@ -104,7 +120,7 @@ final class SyncFailureTests: XCTestCase {
         XCTAssertFalse(events.contains { ($0["event"] as? String) == "retry" }, result.stdout)
 
         // The text output ends with the list of what failed, names escaped.
-        let text = try TestSupport.ferry(["sync", server.address, dest.path], timeout: 120)
+        let text = try ferryUnprivileged(["sync", server.address, dest.path])
         XCTAssertEqual(text.status, 1)
         let tail = text.stderr.components(separatedBy: "not synced:").last ?? ""
         for name in ["d1/secret-small.txt", "d2/secret-big.bin", "locked"] {
@@ -170,6 +186,8 @@ final class SyncFailureTests: XCTestCase {
         }
         defer { fake.stop() }
         let dest = work.appendingPathComponent("dest")
+        try FileManager.default.createDirectory(at: dest, withIntermediateDirectories: true)
+        chmod(dest.path, 0o777)
         let started = Date()
         let (result, events, summary) = try sync(fake.address, dest, ["--parallel", "1"])
         XCTAssertLessThan(Date().timeIntervalSince(started), 60)
