@@ -76,7 +76,7 @@ public enum ClientError: Error, CustomStringConvertible {
         switch self {
         case .connect, .closed, .timeout, .corruptChunk: return true
         case .refused: return false
-        case .server(_, _, let reply): return reply.knownCode == .shuttingDown || reply.knownCode == .tooMany || reply.knownCode == .serverError
+        case .server(_, _, let reply): return reply.knownCode.map { [.shuttingDown, .tooMany, .serverError, .readError].contains($0) } ?? false
         case .protocolViolation: return true
         default: return false
         }

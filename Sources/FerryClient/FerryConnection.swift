@@ -374,8 +374,10 @@ public final class FerryConnection {
     }
 
     /// Fetches and verifies the manifest of a subtree. `maxBytes` bounds the inflated text.
-    public func manifest(_ path: RemotePath, hashes: Bool = true, maxBytes: Int = FerryLimits.maxManifestBytes) async throws -> Manifest {
-        try await send(.manifest(path, hashes: hashes))
+    /// With `report` the server also notes what it left out (a 1.0 server answers `ERR 400`).
+    public func manifest(_ path: RemotePath, hashes: Bool = true, report: Bool = false,
+                         maxBytes: Int = FerryLimits.maxManifestBytes) async throws -> Manifest {
+        try await send(.manifest(path, hashes: hashes, report: report))
         let f = try await expectOK(for: "MANIFEST \(path)")
         guard f.count == 1, let count = parseWireNumber(f[0]), count <= FerryLimits.maxManifestEntries else {
             throw violation("bad MANIFEST reply")

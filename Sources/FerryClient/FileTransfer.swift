@@ -18,6 +18,18 @@ public final class FileTransfer {
     private var hashChain: [Task<SHA256Hasher, Never>] = []
     static let hashChainDepth = 4
     public private(set) var resumedFrom: Int64 = 0
+    /// Whether the reply to the last `receive` was read to its end (its `END` or `ERR`), so the
+    /// connection can carry the next reply. False while it is being read and after an error
+    /// that left it unfinished.
+    public private(set) var replyConsumed = true
+    /// After a failure of this file alone (a corrupt chunk, a local write error), the rest of
+    /// its reply is read and dropped when at most this many bytes are left, so the connection
+    /// and the replies pipelined behind it stay usable; a longer rest leaves it unfinished.
+    public var drainLimit: Int64 = 0
+
+    /// Replies the caller pipelined behind this one are still unread: the connection cannot
+    /// be reused whatever happened to this reply.
+    func markReplyUnfinished() { replyConsumed = false }
 
     /// The file changed on the server (validator mismatch); the partial has been discarded.
     public struct Changed: Error, CustomStringConvertible {
@@ -166,9 +178,11 @@ public final class FileTransfer {
     @discardableResult
     public func receive(on connection: FerryConnection, until end: Int64? = nil, onBytes: (Int) -> Void) async throws -> String {
         let rangeEnd = end ?? identity.size
+        replyConsumed = false
         let status = try await connection.readStatus(for: "GET \(path)")
         switch status {
         case .err(let reply):
+            replyConsumed = true
             if reply.knownCode == .changed {
                 partial.discard()
                 throw Changed(path: path, now: Validator(Substring(reply.reason.split(separator: " ").last ?? "")))
@@ -209,12 +223,14 @@ public final class FileTransfer {
                     inflight.append((header, Self.startDecode(header, wire, allocator: allocator, label: label)))
                     if inflight.count >= window { try await commit(inflight.removeFirst(), onBytes) }
                 case .end(let sha):
+                    replyConsumed = true
                     while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
                     guard partial.verified == rangeEnd else {
                         throw connection.violation("stream ended at \(partial.verified), expected \(rangeEnd)")
                     }
                     return sha
                 case .error(let reply):
+                    replyConsumed = true
                     while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
                     if reply.knownCode == .changed {
                         partial.discard()
@@ -231,7 +247,33 @@ public final class FileTransfer {
                 do { try await commit(first, onBytes) } catch { break }
             }
             for (_, task) in inflight { _ = try? await task.value }
+            if !replyConsumed, rangeEnd - next <= drainLimit {
+                switch FileFailure(error) {
+                case .permanent, .transient: await drain(connection, atMost: rangeEnd - next)
+                case .connection, .fatal: break
+                }
+            }
             throw error
+        }
+    }
+
+    /// Reads and drops the rest of a reply (at most `bytes` of chunk data, as announced by the
+    /// range); leaves `replyConsumed` false if the reply does not end within that.
+    private func drain(_ connection: FerryConnection, atMost bytes: Int64) async {
+        var left = bytes
+        do {
+            while true {
+                switch try await connection.nextStreamItem() {
+                case .chunk(let header, _):
+                    left -= Int64(header.rawLength)
+                    if left < 0 { return }
+                case .end, .error:
+                    replyConsumed = true
+                    return
+                }
+            }
+        } catch {
+            return  // the connection failed: it is not reused
         }
     }
 

@@ -7,6 +7,8 @@ public struct SyncPlan: Sendable {
         public var entry: Entry
         /// An older local copy exists: reuse its blocks that still match.
         public var delta: Bool
+        /// Something is at its place in DEST already (an older copy, a link, an empty directory).
+        public var replaces = false
     }
 
     public var directories: [Entry] = []
@@ -16,6 +18,26 @@ public struct SyncPlan: Sendable {
     public var links: [Entry] = []
     public var skippedLinks: [(RemotePath, String)] = []
     public var deletions: [(RemotePath, EntryType)] = []
+    /// Bytes of the local files among `deletions`.
+    public var bytesToDelete: Int64 = 0
+    /// Local entries of another type that must go before the server's entry can take their
+    /// place: a link or other non-directory where the server has a directory (a file only with
+    /// `--delete`), a directory where the server has a file or link (an empty one, or any with
+    /// `--delete`: its contents are among `deletions`). Removed first, never recursively.
+    public var replacements: [(RemotePath, EntryType)] = []
+    /// Entries left alone because the two sides disagree on their type and the local one holds
+    /// what the server does not have (without `--delete`), with the reason.
+    public var conflicts: [(RemotePath, String)] = []
+    /// Server directories whose contents the server could not read: unknown, not empty, so
+    /// nothing below them is deleted here (`ManifestNote.unreadable`).
+    public var unreadableDirectories: [RemotePath] = []
+    /// FIFOs, sockets and devices on the server: never copied.
+    public var specialFiles: [RemotePath] = []
+    /// Server entries whose path is longer than the protocol allows, as text.
+    public var tooLong: [String] = []
+    /// Server entries whose names ferry reserves in DEST (`.ferry-partial` at the top, the
+    /// `.~ferry-<16 hex>` temporaries): never copied.
+    public var reservedNames: [RemotePath] = []
     /// Unchanged files whose mode or mtime must still be corrected.
     public var attributeFixes: [Entry] = []
     public var unchangedFiles = 0
@@ -35,6 +57,14 @@ public struct SyncPlan: Sendable {
         public var deltaMinimumSize: Int64
         /// SHA-256 of a local file (for `--checksum`); nil when it cannot be read.
         public var localHash: (RemotePath) -> String?
+        /// What the server's manifest left out (from a server that reports it).
+        public var notes: [ManifestNote] = []
+    }
+
+    /// Whether a server entry's name is one ferry reserves in DEST: the partial folder at the
+    /// top, and the temporaries' `.~ferry-<16 hex>` anywhere.
+    static func isReserved(_ path: RemotePath) -> Bool {
+        path.bytes == partialFolder || PartialFile.isTemporaryName(path.name)
     }
 
     /// Whether a relative link target has all its `..` components before any name
@@ -64,23 +94,58 @@ public struct SyncPlan: Sendable {
     public static func make(_ inputs: Inputs) -> SyncPlan {
         var plan = SyncPlan()
         var remotePaths = Set<RemotePath>()
-        var remoteTypes: [RemotePath: EntryType] = [:]
-        var excludedDirs: [RemotePath] = []
+        var skippedDirs: [RemotePath] = []
+        for note in inputs.notes {
+            switch note {
+            case .unreadable(let p):
+                if p.isRoot || !(inputs.excludes.excludes(p.bytes) || isReserved(p)) { plan.unreadableDirectories.append(p) }
+            case .special(let p):
+                if !inputs.excludes.excludes(p.bytes) { plan.specialFiles.append(p) }
+            case .tooLong:
+                plan.tooLong.append(note.displayPath)
+            }
+        }
+        // Local directories holding something (listed by the scan), computed when first needed.
+        var localParents: Set<RemotePath>?
+        func holdsEntries(_ path: RemotePath) -> Bool {
+            if localParents == nil { localParents = Set(inputs.local.keys.compactMap(\.parent)) }
+            return localParents?.contains(path) ?? false
+        }
         for e in inputs.remote {
             if e.path == RemotePath.root { continue }
+            if let last = skippedDirs.last, e.path.hasPrefix(last) { continue }
             // DEST's partial folder and everything below it belong to the client, whatever the
-            // server has there (a served tree may itself be a sync destination).
-            if isInPartialFolder(e.path) { continue }
-            if let last = excludedDirs.last, e.path.hasPrefix(last) { continue }
+            // server has there (a served tree may itself be a sync destination); so do the
+            // temporaries. Such server entries are reported, never copied.
+            if isReserved(e.path) {
+                if !inputs.excludes.excludes(e.path.bytes) { plan.reservedNames.append(e.path) }
+                if e.type == .directory { skippedDirs.append(e.path) }
+                continue
+            }
             if inputs.excludes.excludes(e.path.bytes) {
-                if e.type == .directory { excludedDirs.append(e.path) }
+                if e.type == .directory { skippedDirs.append(e.path) }
                 continue
             }
             if inputs.delete {  // only deletions need them: no hashing per entry otherwise
                 remotePaths.insert(e.path)
-                remoteTypes[e.path] = e.type
             }
             let local = inputs.local[e.path]
+            // A directory where the server has something else, or the other way round: the
+            // local entry goes first, unless that loses what only DEST has. (A file or link
+            // replacing a file or link is renamed or created over it.)
+            if let l = local, (l.type == .directory) != (e.type == .directory) {
+                if e.type == .directory && l.type == .file && !inputs.delete {
+                    plan.conflicts.append((e.path, "is a file here but a directory on the server; left alone (--delete replaces it)"))
+                    skippedDirs.append(e.path)
+                    continue
+                }
+                if l.type == .directory && !inputs.delete && holdsEntries(e.path) {
+                    plan.conflicts.append((e.path, "is a directory with contents here but a \(e.type == .file ? "file" : "symlink") "
+                                           + "on the server; left alone (--delete replaces it)"))
+                    continue
+                }
+                plan.replacements.append((e.path, l.type))
+            }
             switch e.type {
             case .directory:
                 plan.directories.append(e)
@@ -100,7 +165,7 @@ public struct SyncPlan: Sendable {
                     }
                 }
                 let delta = local?.type == .file && (local?.size ?? 0) > 0 && e.size >= inputs.deltaMinimumSize
-                plan.fetches.append(Fetch(entry: e, delta: delta))
+                plan.fetches.append(Fetch(entry: e, delta: delta, replaces: local != nil))
             case .symlink:
                 guard let target = e.target, Downloader.resolveLink(at: e.path, target: target) != nil else {
                     plan.skippedLinks.append((e.path, "its target \(String(decoding: e.target ?? [], as: UTF8.self)) is outside the synced tree"))
@@ -120,23 +185,29 @@ public struct SyncPlan: Sendable {
                 continue
             }
         }
+        // Notes about what lies in an excluded (or reserved, or conflicting) directory concern
+        // nothing this sync would have copied.
+        if !skippedDirs.isEmpty {
+            func skipped(_ p: RemotePath) -> Bool { skippedDirs.contains { p.hasPrefix($0) } }
+            plan.unreadableDirectories.removeAll { skipped($0) }
+            plan.specialFiles.removeAll { skipped($0) }
+            plan.tooLong = inputs.notes.compactMap { note in
+                guard case .tooLong(let parent, _) = note, !skipped(parent) else { return nil }
+                return note.displayPath
+            }
+        }
         if inputs.delete {
             // Every local entry the server lacks, children before their directory. A directory
             // is only removed once it is empty (see `Syncer`), so excluded entries inside it
-            // (which the local scan does not list) survive, and so does the directory.
+            // (which the local scan does not list) survive, and so does the directory. Nothing
+            // below a directory the server could not read is the server's to judge, nor what
+            // lies below a conflict.
+            let unreadable = plan.unreadableDirectories
             for (path, l) in inputs.local.sorted(by: { $1.key < $0.key }) {
-                // Present on both sides: a type change is handled by replacing in place.
                 if remotePaths.contains(path) { continue }
-                // Below an entry the server has as a file or symlink: replacing that entry
-                // removes this one with it.
-                var ancestor = path.parent
-                var replaced = false
-                while let a = ancestor, !a.isRoot {
-                    if let type = remoteTypes[a], type != .directory { replaced = true; break }
-                    ancestor = a.parent
-                }
-                if replaced { continue }
+                if unreadable.contains(where: { path.hasPrefix($0) }) { continue }
                 plan.deletions.append((path, l.type))
+                if l.type == .file { plan.bytesToDelete += l.size }
             }
         }
         return plan

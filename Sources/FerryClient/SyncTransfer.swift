@@ -9,7 +9,10 @@ import NIOConcurrencyHelpers
 /// The file phase of a sync: several connections, each with many pipelined `GET`s in
 /// flight, pulling jobs from one queue. A dropped connection puts its unfinished jobs back
 /// (their partial data kept) and reconnects with backoff; a job whose file changed on the
-/// server is re-stat'ed and fetched whole.
+/// server is re-stat'ed and fetched whole. A file that fails on its own (an `ERR` reply to its
+/// `GET`, a corrupt chunk, a SHA-256 mismatch) fails alone: the error is that `GET`'s reply,
+/// the connection goes on with the replies behind it, and the file is given up at once
+/// (permanent causes) or after a few attempts with backoff (`FileFailure`).
 final class SyncTransfer: Sendable {
     struct Job: Sendable {
         var entry: Entry
@@ -17,7 +20,17 @@ final class SyncTransfer: Sendable {
         /// The manifest's identity is stale: STAT again before fetching.
         var restat = false
         var changes = 0
+        /// Failed attempts of this file alone (verification, a read error on the server).
+        var failures = 0
+        /// After a failure of its own, not tried again before this.
+        var notBefore: ContinuousClock.Instant?
     }
+
+    /// Attempts of one file that keeps failing on its own (CRC, SHA-256, read errors).
+    static let fileAttempts = 3
+    /// The rest of a failed file's reply is read and dropped when at most this much is left
+    /// (so the connection carries on); a longer rest is cheaper to abandon with the connection.
+    static let drainLimit: Int64 = 8 << 20
 
     struct Result: Sendable {
         var fetched = 0
@@ -31,7 +44,11 @@ final class SyncTransfer: Sendable {
         var jobs: [Job] = []
         var next = 0
         var requeued: [Job] = []
+        /// Jobs waiting out a backoff after a failure of their own.
+        var delayed: [Job] = []
         var fatal: Error?
+        /// Why the last worker to give up on its connection did so.
+        var gaveUp: String?
     }
 
     let endpoint: Endpoint
@@ -78,6 +95,12 @@ final class SyncTransfer: Sendable {
             try await group.waitForAll()
         }
         if let fatal = queue.withLockedValue({ $0.fatal }) { throw fatal }
+        // Jobs put back by a worker that gave up after the others had finished.
+        let (left, why) = queue.withLockedValue { q -> ([Job], String?) in
+            defer { q.requeued.removeAll(); q.delayed.removeAll(); q.next = q.jobs.count }
+            return (q.requeued + q.delayed + q.jobs[q.next...], q.gaveUp)
+        }
+        for job in left { failed(job, why ?? "not fetched: no connection to the server was left") }
         var r = result.withLockedValue { $0 }
         r.wireBytes = counter.count
         return r
@@ -102,7 +125,9 @@ final class SyncTransfer: Sendable {
         partialDirPath + "/" + partialName(for: path)
     }
 
-    func partialName(for path: RemotePath) -> String {
+    func partialName(for path: RemotePath) -> String { Self.partialName(for: path) }
+
+    static func partialName(for path: RemotePath) -> String {
         SHA256Hasher.hex(path.bytes).prefix(40) + ".part"
     }
 
@@ -119,18 +144,51 @@ final class SyncTransfer: Sendable {
     }
 
 
+    /// The next job that may run now (not one still waiting out its backoff).
     private func nextJob() -> Job? {
         queue.withLockedValue { q in
             if q.fatal != nil { return nil }
             if !q.requeued.isEmpty { return q.requeued.removeFirst() }
+            let now = ContinuousClock.now
+            if let ready = q.delayed.firstIndex(where: { ($0.notBefore ?? now) <= now }) { return q.delayed.remove(at: ready) }
             guard q.next < q.jobs.count else { return nil }
             defer { q.next += 1 }
             return q.jobs[q.next]
         }
     }
 
+    /// How long until a job waiting out its backoff may run; nil when none waits.
+    private func timeUntilDelayedJob() -> Duration? {
+        queue.withLockedValue { q in
+            guard q.fatal == nil, let first = q.delayed.compactMap(\.notBefore).min() else { return nil }
+            return max(.zero, first - ContinuousClock.now)
+        }
+    }
+
     private func requeue(_ jobs: [Job]) {
         queue.withLockedValue { $0.requeued.append(contentsOf: jobs) }
+    }
+
+    /// What a failure of `job` alone means: given up now (permanent), or tried again later, up
+    /// to `fileAttempts` times, with backoff. Errors that are not the file's own are rethrown.
+    private func fileFailed(_ job: Job, _ error: Error) throws {
+        switch FileFailure(error) {
+        case .connection, .fatal:
+            throw error
+        case .permanent(let message):
+            failed(job, message)
+        case .transient(let message):
+            var again = job
+            again.failures += 1
+            if again.failures >= Self.fileAttempts {
+                failed(job, "\(message) (gave up after \(Self.fileAttempts) attempts)")
+                return
+            }
+            let delay = options.retry.delay(afterAttempt: again.failures - 1)
+            again.notBefore = .now + delay
+            onEvent(.retrying("\(job.entry.path): \(message); trying it again in \(delay) (attempt \(again.failures + 1) of \(Self.fileAttempts))"))
+            queue.withLockedValue { $0.delayed.append(again) }
+        }
     }
 
     private func failed(_ job: Job, _ message: String) {
@@ -149,6 +207,7 @@ final class SyncTransfer: Sendable {
                 }
                 return
             } catch is ConnectionAbandoned {
+                // The failed file is dealt with; the others go back, none charged with it.
                 state.current = nil
                 requeue(state.takeAll())
                 continue
@@ -159,8 +218,10 @@ final class SyncTransfer: Sendable {
                 if state.completed > progressBefore.0 || state.bytes > progressBefore.1 { attempt = 0 }
                 attempt += 1
                 if attempt > options.retry.retries {
+                    // The jobs stay queued for the other workers; those left when every worker
+                    // has finished fail with this message (see `run`).
                     let message = "\(error.description) — gave up after \(options.retry.retries) retries"
-                    while let job = nextJob() { failed(job, message) }
+                    queue.withLockedValue { $0.gaveUp = message }
                     return
                 }
                 let delay = options.retry.delay(afterAttempt: attempt - 1)
@@ -222,7 +283,12 @@ final class SyncTransfer: Sendable {
             if !batch.isEmpty { try await connection.send(batch) }
             // Handle one reply, or (once nothing is in flight) the job that needs round trips.
             if state.pending.isEmpty {
-                guard let job = special else { return }
+                guard let job = special else {
+                    // Only files waiting out a backoff are left: wait for the first of them.
+                    guard let wait = timeUntilDelayedJob() else { return }
+                    try await Task.sleep(for: wait)
+                    continue
+                }
                 state.current = job
                 try await runInteractive(job, connection, state: state, partialDir: partialDir)
                 state.current = nil
@@ -303,19 +369,16 @@ final class SyncTransfer: Sendable {
                                 partialPath: partialPath(for: job.entry.path), resume: options.resume)
     }
 
-    /// Runs `body` (which reads one file's reply stream), then finishes the file. Errors that
-    /// concern only this file are recorded; connection-level errors propagate.
+    /// Runs `body` (which reads one file's reply stream), then finishes the file. A failure of
+    /// this file alone is dealt with here (`fileFailed`); if it left the reply unfinished the
+    /// connection is abandoned (`ConnectionAbandoned`) and the jobs behind it go back to the
+    /// queue. Connection-level errors propagate.
     private func receive(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection, partialDir: FileHandle,
                          delta: Bool = false, _ body: () async throws -> String) async throws {
         onEvent(.fileStarted(job.entry.path, size: job.entry.size))
+        transfer.drainLimit = Self.drainLimit
         do {
-            let sha: String
-            do { sha = try await body() } catch ClientError.local(let e) {
-                // The reply was not read to its end, so this connection cannot be reused.
-                failed(job, e.description)
-                if e.isNoSpace || e.errno == EROFS { throw ClientError.local(e) }
-                throw ConnectionAbandoned()
-            }
+            let sha = try await body()
             try await transfer.complete(expected: sha)
             do {
                 try transfer.partial.finish(into: tree, at: job.entry.path, partialDir: partialDir,
@@ -329,63 +392,56 @@ final class SyncTransfer: Sendable {
             }
             onEvent(.fileFinished(job.entry.path, size: job.entry.size, delta: delta))
         } catch let changed as FileTransfer.Changed {
-            var again = job
-            again.restat = true
-            again.delta = false
-            again.changes += 1
-            if again.changes > 3 {
-                failed(job, "keeps changing on the server; run the sync again when it is stable")
-            } else {
-                logger.info("\(changed.path) changed on the server; fetching it again")
-                requeue([again])
-            }
-        } catch let error as ClientError {
-            switch error {
-            case .server(_, _, let reply) where !error.isRetryable:
-                failed(job, reply.reason)
-            case .integrity(_, let why):
-                failed(job, why)
-            case .local(let e) where !e.isNoSpace && e.errno != EDQUOT && e.errno != EROFS:
-                failed(job, e.description)
-            default:
-                throw error
-            }
+            changedOnServer(job, changed)
+            if !transfer.replyConsumed { throw ConnectionAbandoned() }
+        } catch {
+            try fileFailed(job, error)
+            if !transfer.replyConsumed { throw ConnectionAbandoned() }
+        }
+    }
+
+    /// The file changed on the server: fetch it again, whole, after a fresh STAT (a few times).
+    private func changedOnServer(_ job: Job, _ changed: FileTransfer.Changed) {
+        var again = job
+        again.restat = true
+        again.delta = false
+        again.changes += 1
+        if again.changes > 3 {
+            failed(job, "keeps changing on the server; run the sync again when it is stable")
+        } else {
+            logger.info("\(changed.path) changed on the server; fetching it again")
+            requeue([again])
         }
     }
 
     /// Jobs that need round trips before their data can be requested: a re-stat, the
-    /// verification of kept partial data, or block matching against an old local copy.
+    /// verification of kept partial data, or block matching against an old local copy. Every
+    /// reply before the data is read whole, so a failure there is this file's alone.
     private func runInteractive(_ job: Job, _ connection: FerryConnection, state: WorkerState, partialDir: FileHandle) async throws {
         let serverPath = base.appending(job.entry.path)
-        var entry = job.entry
-        if job.restat {
-            do {
+        var current = job
+        let transfer: FileTransfer
+        do {
+            if job.restat {
                 let now = try await connection.stat(serverPath)
                 guard now.type == .file else {
                     failed(job, "is no longer a regular file on the server")
                     return
                 }
-                entry.size = now.size
-                entry.mtime = now.mtime
-                entry.sha256 = nil
-            } catch let ClientError.server(_, _, reply) {
-                failed(job, reply.reason)
-                return
+                current.entry.size = now.size
+                current.entry.mtime = now.mtime
+                current.entry.sha256 = nil
             }
-        }
-        var current = job
-        current.entry = entry
-        let transfer = try makeTransfer(current, identity: identity(of: entry))
-        do {
+            transfer = try makeTransfer(current, identity: identity(of: current.entry))
             try await transfer.verifyKeptData(on: connection)
         } catch let changed as FileTransfer.Changed {
-            _ = changed
-            var again = current
-            again.restat = true
-            again.changes += 1
-            if again.changes > 3 { failed(job, "keeps changing on the server") } else { requeue([again]) }
+            changedOnServer(current, changed)
+            return
+        } catch {
+            try fileFailed(job, error)
             return
         }
+        let entry = current.entry
         if transfer.resumedFrom > 0 {
             onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size))
         }
@@ -443,20 +499,32 @@ final class SyncTransfer: Sendable {
             .get(serverPath, offset: $0.0, length: $0.1 - $0.0, validator: transfer.identity.validator)
         })
         var sha: String?
-        for (start, end, local) in runs {
-            if local {
-                var p = start
-                while p < end {
-                    let n = Int(min(Int64(1 << 20), end - p))
-                    let bytes: [UInt8]
-                    do { bytes = try old.read(count: n, at: p) } catch { throw ClientError.local(error) }
-                    try await transfer.appendVerified(bytes)
-                    result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
-                    p += Int64(n)
+        // Replies to the ranged GETs not read yet: after a failure with any left, the
+        // connection cannot carry another reply.
+        var unread = remote.count
+        do {
+            for (start, end, local) in runs {
+                if local {
+                    var p = start
+                    while p < end {
+                        let n = Int(min(Int64(1 << 20), end - p))
+                        let bytes: [UInt8]
+                        do { bytes = try old.read(count: n, at: p) } catch { throw ClientError.local(error) }
+                        try await transfer.appendVerified(bytes)
+                        result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
+                        p += Int64(n)
+                    }
+                } else {
+                    do { sha = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) } } catch {
+                        if transfer.replyConsumed { unread -= 1 }
+                        throw error
+                    }
+                    unread -= 1
                 }
-            } else {
-                sha = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) }
             }
+        } catch {
+            if unread > 0 { transfer.markReplyUnfinished() }
+            throw error
         }
         if let sha { return sha }
         if let known = transfer.identity.sha256 { return known }

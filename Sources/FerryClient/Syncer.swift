@@ -42,12 +42,18 @@ public struct Syncer: Sendable {
 
     public enum Event: Sendable {
         case planned(files: Int, bytes: Int64, unchanged: Int, deletions: Int)
-        case action(String, RemotePath)
+        /// Something done (`deleted`), or with `--dry-run` something that would be: `fetch`,
+        /// `replace`, `delete` (with the bytes concerned), `mkdir`, `link`.
+        case action(String, RemotePath, size: Int64?)
         case fileStarted(RemotePath, size: Int64)
         /// Kept data of an interrupted run was verified: the file continues at `from`.
         case resuming(RemotePath, from: Int64, size: Int64)
         case fileFinished(RemotePath, size: Int64, delta: Bool)
         case failed(RemotePath, String)
+        /// An entry not synced whose path is not a valid one (longer than the protocol allows).
+        case failedPath(String, String)
+        /// An entry left alone because DEST holds what the server does not (no `--delete`).
+        case conflict(RemotePath, String)
         case bytes(Int)
         case warning(String)
         case retrying(String)
@@ -66,7 +72,19 @@ public struct Syncer: Sendable {
         public var deltaFiles = 0
         public var seconds = 0.0
         public var failures: [(path: String, message: String)] = []
+        public var conflicts: [(path: String, message: String)] = []
+        /// FIFOs, sockets and devices on the server, not copied.
+        public var specialSkipped: [String] = []
+        /// Server entries named as ferry's own in DEST, not copied.
+        public var reservedSkipped: [String] = []
         public var dryRun = false
+        /// The plan's figures (what a dry run would do; what this run set out to do).
+        public var plannedFetches = 0
+        public var plannedFetchBytes: Int64 = 0
+        public var plannedReplacements = 0
+        public var plannedReplacementBytes: Int64 = 0
+        public var plannedDeletions = 0
+        public var plannedDeletionBytes: Int64 = 0
     }
 
     public let endpoint: Endpoint
@@ -86,8 +104,10 @@ public struct Syncer: Sendable {
     public func run(onEvent: @escaping @Sendable (Event) -> Void) async throws -> Summary {
         let start = ContinuousClock.now
         let manifestCounter = ByteCounter()
-        // An existing DEST is scanned while the server builds and sends the manifest.
+        // An existing DEST is scanned while the server builds and sends the manifest. A sync that
+        // finds no other live sync holding DEST owns whatever a killed run left (see `DestinationLock`).
         let existing = try? LocalTree(path: destination, create: false)
+        let exclusive = options.dryRun ? false : existing.map { DestinationLock.tryExclusive($0) } ?? true
         let earlyScan = existing.map { tree in Task { try self.scanLocal(tree) } }
         let manifest: Manifest
         do {
@@ -109,51 +129,129 @@ public struct Syncer: Sendable {
             } catch {
                 if options.dryRun && error.errno == ENOENT { tree = nil } else { throw ClientError.local(error) }
             }
+            if let tree, !options.dryRun { _ = DestinationLock.tryExclusive(tree) }
         }
         let local: LocalScan
         if let earlyScan { local = try await earlyScan.value } else { local = try scanLocal(tree) }
+        if let tree, !options.dryRun {
+            // Temporaries of a killed run: all of them when no other sync is live here; by age
+            // when DEST cannot be locked (a file system without flock).
+            switch exclusive {
+            case true?: removeStaleTemporaries(local.temporaries, in: tree, olderThan: 0)
+            case nil: removeStaleTemporaries(local.temporaries, in: tree)
+            case false?: break
+            }
+            DestinationLock.share(tree)
+        }
         let plan = SyncPlan.make(.init(
             remote: manifest.entries, local: local.entries, excludes: options.excludes, delete: options.delete,
             checksum: options.checksum, deltaMinimumSize: options.deltaMinimumSize,
             localHash: { path in
                 guard let tree, let file = try? tree.openFile(path), let info = try? file.stat() else { return nil }
                 return try? FileHashing.sha256(of: file, length: info.size)
-            }))
+            }, notes: manifest.notes))
         summary.filesUnchanged = plan.unchangedFiles
         summary.linksSkipped = plan.skippedLinks.count
+        summary.specialSkipped = plan.specialFiles.map(\.description)
+        summary.reservedSkipped = plan.reservedNames.map(\.description)
+        for f in plan.fetches {
+            if f.replaces {
+                summary.plannedReplacements += 1
+                summary.plannedReplacementBytes += f.entry.size
+            } else {
+                summary.plannedFetches += 1
+                summary.plannedFetchBytes += f.entry.size
+            }
+        }
+        summary.plannedDeletions = plan.deletions.count
+        summary.plannedDeletionBytes = plan.bytesToDelete
         for (path, why) in plan.skippedLinks { onEvent(.warning("skipping symlink \(path): \(why)")) }
+        Self.reportSkipped(plan, onEvent)
         onEvent(.planned(files: plan.fetches.count, bytes: plan.bytesToFetch, unchanged: plan.unchangedFiles,
                          deletions: plan.deletions.count))
-
-        if options.dryRun || tree == nil {
-            for d in plan.newDirectories { onEvent(.action("mkdir", d)) }
-            for f in plan.fetches { onEvent(.action(f.delta ? "update" : "fetch", f.entry.path)) }
-            for l in plan.links { onEvent(.action("link", l.path)) }
-            for (p, _) in plan.deletions { onEvent(.action("delete", p)) }
-            summary.filesFetched = plan.fetches.count
-            summary.filesDeleted = plan.deletions.count
-            summary.directoriesCreated = plan.newDirectories.count
-            summary.linksCreated = plan.links.count
-            summary.wireBytes = summary.manifestWireBytes
-            summary.seconds = (ContinuousClock.now - start).secondsDouble
-            return summary
-        }
-        guard let tree else { return summary }  // unreachable: handled with the dry run above
-        do { try tree.requireWritable() } catch { throw ClientError.local(error) }
 
         let failures = NIOLockedValueBox<[(path: String, message: String)]>([])
         func fail(_ path: RemotePath, _ message: String) {
             failures.withLockedValue { $0.append((path.description, message)) }
             onEvent(.failed(path, message))
         }
+        var conflicts: [(path: String, message: String)] = []
+        func conflict(_ path: RemotePath, _ message: String) {
+            conflicts.append((path.description, message))
+            onEvent(.conflict(path, message))
+        }
+        for (path, why) in plan.conflicts { conflict(path, why) }
+        for d in plan.unreadableDirectories {
+            fail(d, "the server cannot read this directory, so its contents were not synced"
+                 + (options.delete ? " (and nothing in it was deleted here)" : ""))
+        }
+        for p in plan.tooLong {
+            let message = "its path is longer than \(FerryLimits.maxPathBytes) bytes, which ferry cannot transfer"
+            failures.withLockedValue { $0.append((p, message)) }
+            onEvent(.failedPath(p, message))
+        }
 
-        // Directories first (parents before children), replacing anything else in the way.
+        if options.dryRun || tree == nil {
+            let newDirs = Set(plan.newDirectories)
+            for (p, type) in plan.replacements where newDirs.contains(p) {
+                onEvent(.action("replace", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
+            }
+            for d in plan.newDirectories { onEvent(.action("mkdir", d, size: nil)) }
+            for f in plan.fetches { onEvent(.action(f.replaces ? "replace" : "fetch", f.entry.path, size: f.entry.size)) }
+            for l in plan.links { onEvent(.action("link", l.path, size: nil)) }
+            for (p, type) in plan.deletions {
+                onEvent(.action("delete", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
+            }
+            summary.filesFetched = plan.fetches.count
+            summary.filesDeleted = plan.deletions.count
+            summary.directoriesCreated = plan.newDirectories.count
+            summary.linksCreated = plan.links.count
+            summary.wireBytes = summary.manifestWireBytes
+            summary.failures = failures.withLockedValue { $0 }
+            summary.conflicts = conflicts
+            summary.seconds = (ContinuousClock.now - start).secondsDouble
+            return summary
+        }
+        guard let tree else { return summary }  // unreachable: handled with the dry run above
+        do { try tree.requireWritable() } catch { throw ClientError.local(error) }
+
+        // Entries of another type in the way go first — never recursively: a directory is
+        // emptied only of what the plan deletes (with --delete), and one still holding
+        // something (excluded entries) is a conflict, left alone with everything in the way.
+        var blocked: [RemotePath] = []
+        var deletedEarly = Set<RemotePath>()
+        for (path, type) in plan.replacements {
+            do {
+                if type == .directory {
+                    for (p, t) in plan.deletions where p != path && p.hasPrefix(path) {
+                        deletedEarly.insert(p)
+                        if t == .directory {
+                            guard try Self.removeEmptyDirectory(p, in: tree) else { continue }
+                        } else {
+                            try tree.removeShallow(p)
+                        }
+                        summary.filesDeleted += 1
+                        onEvent(.action("deleted", p, size: nil))
+                    }
+                }
+                try tree.removeShallow(path)
+            } catch {
+                blocked.append(path)
+                if error.errno == ENOTEMPTY {
+                    conflict(path, "is a directory here holding entries the server does not have (excluded ones?); left alone")
+                } else {
+                    fail(path, error.description)
+                }
+            }
+        }
+        func isBlocked(_ p: RemotePath) -> Bool { blocked.contains { p.hasPrefix($0) } }
+
+        // Directories next (parents before children).
         let newDirs = Set(plan.newDirectories)
         var failedDirs: [RemotePath] = []
         for d in plan.directories where newDirs.contains(d.path) {
-            if failedDirs.contains(where: { d.path.hasPrefix($0) }) { continue }
+            if failedDirs.contains(where: { d.path.hasPrefix($0) }) || isBlocked(d.path) { continue }
             do {
-                if let existing = tree.lstat(d.path), existing.type != .directory { try tree.remove(d.path) }
                 try tree.makeDirectory(d.path, mode: d.mode)
                 summary.directoriesCreated += 1
             } catch {
@@ -163,7 +261,9 @@ public struct Syncer: Sendable {
         }
 
         // Files.
-        let fetches = plan.fetches.filter { f in !failedDirs.contains(where: { f.entry.path.hasPrefix($0) }) }
+        let fetches = plan.fetches.filter { f in
+            !failedDirs.contains(where: { f.entry.path.hasPrefix($0) }) && !isBlocked(f.entry.path)
+        }
         let transfer = SyncTransfer(endpoint: endpoint, tree: tree, options: options, logger: logger,
                                     base: remotePath, onEvent: onEvent)
         let result = try await transfer.run(fetches)
@@ -173,11 +273,11 @@ public struct Syncer: Sendable {
         summary.wireBytes = summary.manifestWireBytes + result.wireBytes
         for (p, m) in result.failures { fail(p, m) }
 
-        // Symlinks.
-        for l in plan.links {
+        // Symlinks (over a file or link; a directory in the way was dealt with above).
+        for l in plan.links where !isBlocked(l.path) && !failedDirs.contains(where: { l.path.hasPrefix($0) }) {
             guard let target = l.target else { continue }
             do {
-                if tree.lstat(l.path) != nil { try tree.remove(l.path) }
+                try tree.removeShallow(l.path)
                 try tree.makeSymlink(l.path, target: target)
                 tree.setLinkMtime(l.path, mtime: l.mtime)
                 summary.linksCreated += 1
@@ -188,22 +288,23 @@ public struct Syncer: Sendable {
 
         // Deletions, children first. A directory is removed only when that left it empty: one
         // that still holds entries the scan did not list (excluded ones) is kept.
-        for (path, type) in plan.deletions {
+        for (path, type) in plan.deletions where !deletedEarly.contains(path) {
             do {
                 if type == .directory {
                     guard try Self.removeEmptyDirectory(path, in: tree) else { continue }
                 } else {
-                    try tree.remove(path)
+                    try tree.removeShallow(path)
                 }
                 summary.filesDeleted += 1
-                onEvent(.action("deleted", path))
+                onEvent(.action("deleted", path, size: nil))
             } catch {
                 fail(path, error.description)
             }
         }
 
         // Attributes: unchanged files needing a fix, then directories children-first (adding
-        // entries changed their mtimes).
+        // entries changed their mtimes). A directory the server could not read keeps the
+        // attributes it has here: its contents were not synced.
         for e in plan.attributeFixes {
             do { try tree.setAttributes(e.path, mode: e.mode, mtime: e.mtime) } catch { fail(e.path, error.description) }
         }
@@ -214,18 +315,63 @@ public struct Syncer: Sendable {
         for f in fetches { touched.insert(f.entry.path.parent ?? .root) }
         for l in plan.links { touched.insert(l.path.parent ?? .root) }
         for (p, _) in plan.deletions { touched.insert(p.parent ?? .root) }
+        for (p, _) in plan.replacements { touched.insert(p.parent ?? .root) }
         for d in plan.newDirectories { touched.insert(d); touched.insert(d.parent ?? .root) }
         for p in local.temporaries { touched.insert(p.parent ?? .root) }
+        let unreadable = Set(plan.unreadableDirectories)
         for d in plan.directories.reversed() where !failedDirs.contains(where: { d.path.hasPrefix($0) }) {
+            if isBlocked(d.path) || unreadable.contains(d.path) { continue }
             if !touched.contains(d.path), let l = local.entries[d.path], l.type == .directory,
                l.mtime == d.mtime, l.mode == LocalTree.applicableMode(d.mode) { continue }
             do { try tree.setAttributes(d.path, mode: d.mode, mtime: d.mtime) } catch { fail(d.path, error.description) }
         }
-        transfer.removePartialFolderIfEmpty()
-
         summary.failures = failures.withLockedValue { $0 }
+        summary.conflicts = conflicts
+        // With no other sync live here, nothing in the partial folder but the data of files that
+        // failed this time is anyone's: the rest was left by a killed run (a sidecar whose data
+        // was renamed into place, a partial of a file no longer wanted) and goes.
+        let keep = Set(result.failures.map { SyncTransfer.partialName(for: $0.0) })
+        if DestinationLock.tryExclusive(tree) == true { Self.cleanPartialFolder(in: tree, keeping: keep, logger: logger) }
+        transfer.removePartialFolderIfEmpty()
         summary.seconds = (ContinuousClock.now - start).secondsDouble
         return summary
+    }
+
+    /// Warnings for what the server has that ferry does not copy (beyond symlinks).
+    private static func reportSkipped(_ plan: SyncPlan, _ onEvent: (Event) -> Void) {
+        func list(_ paths: [String]) -> String {
+            paths.prefix(10).joined(separator: ", ") + (paths.count > 10 ? ", … (\(paths.count - 10) more)" : "")
+        }
+        let special = plan.specialFiles.map(\.description)
+        if !special.isEmpty {
+            onEvent(.warning("skipped \(special.count) special file\(special.count == 1 ? "" : "s") (FIFO, socket or device): \(list(special))"))
+        }
+        let reserved = plan.reservedNames.map(\.description)
+        if !reserved.isEmpty {
+            onEvent(.warning("skipped \(reserved.count) entr\(reserved.count == 1 ? "y" : "ies") named as ferry's own files in DEST "
+                             + "(.ferry-partial at the top, .~ferry-<16 hex digits>): \(list(reserved))"))
+        }
+    }
+
+    /// Removes from DEST's partial folder everything but the partials named in `keeping` (and
+    /// their sidecars), and the folder itself when that empties it. Only for a sync that holds
+    /// DEST exclusively, so no live sync is using any of it.
+    static func cleanPartialFolder(in tree: LocalTree, keeping keep: Set<String>, logger: Logger) {
+        let fd = POSIX.openAt(tree.root.fd, SyncPlan.partialFolder, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+        guard fd >= 0 else { return }
+        let folder = FileHandle(fd: fd)
+        guard let names = try? POSIX.readDirectoryNames(folder.fd) else { return }
+        let present = Set(names.map { String(decoding: $0, as: UTF8.self) })
+        for name in names {
+            let text = String(decoding: name, as: UTF8.self)
+            let data = text.hasSuffix(".meta") ? String(text.dropLast(5)) : text
+            // A partial is kept only whole: data and sidecar both there.
+            if keep.contains(data) && present.contains(data) && present.contains(data + ".meta") { continue }
+            guard let info = POSIX.statAt(folder.fd, name).0, info.type != .directory else { continue }
+            if POSIX.unlinkAt(folder.fd, name) == 0 {
+                logger.debug("removed \(text) left in the partial folder by an earlier run")
+            }
+        }
     }
 
     /// Removes the directory `path` if it is empty; false when it still holds something.
@@ -249,7 +395,13 @@ public struct Syncer: Sendable {
                         throw ClientError.server(endpoint: endpoint.description, request: "MANIFEST \(remotePath)",
                                                  ErrorReply(.wrongType, "\(remotePath) is not a directory (use `ferry get` for one file)"))
                     }
-                    let m = try await c.manifest(remotePath, hashes: options.checksum)
+                    let m: Manifest
+                    do {
+                        // What the server leaves out, too; a 1.0 server does not know the argument.
+                        m = try await c.manifest(remotePath, hashes: options.checksum, report: true)
+                    } catch let ClientError.server(_, _, reply) where reply.knownCode == .malformed {
+                        m = try await c.manifest(remotePath, hashes: options.checksum)
+                    }
                     await c.quit()
                     return m
                 }
@@ -272,7 +424,6 @@ public struct Syncer: Sendable {
         let excludes = options.excludes
         let entries: [Entry]
         let temporaries = NIOLockedValueBox<[RemotePath]>([])
-        defer { removeStaleTemporaries(temporaries.withLockedValue { $0 }, in: tree) }
         do {
             entries = try TreeWalker.walk(directory: tree.root.fd, options: .init(exclude: { path, type in
                 if type == .file && PartialFile.isTemporaryName(path.name) {
@@ -295,9 +446,28 @@ public struct Syncer: Sendable {
     }
 }
 
+/// A lock on DEST (`flock` on its directory) held by every sync writing into it: shared while
+/// it transfers, exclusive — taken without waiting — to clean up. A sync that gets it
+/// exclusively knows no other live sync is using DEST, so every temporary and every stray file
+/// of the partial folder was left by a run that is gone (the kernel drops a killed process's
+/// locks). Nothing is created for it, and it lasts as long as the tree's descriptor is open.
+enum DestinationLock {
+    /// True: no other sync holds DEST. False: one does. Nil: the file system cannot lock.
+    static func tryExclusive(_ tree: LocalTree) -> Bool? {
+        if flock(tree.root.fd, LOCK_EX | LOCK_NB) == 0 { return true }
+        return errno == EWOULDBLOCK ? false : nil
+    }
+
+    /// Holds DEST shared (converting an exclusive hold), waiting out another sync's cleanup.
+    static func share(_ tree: LocalTree) {
+        while flock(tree.root.fd, LOCK_SH) != 0 && errno == EINTR {}
+    }
+}
+
 extension Syncer {
-    /// Removes temporaries a killed run left beside their targets. One changed in the last
-    /// minute may belong to a sync still running into the same directory, and is left alone.
+    /// Removes temporaries a killed run left beside their targets. With the default age, one
+    /// changed in the last minute may belong to a sync still running into the same directory,
+    /// and is left alone; a sync holding DEST exclusively passes 0.
     func removeStaleTemporaries(_ paths: [RemotePath], in tree: LocalTree, olderThan seconds: Int64 = 60) {
         var now = timespec()
         clock_gettime(CLOCK_REALTIME, &now)

@@ -113,16 +113,37 @@ public final class LocalTree: Sendable {
         }
     }
 
+    /// Removes what is at `path` if that loses nothing: a file, symlink or other non-directory,
+    /// or an empty directory. A directory with anything in it stays, and the error says so
+    /// (`ENOTEMPTY`).
+    public func removeShallow(_ path: RemotePath) throws(SystemError) {
+        let (dir, name) = try parent(of: path)
+        try Self.removeShallow(dirFD: dir.fd, name: name, display: display(path))
+    }
+
+    static func removeShallow(dirFD: Int32, name: [UInt8], display: String) throws(SystemError) {
+        let (info, err) = POSIX.statAt(dirFD, name)
+        guard let info else {
+            if err == ENOENT { return }
+            throw SystemError(errno: err, operation: "stat", path: display)
+        }
+        let r = withCPath(name) { unlinkat(dirFD, $0, info.type == .directory ? AT_REMOVEDIR : 0) }
+        guard r != 0, errno != ENOENT else { return }
+        if errno == EEXIST { errno = ENOTEMPTY }
+        throw SystemError(errno: errno, operation: info.type == .directory ? "replace the directory" : "remove", path: display)
+    }
+
     /// Moves a finished file (in `fromDir` under `fromName`) to `path`, replacing a file or
-    /// symlink there; a directory in the way is removed first.
+    /// symlink there, or an empty directory; a directory with anything in it is left alone and
+    /// the move fails with `ENOTEMPTY`.
     public func moveIntoPlace(fromDir: Int32, fromName: [UInt8], to path: RemotePath) throws(SystemError) {
         let (dir, name) = try parent(of: path)
         try moveIntoPlace(fromDir: fromDir, fromName: fromName, toDir: dir.fd, name: name, display: display(path))
     }
 
     /// Moves a finished file to `name` in the open directory `toDir` (one of this tree's,
-    /// opened without following symlinks), replacing a file or symlink there; a directory in
-    /// the way is removed first.
+    /// opened without following symlinks), replacing a file or symlink there, or an empty
+    /// directory; never a directory with anything in it (`ENOTEMPTY`).
     public func moveIntoPlace(fromDir: Int32, fromName: [UInt8], toDir: Int32, name: [UInt8], display: String) throws(SystemError) {
         func rename() -> Int32 { withCPath(fromName) { f in withCPath(name) { renameat(fromDir, f, toDir, $0) } } }
         if rename() == 0 { return }
@@ -131,7 +152,7 @@ public final class LocalTree: Sendable {
               let info = POSIX.statAt(toDir, name).0, info.type == .directory else {
             throw SystemError(errno: errno, operation: "rename into place", path: display)
         }
-        try Self.removeEntry(dirFD: toDir, name: name, display: display)
+        try Self.removeShallow(dirFD: toDir, name: name, display: display)
         if rename() != 0 { throw SystemError(errno: errno, operation: "rename into place", path: display) }
     }
 

@@ -9,8 +9,13 @@ public struct Manifest: Sendable, Equatable {
     public static let header = "ferry-manifest 1"
 
     public var entries: [Entry]
+    /// What the server left out, in a manifest asked for with `report=yes` (section 8.4).
+    public var notes: [ManifestNote]
 
-    public init(entries: [Entry]) { self.entries = entries }
+    public init(entries: [Entry], notes: [ManifestNote] = []) {
+        self.entries = entries
+        self.notes = notes
+    }
 
     /// The text form: header line, then one `manifestLine` per entry, each ending in LF.
     public var text: String { String(decoding: bytes, as: UTF8.self) }
@@ -25,6 +30,10 @@ public struct Manifest: Sendable, Equatable {
             e.appendLine(to: &out, manifest: true)
             out.append(0x0A)
         }
+        for n in notes {
+            out.append(contentsOf: n.bytes)
+            out.append(0x0A)
+        }
         return out
     }
 
@@ -34,6 +43,8 @@ public struct Manifest: Sendable, Equatable {
         case unsorted(number: Int)
         case tooManyEntries
         case orphan(number: Int)
+        case badNote(number: Int, ManifestNote.ParseError)
+        case entryAfterNote(number: Int)
 
         public var description: String {
             switch self {
@@ -42,6 +53,8 @@ public struct Manifest: Sendable, Equatable {
             case .unsorted(let n): return "manifest line \(n) is out of order or repeated"
             case .tooManyEntries: return "the manifest has more than \(FerryLimits.maxManifestEntries) entries"
             case .orphan(let n): return "manifest line \(n) names an entry whose parent is not a directory in the manifest"
+            case .badNote(let n, let why): return "manifest line \(n): \(why)"
+            case .entryAfterNote(let n): return "manifest line \(n) is an entry after a note (notes come last)"
             }
         }
     }
@@ -93,8 +106,14 @@ public struct Manifest: Sendable, Equatable {
         // directly follows it: an entry's parent is a listed directory exactly when, after
         // leaving the directories that do not contain it, the innermost one left is its parent.
         var open: [Int] = []
+        var notes: [ManifestNote] = []
         for number in stride(from: 2, through: lineCount, by: 1) {
             let line = nextLine()
+            if line.first == ManifestNote.marker {
+                do { notes.append(try ManifestNote(bytes: line)) } catch { throw .badNote(number: number, error) }
+                continue
+            }
+            if !notes.isEmpty { throw .entryAfterNote(number: number) }
             let entry: Entry
             do { entry = try Entry(manifestLineBytes: line) } catch { throw .badLine(number: number, error) }
             if let last = entries.last, !(last.path < entry.path) { throw .unsorted(number: number) }
@@ -116,7 +135,7 @@ public struct Manifest: Sendable, Equatable {
             if entry.type == .directory { open.append(entries.count) }
             entries.append(entry)
         }
-        return Manifest(entries: entries)
+        return Manifest(entries: entries, notes: notes)
     }
 }
 
@@ -152,9 +171,19 @@ public enum TreeWalker {
     /// fill in the hash.
     public static func walk(directory fd: Int32, options: Options = Options(),
                             visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in }) throws(WalkError) -> [Entry] {
+        try walkReporting(directory: fd, options: options, visitFile: visitFile).entries
+    }
+
+    /// `walk`, and what it left out (PROTOCOL.md section 8.4): directories it could not read
+    /// (completely), FIFOs, sockets and devices, and entries whose path would be too long.
+    /// Only the root's own listing failing is an error.
+    public static func walkReporting(directory fd: Int32, options: Options = Options(),
+                                     visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in })
+        throws(WalkError) -> (entries: [Entry], notes: [ManifestNote]) {
         var out: [Entry] = []
-        try walk(fd: fd, prefix: .root, options: options, into: &out, visitFile: visitFile)
-        return out
+        var notes: [ManifestNote] = []
+        try walk(fd: fd, prefix: .root, options: options, into: &out, notes: &notes, visitFile: visitFile)
+        return (out, notes)
     }
 
     /// Siblings share `prefix/`, and a name holds no `/`, so ordering the names orders the
@@ -166,15 +195,36 @@ public enum TreeWalker {
     }
 
     private static func walk(fd: Int32, prefix: RemotePath, options: Options, into out: inout [Entry],
+                             notes: inout [ManifestNote],
                              visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void) throws(WalkError) {
         var names: [[UInt8]]
-        do { names = try POSIX.readDirectoryNames(fd) } catch { throw .io(error) }
+        do { names = try POSIX.readDirectoryNames(fd) } catch {
+            if prefix.isRoot { throw .io(error) }
+            notes.append(.unreadable(prefix))
+            return
+        }
         sortNames(&names)
+        var incomplete = false
         for name in names {
-            guard let path = try? prefix.appending(name: name) else { continue }  // over-long: skipped
-            let (infoOrNil, _) = POSIX.statAt(fd, name)
-            guard let info = infoOrNil, info.type != .other else { continue }  // vanished, or FIFO/socket/device
+            guard let path = try? prefix.appending(name: name) else {
+                notes.append(.tooLong(parent: prefix, name: name))
+                continue
+            }
+            let (infoOrNil, err) = POSIX.statAt(fd, name)
+            guard let info = infoOrNil else {
+                // Vanished since it was listed: nothing to say. Anything else (a directory
+                // that may be listed but not searched): its entries cannot be described.
+                if err != ENOENT && !incomplete {
+                    incomplete = true
+                    notes.append(.unreadable(prefix))
+                }
+                continue
+            }
             if options.exclude(path, info.type) { continue }
+            if info.type == .other {
+                notes.append(.special(path))
+                continue
+            }
             if out.count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
             switch info.type {
             case .file:
@@ -187,9 +237,15 @@ public enum TreeWalker {
             case .directory:
                 out.append(Entry(info: info, path: path, target: nil))
                 let child = POSIX.openAt(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-                guard child >= 0 else { continue }  // unreadable or swapped: listed, not descended
+                guard child >= 0 else {
+                    // Swapped for something else since the stat: left as listed. Otherwise
+                    // (permission denied, an I/O error) its contents are unknown, not empty.
+                    let e = errno
+                    if e != ENOENT && e != ENOTDIR && e != ELOOP { notes.append(.unreadable(path)) }
+                    continue
+                }
                 let handle = FileHandle(fd: child)
-                try walk(fd: handle.fd, prefix: path, options: options, into: &out, visitFile: visitFile)
+                try walk(fd: handle.fd, prefix: path, options: options, into: &out, notes: &notes, visitFile: visitFile)
             case .other:
                 continue
             }

@@ -190,6 +190,10 @@ public enum POSIX {
         withCPath(name) { mkdirat(dirfd, $0, mode) }
     }
 
+    public static func unlinkAt(_ dirfd: Int32, _ name: [UInt8]) -> Int32 {
+        withCPath(name) { unlinkat(dirfd, $0, 0) }
+    }
+
     public static func removeDirectoryAt(_ dirfd: Int32, _ name: [UInt8]) -> Int32 {
         withCPath(name) { unlinkat(dirfd, $0, AT_REMOVEDIR) }
     }

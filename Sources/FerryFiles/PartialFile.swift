@@ -135,17 +135,31 @@ public final class PartialFile {
         let flags = O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW | (verified == 0 ? O_TRUNC : 0)
         let fd = retryingEINTR { Glibc.open(dataPath, flags, 0o600) }
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "create", path: dataPath) }
+        // Whatever lies past the verified end (a chunk being written when the run was killed)
+        // goes: appends skip runs of zeros, which is right only where the file has none yet.
+        if verified > 0 && ftruncate(fd, off_t(verified)) != 0 {
+            let e = errno
+            close(fd)
+            throw SystemError(errno: e, operation: "truncate", path: dataPath)
+        }
         let partial = PartialFile(dataPath: dataPath, identity: identity, verified: verified,
                                   handle: FileHandle(fd: fd), label: label)
         try partial.writeMeta()
         return partial
     }
 
-    /// Writes raw bytes at the verified end and advances it (chunks arrive in order).
+    /// Writes raw bytes at the verified end and advances it (chunks arrive in order). Blocks
+    /// of zeros are not written but left as holes (the file stays sparse, as with
+    /// `cp --sparse=auto`): the data file never extends past the verified end, so what is not
+    /// written reads back as zeros.
     public func append(_ raw: UnsafeRawBufferPointer, at offset: Int64) throws(SystemError) {
         precondition(offset == verified, "chunks are appended in order")
-        try handle.write(raw, at: offset, path: dataPath)
-        verified += Int64(raw.count)
+        let end = offset + Int64(raw.count)
+        let written = try SparseWriter.write(raw, at: offset, to: handle, path: dataPath)
+        if written < end && ftruncate(handle.fd, off_t(end)) != 0 {
+            throw SystemError(errno: errno, operation: "extend", path: dataPath)
+        }
+        verified = end
         try writeMeta()
     }
 
@@ -231,5 +245,56 @@ public final class PartialFile {
     public static func discard(at dataPath: String) {
         unlink(dataPath)
         unlink(dataPath + ".meta")
+    }
+}
+
+/// Writes data leaving blocks of zeros as holes.
+public enum SparseWriter {
+    /// Holes are made in whole blocks of this size, aligned to the file offset.
+    public static let blockSize = 4096
+
+    /// Writes the blocks of `raw` (placed at `offset`) that are not all zeros, each run of them
+    /// in one `pwrite`; returns the end offset of the last byte written (`offset` when nothing
+    /// was). The caller extends the file when that is short of the data's end.
+    @discardableResult
+    public static func write(_ raw: UnsafeRawBufferPointer, at offset: Int64, to handle: FileHandle,
+                             path: String) throws(SystemError) -> Int64 {
+        let n = raw.count
+        var writtenEnd = offset
+        var runStart: Int?
+        var position = 0
+        while position < n {
+            // Up to the next block boundary of the file.
+            let blockEnd = min(n, position + blockSize - Int((offset + Int64(position)) % Int64(blockSize)))
+            let zero = isZero(UnsafeRawBufferPointer(rebasing: raw[position..<blockEnd]))
+            if zero, let start = runStart {
+                try handle.write(UnsafeRawBufferPointer(rebasing: raw[start..<position]), at: offset + Int64(start), path: path)
+                writtenEnd = offset + Int64(position)
+                runStart = nil
+            } else if !zero && runStart == nil {
+                runStart = position
+            }
+            position = blockEnd
+        }
+        if let start = runStart {
+            try handle.write(UnsafeRawBufferPointer(rebasing: raw[start..<n]), at: offset + Int64(start), path: path)
+            writtenEnd = offset + Int64(n)
+        }
+        return writtenEnd
+    }
+
+    /// Whether every byte is zero (eight at a time; most data has a non-zero byte early).
+    public static func isZero(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let n = bytes.count
+        var i = 0
+        while i + 8 <= n {
+            if bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 { return false }
+            i += 8
+        }
+        while i < n {
+            if bytes[i] != 0 { return false }
+            i += 1
+        }
+        return true
     }
 }

@@ -21,7 +21,16 @@ public enum ServeError: Error, Hashable, Sendable, CustomStringConvertible {
         case .changed(let now): return ErrorReply(.changed, "changed \(now)")
         case .badRange(let why): return ErrorReply(.badRange, why)
         case .tooLarge(let why): return ErrorReply(.tooLarge, why)
-        case .io(let e): return ErrorReply(.serverError, e.description)
+        case .io(let e): return Self.reply(for: e)
+        }
+    }
+
+    /// A failed system call on the served tree: permission denied (423: asking again will not
+    /// help) or another I/O error (520: it may work another time), so a client can tell them apart.
+    public static func reply(for e: SystemError) -> ErrorReply {
+        switch e.errno {
+        case EACCES, EPERM: return ErrorReply(.permissionDenied, "\(e.operation) \(e.path): permission denied on the server")
+        default: return ErrorReply(.readError, "\(e.operation) \(e.path) failed on the server: \(e.message)")
         }
     }
 

@@ -10,8 +10,12 @@ public enum ErrorCode: Int, Sendable, Hashable, CaseIterable {
     case badRange = 416
     case pathRefused = 421
     case wrongType = 422
+    /// The server may not read the entry (EACCES/EPERM): asking again will not help.
+    case permissionDenied = 423
     case tooMany = 429
     case serverError = 500
+    /// Reading the entry failed on the server (EIO and the like): it may work another time.
+    case readError = 520
     case shuttingDown = 503
 }
 

@@ -8,7 +8,9 @@ public enum Request: Hashable, Sendable {
     case get(RemotePath, offset: Int64, length: Int64?, validator: Validator?)
     case hash(RemotePath, offset: Int64, length: Int64, validator: Validator?)
     case blocks(RemotePath, validator: Validator?, blockSize: Int?)
-    case manifest(RemotePath, hashes: Bool)
+    /// `report`: also describe what the manifest leaves out (`ManifestNote` lines after the
+    /// entries). Servers of protocol 1.0 refuse the argument with `ERR 400`.
+    case manifest(RemotePath, hashes: Bool, report: Bool = false)
     case quit
 
     public var verb: String {
@@ -43,7 +45,8 @@ public enum Request: Hashable, Sendable {
             if let v { s += " \(v)" }
             if let bs { s += " \(bs)" }
             return s
-        case .manifest(let p, let hashes): return "MANIFEST \(p.wire)" + (hashes ? "" : " hashes=no")
+        case .manifest(let p, let hashes, let report):
+            return "MANIFEST \(p.wire)" + (hashes ? "" : " hashes=no") + (report ? " report=yes" : "")
         case .quit: return "QUIT"
         }
     }
@@ -141,16 +144,21 @@ public enum Request: Hashable, Sendable {
             }
             return .blocks(p, validator: v, blockSize: bs)
         case "MANIFEST":
-            try arity(1...2, "MANIFEST PATH [hashes=yes|no]")
-            var hashes = true
-            if args.count == 2 {
-                switch args[2] {
-                case "hashes=yes": hashes = true
-                case "hashes=no": hashes = false
-                default: throw .malformed("unknown MANIFEST option '\(args[2].prefix(32))'")
+            try arity(1...3, "MANIFEST PATH [hashes=yes|no] [report=yes|no]")
+            var hashes: Bool?
+            var report: Bool?
+            for option in args.dropFirst() {
+                switch option {
+                case "hashes=yes", "hashes=no":
+                    guard hashes == nil else { throw .malformed("hashes= given twice") }
+                    hashes = option == "hashes=yes"
+                case "report=yes", "report=no":
+                    guard report == nil else { throw .malformed("report= given twice") }
+                    report = option == "report=yes"
+                default: throw .malformed("unknown MANIFEST option '\(option.prefix(32))'")
                 }
             }
-            return .manifest(try path(args[1]), hashes: hashes)
+            return .manifest(try path(args[1]), hashes: hashes ?? true, report: report ?? false)
         case "QUIT":
             try arity(0...0, "QUIT")
             return .quit

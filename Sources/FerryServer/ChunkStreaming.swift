@@ -337,7 +337,7 @@ struct FileSender {
     private static func readFailure(_ error: Error, path: RemotePath) -> ErrorReply? {
         switch error {
         case is ChunkPipeline.ShortRead: return ErrorReply(.changed, "changed during transfer")
-        case let e as SystemError: return ErrorReply(.serverError, "reading \(path.wire) failed: \(e.message)")
+        case let e as SystemError: return ServeError.reply(for: SystemError(errno: e.errno, operation: "read", path: path.wire))
         default: return nil
         }
     }
@@ -430,12 +430,14 @@ struct ManifestSender {
     /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
     var transport: TransportProbe? = nil
 
-    func send(path: RemotePath, hashes: Bool) async throws {
+    /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
+    func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
         let (dir, canonical) = try server.root.openDirectory(path)
         let cache = server.hashCache
         let entries: [Entry]
+        let notes: [ManifestNote]
         do {
-            entries = try TreeWalker.walk(directory: dir.fd) { dirFD, name, entry, info in
+            (entries, notes) = try TreeWalker.walkReporting(directory: dir.fd) { dirFD, name, entry, info in
                 let cachePath = canonical.appending(entry.path)
                 if hashes {
                     entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
@@ -450,7 +452,7 @@ struct ManifestSender {
             }
         }
         server.saveCache()
-        let text = Manifest(entries: entries).text
+        let text = Manifest(entries: entries, notes: report ? notes : []).text
         let buffer = ByteBuffer(string: text)
         var hasher = SHA256Hasher()
         let memory = self.memory ?? CompressionMemory.forServer(server)

@@ -136,8 +136,8 @@ struct ConnectionHandler {
                 let hashes: [String]
                 do { hashes = try BlockHashes.compute(file: file, size: info.size, blockSize: blockSize) } catch { throw ServeError.io(error) }
                 try await writer.send(lines: ["OK \(info.size) \(info.mtime) \(blockSize) \(count)"] + hashes)
-            case .manifest(let path, let hashes):
-                try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes)
+            case .manifest(let path, let hashes, let report):
+                try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes, report: report)
             case .auth, .quit:
                 break  // handled by the caller
             }

@@ -18,6 +18,14 @@ struct SyncCommand: AsyncParsableCommand {
         directories created, and symlinks whose target stays inside the tree recreated (others \
         are skipped with a warning). An interrupted sync resumes where it stopped.
 
+        A file that cannot be fetched fails alone: it is named, every other file still \
+        syncs, and the exit status is 1 with the list of what was not synced at the end. \
+        Without --delete nothing that exists only in DEST is deleted: where the server has a \
+        file and DEST a directory with something in it (or the other way round) the entry is \
+        left alone as a conflict (exit status 1); --delete replaces it. Nothing below a \
+        directory the server cannot read is deleted. DEST/.ferry-partial and names like \
+        .~ferry-0123456789abcdef are ferry's own and never copied from the server.
+
         --exclude takes a glob: `*` and `?` stay within one path component, `**` crosses \
         them, [a-z] and [!a-z] are character classes. A pattern without `/` matches names at \
         any depth (`*.tmp`); one with `/` matches the path from the synced root \
@@ -83,7 +91,7 @@ struct SyncCommand: AsyncParsableCommand {
         } catch {
             throw Output.fail(error)
         }
-        if !summary.failures.isEmpty { throw ExitCode(Exit.failed) }
+        if !summary.failures.isEmpty || !summary.conflicts.isEmpty { throw ExitCode(Exit.failed) }
     }
 
     private func sync(logger: Logger) async throws -> Syncer.Summary {
@@ -108,12 +116,14 @@ struct SyncCommand: AsyncParsableCommand {
                     Output.json(["event": "plan", "filesToFetch": files, "bytesToFetch": bytes,
                                  "filesUnchanged": unchanged, "deletions": deletions])
                 }
-            case .action(let what, let path):
+            case .action(let what, let path, let size):
                 if json {
-                    Output.json(["event": what, "path": path.description])
+                    var object: [String: Any] = ["event": what, "path": path.description]
+                    if let size { object["size"] = size }
+                    Output.json(object)
                 } else if dryRun || (what == "deleted" && !quiet) {
                     progress.clear()
-                    Output.out("\(dryRun ? "would " : "")\(what) \(Output.shown(path))")
+                    Output.out("\(dryRun ? "would " : "")\(what) \(Output.shown(path))" + (size.map { " (\(Output.bytes($0)))" } ?? ""))
                 }
             case .resuming(let path, let from, let size):
                 progress.addKept(bytes: from)
@@ -132,6 +142,14 @@ struct SyncCommand: AsyncParsableCommand {
                 progress.clear()
                 if json { Output.json(["event": "error", "path": path.description, "message": message]) }
                 Output.err("ferry: \(Output.shown(path)): \(message)")
+            case .failedPath(let path, let message):
+                progress.clear()
+                if json { Output.json(["event": "error", "path": path, "message": message]) }
+                Output.err("ferry: \(Output.printable(bytes: Array(path.utf8))): \(message)")
+            case .conflict(let path, let message):
+                progress.clear()
+                if json { Output.json(["event": "conflict", "path": path.description, "message": message]) }
+                Output.err("ferry: conflict: \(Output.shown(path)) \(message)")
             case .bytes(let n):
                 progress.add(bytes: n)
             case .warning(let message):
@@ -155,23 +173,59 @@ struct SyncCommand: AsyncParsableCommand {
 
     private func report(_ s: Syncer.Summary) {
         if json {
-            Output.json(["event": "summary", "filesFetched": s.filesFetched, "filesUnchanged": s.filesUnchanged,
-                         "filesDeleted": s.filesDeleted, "directoriesCreated": s.directoriesCreated,
-                         "linksCreated": s.linksCreated, "linksSkipped": s.linksSkipped,
-                         "filesDelta": s.deltaFiles, "bytesWritten": s.bytesWritten, "wireBytes": s.wireBytes,
-                         "manifestWireBytes": s.manifestWireBytes, "fileWireBytes": s.wireBytes - s.manifestWireBytes,
-                         "seconds": s.seconds, "failures": s.failures.count, "dryRun": s.dryRun])
+            var object: [String: Any] = [
+                "event": "summary", "filesFetched": s.filesFetched, "filesUnchanged": s.filesUnchanged,
+                "filesDeleted": s.filesDeleted, "directoriesCreated": s.directoriesCreated,
+                "linksCreated": s.linksCreated, "linksSkipped": s.linksSkipped,
+                "filesDelta": s.deltaFiles, "bytesWritten": s.bytesWritten, "wireBytes": s.wireBytes,
+                "manifestWireBytes": s.manifestWireBytes, "fileWireBytes": s.wireBytes - s.manifestWireBytes,
+                "seconds": s.seconds, "failures": s.failures.count, "dryRun": s.dryRun,
+                "failed": s.failures.map { ["path": $0.path, "message": $0.message] },
+                "conflicts": s.conflicts.map { ["path": $0.path, "message": $0.message] },
+                "specialSkipped": s.specialSkipped, "reservedSkipped": s.reservedSkipped,
+            ]
+            if s.dryRun {
+                object["filesToFetch"] = s.plannedFetches
+                object["bytesToFetch"] = s.plannedFetchBytes
+                object["filesToReplace"] = s.plannedReplacements
+                object["bytesToReplace"] = s.plannedReplacementBytes
+                object["filesToDelete"] = s.plannedDeletions
+                object["bytesToDelete"] = s.plannedDeletionBytes
+            }
+            Output.json(object)
             return
         }
-        if quiet && s.failures.isEmpty { return }
-        let verb = s.dryRun ? "would fetch" : "fetched"
-        var line = "\(verb) \(s.filesFetched) file\(s.filesFetched == 1 ? "" : "s")"
-        if !s.dryRun { line += " (\(Output.bytes(s.bytesWritten)))" }
-        line += ", \(s.filesUnchanged) unchanged"
-        if s.filesDeleted > 0 { line += ", \(s.dryRun ? "would delete" : "deleted") \(s.filesDeleted)" }
+        finalList(s)
+        if quiet && s.failures.isEmpty && s.conflicts.isEmpty { return }
+        var line: String
+        if s.dryRun {
+            line = "would fetch \(s.plannedFetches) file\(s.plannedFetches == 1 ? "" : "s") (\(Output.bytes(s.plannedFetchBytes)))"
+                + ", replace \(s.plannedReplacements) (\(Output.bytes(s.plannedReplacementBytes)))"
+                + ", delete \(s.plannedDeletions) (\(Output.bytes(s.plannedDeletionBytes)))"
+                + ", \(s.filesUnchanged) unchanged"
+        } else {
+            line = "fetched \(s.filesFetched) file\(s.filesFetched == 1 ? "" : "s") (\(Output.bytes(s.bytesWritten)))"
+                + ", \(s.filesUnchanged) unchanged"
+            if s.filesDeleted > 0 { line += ", deleted \(s.filesDeleted)" }
+        }
         if s.linksSkipped > 0 { line += ", \(s.linksSkipped) symlink\(s.linksSkipped == 1 ? "" : "s") skipped" }
+        if !s.specialSkipped.isEmpty { line += ", \(s.specialSkipped.count) special skipped" }
+        if !s.reservedSkipped.isEmpty { line += ", \(s.reservedSkipped.count) reserved name\(s.reservedSkipped.count == 1 ? "" : "s") skipped" }
         line += "; \(Output.bytes(s.wireBytes)) on the wire in " + String(format: "%.2f s", s.seconds)
         if !s.failures.isEmpty { line += "; \(s.failures.count) failed" }
+        if !s.conflicts.isEmpty { line += "; \(s.conflicts.count) conflict\(s.conflicts.count == 1 ? "" : "s")" }
         Output.out(line)
+    }
+
+    /// The entries that failed and the conflicts, once more at the end where they are seen.
+    private func finalList(_ s: Syncer.Summary) {
+        if !s.failures.isEmpty {
+            Output.err("ferry: \(s.failures.count) entr\(s.failures.count == 1 ? "y was" : "ies were") not synced:")
+            for f in s.failures { Output.err("  \(Output.printable(bytes: Array(f.path.utf8))): \(f.message)") }
+        }
+        if !s.conflicts.isEmpty {
+            Output.err("ferry: \(s.conflicts.count) conflict\(s.conflicts.count == 1 ? "" : "s") left alone (--delete replaces them):")
+            for c in s.conflicts { Output.err("  \(Output.printable(bytes: Array(c.path.utf8))) \(c.message)") }
+        }
     }
 }

@@ -394,6 +394,8 @@ final class ServedRootTests: XCTestCase {
         XCTAssertEqual(ServeError.changed(v).reply.line, "ERR 409 changed 1073745920,1700000500.000000000")
         XCTAssertEqual(ServeError.badRange("x").reply.code, 416)
         XCTAssertEqual(ServeError.tooLarge("x").reply.code, 413)
-        XCTAssertEqual(ServeError.io(SystemError(errno: EIO, operation: "read", path: "f")).reply.code, 500)
+        XCTAssertEqual(ServeError.io(SystemError(errno: EIO, operation: "read", path: "f")).reply.code, 520)
+        XCTAssertEqual(ServeError.io(SystemError(errno: EACCES, operation: "open", path: "f")).reply.code, 423)
+        XCTAssertEqual(ServeError.io(SystemError(errno: EPERM, operation: "open", path: "f")).reply.code, 423)
     }
 }
