@@ -64,6 +64,9 @@ final class SyncTransfer: Sendable {
     /// Names in the partial folder: those found when the transfer started, plus the partials it
     /// made. Only a job whose name is here can have data to resume, so the others skip the probe.
     private let partialNames = NIOLockedValueBox(Set<String>())
+    /// Verified bytes of kept partials announced before the transfer (`.kept`), by path, until
+    /// each file's resume says how much the server confirmed.
+    private let keptEstimates = NIOLockedValueBox([RemotePath: Int64]())
     /// Recently used directories of DEST, open, for temporaries beside their targets.
     private let directories: DirectoryCache
 
@@ -86,6 +89,7 @@ final class SyncTransfer: Sendable {
         // Unreadable: nothing to resume is known, so every file starts afresh.
         let names = (try? POSIX.readDirectoryNames(partialDir.fd)) ?? []
         partialNames.withLockedValue { $0 = Set(names.map { String(decoding: $0, as: UTF8.self) }) }
+        announceKeptData(fetches)
         queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -145,6 +149,24 @@ final class SyncTransfer: Sendable {
 
 
     /// The next job that may run now (not one still waiting out its backoff).
+    /// Tells the progress display, before any transfer, how much verified data earlier runs
+    /// kept for this run's files (what their sidecars say), so a resumed sync's progress
+    /// starts from what is already there. `.resuming` later corrects each file's share by what
+    /// the server confirmed.
+    private func announceKeptData(_ fetches: [SyncPlan.Fetch]) {
+        guard !partialNames.withLockedValue({ $0.isEmpty }) else { return }
+        var estimates: [RemotePath: Int64] = [:]
+        for f in fetches where mayHavePartial(f.entry.path) {
+            guard let (identity, verified) = PartialFile.existing(at: partialPath(for: f.entry.path)),
+                  identity.size == f.entry.size, identity.mtime == f.entry.mtime, verified > 0 else { continue }
+            estimates[f.entry.path] = verified
+        }
+        let total = estimates.values.reduce(0, +)
+        guard total > 0 else { return }
+        keptEstimates.withLockedValue { $0 = estimates }
+        onEvent(.kept(bytes: total))
+    }
+
     private func nextJob() -> Job? {
         queue.withLockedValue { q in
             if q.fatal != nil { return nil }
@@ -442,8 +464,9 @@ final class SyncTransfer: Sendable {
             return
         }
         let entry = current.entry
-        if transfer.resumedFrom > 0 {
-            onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size))
+        let announced = keptEstimates.withLockedValue { $0.removeValue(forKey: job.entry.path) } ?? 0
+        if transfer.resumedFrom > 0 || announced > 0 {
+            onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size, announced: announced))
         }
         let useDelta = current.delta && !current.restat
         try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {

@@ -46,8 +46,11 @@ public struct Syncer: Sendable {
         /// `replace`, `delete` (with the bytes concerned), `mkdir`, `link`.
         case action(String, RemotePath, size: Int64?)
         case fileStarted(RemotePath, size: Int64)
-        /// Kept data of an interrupted run was verified: the file continues at `from`.
-        case resuming(RemotePath, from: Int64, size: Int64)
+        /// Before the transfer: verified bytes that interrupted runs kept for this run's files.
+        case kept(bytes: Int64)
+        /// Kept data of an interrupted run was checked with the server: the file continues at
+        /// `from` (0: nothing could be kept). `announced` is what `.kept` counted for it.
+        case resuming(RemotePath, from: Int64, size: Int64, announced: Int64)
         case fileFinished(RemotePath, size: Int64, delta: Bool)
         case failed(RemotePath, String)
         /// An entry not synced whose path is not a valid one (longer than the protocol allows).

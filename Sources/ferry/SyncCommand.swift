@@ -125,11 +125,14 @@ struct SyncCommand: AsyncParsableCommand {
                     progress.clear()
                     Output.out("\(dryRun ? "would " : "")\(what) \(Output.shown(path))" + (size.map { " (\(Output.bytes($0)))" } ?? ""))
                 }
-            case .resuming(let path, let from, let size):
-                progress.addKept(bytes: from)
+            case .kept(let bytes):
+                progress.addKept(bytes: bytes)
+                if json { Output.json(["event": "kept", "bytes": bytes]) }
+            case .resuming(let path, let from, let size, let announced):
+                progress.addKept(bytes: from - announced)
                 if json {
                     Output.json(["event": "resume", "path": path.description, "from": from, "size": size])
-                } else if !quiet {
+                } else if !quiet && from > 0 {
                     progress.note("resuming \(Output.shown(path)) at \(Output.bytes(from)) of \(Output.bytes(size))")
                 }
             case .fileStarted(let path, let size):
