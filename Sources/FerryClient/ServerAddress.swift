@@ -38,15 +38,15 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
         /// A host name with a port, a dot, or in brackets: looked up in the system resolver
         /// (`/etc/hosts`, DNS) only. It is never a server name, so nothing is broadcast.
         case dnsOnly
-        /// A bare name (no port, no dot, no brackets): the system resolver first, and only if it
-        /// has no address, discovery of a server announcing this name.
-        case dnsThenDiscovery
+        /// A bare name (no port, no dot, no brackets): `/etc/hosts`, then discovery of a server
+        /// announcing this name, then DNS.
+        case hostsDiscoveryDNS
     }
 
     public var lookup: Lookup {
         switch host {
         case .ipv4, .ipv6: return .none
-        case .name(let name): return portGiven || bracketed || name.contains(".") ? .dnsOnly : .dnsThenDiscovery
+        case .name(let name): return portGiven || bracketed || name.contains(".") ? .dnsOnly : .hostsDiscoveryDNS
         }
     }
 

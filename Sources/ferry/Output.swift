@@ -218,7 +218,7 @@ struct ClientOptions: ParsableArguments {
         valueName: "SECONDS"))
     var timeout: Double = 60
 
-    @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a bare name the system resolver does not know, to find a server announcing it (repeatable).", valueName: "ADDR"))
+    @Option(name: .customLong("to"), help: ArgumentHelp("Where to probe when SERVER is a bare name not in /etc/hosts, to find a server announcing it (repeatable).", valueName: "ADDR"))
     var probeTargets: [String] = []
 
     @Option(name: .long, help: ArgumentHelp("UDP port for discovery when SERVER is found by discovery.", valueName: "N"))

@@ -52,3 +52,24 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual(ProgressDisplay.width(of: "写真"), 4)
     }
 }
+
+/// A bare SERVER name is looked up in /etc/hosts before discovery and DNS.
+final class HostsFileTests: XCTestCase {
+    func testFindsANameOnAnyLineAmongItsAliases() {
+        let text = """
+        # comment 127.0.0.9 commented
+        127.0.0.1\tlocalhost
+        ::1     localhost ip6-localhost ip6-loopback
+        10.0.0.5 nas Studio.lan studio   # trailing comment
+        \r
+        garbage
+        """
+        XCTAssertEqual(HostsFile.address(of: "localhost", in: text), "127.0.0.1")
+        XCTAssertEqual(HostsFile.address(of: "ip6-loopback", in: text), "::1")
+        XCTAssertEqual(HostsFile.address(of: "STUDIO", in: text), "10.0.0.5")
+        XCTAssertNil(HostsFile.address(of: "commented", in: text))
+        XCTAssertNil(HostsFile.address(of: "garbage", in: text))
+        XCTAssertNil(HostsFile.address(of: "nosuch", in: text))
+        XCTAssertNil(HostsFile.address(of: "x", path: "/nonexistent/hosts"))
+    }
+}

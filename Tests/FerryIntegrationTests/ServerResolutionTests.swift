@@ -19,10 +19,10 @@ final class ServerResolutionTests: XCTestCase {
             ("[::1]:7446", .none),
             ("[127.0.0.1]:7446", .none),
             ("ferry://10.0.0.1/photos", .none),
-            ("studio", .dnsThenDiscovery),
-            ("studio/photos/2024", .dnsThenDiscovery),
-            ("ferry://studio/photos", .dnsThenDiscovery),
-            ("my_server-2", .dnsThenDiscovery),
+            ("studio", .hostsDiscoveryDNS),
+            ("studio/photos/2024", .hostsDiscoveryDNS),
+            ("ferry://studio/photos", .hostsDiscoveryDNS),
+            ("my_server-2", .hostsDiscoveryDNS),
             ("nosuchhost:7446", .dnsOnly),
             ("studio:7446/photos", .dnsOnly),
             ("ferry://studio:7446/photos", .dnsOnly),
@@ -32,7 +32,7 @@ final class ServerResolutionTests: XCTestCase {
             ("[nosuch]:7446", .dnsOnly),
             ("[nosuch]", .dnsOnly),
             ("[nosuch]/docs", .dnsOnly),
-            ("localhost", .dnsThenDiscovery),
+            ("localhost", .hostsDiscoveryDNS),
             ("localhost:7446", .dnsOnly),
         ]
         for (input, expected) in cases {
@@ -109,7 +109,7 @@ final class ServerResolutionTests: XCTestCase {
         XCTAssertGreaterThan(bareTo.loopbackPackets, 0, bareTo.stderr)
         XCTAssertTrue(bareTo.stderr.contains("127.255.255.255"), bareTo.stderr)
 
-        // A name DNS (here /etc/hosts) resolves is used even with --to, without probing.
+        // A bare name in /etc/hosts is used even with --to, without probing.
         let local = try XCTUnwrap(results["localhost --to 127.255.255.255"], output)
         XCTAssertEqual(local.status, 0, local.stderr)
         XCTAssertTrue(local.stdout.contains("hello.txt"), local.stdout)
