@@ -193,25 +193,19 @@ final class InProcessServer: Sendable {
     }
 }
 
-/// A fake "ferry server" that lies: it speaks just enough of the protocol (greeting, STAT of
-/// the root, MANIFEST, GET, QUIT) to drive `ferry sync` and `ferry get`, and answers with
-/// whatever the test scripted — hostile paths, corrupt chunks, wrong checksums.
-final class FakeServer: @unchecked Sendable {
-    /// Answers one request line; nil closes the connection, and so does a reply ending in
-    /// `hangUp` (after the bytes before it are sent).
-    typealias Responder = @Sendable (String) -> [UInt8]?
-    static let hangUp: [UInt8] = Array("\u{0}<hang up>\u{0}".utf8)
+/// A TCP listener on 127.0.0.1 (an ephemeral port) that hands each accepted connection to
+/// `handler` on a thread of its own. `stop()` shuts every connection down, waits (bounded) for
+/// the handlers to return, and closes the sockets; handlers poll `stopped` to end promptly.
+final class LoopbackListener: @unchecked Sendable {
+    typealias Handler = @Sendable (_ fd: Int32, _ stopped: @escaping @Sendable () -> Bool) -> Void
 
     let port: Int
     private let listenFD: Int32
-    private let responder: Responder
-    private let greeting: String
-    private let state = Locked<(stopped: Bool, fds: [Int32], requests: [String], threads: Int)>((false, [], [], 0))
+    private let handler: Handler
+    private let state = Locked<(stopped: Bool, fds: [Int32], threads: Int)>((false, [], 0))
 
-    init(greeting: String = "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none",
-         responder: @escaping Responder) throws {
-        self.responder = responder
-        self.greeting = greeting
+    init(backlog: Int32 = 64, handler: @escaping Handler) throws {
+        self.handler = handler
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw IntegrationFailure("socket") }
         var one: Int32 = 1
@@ -222,42 +216,37 @@ final class FakeServer: @unchecked Sendable {
         _ = inet_pton(AF_INET, "127.0.0.1", &a.sin_addr)
         let b = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
             bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard b == 0, listen(fd, 64) == 0 else { close(fd); throw IntegrationFailure("bind/listen: \(errno)") }
+        guard b == 0, listen(fd, backlog) == 0 else { close(fd); throw IntegrationFailure("bind/listen: \(errno)") }
         var bound = sockaddr_in()
         var len = socklen_t(MemoryLayout<sockaddr_in>.size)
         _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        self.port = Int(UInt16(bigEndian: bound.sin_port))
-        self.listenFD = fd
-        let thread = Thread { [self] in self.acceptLoop() }
-        thread.start()
+        port = Int(UInt16(bigEndian: bound.sin_port))
+        listenFD = fd
+        state.withLockedValue { $0.threads += 1 }
+        Thread { [self] in acceptLoop() }.start()
     }
 
     var address: String { "127.0.0.1:\(port)" }
 
-    /// Every request line received so far, in order.
-    var requests: [String] { state.withLockedValue { $0.requests } }
-
     func stop() {
-        let fds = state.withLockedValue { s -> [Int32] in
-            s.stopped = true
-            return s.fds
+        let first = state.withLockedValue { s -> Bool in
+            defer { s.stopped = true }
+            for fd in s.fds { shutdown(fd, Int32(SHUT_RDWR)) }  // under the lock: no fd is closed meanwhile
+            return !s.stopped
         }
-        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
+        guard first else { return }
         shutdown(listenFD, Int32(SHUT_RDWR))
-        // Wait (bounded) for the threads to notice, then release the listening socket.
         let deadline = Date().addingTimeInterval(5)
         while state.withLockedValue({ $0.threads }) > 0 && Date() < deadline { usleep(5_000) }
         close(listenFD)
     }
 
-    deinit {
-        if !state.withLockedValue({ $0.stopped }) { stop() }
-    }
+    deinit { stop() }
 
     private func acceptLoop() {
-        state.withLockedValue { $0.threads += 1 }
         defer { state.withLockedValue { $0.threads -= 1 } }
-        while !state.withLockedValue({ $0.stopped }) {
+        let stopped: @Sendable () -> Bool = { [state] in state.withLockedValue { $0.stopped } }
+        while !stopped() {
             var pfd = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
             guard poll(&pfd, 1, 100) > 0 else { continue }
             let client = accept(listenFD, nil, nil)
@@ -268,27 +257,65 @@ final class FakeServer: @unchecked Sendable {
                 s.threads += 1
                 return true
             }
-            guard registered else { close(client); break }
-            let thread = Thread { [self] in
-                self.serve(client)
-                self.state.withLockedValue { $0.threads -= 1 }
-            }
-            thread.start()
+            guard registered else { close(client); return }
+            Thread { [self] in
+                handler(client, stopped)
+                shutdown(client, Int32(SHUT_RDWR))
+                state.withLockedValue { s in
+                    s.fds.removeAll { $0 == client }
+                    s.threads -= 1
+                }
+                close(client)
+            }.start()
+        }
+    }
+}
+
+/// A fake "ferry server" that lies: it speaks just enough of the protocol (greeting, STAT of
+/// the root, MANIFEST, GET, QUIT) to drive `ferry sync` and `ferry get`, and answers with
+/// whatever the test scripted — hostile paths, corrupt chunks, wrong checksums.
+final class FakeServer: @unchecked Sendable {
+    /// Answers one request line; nil closes the connection, and so does a reply ending in
+    /// `hangUp` (after the bytes before it are sent).
+    typealias Responder = @Sendable (String) -> [UInt8]?
+    static let hangUp: [UInt8] = Array("\u{0}<hang up>\u{0}".utf8)
+
+    private let responder: Responder
+    private let greeting: String
+    private let listener: LoopbackListener
+    private let recorded = Locked<[String]>([])
+
+    init(greeting: String = "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none",
+         responder: @escaping Responder) throws {
+        self.responder = responder
+        self.greeting = greeting
+        let recorded = self.recorded
+        listener = try LoopbackListener { fd, stopped in
+            Self.serve(fd, greeting: greeting, responder: responder, record: { line in recorded.withLockedValue { $0.append(line) } },
+                       stopped: stopped)
         }
     }
 
-    private func serve(_ fd: Int32) {
-        defer { close(fd) }
+    var port: Int { listener.port }
+    var address: String { listener.address }
+
+    /// Every request line received so far, in order.
+    var requests: [String] { recorded.withLockedValue { $0 } }
+
+    func stop() { listener.stop() }
+
+    private static func serve(_ fd: Int32, greeting: String, responder: Responder, record: (String) -> Void,
+                              stopped: () -> Bool) {
         guard write(fd, Array((greeting + "\n").utf8)) else { return }
         var buffer: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 16 * 1024)
-        while !state.withLockedValue({ $0.stopped }) {
+        while !stopped() {
             if let lf = buffer.firstIndex(of: 0x0A) {
                 var lineBytes = Array(buffer[..<lf])
                 buffer.removeFirst(lf + 1)
                 if lineBytes.last == 0x0D { lineBytes.removeLast() }
                 let line = String(decoding: lineBytes, as: UTF8.self)
-                state.withLockedValue { $0.requests.append(line) }
+                record(line)
                 if line.uppercased() == "QUIT" {
                     _ = write(fd, Array("OK bye\n".utf8))
                     return
@@ -307,7 +334,7 @@ final class FakeServer: @unchecked Sendable {
         }
     }
 
-    private func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    private static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
         var done = 0
         while done < bytes.count {
             let n = bytes[done...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }

@@ -341,71 +341,14 @@ final class TrickleServer: @unchecked Sendable {
         }
     }
 
-    let port: Int
-    private let listenFD: Int32
-    private let script: @Sendable (Connection) -> Void
-    private let state = Locked<(stopped: Bool, fds: [Int32], threads: Int)>((false, [], 0))
+    private let listener: LoopbackListener
 
     init(script: @escaping @Sendable (Connection) -> Void) throws {
-        self.script = script
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        guard fd >= 0 else { throw IntegrationFailure("socket") }
-        var a = sockaddr_in()
-        a.sin_family = sa_family_t(AF_INET)
-        a.sin_port = 0
-        _ = inet_pton(AF_INET, "127.0.0.1", &a.sin_addr)
-        let b = withUnsafePointer(to: &a) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
-            bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        guard b == 0, listen(fd, 16) == 0 else { close(fd); throw IntegrationFailure("bind/listen: \(errno)") }
-        var bound = sockaddr_in()
-        var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &bound) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &len) } }
-        port = Int(UInt16(bigEndian: bound.sin_port))
-        listenFD = fd
-        state.withLockedValue { $0.threads += 1 }
-        Thread { [self] in acceptLoop() }.start()
+        listener = try LoopbackListener(backlog: 16) { fd, stopped in script(Connection(fd: fd, stopped: stopped)) }
     }
 
-    var address: String { "127.0.0.1:\(port)" }
+    var port: Int { listener.port }
+    var address: String { listener.address }
 
-    func stop() {
-        state.withLockedValue { s in
-            s.stopped = true
-            for fd in s.fds { shutdown(fd, Int32(SHUT_RDWR)) }  // under the lock: no fd is closed meanwhile
-        }
-        let deadline = Date().addingTimeInterval(5)
-        while state.withLockedValue({ $0.threads }) > 0 && Date() < deadline { usleep(5_000) }
-        close(listenFD)
-    }
-
-    deinit {
-        if !state.withLockedValue({ $0.stopped }) { stop() }
-    }
-
-    private func acceptLoop() {
-        defer { state.withLockedValue { $0.threads -= 1 } }
-        let stopped: @Sendable () -> Bool = { [state] in state.withLockedValue { $0.stopped } }
-        while !stopped() {
-            var pfd = pollfd(fd: listenFD, events: Int16(POLLIN), revents: 0)
-            guard poll(&pfd, 1, 100) > 0 else { continue }
-            let client = accept(listenFD, nil, nil)
-            guard client >= 0 else { continue }
-            let registered = state.withLockedValue { s -> Bool in
-                if s.stopped { return false }
-                s.fds.append(client)
-                s.threads += 1
-                return true
-            }
-            guard registered else { close(client); return }
-            Thread { [self] in
-                script(Connection(fd: client, stopped: stopped))
-                shutdown(client, Int32(SHUT_RDWR))
-                state.withLockedValue { s in
-                    s.fds.removeAll { $0 == client }
-                    s.threads -= 1
-                }
-                close(client)
-            }.start()
-        }
-    }
+    func stop() { listener.stop() }
 }
