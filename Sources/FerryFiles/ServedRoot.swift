@@ -227,15 +227,17 @@ public enum DirectoryListing {
 }
 
 extension Entry {
+    /// A symlink whose target cannot be read is described with the target `?`; its size is
+    /// always the length of the target sent (PROTOCOL.md section 5).
     public init(info: FileInfo, path: RemotePath, target: [UInt8]?) {
+        let sentTarget = info.type == .symlink ? (target ?? [0x3F]) : nil
         let size: Int64
         switch info.type {
         case .file: size = info.size
-        case .symlink: size = Int64(target?.count ?? 0)
+        case .symlink: size = Int64(sentTarget?.count ?? 0)
         default: size = 0
         }
-        self.init(type: info.type, mode: info.mode, size: size, mtime: info.mtime, path: path,
-                  target: info.type == .symlink ? (target ?? [0x3F]) : nil)
+        self.init(type: info.type, mode: info.mode, size: size, mtime: info.mtime, path: path, target: sentTarget)
         self.special = info.special
     }
 }

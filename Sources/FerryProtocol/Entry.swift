@@ -198,6 +198,8 @@ public struct Entry: Hashable, Sendable {
         guard remaining > 0 else { throw .malformed("missing path") }
         let pathField = next()
         remaining -= 1
+        // An empty field is not the root (`.` is): empty fields are refused (PROTOCOL.md section 2).
+        guard !pathField.isEmpty else { throw .malformed("empty path field") }
         let path: RemotePath
         do { path = try RemotePath(wireBytes: pathField) } catch { throw .badPath(error) }
         if manifest && path.isRoot { throw .malformed("the root is not listed in a manifest") }

@@ -1,5 +1,8 @@
 /// A modification time with nanosecond precision, written `SECONDS.NANOSECONDS` on the wire
 /// so that a quick check (size + mtime) compares exactly what the file system stores.
+/// The two fields are a `timespec`'s: `seconds` is rounded down (towards the past) and
+/// `nanoseconds` (0 through 999,999,999) is added to it, so 100.25 s before the epoch is
+/// `seconds: -101, nanoseconds: 750_000_000`, written `-101.750000000` (PROTOCOL.md section 2).
 public struct Timestamp: Hashable, Comparable, Sendable, CustomStringConvertible {
     public var seconds: Int64
     public var nanoseconds: Int32
@@ -75,6 +78,9 @@ extension Timestamp {
             s = a
             i += 1
         }
+        // The seconds are `tv_sec`, so `-0` never occurs: -0.5 s is `-1.500000000`. A `-0.5…`
+        // would read as +0.5 s, so it is refused rather than silently misread.
+        if negative && s == 0 { return nil }
         self.init(seconds: s, nanoseconds: ns)
     }
 

@@ -152,17 +152,18 @@ public final class FerryServer: Sendable {
             try await serverChannel.executeThenClose { inbound in
                 for try await accepted in inbound {
                     let connection = accepted.channel
-                    let admitted = connections.withLockedValue { reg -> Bool in
-                        if reg.shuttingDown || reg.open.count >= configuration.maxConnections { return false }
-                        reg.open[ObjectIdentifier(connection.channel)] = connection.channel
-                        return true
+                    let refusal = connections.withLockedValue { reg -> ErrorReply? in
+                        let refusal = Self.refusal(shuttingDown: reg.shuttingDown, open: reg.open.count,
+                                                   limit: configuration.maxConnections)
+                        if refusal == nil { reg.open[ObjectIdentifier(connection.channel)] = connection.channel }
+                        return refusal
                     }
                     group.addTask {
-                        if admitted {
+                        if let refusal {
+                            await ConnectionHandler.refuse(connection, refusal)
+                        } else {
                             await ConnectionHandler(server: self, connection: connection, activity: accepted.activity).run()
                             self.connections.withLockedValue { _ = $0.open.removeValue(forKey: ObjectIdentifier(connection.channel)) }
-                        } else {
-                            await ConnectionHandler.refuse(connection, ErrorReply(.tooMany, "too many connections (limit \(self.configuration.maxConnections)); try again later"))
                         }
                     }
                 }
@@ -171,7 +172,17 @@ public final class FerryServer: Sendable {
         saveCache()
     }
 
-    /// Stops accepting, closes every connection, and lets `run()` return.
+    /// The greeting that turns a new connection away, or nil to admit it: `ERR 503` once the
+    /// server is stopping (a connection accepted just before the listener closed), `ERR 429`
+    /// at the connection limit. A client treats both as "try again later".
+    static func refusal(shuttingDown: Bool, open: Int, limit: Int) -> ErrorReply? {
+        if shuttingDown { return ErrorReply(.shuttingDown, "the server is shutting down; try again later") }
+        if open >= limit { return ErrorReply(.tooMany, "too many connections (limit \(limit)); try again later") }
+        return nil
+    }
+
+    /// Stops accepting, closes every connection (a reply in progress is cut off: no `ERR 503`
+    /// is sent on an admitted connection), and lets `run()` return.
     public func shutdown() {
         let open = connections.withLockedValue { reg -> [Channel] in
             reg.shuttingDown = true
