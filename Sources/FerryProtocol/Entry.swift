@@ -199,7 +199,8 @@ public struct Entry: Hashable, Sendable {
         let pathField = next()
         remaining -= 1
         // An empty field is not the root (`.` is): empty fields are refused (PROTOCOL.md section 2).
-        guard !pathField.isEmpty else { throw .malformed("empty path field") }
+        // In a manifest the root check below refuses it (the error manifest readers report).
+        guard manifest || !pathField.isEmpty else { throw .malformed("empty path field") }
         let path: RemotePath
         do { path = try RemotePath(wireBytes: pathField) } catch { throw .badPath(error) }
         if manifest && path.isRoot { throw .malformed("the root is not listed in a manifest") }
