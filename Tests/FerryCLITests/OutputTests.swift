@@ -31,6 +31,18 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual(Output.shown(.root), ".")
     }
 
+    /// A name with DEL or a C1 control (`ls --json`, sync events) must stay valid JSON after
+    /// `Output.out` escapes the line for the terminal, and decode to the same name.
+    func testJSONLinesWithDELAndC1ControlsStayValidJSON() throws {
+        for name in ["del\u{7F}char.txt", "nel\u{85}char.txt", "csi\u{9B}31m", "esc\u{1B}[0m", "plain"] {
+            var line = ""
+            JSONText.append(["name": name], to: &line)
+            let printed = Output.printable(line)
+            let object = try JSONSerialization.jsonObject(with: Data(printed.utf8)) as? [String: Any]
+            XCTAssertEqual(object?["name"] as? String, name, "printed line: \(printed)")
+        }
+    }
+
     func testProgressLineNeverWraps() {
         let stats = "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s  ETA 00:21"
         let name = "photos/2024/some very long folder name/and an even longer file name IMG_20240101_123456.jpg"
