@@ -124,6 +124,28 @@ final class CLIEndToEndTests: XCTestCase {
         assertSameBytes(Files.read(work.appendingPathComponent("via-link")), Files.read(sample.appendingPathComponent("hello world.txt")))
     }
 
+    /// A file the server lists but may not read (`STAT` answers, `GET` is refused with 423, as
+    /// a server running as an ordinary user answers for a chmod-000 file): exit 3, and no empty
+    /// `.NAME.ferry-partial` or sidecar is left beside LOCAL for ever.
+    func testGetOfAFileTheServerMayNotReadLeavesNoPartial() throws {
+        let fake = try FakeServer { line in
+            let f = line.split(separator: " ").map(String.init)
+            switch f.first {
+            case "STAT": return Array("OK f 0644 7 \(FakeServer.mtime) secret.txt\n".utf8)
+            case "GET": return Array("ERR 423 open secret.txt: permission denied on the server\n".utf8)
+            default: return Array("ERR 400 not supported by this fake server\n".utf8)
+            }
+        }
+        defer { fake.stop() }
+        let dir = work.appendingPathComponent("getdir")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let r = try TestSupport.ferry(["get", "\(fake.address)/secret.txt", dir.appendingPathComponent("secret.txt").path])
+        XCTAssertEqual(r.status, 3, r.stderr)
+        XCTAssertTrue(r.stderr.contains("permission denied"), r.stderr)
+        XCTAssertTrue(fake.requests.contains { $0.hasPrefix("GET ") }, "the test must reach the GET: \(fake.requests)")
+        XCTAssertEqual(Files.names(dir), [], "nothing may be left beside LOCAL")
+    }
+
     func testGetOfAMissingFileExits3AndCreatesNothing() throws {
         let s = try startServer()
         try Files.symlink(sample.appendingPathComponent("out-link"), to: "../outside.txt")
