@@ -57,6 +57,12 @@ final class OutputTests: XCTestCase {
         XCTAssertTrue(cut.hasPrefix(stats + "  "), cut)
         XCTAssertTrue(cut.hasSuffix("123456.jpg"), cut)
         XCTAssertTrue(cut.contains("…"), cut)
+        // Too narrow for the counts: whole fields go from the end, never half a field (a cut
+        // "ETA 00:21" reads "ETA 0"); only a first field wider than the line is cut.
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: name, columns: 60),
+                       "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s")
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: name, columns: 30), "12/400 files")
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: nil, columns: 10), "12/400 ")
         // East Asian wide characters take two columns each.
         let wide = String(repeating: "写真", count: 40)
         let line = ProgressDisplay.fit(stats: stats, name: wide, columns: 90)
