@@ -146,6 +146,56 @@ final class CLIEndToEndTests: XCTestCase {
         XCTAssertEqual(Files.names(dir), [], "nothing may be left beside LOCAL")
     }
 
+    /// `ferry manifest` never drops anything silently: a directory it cannot read (not an empty
+    /// one), an unreadable file, a FIFO and a path longer than 4096 bytes end the manifest as
+    /// note lines (PROTOCOL.md 8.4) and are named on stderr; exit 1 since the tree could not be
+    /// described whole. Run as `nobody` through setpriv when root (root reads chmod-000 entries).
+    func testManifestReportsWhatItLeavesOut() throws {
+        chmod(work.path, 0o755)
+        let tree = work.appendingPathComponent("tree")
+        try Files.write(tree.appendingPathComponent("ok.txt"), "ok\n")
+        try Files.write(tree.appendingPathComponent("secret.txt"), "secret\n")
+        try FileManager.default.createDirectory(at: tree.appendingPathComponent("locked"), withIntermediateDirectories: true)
+        try Files.write(tree.appendingPathComponent("locked/inside.txt"), "x\n")
+        XCTAssertEqual(mkfifo(tree.appendingPathComponent("pipe").path, 0o644), 0)
+        let component = String(repeating: "n", count: 200)
+        // 21 levels of 200-byte names: a path of 4220 bytes, made and removed with *at() calls
+        // (longer than PATH_MAX from the root).
+        var fds = [open(tree.path, O_RDONLY | O_DIRECTORY)]
+        for _ in 0..<21 {
+            XCTAssertEqual(mkdirat(fds[fds.count - 1], component, 0o755), 0)
+            fds.append(openat(fds[fds.count - 1], component, O_RDONLY | O_DIRECTORY))
+        }
+        XCTAssertFalse(fds.contains(-1))
+        defer {
+            for i in stride(from: fds.count - 2, through: 0, by: -1) { unlinkat(fds[i], component, AT_REMOVEDIR) }
+            fds.forEach { close($0) }
+        }
+        chmod(tree.appendingPathComponent("secret.txt").path, 0o000)
+        chmod(tree.appendingPathComponent("locked").path, 0o000)
+        defer { chmod(tree.appendingPathComponent("locked").path, 0o755) }
+        let setpriv = "/usr/bin/setpriv"
+        let r: TestSupport.ProcessResult
+        if geteuid() == 0 {
+            guard FileManager.default.isExecutableFile(atPath: setpriv) else {
+                throw XCTSkip("running as root without \(setpriv): root reads chmod-000 entries")
+            }
+            r = try TestSupport.run(setpriv, ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                              TestSupport.ferryExecutable.path, "manifest", tree.path], check: false)
+        } else {
+            r = try TestSupport.ferry(["manifest", tree.path])
+        }
+        XCTAssertEqual(r.status, 1, r.stderr)
+        let notes = r.stdout.split(separator: "\n").filter { $0.hasPrefix("! ") }
+        XCTAssertTrue(notes.contains("! unreadable locked"), "\(notes)")
+        XCTAssertTrue(notes.contains("! special pipe"), "\(notes)")
+        XCTAssertTrue(notes.contains { $0.hasPrefix("! too-long ") }, "\(notes)")
+        XCTAssertTrue(r.stdout.contains(" - secret.txt\n"), r.stdout)
+        for name in ["locked", "pipe", "secret.txt", component + "/" + component] {
+            XCTAssertTrue(r.stderr.contains(name), "stderr does not name \(name): \(r.stderr)")
+        }
+    }
+
     func testGetOfAMissingFileExits3AndCreatesNothing() throws {
         let s = try startServer()
         try Files.symlink(sample.appendingPathComponent("out-link"), to: "../outside.txt")
