@@ -16,11 +16,11 @@ struct ManifestCommand: ParsableCommand {
 
           diff <(ferry manifest ~/photos) <(ssh other ferry manifest photos)
 
-        What the manifest leaves out ends it as note lines, as a server's manifest asked for \
-        with report=yes does (docs/PROTOCOL.md section 8.4): a directory that could not be \
-        read (its contents are unknown, which is not empty), a FIFO, socket or device, a path \
-        longer than the protocol allows. Each is also named on stderr; the exit status is 1 \
-        when something could not be read or described (a FIFO, socket or device alone is 0).
+        What the manifest could not describe ends it as note lines, as a server's manifest \
+        asked for with report=yes does (docs/PROTOCOL.md section 8.4): a directory that could \
+        not be read (its contents are unknown, which is not empty), a path longer than the \
+        protocol allows. Each is also named on stderr, with the exit status 1. FIFOs, sockets \
+        and devices, which ferry never transfers, are named on stderr only (exit status 0).
         """
     )
 
@@ -50,7 +50,10 @@ struct ManifestCommand: ParsableCommand {
             Output.err("ferry: \(error)")
             throw ExitCode(Exit.local)
         }
-        FileHandle.standardOutput.write(Data(Manifest(entries: entries, notes: notes).text.utf8))
+        // Special files are never transferred, so a synced copy lacks them too: they are named
+        // on stderr only, and `diff` of a tree's manifest and its copy's stays clean.
+        let kept = notes.filter { if case .special = $0 { return false } else { return true } }
+        FileHandle.standardOutput.write(Data(Manifest(entries: entries, notes: kept).text.utf8))
         // Never silently: what the manifest could not describe is named on stderr as well.
         var incomplete = false
         var specials: [String] = []
