@@ -98,9 +98,17 @@ public struct Downloader {
                     try await transfer.verifyKeptData(on: connection)
                     onEvent(.started(size: entry.size, resumedFrom: transfer.partial.verified))
                     try await connection.send(transfer.request())
-                    let sha = try await transfer.receive(on: connection) { n in
-                        written += Int64(n)
-                        onEvent(.bytes(n))
+                    let sha: String
+                    do {
+                        sha = try await transfer.receive(on: connection) { n in
+                            written += Int64(n)
+                            onEvent(.bytes(n))
+                        }
+                    } catch let error as ClientError where error.isPermanentRefusal && transfer.partial.verified == 0 {
+                        // Refused for good (the server may not read the file, it vanished):
+                        // an empty partial and its sidecar would only be left behind for ever.
+                        transfer.partial.discard()
+                        throw error
                     }
                     try await transfer.complete(expected: sha)
                     try Self.checkLocalTarget(localPath)  // again: something may have appeared meanwhile

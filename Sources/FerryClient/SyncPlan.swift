@@ -59,6 +59,8 @@ public struct SyncPlan: Sendable {
         public var localHash: (RemotePath) -> String?
         /// What the server's manifest left out (from a server that reports it).
         public var notes: [ManifestNote] = []
+        /// FIFOs, sockets and devices in DEST (not in `local`): ferry does not own them.
+        public var localSpecials: Set<RemotePath> = []
     }
 
     /// Whether a server entry's name is one ferry reserves in DEST: the partial folder at the
@@ -128,6 +130,18 @@ public struct SyncPlan: Sendable {
             }
             if inputs.delete {  // only deletions need them: no hashing per entry otherwise
                 remotePaths.insert(e.path)
+            }
+            // A FIFO, socket or device in DEST where the server has an entry: writing a file
+            // over it or a directory's attributes into it is never done unasked (opening a FIFO
+            // would also wait for ever); --delete removes it first.
+            if inputs.localSpecials.contains(e.path) {
+                guard inputs.delete else {
+                    let what = e.type == .directory ? "directory" : e.type == .symlink ? "symlink" : "file"
+                    plan.conflicts.append((e.path, "is a FIFO, socket or device here but a \(what) on the server; left alone (--delete replaces it)"))
+                    if e.type == .directory { skippedDirs.append(e.path) }
+                    continue
+                }
+                plan.replacements.append((e.path, .other))
             }
             let local = inputs.local[e.path]
             // A directory where the server has something else, or the other way round: the

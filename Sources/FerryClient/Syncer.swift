@@ -152,7 +152,7 @@ public struct Syncer: Sendable {
             localHash: { path in
                 guard let tree, let file = try? tree.openFile(path), let info = try? file.stat() else { return nil }
                 return try? FileHashing.sha256(of: file, length: info.size)
-            }, notes: manifest.notes))
+            }, notes: manifest.notes, localSpecials: local.specials))
         summary.filesUnchanged = plan.unchangedFiles
         summary.linksSkipped = plan.skippedLinks.count
         summary.specialSkipped = plan.specialFiles.map(\.description)
@@ -420,15 +420,18 @@ public struct Syncer: Sendable {
     struct LocalScan {
         var entries: [RemotePath: Entry] = [:]
         var temporaries: [RemotePath] = []
+        /// FIFOs, sockets and devices in DEST: never listed as entries, never replaced unasked.
+        var specials: Set<RemotePath> = []
     }
 
     private func scanLocal(_ tree: LocalTree?) throws -> LocalScan {
         guard let tree else { return LocalScan() }
         let excludes = options.excludes
         let entries: [Entry]
+        let notes: [ManifestNote]
         let temporaries = NIOLockedValueBox<[RemotePath]>([])
         do {
-            entries = try TreeWalker.walk(directory: tree.root.fd, options: .init(exclude: { path, type in
+            (entries, notes) = try TreeWalker.walkReporting(directory: tree.root.fd, options: .init(exclude: { path, type in
                 if type == .file && PartialFile.isTemporaryName(path.name) {
                     temporaries.withLockedValue { $0.append(path) }
                     return true
@@ -445,7 +448,9 @@ public struct Syncer: Sendable {
         var map: [RemotePath: Entry] = [:]
         map.reserveCapacity(entries.count)
         for e in entries { map[e.path] = e }
-        return LocalScan(entries: map, temporaries: temporaries.withLockedValue { $0 })
+        var specials = Set<RemotePath>()
+        for case .special(let path) in notes { specials.insert(path) }
+        return LocalScan(entries: map, temporaries: temporaries.withLockedValue { $0 }, specials: specials)
     }
 }
 

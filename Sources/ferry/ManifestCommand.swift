@@ -15,6 +15,12 @@ struct ManifestCommand: ParsableCommand {
         sorted as in docs/PROTOCOL.md section 8. Useful to compare two trees:
 
           diff <(ferry manifest ~/photos) <(ssh other ferry manifest photos)
+
+        What the manifest could not describe ends it as note lines, as a server's manifest \
+        asked for with report=yes does (docs/PROTOCOL.md section 8.4): a directory that could \
+        not be read (its contents are unknown, which is not empty), a path longer than the \
+        protocol allows. Each is also named on stderr, with the exit status 1. FIFOs, sockets \
+        and devices, which ferry never transfers, are named on stderr only (exit status 0).
         """
     )
 
@@ -32,17 +38,46 @@ struct ManifestCommand: ParsableCommand {
         }
         let dir = FerryFiles.FileHandle(fd: fd)
         let hashes = !noHashes
+        let entries: [Entry]
+        let notes: [ManifestNote]
         do {
-            let entries = try TreeWalker.walk(directory: dir.fd) { dirFD, name, entry, info in
+            (entries, notes) = try TreeWalker.walkReporting(directory: dir.fd) { dirFD, name, entry, info in
                 if hashes {
                     entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: nil, cachePath: entry.path)
                 }
             }
-            let text = Manifest(entries: entries).text
-            FileHandle.standardOutput.write(Data(text.utf8))
         } catch {
             Output.err("ferry: \(error)")
             throw ExitCode(Exit.local)
         }
+        // Special files are never transferred, so a synced copy lacks them too: they are named
+        // on stderr only, and `diff` of a tree's manifest and its copy's stays clean.
+        let kept = notes.filter { if case .special = $0 { return false } else { return true } }
+        FileHandle.standardOutput.write(Data(Manifest(entries: entries, notes: kept).text.utf8))
+        // Never silently: what the manifest could not describe is named on stderr as well.
+        var incomplete = false
+        var specials: [String] = []
+        for note in notes {
+            switch note {
+            case .unreadable(let path):
+                incomplete = true
+                Output.err("ferry: \(Output.shown(path)): cannot read this directory; its contents are not in the manifest")
+            case .tooLong:
+                incomplete = true
+                Output.err("ferry: \(Output.printable(bytes: Array(note.displayPath.utf8))): its path is longer than \(FerryLimits.maxPathBytes) bytes; not in the manifest")
+            case .special(let path):
+                specials.append(Output.shown(path))
+            }
+        }
+        if hashes {
+            for entry in entries where entry.type == .file && entry.sha256 == nil {
+                incomplete = true
+                Output.err("ferry: \(Output.shown(entry.path)): cannot read this file; its SHA-256 is left as '-'")
+            }
+        }
+        if !specials.isEmpty {
+            Output.err("ferry: warning: left out \(specials.count) special file\(specials.count == 1 ? "" : "s") (FIFO, socket or device): " + specials.joined(separator: ", "))
+        }
+        if incomplete { throw ExitCode(Exit.failed) }
     }
 }

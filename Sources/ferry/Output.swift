@@ -315,7 +315,9 @@ enum JSONText {
             case "\r": out += "\\r"
             case "\t": out += "\\t"
             default:
-                if scalar.value < 0x20 {
+                // C0, DEL and C1 controls as \u00XX: `out` would otherwise show DEL and C1 as
+                // `\xNN`, which is not a JSON escape, and the line would not parse.
+                if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) {
                     let hex = String(scalar.value, radix: 16)
                     out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
                 } else {

@@ -144,11 +144,21 @@ final class ProgressDisplay: Sendable {
     /// The progress line in at most `columns - 3` terminal columns, so it never wraps: not
     /// when drawn, and not when the terminal echoes `^C` after it (which `stop()` then erases
     /// with it). The file name gives way first (its middle becomes `…`, keeping its end, which
-    /// tells files apart); only when the counts alone do not fit are they cut at the end.
+    /// tells files apart); when the counts alone do not fit, whole fields (separated by two
+    /// spaces) are dropped from the end — a cut `ETA 00:21` would read `ETA 0` — and only a
+    /// first field that does not fit on its own is cut.
     static func fit(stats: String, name: String?, columns: Int) -> String {
         let limit = max(0, columns - 3)
         let statsWidth = width(of: stats)
-        guard statsWidth <= limit else { return cut(stats, to: limit) }
+        guard statsWidth <= limit else {
+            var fields = stats.components(separatedBy: "  ").filter { !$0.isEmpty }
+            while fields.count > 1 {
+                fields.removeLast()
+                let shorter = fields.joined(separator: "  ")
+                if width(of: shorter) <= limit { return shorter }
+            }
+            return cut(fields.first ?? "", to: limit)
+        }
         guard let name else { return stats }
         let room = limit - statsWidth - 2
         guard room >= 8 else { return stats }

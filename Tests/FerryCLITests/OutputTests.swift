@@ -31,6 +31,18 @@ final class OutputTests: XCTestCase {
         XCTAssertEqual(Output.shown(.root), ".")
     }
 
+    /// A name with DEL or a C1 control (`ls --json`, sync events) must stay valid JSON after
+    /// `Output.out` escapes the line for the terminal, and decode to the same name.
+    func testJSONLinesWithDELAndC1ControlsStayValidJSON() throws {
+        for name in ["del\u{7F}char.txt", "nel\u{85}char.txt", "csi\u{9B}31m", "esc\u{1B}[0m", "plain"] {
+            var line = ""
+            JSONText.append(["name": name], to: &line)
+            let printed = Output.printable(line)
+            let object = try JSONSerialization.jsonObject(with: Data(printed.utf8)) as? [String: Any]
+            XCTAssertEqual(object?["name"] as? String, name, "printed line: \(printed)")
+        }
+    }
+
     func testProgressLineNeverWraps() {
         let stats = "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s  ETA 00:21"
         let name = "photos/2024/some very long folder name/and an even longer file name IMG_20240101_123456.jpg"
@@ -45,6 +57,12 @@ final class OutputTests: XCTestCase {
         XCTAssertTrue(cut.hasPrefix(stats + "  "), cut)
         XCTAssertTrue(cut.hasSuffix("123456.jpg"), cut)
         XCTAssertTrue(cut.contains("…"), cut)
+        // Too narrow for the counts: whole fields go from the end, never half a field (a cut
+        // "ETA 00:21" reads "ETA 0"); only a first field wider than the line is cut.
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: name, columns: 60),
+                       "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s")
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: name, columns: 30), "12/400 files")
+        XCTAssertEqual(ProgressDisplay.fit(stats: stats, name: nil, columns: 10), "12/400 ")
         // East Asian wide characters take two columns each.
         let wide = String(repeating: "写真", count: 40)
         let line = ProgressDisplay.fit(stats: stats, name: wide, columns: 90)

@@ -124,6 +124,78 @@ final class CLIEndToEndTests: XCTestCase {
         assertSameBytes(Files.read(work.appendingPathComponent("via-link")), Files.read(sample.appendingPathComponent("hello world.txt")))
     }
 
+    /// A file the server lists but may not read (`STAT` answers, `GET` is refused with 423, as
+    /// a server running as an ordinary user answers for a chmod-000 file): exit 3, and no empty
+    /// `.NAME.ferry-partial` or sidecar is left beside LOCAL for ever.
+    func testGetOfAFileTheServerMayNotReadLeavesNoPartial() throws {
+        let fake = try FakeServer { line in
+            let f = line.split(separator: " ").map(String.init)
+            switch f.first {
+            case "STAT": return Array("OK f 0644 7 \(FakeServer.mtime) secret.txt\n".utf8)
+            case "GET": return Array("ERR 423 open secret.txt: permission denied on the server\n".utf8)
+            default: return Array("ERR 400 not supported by this fake server\n".utf8)
+            }
+        }
+        defer { fake.stop() }
+        let dir = work.appendingPathComponent("getdir")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let r = try TestSupport.ferry(["get", "\(fake.address)/secret.txt", dir.appendingPathComponent("secret.txt").path])
+        XCTAssertEqual(r.status, 3, r.stderr)
+        XCTAssertTrue(r.stderr.contains("permission denied"), r.stderr)
+        XCTAssertTrue(fake.requests.contains { $0.hasPrefix("GET ") }, "the test must reach the GET: \(fake.requests)")
+        XCTAssertEqual(Files.names(dir), [], "nothing may be left beside LOCAL")
+    }
+
+    /// `ferry manifest` never drops anything silently: a directory it cannot read (not an empty
+    /// one) and a path longer than 4096 bytes end the manifest as note lines (PROTOCOL.md 8.4);
+    /// they, an unreadable file and a FIFO are named on stderr; exit 1 since the tree could not
+    /// be described whole. Run as `nobody` through setpriv when root (root reads chmod-000 entries).
+    func testManifestReportsWhatItLeavesOut() throws {
+        chmod(work.path, 0o755)
+        let tree = work.appendingPathComponent("tree")
+        try Files.write(tree.appendingPathComponent("ok.txt"), "ok\n")
+        try Files.write(tree.appendingPathComponent("secret.txt"), "secret\n")
+        try FileManager.default.createDirectory(at: tree.appendingPathComponent("locked"), withIntermediateDirectories: true)
+        try Files.write(tree.appendingPathComponent("locked/inside.txt"), "x\n")
+        XCTAssertEqual(mkfifo(tree.appendingPathComponent("pipe").path, 0o644), 0)
+        let component = String(repeating: "n", count: 200)
+        // 21 levels of 200-byte names: a path of 4220 bytes, made and removed with *at() calls
+        // (longer than PATH_MAX from the root).
+        var fds = [open(tree.path, O_RDONLY | O_DIRECTORY)]
+        for _ in 0..<21 {
+            XCTAssertEqual(mkdirat(fds[fds.count - 1], component, 0o755), 0)
+            fds.append(openat(fds[fds.count - 1], component, O_RDONLY | O_DIRECTORY))
+        }
+        XCTAssertFalse(fds.contains(-1))
+        defer {
+            for i in stride(from: fds.count - 2, through: 0, by: -1) { unlinkat(fds[i], component, AT_REMOVEDIR) }
+            fds.forEach { close($0) }
+        }
+        chmod(tree.appendingPathComponent("secret.txt").path, 0o000)
+        chmod(tree.appendingPathComponent("locked").path, 0o000)
+        defer { chmod(tree.appendingPathComponent("locked").path, 0o755) }
+        let setpriv = "/usr/bin/setpriv"
+        let r: TestSupport.ProcessResult
+        if geteuid() == 0 {
+            guard FileManager.default.isExecutableFile(atPath: setpriv) else {
+                throw XCTSkip("running as root without \(setpriv): root reads chmod-000 entries")
+            }
+            r = try TestSupport.run(setpriv, ["--reuid=nobody", "--regid=nogroup", "--clear-groups",
+                                              TestSupport.ferryExecutable.path, "manifest", tree.path], check: false)
+        } else {
+            r = try TestSupport.ferry(["manifest", tree.path])
+        }
+        XCTAssertEqual(r.status, 1, r.stderr)
+        let notes = r.stdout.split(separator: "\n").filter { $0.hasPrefix("! ") }
+        XCTAssertTrue(notes.contains("! unreadable locked"), "\(notes)")
+        XCTAssertFalse(notes.contains { $0.hasPrefix("! special") }, "a copy lacks FIFOs too: stderr only: \(notes)")
+        XCTAssertTrue(notes.contains { $0.hasPrefix("! too-long ") }, "\(notes)")
+        XCTAssertTrue(r.stdout.contains(" - secret.txt\n"), r.stdout)
+        for name in ["locked", "pipe", "secret.txt", component + "/" + component] {
+            XCTAssertTrue(r.stderr.contains(name), "stderr does not name \(name): \(r.stderr)")
+        }
+    }
+
     func testGetOfAMissingFileExits3AndCreatesNothing() throws {
         let s = try startServer()
         try Files.symlink(sample.appendingPathComponent("out-link"), to: "../outside.txt")

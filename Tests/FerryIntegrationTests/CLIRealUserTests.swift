@@ -145,6 +145,36 @@ final class CLIRealUserTests: XCTestCase {
         XCTAssertEqual(linkInfo.st_mode & S_IFMT, S_IFREG)
     }
 
+    /// A FIFO in DEST where the server has a file, and one where it has a directory: without
+    /// --delete both are left alone as conflicts (exit 1) — never renamed over, never opened
+    /// (opening a FIFO waits for a writer for ever; sync once hung there); with --delete they
+    /// are replaced. A FIFO only DEST has is left alone either way.
+    func testSyncNeverReplacesOrOpensAFIFOInDestUnasked() throws {
+        try FileManager.default.createDirectory(at: tree.appendingPathComponent("dir"), withIntermediateDirectories: true)
+        try Files.write(tree.appendingPathComponent("dir/inside.txt"), "inside\n")
+        let s = try startServer()
+        let dest = work.appendingPathComponent("dest")
+        try FileManager.default.createDirectory(at: dest, withIntermediateDirectories: true)
+        for name in ["hello.txt", "dir", "lonely"] {
+            XCTAssertEqual(mkfifo(dest.appendingPathComponent(name).path, 0o644), 0)
+        }
+        func type(_ name: String) -> mode_t {
+            var st = stat()
+            return lstat(dest.appendingPathComponent(name).path, &st) == 0 ? st.st_mode & S_IFMT : 0
+        }
+        let first = try TestSupport.ferry(["sync", s.address, dest.path], timeout: 30)
+        XCTAssertEqual(first.status, 1, first.stderr)
+        for name in ["hello.txt", "dir"] {
+            XCTAssertTrue(first.stderr.contains("conflict: \(name) is a FIFO"), first.stderr)
+            XCTAssertEqual(type(name), S_IFIFO, "\(name) must be left alone")
+        }
+        let second = try TestSupport.ferry(["sync", s.address, dest.path, "--delete"], timeout: 30)
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertEqual(Files.read(dest.appendingPathComponent("hello.txt")), Array("hello\n".utf8))
+        XCTAssertEqual(Files.read(dest.appendingPathComponent("dir/inside.txt")), Array("inside\n".utf8))
+        XCTAssertEqual(type("lonely"), S_IFIFO)
+    }
+
     // MARK: - ls
 
     /// `ferry ls` shows setuid/setgid/sticky bits and what a special file is, as `ls -l` does.
