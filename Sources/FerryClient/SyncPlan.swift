@@ -33,6 +33,9 @@ public struct SyncPlan: Sendable {
     public var unreadableDirectories: [RemotePath] = []
     /// FIFOs, sockets and devices on the server: never copied.
     public var specialFiles: [RemotePath] = []
+    /// FIFOs, sockets and devices only DEST has, which `--delete` leaves alone (ferry never
+    /// removes what it cannot have made): reported, not deleted.
+    public var keptLocalSpecials: [RemotePath] = []
     /// Server entries whose path is longer than the protocol allows, as text.
     public var tooLong: [String] = []
     /// Server entries whose names ferry reserves in DEST (`.ferry-partial` at the top, the
@@ -223,6 +226,10 @@ public struct SyncPlan: Sendable {
                 plan.deletions.append((path, l.type))
                 if l.type == .file { plan.bytesToDelete += l.size }
             }
+            plan.keptLocalSpecials = inputs.localSpecials.filter { path in
+                !remotePaths.contains(path) && !unreadable.contains(where: { path.hasPrefix($0) })
+                    && !inputs.excludes.excludes(path.bytes)
+            }.sorted()
         }
         return plan
     }

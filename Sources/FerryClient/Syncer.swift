@@ -349,6 +349,11 @@ public struct Syncer: Sendable {
         if !special.isEmpty {
             onEvent(.warning("skipped \(special.count) special file\(special.count == 1 ? "" : "s") (FIFO, socket or device): \(list(special))"))
         }
+        let kept = plan.keptLocalSpecials.map(\.description)
+        if !kept.isEmpty {
+            onEvent(.warning("left alone \(kept.count) special file\(kept.count == 1 ? "" : "s") (FIFO, socket or device) that only "
+                             + "DEST has; --delete never removes them: \(list(kept))"))
+        }
         let reserved = plan.reservedNames.map(\.description)
         if !reserved.isEmpty {
             onEvent(.warning("skipped \(reserved.count) entr\(reserved.count == 1 ? "y" : "ies") named as ferry's own files in DEST "

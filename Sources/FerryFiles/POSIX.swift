@@ -12,14 +12,17 @@ public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
     public let errno: Int32
     public let operation: String
     public let path: String
+    /// Said instead of the system's text for `errno`, when ferry itself decided.
+    public let detail: String?
 
-    public init(errno: Int32, operation: String, path: String) {
+    public init(errno: Int32, operation: String, path: String, detail: String? = nil) {
         self.errno = errno
         self.operation = operation
         self.path = path
+        self.detail = detail
     }
 
-    public var message: String { String(cString: strerror(errno)) }
+    public var message: String { detail ?? String(cString: strerror(errno)) }
     public var description: String { "\(operation) \(path): \(message)" }
     public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
 }

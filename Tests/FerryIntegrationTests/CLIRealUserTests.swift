@@ -173,6 +173,9 @@ final class CLIRealUserTests: XCTestCase {
         XCTAssertEqual(Files.read(dest.appendingPathComponent("hello.txt")), Array("hello\n".utf8))
         XCTAssertEqual(Files.read(dest.appendingPathComponent("dir/inside.txt")), Array("inside\n".utf8))
         XCTAssertEqual(type("lonely"), S_IFIFO)
+        XCTAssertTrue(second.stderr.contains("left alone 1 special file (FIFO, socket or device) that only DEST has"),
+                      "a local-only FIFO that --delete keeps is named: \(second.stderr)")
+        XCTAssertTrue(second.stderr.contains("lonely"), second.stderr)
     }
 
     // MARK: - ls
