@@ -144,31 +144,13 @@ public enum DatagramFuzzChecks {
 }
 
 #if !FERRY_FUZZ_HARNESS
+import FerryTestSupport
 import XCTest
-
-/// SplitMix64, one generator per iteration derived from the test's seed, so that a failure
-/// names exactly the input to replay.
-private struct FuzzRNG: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64, iteration: Int) { state = seed ^ (UInt64(bitPattern: Int64(iteration)) &* 0xD1B5_4A32_D192_ED03) }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-    mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
-    mutating func hex(_ n: Int) -> String { String((0..<n).map { _ in pick(Array("0123456789abcdef")) }) }
-}
 
 final class DatagramFuzzTests: XCTestCase {
     private static let nameChars = Array("ABCXYZabcxyz0189-_.")
 
-    private static func datagram(_ rng: inout FuzzRNG) -> [UInt8] {
+    private static func datagram(_ rng: inout SplitMix64) -> [UInt8] {
         func name() -> String { String((0..<(1 + rng.below(rng.chance(10) ? 63 : 12))).map { _ in rng.pick(nameChars) }) }
         func advert() -> String {
             var fields = ["name=\(name())", "id=\(rng.hex(32))", "port=\(1 + rng.below(65535))",
@@ -192,7 +174,7 @@ final class DatagramFuzzTests: XCTestCase {
                                      " id=", " port=", " version=", " pad=", "=", "%2", "%41", "%C3%A9", "%", "65535", "65536",
                                      "0", "00", "\n", "\r\n", "  ", "+"]
 
-    private static func mutate(_ input: [UInt8], _ rng: inout FuzzRNG) -> [UInt8] {
+    private static func mutate(_ input: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
         var b = input
         for _ in 0..<(1 + rng.below(4)) {
             let at = rng.below(b.count + 1)
@@ -225,7 +207,7 @@ final class DatagramFuzzTests: XCTestCase {
         var inputs = 0, accepted = 0, oversized = 0, failures = 0
         for i in 0..<60_000 {
             if i >= 3_000 && clock.now - start > .seconds(2) { break }
-            var rng = FuzzRNG(seed: seed, iteration: i)
+            var rng = SplitMix64(seed: seed, iteration: i)
             let input: [UInt8]
             switch rng.below(20) {
             case 0: input = rng.bytes(rng.below(rng.chance(10) ? 1000 : 80))

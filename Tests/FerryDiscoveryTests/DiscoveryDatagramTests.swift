@@ -1,19 +1,7 @@
 import FerryProtocol
+import FerryTestSupport
 import Foundation
 import XCTest
-
-/// A small seeded generator so random-input tests are reproducible.
-struct SeededGenerator: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 final class DiscoveryDatagramTests: XCTestCase {
     let nonce = "0123456789abcdef"
@@ -186,7 +174,7 @@ final class DiscoveryDatagramTests: XCTestCase {
     /// anything over 512 bytes, and whatever it accepts encodes back to a datagram that
     /// parses to the same value.
     func testRandomAndMutatedInputNeverCrashesAndAcceptedInputRoundTrips() throws {
-        var rng = SeededGenerator(seed: 0xFE44_7447)
+        var rng = SplitMix64(seed: 0xFE44_7447)
         let seeds: [[UInt8]] = [
             DiscoveryDatagram.probe(nonce: nonce).encoded,
             DiscoveryDatagram.answer(nonce: nonce, server: try advert()).encoded,
@@ -226,7 +214,7 @@ final class DiscoveryDatagramTests: XCTestCase {
     }
 
     func testNoncesAreFreshLowercaseHex() {
-        var rng = SeededGenerator(seed: 1)
+        var rng = SplitMix64(seed: 1)
         var seen = Set<String>()
         for _ in 0..<100 {
             let n = DiscoveryDatagram.makeNonce(using: &rng)

@@ -1,4 +1,5 @@
 import FerryDiscovery
+import FerryTestSupport
 import FerryProtocol
 import Foundation
 import Logging
@@ -109,7 +110,7 @@ final class LoopbackDiscoveryTests: XCTestCase {
         let port = try UDPTestSocket.freePort()
         let r = try await startResponder(name: String(repeating: "n", count: 63), idNumber: 20, tcpPort: 65535, port: port)
         let socket = try UDPTestSocket(broadcast: true)
-        var rng = SeededGenerator(seed: 7)
+        var rng = SplitMix64(seed: 7)
         let nonce = "00000000deadbeef"
         let garbage: [[UInt8]] = [
             [], Array("hello".utf8), Array(repeating: 0x41, count: 1400),

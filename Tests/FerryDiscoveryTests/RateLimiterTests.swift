@@ -1,4 +1,5 @@
 import FerryDiscovery
+import FerryTestSupport
 import XCTest
 
 final class RateLimiterTests: XCTestCase {
@@ -22,7 +23,7 @@ final class RateLimiterTests: XCTestCase {
 
     func testSlidingWindowNeverAllowsMoreThanTheLimitInAnySecond() {
         var limiter = AnswerRateLimiter(perSource: 20, total: 1000)
-        var rng = SeededGenerator(seed: 42)
+        var rng = SplitMix64(seed: 42)
         var times: [UInt64] = []
         var now: UInt64 = second
         for _ in 0..<5000 {

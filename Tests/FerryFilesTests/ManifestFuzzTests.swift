@@ -167,25 +167,8 @@ public enum ChunkFuzzChecks {
 
 #if !FERRY_FUZZ_HARNESS
 import Foundation
+import FerryTestSupport
 import XCTest
-
-/// SplitMix64, one generator per iteration derived from the test's seed, so that a failure
-/// names exactly the input to replay.
-private struct FuzzRNG: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64, iteration: Int) { state = seed ^ (UInt64(bitPattern: Int64(iteration)) &* 0xD1B5_4A32_D192_ED03) }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-    mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
-}
 
 /// Byte-level mutations (flips, inserts, deletes, splices, truncation, huge numbers, long
 /// runs, invalid UTF-8, dictionary tokens).
@@ -195,7 +178,7 @@ private enum Mutator {
                           "-9223372036854775808", "-9223372036854775809", "1.0", "0.1000000000"]
     static let badUTF8: [[UInt8]] = [[0x80], [0xC0, 0xAF], [0xE2, 0x82], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80], [0xFF], [0xCC, 0x81]]
 
-    static func mutate(_ input: [UInt8], _ rng: inout FuzzRNG, corpus: [[UInt8]], dictionary: [String]) -> [UInt8] {
+    static func mutate(_ input: [UInt8], _ rng: inout SplitMix64, corpus: [[UInt8]], dictionary: [String]) -> [UInt8] {
         var b = input
         for _ in 0..<(1 + rng.below(4)) {
             let at = rng.below(b.count + 1)
@@ -249,14 +232,14 @@ private struct Outcome {
 /// the seed and the iteration.
 private func fuzz(_ name: String, seed: UInt64, iterations: Int, minimum: Int, budget: Duration = .seconds(2),
                   file: StaticString = #filePath, line: UInt = #line,
-                  _ body: (inout FuzzRNG, inout Outcome) throws -> Void) -> Outcome {
+                  _ body: (inout SplitMix64, inout Outcome) throws -> Void) -> Outcome {
     var outcome = Outcome()
     var failures = 0
     let clock = ContinuousClock()
     let start = clock.now
     for i in 0..<iterations {
         if i >= minimum && clock.now - start > budget { break }
-        var rng = FuzzRNG(seed: seed, iteration: i)
+        var rng = SplitMix64(seed: seed, iteration: i)
         do { try body(&rng, &outcome) } catch {
             failures += 1
             XCTFail("\(name) seed 0x\(String(seed, radix: 16)) iteration \(i): \(error)", file: file, line: line)
@@ -276,13 +259,13 @@ final class ManifestFuzzTests: XCTestCase {
 
     /// A random valid tree: directories, files and symlinks with awkward names, modes, sizes,
     /// mtimes and targets, in manifest order.
-    private static func randomManifest(_ rng: inout FuzzRNG) -> Manifest {
+    private static func randomManifest(_ rng: inout SplitMix64) -> Manifest {
         var entries: [Entry] = []
-        func mtime(_ rng: inout FuzzRNG) -> Timestamp {
+        func mtime(_ rng: inout SplitMix64) -> Timestamp {
             Timestamp(seconds: rng.chance(80) ? Int64(rng.below(2_000_000_000)) : rng.pick([-1, 0, .max, .min, -86400]),
                       nanoseconds: Int32(rng.below(1_000_000_000)))
         }
-        func fill(_ dir: RemotePath, depth: Int, _ rng: inout FuzzRNG) {
+        func fill(_ dir: RemotePath, depth: Int, _ rng: inout SplitMix64) {
             var used: Set<[UInt8]> = []
             for _ in 0..<rng.below(depth == 0 ? 6 : 4) {
                 let name = rng.pick(names)
@@ -311,7 +294,7 @@ final class ManifestFuzzTests: XCTestCase {
                                      "1700000000.000000000", " - ", "\no 0644 0 1.000000000 x"]
 
     /// Line-level damage that keeps each line valid but breaks the manifest's structure.
-    private static func damageStructure(_ text: [UInt8], _ rng: inout FuzzRNG) -> [UInt8] {
+    private static func damageStructure(_ text: [UInt8], _ rng: inout SplitMix64) -> [UInt8] {
         var lines = text.split(separator: 0x0A, omittingEmptySubsequences: false).map(Array.init)
         guard lines.count > 2 else { return text }
         let i = 1 + rng.below(lines.count - 2), j = 1 + rng.below(lines.count - 2)
@@ -340,7 +323,7 @@ final class ManifestFuzzTests: XCTestCase {
     }
 
     func testManifestParserOnMutatedAndRandomText() {
-        var rng0 = FuzzRNG(seed: 0xF022_0102, iteration: -1)
+        var rng0 = SplitMix64(seed: 0xF022_0102, iteration: -1)
         let corpus = (0..<40).map { _ in Array(Self.randomManifest(&rng0).text.utf8) }
             + [Array("ferry-manifest 1\n".utf8), Array("ferry-manifest 1".utf8), []]
         let o = fuzz("manifest text", seed: 0xF022_0102, iterations: 30_000, minimum: 1_500) { rng, o in
@@ -389,7 +372,7 @@ private struct GeneratorFailure: Error, CustomStringConvertible {
 }
 
 final class ChunkDecoderFuzzTests: XCTestCase {
-    private static func payload(_ rng: inout FuzzRNG) -> [UInt8] {
+    private static func payload(_ rng: inout SplitMix64) -> [UInt8] {
         let n = rng.chance(95) ? 1 + rng.below(2000) : 1 + rng.below(70_000)
         switch rng.below(4) {
         case 0: return rng.bytes(n)

@@ -305,25 +305,8 @@ public enum ReplyFuzzChecks {
 }
 
 #if !FERRY_FUZZ_HARNESS
+import FerryTestSupport
 import XCTest
-
-/// A small deterministic PRNG (SplitMix64): every iteration gets its own generator derived from
-/// the test's seed and the iteration number, so a failure names exactly what to replay.
-private struct FuzzRNG {
-    private var state: UInt64
-    init(seed: UInt64, iteration: Int) { state = seed ^ (UInt64(bitPattern: Int64(iteration)) &* 0xD1B5_4A32_D192_ED03) }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-    mutating func below(_ n: Int) -> Int { n <= 1 ? 0 : Int(next() % UInt64(n)) }
-    mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
-    mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
-    mutating func bytes(_ n: Int) -> [UInt8] { (0..<n).map { _ in UInt8(truncatingIfNeeded: next()) } }
-}
 
 /// Byte-level mutations in the spirit of libFuzzer's: flips, inserts, deletes, splices,
 /// truncation, huge numbers, long runs, invalid UTF-8, dictionary tokens.
@@ -335,7 +318,7 @@ private enum Mutator {
     static let badUTF8: [[UInt8]] = [[0x80], [0xC0, 0xAF], [0xC2], [0xE2, 0x82], [0xED, 0xA0, 0x80], [0xF4, 0x90, 0x80, 0x80],
                                      [0xF8, 0x88, 0x80, 0x80, 0x80], [0xFF, 0xFE], [0xEF, 0xBB, 0xBF], [0xCC, 0x81]]
 
-    static func mutate(_ input: [UInt8], _ rng: inout FuzzRNG, corpus: [[UInt8]], dictionary: [String]) -> [UInt8] {
+    static func mutate(_ input: [UInt8], _ rng: inout SplitMix64, corpus: [[UInt8]], dictionary: [String]) -> [UInt8] {
         var b = input
         for _ in 0..<(1 + rng.below(4)) {
             let at = rng.below(b.count + 1)
@@ -387,7 +370,6 @@ private enum Mutator {
     }
 }
 
-extension FuzzRNG: RandomNumberGenerator {}
 
 final class ProtocolFuzzTests: XCTestCase {
     /// Each test runs `iterations` inputs, or stops at `budget` once it has run `minimum`.
@@ -402,14 +384,14 @@ final class ProtocolFuzzTests: XCTestCase {
 
     private func fuzz(_ name: String, seed: UInt64, iterations: Int, minimum: Int,
                       file: StaticString = #filePath, line: UInt = #line,
-                      _ body: (inout FuzzRNG, inout Outcome) throws -> Void) -> Outcome {
+                      _ body: (inout SplitMix64, inout Outcome) throws -> Void) -> Outcome {
         var outcome = Outcome()
         var failures = 0
         let clock = ContinuousClock()
         let start = clock.now
         for i in 0..<iterations {
             if i >= minimum && clock.now - start > Self.budget { break }
-            var rng = FuzzRNG(seed: seed, iteration: i)
+            var rng = SplitMix64(seed: seed, iteration: i)
             do { try body(&rng, &outcome) } catch {
                 failures += 1
                 XCTFail("\(name) seed 0x\(String(seed, radix: 16)) iteration \(i): \(error)", file: file, line: line)

@@ -1,9 +1,24 @@
 /// A tiny deterministic PRNG (SplitMix64) so randomised tests and generated test data replay
-/// exactly from a seed.
+/// exactly from a seed. The one generator of every test target.
 public struct SplitMix64: RandomNumberGenerator {
     private var state: UInt64
+    /// Whether `below(n)` with n <= 1 still draws (and discards) a value. The generators made
+    /// with `init(seed:)` do, the per-iteration fuzz generators do not; both keep the sequences
+    /// their tests were written against.
+    private let drawsForTrivialRange: Bool
 
-    public init(seed: UInt64) { state = seed }
+    public init(seed: UInt64) {
+        state = seed
+        drawsForTrivialRange = true
+    }
+
+    /// One generator per fuzz iteration, derived from the test's seed and the iteration number,
+    /// so that a failure names exactly the input to replay. Its `below(n)` answers 0 for n <= 1
+    /// without drawing a value.
+    public init(seed: UInt64, iteration: Int) {
+        state = seed ^ (UInt64(bitPattern: Int64(iteration)) &* 0xD1B5_4A32_D192_ED03)
+        drawsForTrivialRange = false
+    }
 
     public mutating func next() -> UInt64 {
         state &+= 0x9E37_79B9_7F4A_7C15
@@ -13,12 +28,32 @@ public struct SplitMix64: RandomNumberGenerator {
         return z ^ (z >> 31)
     }
 
-    /// Uniform-enough value in `0..<n` (n > 0); the modulo bias is irrelevant here.
-    public mutating func below(_ n: Int) -> Int { Int(next() % UInt64(n)) }
+    /// Uniform-enough value in `0..<n` (n > 0; a per-iteration generator also takes 0 and
+    /// answers 0); the modulo bias is irrelevant here.
+    public mutating func below(_ n: Int) -> Int {
+        if n <= 1 && !drawsForTrivialRange { return 0 }
+        return Int(next() % UInt64(n))
+    }
 
     public mutating func chance(_ percent: Int) -> Bool { below(100) < percent }
 
     public mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
 
     public mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
+
+    /// `count` lowercase hex digits.
+    public mutating func hex(_ count: Int) -> String { String((0..<count).map { _ in pick(Array("0123456789abcdef")) }) }
+
+    /// Text-like bytes that zlib compresses well (words from a small vocabulary).
+    public mutating func text(_ count: Int) -> [UInt8] {
+        let words = ["ferry", "chunk", "server", "GET", "200", "bytes", "client", "sync", "the", "a", "of", "error",
+                     "2024-05-01T12:00:00Z", "INFO", "WARN", "/srv/data/photos", "request", "ok", "LIST", "manifest"]
+        var out: [UInt8] = []
+        out.reserveCapacity(count + 32)
+        while out.count < count {
+            out += Array(pick(words).utf8)
+            out.append(below(10) == 0 ? 0x0A : 0x20)
+        }
+        return Array(out.prefix(count))
+    }
 }
