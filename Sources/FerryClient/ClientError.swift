@@ -98,15 +98,4 @@ public enum ClientError: Error, CustomStringConvertible {
         if case .refused = self { return serverAnsweredThisRun }
         return isRetryable
     }
-
-    /// The process exit status for this error (documented in the README).
-    public var exitCode: Int32 {
-        switch self {
-        case .connect, .refused, .closed, .timeout: return 2
-        case .protocolViolation, .notFerry, .versionMismatch: return 2
-        case .server, .authentication, .refusedPath: return 3
-        case .integrity, .corruptChunk: return 4
-        case .local, .localTarget: return 5
-        }
-    }
 }

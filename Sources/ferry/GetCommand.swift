@@ -84,8 +84,8 @@ struct GetCommand: AsyncParsableCommand {
             let n = max(0, retries)
             Output.fatal(error.description + " — gave up after \(n) \(n == 1 ? "retry" : "retries"); run the same command "
                          + "again to continue where it stopped (verified data is kept), or raise --retries",
-                         status: error.exitCode)
-            throw ExitCode(error.exitCode)
+                         status: error.exitStatus)
+            throw ExitCode(error.exitStatus)
         } catch {
             progress.clear()
             throw error

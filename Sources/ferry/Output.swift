@@ -10,17 +10,6 @@ import Foundation
 import Logging
 import NIOCore
 
-/// Process exit statuses (documented in the README).
-enum Exit {
-    static let ok: Int32 = 0
-    static let failed: Int32 = 1
-    static let network: Int32 = 2
-    static let refused: Int32 = 3
-    static let integrity: Int32 = 4
-    static let local: Int32 = 5
-    static let usage: Int32 = 64
-}
-
 /// Everything the executable writes goes through here; library code never prints.
 enum Output {
     /// Exit status when standard output was closed by its reader (`ferry ls srv | head`): what
@@ -116,11 +105,11 @@ enum Output {
         let status: Int32
         switch error {
         case let e as ClientError:
-            (message, status) = (e.description, e.exitCode)
+            (message, status) = (e.description, e.exitStatus)
         case let e as ServerAddress.Invalid:
             (message, status) = (e.description, Exit.usage)
         case let e as ServerResolution.Failure:
-            (message, status) = (e.description, e.exitCode)
+            (message, status) = (e.description, e.exitStatus)
         case let e as ExitCode:
             return e
         case let e as CustomStringConvertible:

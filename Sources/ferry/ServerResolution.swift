@@ -18,7 +18,7 @@ enum ServerResolution {
     /// A SERVER that could not be turned into an address; says what was tried and what answered.
     struct Failure: Error, CustomStringConvertible {
         let description: String
-        let exitCode: Int32
+        let exitStatus: Int32
     }
 
     static func resolve(_ address: ServerAddress, options: ClientOptions, logger: Logger) async throws -> Endpoint {
@@ -35,7 +35,7 @@ enum ServerResolution {
                 throw Failure(description: "cannot find the host '\(name)': \(answer) — a name with a port, a dot or in "
                                   + "brackets is looked up only in DNS and /etc/hosts, never by discovery; check the "
                                   + "spelling, or give the server's IP address",
-                              exitCode: 2)
+                              exitStatus: Exit.network)
             }
             if let ip = HostsFile.address(of: name) {
                 logger.debug("\(name) is \(ip) (/etc/hosts)")
@@ -48,9 +48,9 @@ enum ServerResolution {
             } catch let error as DiscoveryError {
                 switch error {
                 case .invalidTarget, .invalidPort:
-                    throw Failure(description: error.description, exitCode: 64)
+                    throw Failure(description: error.description, exitStatus: Exit.usage)
                 case .ambiguousName:
-                    throw Failure(description: error.description, exitCode: 2)
+                    throw Failure(description: error.description, exitStatus: Exit.network)
                 default:
                     discoveryFailure = error
                 }
@@ -62,7 +62,7 @@ enum ServerResolution {
             }
             throw Failure(description: "cannot find '\(name)': discovery found no server by that name "
                               + "(\(discoveryFailure.description)), and it is not a host name (\(answer))",
-                          exitCode: 2)
+                          exitStatus: Exit.network)
         }
     }
 
