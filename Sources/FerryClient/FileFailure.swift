@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import FerryProtocol
 
 /// What an error met while fetching one file of a sync means: for that file alone (given up
@@ -42,7 +39,7 @@ enum FileFailure: Equatable {
         case .corruptChunk(_, let why):
             self = .transient(why.description)
         case .local(let e):
-            self = e.isNoSpace || e.errno == EROFS ? .fatal : .permanent(e.description)
+            self = e.stopsTheSync ? .fatal : .permanent(e.description)
         case .refusedPath(let why), .localTarget(_, let why):
             self = .permanent(why)
         case .connect, .refused, .closed, .timeout, .protocolViolation, .notFerry, .versionMismatch, .authentication:

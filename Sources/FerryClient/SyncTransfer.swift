@@ -331,7 +331,7 @@ final class SyncTransfer: Sendable {
                 case let e as SystemError: e
                 default: nil
                 }
-                guard let local, !local.isNoSpace, local.errno != EDQUOT, local.errno != EROFS else { throw error }
+                guard let local, !local.stopsTheSync else { throw error }
                 failed(job, local.description)
                 try await Self.skipReply(on: connection, for: job.entry.path)
                 state.current = nil

@@ -25,6 +25,11 @@ public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
     public var message: String { detail ?? String(cString: strerror(errno)) }
     public var description: String { "\(operation) \(path): \(message)" }
     public var isNoSpace: Bool { errno == ENOSPC || errno == EDQUOT }
+
+    /// Whether this local error stops the whole sync rather than failing one file: DEST cannot
+    /// take more (disk full, quota exceeded) or cannot be written at all (read-only file
+    /// system), so every later file would fail the same way. The one rule for this decision.
+    public var stopsTheSync: Bool { isNoSpace || errno == EROFS }
 }
 
 /// Runs a byte path (no NUL inside, checked by `RemotePath`) as a C string.
