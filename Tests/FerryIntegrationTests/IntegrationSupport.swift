@@ -25,6 +25,14 @@ final class RawClient {
     private var buffer: [UInt8] = []
     var timeout: Double
 
+    /// Connects and reads the greeting, which must be a ferry 1 greeting.
+    static func greeted(port: Int, file: StaticString = #filePath, line: UInt = #line) throws -> RawClient {
+        let c = try RawClient(port: port)
+        let greeting = try c.readLine()
+        XCTAssertTrue(greeting.hasPrefix("FERRY 1 "), greeting, file: file, line: line)
+        return c
+    }
+
     init(host: String = "127.0.0.1", port: Int, timeout: Double = 10) throws {
         self.timeout = timeout
         let v6 = host.contains(":")
@@ -334,16 +342,7 @@ final class FakeServer: @unchecked Sendable {
         }
     }
 
-    private static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
-        var done = 0
-        while done < bytes.count {
-            let n = bytes[done...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return false }
-            done += n
-        }
-        return true
-    }
+    private static func write(_ fd: Int32, _ bytes: [UInt8]) -> Bool { sendAll(fd, bytes) }
 
     // MARK: - Reply builders
 
@@ -644,4 +643,16 @@ func assertSameBytes(_ actual: @autoclosure () throws -> [UInt8]?, _ expected: @
     }
     let first = (0..<min(a.count, b.count)).first { a[$0] != b[$0] } ?? min(a.count, b.count)
     XCTFail("bytes differ: \(a.count) vs \(b.count) bytes, first difference at offset \(first) \(message())", file: file, line: line)
+}
+
+/// Sends all of `bytes` on a socket (no SIGPIPE); false when the peer is gone.
+func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+    var done = 0
+    while done < bytes.count {
+        let n = bytes[done...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        if n < 0 && errno == EINTR { continue }
+        if n <= 0 { return false }
+        done += n
+    }
+    return true
 }

@@ -56,10 +56,7 @@ final class LoopbackServerTests: XCTestCase {
     }
 
     private func connect() throws -> RawClient {
-        let c = try RawClient(port: server.port)
-        let greeting = try c.readLine()
-        XCTAssertTrue(greeting.hasPrefix("FERRY 1 "), greeting)
-        return c
+        try RawClient.greeted(port: server.port)
     }
 
     /// Asserts the next reply is an error with `code` and returns its line.

@@ -32,10 +32,7 @@ final class ProtocolContractTests: XCTestCase {
     }
 
     private func connect() throws -> RawClient {
-        let c = try RawClient(port: server.port)
-        let greeting = try c.readLine()
-        XCTAssertTrue(greeting.hasPrefix("FERRY 1 "), greeting)
-        return c
+        try RawClient.greeted(port: server.port)
     }
 
     private func ask(_ c: RawClient, _ request: String) throws -> String {

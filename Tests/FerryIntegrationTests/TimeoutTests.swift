@@ -276,16 +276,7 @@ final class TrickleServer: @unchecked Sendable {
 
         /// Sends everything; false when the peer is gone.
         @discardableResult
-        func send(_ bytes: [UInt8]) -> Bool {
-            var done = 0
-            while done < bytes.count {
-                let n = bytes[done...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                if n < 0 && errno == EINTR { continue }
-                if n <= 0 { return false }
-                done += n
-            }
-            return true
-        }
+        func send(_ bytes: [UInt8]) -> Bool { sendAll(fd, bytes) }
 
         /// Sends `bytes` `piece` bytes at a time, pausing `every` seconds between pieces.
         func trickle(_ bytes: [UInt8], every: Double, piece: Int = 1) {
