@@ -104,6 +104,10 @@ public struct Syncer: Sendable {
         self.logger = logger
     }
 
+    /// How long a sync waits for another sync into the same DEST to finish its start-up
+    /// (manifest and scan, while it holds DEST alone).
+    static let lockWait: Duration = .seconds(120)
+
     public func run(onEvent: @escaping @Sendable (Event) -> Void) async throws -> Summary {
         let start = ContinuousClock.now
         let manifestCounter = ByteCounter()
@@ -144,7 +148,7 @@ public struct Syncer: Sendable {
             case nil: removeStaleTemporaries(local.temporaries, in: tree)
             case false?: break
             }
-            DestinationLock.share(tree)
+            try await DestinationLock.share(tree, within: Self.lockWait, onWait: onEvent)
         }
         let plan = SyncPlan.make(.init(
             remote: manifest.entries, local: local.entries, excludes: options.excludes, delete: options.delete,
@@ -471,9 +475,27 @@ enum DestinationLock {
         return errno == EWOULDBLOCK ? false : nil
     }
 
-    /// Holds DEST shared (converting an exclusive hold), waiting out another sync's cleanup.
-    static func share(_ tree: LocalTree) {
-        while flock(tree.root.fd, LOCK_SH) != 0 && errno == EINTR {}
+    /// Holds DEST shared (converting an exclusive hold), waiting out another sync's cleanup —
+    /// at most `within`: a sync that has held DEST alone for that long is stuck or very slow,
+    /// and this one stops, saying so, rather than wait for ever.
+    static func share(_ tree: LocalTree, within: Duration,
+                      onWait: (Syncer.Event) -> Void) async throws {
+        let deadline = ContinuousClock.now + within
+        var told = false
+        while true {
+            if flock(tree.root.fd, LOCK_SH | LOCK_NB) == 0 { return }
+            guard errno == EWOULDBLOCK || errno == EINTR else { return }  // cannot lock: go on unlocked
+            if ContinuousClock.now >= deadline {
+                throw ClientError.local(SystemError(
+                    errno: EWOULDBLOCK, operation: "wait for", path: tree.rootPath,
+                    detail: "another ferry sync into this folder has held it for \(within) (run this one again when that one has finished)"))
+            }
+            if !told {
+                onWait(.warning("another ferry sync into \(tree.rootPath) is starting; waiting for it (at most \(within))"))
+                told = true
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
     }
 }
 

@@ -178,6 +178,25 @@ final class CLIRealUserTests: XCTestCase {
         XCTAssertTrue(second.stderr.contains("lonely"), second.stderr)
     }
 
+    /// A sync that finds another one holding DEST alone (its start-up) says so and waits,
+    /// boundedly, then goes on once DEST is free.
+    func testASecondSyncIntoTheSameDestWaitsAndSaysSo() throws {
+        let s = try startServer()
+        let dest = work.appendingPathComponent("dest")
+        try FileManager.default.createDirectory(at: dest, withIntermediateDirectories: true)
+        let fd = open(dest.path, O_RDONLY | O_DIRECTORY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        XCTAssertEqual(flock(fd, LOCK_EX), 0, "the test holds DEST as a starting sync would")
+        let release = DispatchWorkItem { close(fd) }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 1.5, execute: release)
+        let start = Date()
+        let r = try TestSupport.ferry(["sync", s.address, dest.path], timeout: 60)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertGreaterThan(Date().timeIntervalSince(start), 1.2, "it went on while DEST was held")
+        XCTAssertTrue(r.stderr.contains("another ferry sync into"), r.stderr)
+        XCTAssertEqual(Files.read(dest.appendingPathComponent("hello.txt")), Array("hello\n".utf8))
+    }
+
     // MARK: - ls
 
     /// `ferry ls` shows setuid/setgid/sticky bits and what a special file is, as `ls -l` does.
