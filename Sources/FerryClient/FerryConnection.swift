@@ -298,21 +298,30 @@ public final class FerryConnection {
     /// Lists a directory. With `kinds`, entries of type `o` say what they are (FIFO, socket,
     /// device); a 1.0 server refuses the option with `ERR 400`, and the plain request follows.
     public func list(_ path: RemotePath, kinds: Bool = false) async throws -> [Entry] {
-        guard kinds else {
-            try await send(.list(path))
-            return try await readList(path)
-        }
-        try await send(.list(path, kinds: true))
+        let fields = try await requestOK(.list(path, kinds: kinds), plain: kinds ? .list(path) : nil, for: "LIST \(path)")
+        return try await readList(path, fields: fields)
+    }
+
+    /// Sends `request` and reads its status. When `request` carries an option a 1.0 server does
+    /// not know (`plain` is the same request without it) and the server refuses it as malformed
+    /// (`ERR 400`), `plain` is sent instead. Returns the `OK` fields of the one answered.
+    private func requestOK(_ request: Request, plain: Request?, for what: String) async throws -> [Substring] {
+        try await send(request)
         do {
-            return try await readList(path)
+            return try await expectOK(for: what)
         } catch ClientError.server(_, _, let reply) where reply.knownCode == .malformed {
-            try await send(.list(path))
-            return try await readList(path)
+            guard let plain else { throw ClientError.server(endpoint: endpoint.description, request: what, reply) }
+            try await send(plain)
+            return try await expectOK(for: what)
         }
     }
 
+    /// Reads a `LIST` reply (status line included).
     public func readList(_ path: RemotePath) async throws -> [Entry] {
-        let fields = try await expectOK(for: "LIST \(path)")
+        try await readList(path, fields: try await expectOK(for: "LIST \(path)"))
+    }
+
+    private func readList(_ path: RemotePath, fields: [Substring]) async throws -> [Entry] {
         guard fields.count == 1, let count = parseWireNumber(fields[0]), count <= FerryLimits.maxListEntries else {
             throw violation("bad LIST reply")
         }
@@ -374,11 +383,13 @@ public final class FerryConnection {
     }
 
     /// Fetches and verifies the manifest of a subtree. `maxBytes` bounds the inflated text.
-    /// With `report` the server also notes what it left out (a 1.0 server answers `ERR 400`).
+    /// With `report` the server also notes what it left out; a 1.0 server refuses the option
+    /// (`ERR 400`) and the plain request follows.
     public func manifest(_ path: RemotePath, hashes: Bool = true, report: Bool = false,
                          maxBytes: Int = FerryLimits.maxManifestBytes) async throws -> Manifest {
-        try await send(.manifest(path, hashes: hashes, report: report))
-        let f = try await expectOK(for: "MANIFEST \(path)")
+        let f = try await requestOK(.manifest(path, hashes: hashes, report: report),
+                                    plain: report ? .manifest(path, hashes: hashes, report: false) : nil,
+                                    for: "MANIFEST \(path)")
         guard f.count == 1, let count = parseWireNumber(f[0]), count <= FerryLimits.maxManifestEntries else {
             throw violation("bad MANIFEST reply")
         }

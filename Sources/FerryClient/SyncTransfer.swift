@@ -148,7 +148,6 @@ final class SyncTransfer: Sendable {
     }
 
 
-    /// The next job that may run now (not one still waiting out its backoff).
     /// Tells the progress display, before any transfer, how much verified data earlier runs
     /// kept for this run's files (what their sidecars say), so a resumed sync's progress
     /// starts from what is already there. `.resuming` later corrects each file's share by what
@@ -167,6 +166,7 @@ final class SyncTransfer: Sendable {
         onEvent(.kept(bytes: total))
     }
 
+    /// The next job that may run now (not one still waiting out its backoff).
     private func nextJob() -> Job? {
         queue.withLockedValue { q in
             if q.fatal != nil { return nil }

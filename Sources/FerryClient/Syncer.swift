@@ -407,13 +407,8 @@ public struct Syncer: Sendable {
                         throw ClientError.server(endpoint: endpoint.description, request: "MANIFEST \(remotePath)",
                                                  ErrorReply(.wrongType, "\(remotePath) is not a directory (use `ferry get` for one file)"))
                     }
-                    let m: Manifest
-                    do {
-                        // What the server leaves out, too; a 1.0 server does not know the argument.
-                        m = try await c.manifest(remotePath, hashes: options.checksum, report: true)
-                    } catch let ClientError.server(_, _, reply) where reply.knownCode == .malformed {
-                        m = try await c.manifest(remotePath, hashes: options.checksum)
-                    }
+                    // What the server leaves out, too (a 1.0 server gets the plain request).
+                    let m = try await c.manifest(remotePath, hashes: options.checksum, report: true)
                     await c.quit()
                     return m
                 }
