@@ -504,7 +504,7 @@ extension Syncer {
         for path in paths {
             guard let info = tree.lstat(path), info.type == .file,
                   Int64(now.tv_sec) - info.ctime.seconds >= seconds else { continue }
-            if (try? tree.remove(path)) != nil { logger.debug("removed a stale temporary \(tree.display(path))") }
+            if (try? tree.removeShallow(path)) != nil { logger.debug("removed a stale temporary \(tree.display(path))") }
         }
     }
 }

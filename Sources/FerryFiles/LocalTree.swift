@@ -112,33 +112,6 @@ public final class LocalTree: Sendable {
         if r != 0 { throw SystemError(errno: errno, operation: "create symlink", path: display(path)) }
     }
 
-    /// Removes whatever is at `path`; a directory with everything in it.
-    public func remove(_ path: RemotePath) throws(SystemError) {
-        let (dir, name) = try parent(of: path)
-        try Self.removeEntry(dirFD: dir.fd, name: name, display: display(path))
-    }
-
-    static func removeEntry(dirFD: Int32, name: [UInt8], display: String) throws(SystemError) {
-        let (info, err) = POSIX.statAt(dirFD, name)
-        guard let info else {
-            if err == ENOENT { return }
-            throw SystemError(errno: err, operation: "stat", path: display)
-        }
-        if info.type == .directory {
-            let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-            guard fd >= 0 else { throw SystemError(errno: errno, operation: "open directory", path: display) }
-            let sub = FileHandle(fd: fd)
-            for child in try POSIX.readDirectoryNames(sub.fd) {
-                try removeEntry(dirFD: sub.fd, name: child, display: display + "/" + String(decoding: child, as: UTF8.self))
-            }
-            let r = withCPath(name) { unlinkat(dirFD, $0, AT_REMOVEDIR) }
-            if r != 0 && errno != ENOENT { throw SystemError(errno: errno, operation: "remove directory", path: display) }
-        } else {
-            let r = withCPath(name) { unlinkat(dirFD, $0, 0) }
-            if r != 0 && errno != ENOENT { throw SystemError(errno: errno, operation: "remove", path: display) }
-        }
-    }
-
     /// Removes what is at `path` if that loses nothing: a file, symlink or other non-directory,
     /// or an empty directory. A directory with anything in it stays, and the error says so
     /// (`ENOTEMPTY`).
