@@ -32,20 +32,7 @@ enum Output {
 
     /// `text` with C0 controls (other than newline and tab), DEL and C1 controls shown as
     /// `\xNN`. Returns `text` itself when there is nothing to escape (the common case).
-    static func printable(_ text: String) -> String {
-        let needsEscape = text.unicodeScalars.contains { Self.isControl($0) }
-        guard needsEscape else { return text }
-        var out = ""
-        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count + 16)
-        for scalar in text.unicodeScalars {
-            if Self.isControl(scalar) {
-                out += "\\x" + String(scalar.value, radix: 16).leftPadded(to: 2)
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
-    }
+    static func printable(_ text: String) -> String { escaped(text, keepingLineBreaks: true) }
 
     private static func isControl(_ s: Unicode.Scalar) -> Bool {
         (s.value < 0x20 && s != "\n" && s != "\t") || s.value == 0x7F || (0x80...0x9F).contains(s.value)
@@ -54,9 +41,18 @@ enum Output {
     /// A name or link target (raw bytes from a server or a file system) for the terminal:
     /// UTF-8 where valid, with every control character, tab and newline included, escaped.
     static func printable(bytes: [UInt8]) -> String {
+        escaped(String(decoding: bytes, as: UTF8.self), keepingLineBreaks: false)
+    }
+
+    /// `text` with control characters as `\xNN` (newlines and tabs too unless kept); `text`
+    /// itself when there is nothing to escape (the common case).
+    private static func escaped(_ text: String, keepingLineBreaks keep: Bool) -> String {
+        func escapes(_ s: Unicode.Scalar) -> Bool { isControl(s) || (!keep && (s == "\n" || s == "\t")) }
+        guard text.unicodeScalars.contains(where: escapes) else { return text }
         var out = ""
-        for scalar in String(decoding: bytes, as: UTF8.self).unicodeScalars {
-            if isControl(scalar) || scalar == "\n" || scalar == "\t" {
+        out.unicodeScalars.reserveCapacity(text.unicodeScalars.count + 16)
+        for scalar in text.unicodeScalars {
+            if escapes(scalar) {
                 out += "\\x" + String(scalar.value, radix: 16).leftPadded(to: 2)
             } else {
                 out.unicodeScalars.append(scalar)
@@ -95,7 +91,8 @@ enum Output {
     static func json(_ object: [String: Any]) {
         var line = ""
         JSONText.append(object, to: &line)
-        out(line)
+        // JSONText escapes every control character itself (`out` would scan for them again).
+        write(STDOUT_FILENO, line + "\n")
     }
 
     /// Prints `ferry: message` (and, with `--json`, a JSON `error` object on stdout) and
