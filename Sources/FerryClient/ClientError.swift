@@ -82,16 +82,6 @@ public enum ClientError: Error, CustomStringConvertible {
         }
     }
 
-    /// Whether the server refused this request for good (not found, permission denied, wrong
-    /// type, a refused path): asking again gets the same answer.
-    public var isPermanentRefusal: Bool {
-        switch self {
-        case .server: return !isRetryable
-        case .refusedPath: return true
-        default: return false
-        }
-    }
-
     /// `isRetryable`, except that a refused connection is retried when this server already
     /// answered during this run: it was serving moments ago, so it is most likely restarting.
     public func isRetryable(serverAnsweredThisRun: Bool) -> Bool {

@@ -104,10 +104,10 @@ public struct Downloader {
                             written += Int64(n)
                             onEvent(.bytes(n))
                         }
-                    } catch let error as ClientError where error.isPermanentRefusal && transfer.partial.verified == 0 {
-                        // Refused for good (the server may not read the file, it vanished):
-                        // an empty partial and its sidecar would only be left behind for ever.
-                        transfer.partial.discard()
+                    } catch {
+                        // Failed for good (the server may not read the file, it vanished) with
+                        // nothing kept: an empty partial and its sidecar would only stay for ever.
+                        if transfer.partial.verified == 0, case .permanent = FileFailure(error) { transfer.partial.discard() }
                         throw error
                     }
                     try await transfer.complete(expected: sha)
