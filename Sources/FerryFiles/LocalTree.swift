@@ -75,29 +75,7 @@ public final class LocalTree: Sendable {
     /// Opens a regular file for reading without following a final symlink.
     public func openFile(_ path: RemotePath) throws(SystemError) -> FileHandle {
         let (dir, name) = try parent(of: path)
-        return try Self.openOwned(dir.fd, name, allowDirectory: false, display: display(path))
-    }
-
-    /// Opens an entry ferry may read or change: a regular file (or, with `allowDirectory`, a
-    /// directory), never through a symlink. `O_NONBLOCK` keeps a FIFO that appeared meanwhile
-    /// from blocking the open for ever; anything but the allowed types is refused (`EINVAL`,
-    /// "not a regular file") and left as it is — ferry never reads, chmods or writes a FIFO,
-    /// socket or device in DEST.
-    static func openOwned(_ dirFD: Int32, _ name: [UInt8], allowDirectory: Bool, display: String) throws(SystemError) -> FileHandle {
-        let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
-        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display) }
-        let handle = FileHandle(fd: fd)
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: display) }
-        let type = st.st_mode & S_IFMT
-        guard type == S_IFREG || (allowDirectory && type == S_IFDIR) else {
-            let what = type == S_IFIFO ? "a FIFO" : type == S_IFSOCK ? "a socket" : type == S_IFCHR || type == S_IFBLK ? "a device" : "not a regular file"
-            throw SystemError(errno: EINVAL, operation: "use", path: display,
-                              detail: "it is \(what) here, which ferry leaves alone")
-        }
-        // Reads block again as usual (O_NONBLOCK matters only for FIFOs and devices).
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        return handle
+        return try FileHandle.openOwned(dir.fd, name, allowDirectory: false, display: display(path))
     }
 
     public func makeDirectory(_ path: RemotePath, mode: UInt32) throws(SystemError) {
@@ -165,7 +143,7 @@ public final class LocalTree: Sendable {
             guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display(path)) }
             handle = FileHandle(fd: fd)
         } else {
-            handle = try Self.openOwned(dir.fd, name, allowDirectory: true, display: display(path))
+            handle = try FileHandle.openOwned(dir.fd, name, allowDirectory: true, display: display(path))
         }
         guard fchmod(handle.fd, mode_t(LocalTree.applicableMode(mode))) == 0 else {
             throw SystemError(errno: errno, operation: "chmod", path: display(path))

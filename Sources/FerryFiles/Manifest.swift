@@ -257,10 +257,8 @@ public enum TreeWalker {
     public static func hashFile(dirFD: Int32, name: [UInt8], info: FileInfo, cache: HashCache?, cachePath: RemotePath) -> String? {
         let key = HashKey(info)
         if let cached = cache?.lookup(cachePath, key) { return cached }
-        let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_NOFOLLOW)
-        guard fd >= 0 else { return nil }
-        let handle = FileHandle(fd: fd)
-        guard let sha = try? FileHashing.sha256(of: handle, length: info.size),
+        guard let handle = try? FileHandle.openOwned(dirFD, name, allowDirectory: false, display: cachePath.description),
+              let sha = try? FileHashing.sha256(of: handle, length: info.size),
               let after = try? handle.stat(), HashKey(after) == key else { return nil }
         cache?.store(cachePath, key, sha256: sha)
         return sha

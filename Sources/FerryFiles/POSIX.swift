@@ -65,6 +65,30 @@ public final class FileHandle: Sendable {
 
     deinit { if fd >= 0 { _ = Glibc.close(fd) } }
 
+    /// Opens an entry ferry may read or change: a regular file (or, with `allowDirectory`, a
+    /// directory), never through a symlink. `O_NONBLOCK` keeps a FIFO (or a device) that appeared
+    /// after the caller's `lstat` from blocking the open for ever, and the type is checked again
+    /// on the opened descriptor: anything but the allowed types is refused (`EINVAL`, "it is a
+    /// FIFO here") and left as it is — ferry never reads, chmods or writes a FIFO, socket or
+    /// device, on the client (DEST) or on the server (the served tree).
+    public static func openOwned(_ dirFD: Int32, _ name: [UInt8], allowDirectory: Bool, display: String) throws(SystemError) -> FileHandle {
+        let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display) }
+        let handle = FileHandle(fd: fd)
+        var st = Glibc.stat()
+        guard fstat(fd, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: display) }
+        let type = st.st_mode & S_IFMT
+        guard type == S_IFREG || (allowDirectory && type == S_IFDIR) else {
+            let what = type == S_IFIFO ? "a FIFO" : type == S_IFSOCK ? "a socket"
+                : type == S_IFCHR || type == S_IFBLK ? "a device" : type == S_IFDIR ? "a directory" : "not a regular file"
+            throw SystemError(errno: EINVAL, operation: "use", path: display,
+                              detail: "it is \(what) here, which ferry leaves alone")
+        }
+        // Reads block again as usual (O_NONBLOCK matters only for FIFOs and devices).
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
+        return handle
+    }
+
     public func stat() throws(SystemError) -> FileInfo {
         var st = Glibc.stat()
         guard fstat(fd, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: "fd \(fd)") }

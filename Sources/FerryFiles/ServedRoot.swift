@@ -175,12 +175,15 @@ public final class ServedRoot: Sendable {
         guard r.info.type == .file else {
             throw .wrongType(path, r.info.type == .directory ? "is a directory" : "is not a regular file")
         }
-        let fd = POSIX.openAt(r.parent.fd, r.name, O_RDONLY | O_NOFOLLOW)
-        guard fd >= 0 else { throw .io(SystemError(errno: errno, operation: "open", path: path.description)) }
-        let handle = FileHandle(fd: fd)
+        // Swapped for a FIFO, device or directory since the lstat above: refused on the opened
+        // descriptor, without blocking (issue: a FIFO open used to hang a worker thread).
+        let handle: FileHandle
+        do { handle = try FileHandle.openOwned(r.parent.fd, r.name, allowDirectory: false, display: path.description) } catch {
+            if error.errno == EINVAL { throw .wrongType(path, "is not a regular file") }
+            throw .io(error)
+        }
         let info: FileInfo
         do { info = try handle.stat() } catch { throw .io(error) }
-        guard info.type == .file else { throw .wrongType(path, "is not a regular file") }
         return (handle, info, r.canonical)
     }
 
