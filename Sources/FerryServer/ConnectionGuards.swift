@@ -24,8 +24,11 @@ final class ConnectionActivity: Sendable {
 }
 
 /// Closes a connection that has neither sent nor received anything for the idle timeout while
-/// the server was waiting for its next request. Before closing it says why (`ERR 408`), when
-/// the socket can take the line.
+/// the server was waiting for its next request, or while a reply was waiting for the client to
+/// read it (the socket's send buffer and the channel's buffer are full: the peer stopped
+/// reading). Before closing it says why (`ERR 408`), when the socket can take the line. A
+/// connection whose request is being worked on (hashing a huge file, walking a huge tree) and
+/// whose output is flowing is left alone.
 final class IdleCloser: ChannelInboundHandler, Sendable {
     typealias InboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
@@ -45,15 +48,80 @@ final class IdleCloser: ChannelInboundHandler, Sendable {
             context.fireUserInboundEventTriggered(event)
             return
         }
-        guard !activity.isBusy else { return }
         let seconds = timeout.nanoseconds / 1_000_000_000
         let peer = context.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+        if activity.isBusy {
+            // Busy and writable: working. Busy and not writable for the whole timeout: the reply
+            // waits for a client that does not read it; that holds buffers, so the client goes.
+            guard !context.channel.isWritable else { return }
+            logger.info("closing a connection that does not read its reply", metadata: ["peer": "\(peer)"])
+            context.close(promise: nil)
+            return
+        }
         logger.info("closing idle connection", metadata: ["peer": "\(peer)"])
         if context.channel.isWritable {
             let line = ErrorReply(.timeout, "idle for more than \(seconds) s; closing the connection").line + "\n"
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(string: line)), promise: nil)
         }
         context.close(promise: nil)
+    }
+}
+
+/// Bounds how long one request line may take to arrive once its first byte has: a client that
+/// trickles a line a byte at a time (slowloris) never looks idle, so the idle timeout alone
+/// would let it hold a connection slot for ever. Sits before the line decoder and watches the
+/// raw bytes: bytes after the last LF start the clock, an LF stops it.
+final class RequestLineDeadline: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let limit: TimeAmount
+    let logger: Logger
+    private var timer: Scheduled<Void>?
+
+    init(limit: TimeAmount, logger: Logger) {
+        self.limit = limit
+        self.logger = logger
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let bytes = unwrapInboundIn(data)
+        if bytes.readableBytesView.last == 0x0A {
+            cancel()
+        } else if bytes.readableBytesView.contains(0x0A) || timer == nil {
+            // A new line began in this read (after an LF, or on a fresh connection's first bytes).
+            cancel()
+            start(context: context)
+        }
+        context.fireChannelRead(data)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) { cancel() }
+    func channelInactive(context: ChannelHandlerContext) {
+        cancel()
+        context.fireChannelInactive()
+    }
+
+    private func cancel() {
+        timer?.cancel()
+        timer = nil
+    }
+
+    private func start(context: ChannelHandlerContext) {
+        let limit = self.limit, logger = self.logger
+        let loopBound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        timer = context.eventLoop.scheduleTask(in: limit) {
+            let context = loopBound.value
+            let peer = context.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
+            logger.info("closing a connection whose request line did not arrive in time", metadata: ["peer": "\(peer)"])
+            let seconds = Double(limit.nanoseconds) / 1e9
+            if context.channel.isWritable {
+                let line = ErrorReply(.timeout, "request line not complete after \(seconds) s; closing the connection").line + "\n"
+                context.writeAndFlush(NIOAny(context.channel.allocator.buffer(string: line)), promise: nil)
+            }
+            context.close(promise: nil)
+        }
     }
 }
 

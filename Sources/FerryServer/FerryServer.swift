@@ -20,13 +20,18 @@ public struct ServerConfiguration: Sendable {
     /// HMAC token; nil means the server is open.
     public var token: [UInt8]?
     public var maxConnections: Int
+    /// Connections one address may hold at once, so that one machine cannot lock others out.
+    public var maxConnectionsPerAddress: Int
+    /// A request line must arrive complete within this long once its first byte has.
+    public var requestLineTimeout: TimeAmount
     /// A connection waiting this long for its next request is closed (`ERR 408`).
     public var idleTimeout: TimeAmount
     public var chunkSize: Int
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
                 compression: CompressionPolicy = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
-                maxConnections: Int = 256, idleTimeout: TimeAmount = .seconds(300),
+                maxConnections: Int = 256, maxConnectionsPerAddress: Int = 32,
+                requestLineTimeout: TimeAmount = .seconds(30), idleTimeout: TimeAmount = .seconds(300),
                 chunkSize: Int = FerryLimits.defaultChunkSize) {
         self.root = root
         self.name = name
@@ -36,6 +41,8 @@ public struct ServerConfiguration: Sendable {
         self.hashCachePath = hashCachePath
         self.token = token
         self.maxConnections = maxConnections
+        self.maxConnectionsPerAddress = maxConnectionsPerAddress
+        self.requestLineTimeout = requestLineTimeout
         self.idleTimeout = idleTimeout
         self.chunkSize = chunkSize
     }
@@ -86,7 +93,20 @@ public final class FerryServer: Sendable {
 
     struct ConnectionRegistry {
         var open: [ObjectIdentifier: Channel] = [:]
+        /// Open connections per peer address (the address without its port).
+        var perAddress: [String: Int] = [:]
         var shuttingDown = false
+
+        mutating func admit(_ channel: Channel, address: String) {
+            open[ObjectIdentifier(channel)] = channel
+            perAddress[address, default: 0] += 1
+        }
+
+        mutating func remove(_ channel: Channel, address: String) {
+            guard open.removeValue(forKey: ObjectIdentifier(channel)) != nil else { return }
+            let left = (perAddress[address] ?? 1) - 1
+            perAddress[address] = left > 0 ? left : nil
+        }
     }
 
     /// Opens the root and binds the listening socket.
@@ -106,6 +126,7 @@ public final class FerryServer: Sendable {
                         let sync = child.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
                         try sync.addHandler(IdleCloser(activity: activity, timeout: configuration.idleTimeout, logger: logger))
+                        try sync.addHandler(RequestLineDeadline(limit: configuration.requestLineTimeout, logger: logger))
                         try sync.addHandler(ByteToMessageHandler(RequestLineDecoder()))
                         try sync.addHandler(FrameCounter<RequestFrame> { activity.requestDecoded() })
                         // At most `maxPipelined` parsed requests wait per connection; beyond that
@@ -152,10 +173,13 @@ public final class FerryServer: Sendable {
             try await serverChannel.executeThenClose { inbound in
                 for try await accepted in inbound {
                     let connection = accepted.channel
+                    let address = connection.channel.remoteAddress?.ipAddress ?? "?"
                     let refusal = connections.withLockedValue { reg -> ErrorReply? in
                         let refusal = Self.refusal(shuttingDown: reg.shuttingDown, open: reg.open.count,
-                                                   limit: configuration.maxConnections)
-                        if refusal == nil { reg.open[ObjectIdentifier(connection.channel)] = connection.channel }
+                                                   limit: configuration.maxConnections,
+                                                   fromAddress: reg.perAddress[address] ?? 0,
+                                                   perAddressLimit: configuration.maxConnectionsPerAddress)
+                        if refusal == nil { reg.admit(connection.channel, address: address) }
                         return refusal
                     }
                     group.addTask {
@@ -163,7 +187,7 @@ public final class FerryServer: Sendable {
                             await ConnectionHandler.refuse(connection, refusal)
                         } else {
                             await ConnectionHandler(server: self, connection: connection, activity: accepted.activity).run()
-                            self.connections.withLockedValue { _ = $0.open.removeValue(forKey: ObjectIdentifier(connection.channel)) }
+                            self.connections.withLockedValue { $0.remove(connection.channel, address: address) }
                         }
                     }
                 }
@@ -174,10 +198,15 @@ public final class FerryServer: Sendable {
 
     /// The greeting that turns a new connection away, or nil to admit it: `ERR 503` once the
     /// server is stopping (a connection accepted just before the listener closed), `ERR 429`
-    /// at the connection limit. A client treats both as "try again later".
-    static func refusal(shuttingDown: Bool, open: Int, limit: Int) -> ErrorReply? {
+    /// at the connection limit or at the limit for the client's address. A client treats both
+    /// as "try again later".
+    static func refusal(shuttingDown: Bool, open: Int, limit: Int,
+                        fromAddress: Int = 0, perAddressLimit: Int = .max) -> ErrorReply? {
         if shuttingDown { return ErrorReply(.shuttingDown, "the server is shutting down; try again later") }
         if open >= limit { return ErrorReply(.tooMany, "too many connections (limit \(limit)); try again later") }
+        if fromAddress >= perAddressLimit {
+            return ErrorReply(.tooMany, "too many connections from your address (limit \(perAddressLimit)); close some and try again")
+        }
         return nil
     }
 

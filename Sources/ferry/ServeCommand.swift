@@ -53,8 +53,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Maximum simultaneous connections.", valueName: "N"))
     var maxConnections: Int = 256
 
-    @Option(help: ArgumentHelp("Close a connection that sends no request for this long.", valueName: "SECONDS"))
+    @Option(help: ArgumentHelp("Maximum simultaneous connections from one address.", valueName: "N"))
+    var maxPerAddress: Int = 32
+
+    @Option(help: ArgumentHelp("Close a connection that sends no request, or does not read its reply, for this long.", valueName: "SECONDS"))
     var idleTimeout: Double = 300
+
+    @Option(help: ArgumentHelp("Close a connection whose request line is not complete this long after it began.", valueName: "SECONDS"))
+    var requestTimeout: Double = 30
 
     @Option(help: ArgumentHelp("UDP port for discovery.", valueName: "N"))
     var discoveryPort: Int = FerryDefaults.discoveryPort
@@ -72,7 +78,9 @@ struct ServeCommand: AsyncParsableCommand {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
         guard (1...65535).contains(discoveryPort) else { throw ValidationError("--discovery-port must be 1-65535") }
         guard maxConnections >= 1 else { throw ValidationError("--max-connections must be at least 1") }
+        guard maxPerAddress >= 1 else { throw ValidationError("--max-per-address must be at least 1") }
         guard idleTimeout >= 0.1, idleTimeout <= 86_400 else { throw ValidationError("--idle-timeout must be 0.1-86400 seconds") }
+        guard requestTimeout >= 0.1, requestTimeout <= 86_400 else { throw ValidationError("--request-timeout must be 0.1-86400 seconds") }
         if let name {
             do { _ = try ServerName(validating: name) } catch { throw ValidationError("--name: \(error)") }
         }
@@ -116,7 +124,9 @@ struct ServeCommand: AsyncParsableCommand {
         let configuration = ServerConfiguration(
             root: root, name: serverName.rawValue, bindHost: bind, port: port,
             compression: try Self.compression(compress), hashCachePath: cachePath, token: token,
-            maxConnections: maxConnections, idleTimeout: .milliseconds(Int64(idleTimeout * 1000)))
+            maxConnections: maxConnections, maxConnectionsPerAddress: maxPerAddress,
+            requestLineTimeout: .milliseconds(Int64(requestTimeout * 1000)),
+            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)))
         let server = try await FerryServer.start(configuration, logger: logger)
 
         var shown = bind

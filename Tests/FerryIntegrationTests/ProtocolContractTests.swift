@@ -177,6 +177,9 @@ final class ProtocolContractTests: XCTestCase {
         XCTAssertEqual(FerryServer.refusal(shuttingDown: true, open: 0, limit: 10)?.code, 503)
         XCTAssertEqual(FerryServer.refusal(shuttingDown: false, open: 10, limit: 10)?.code, 429)
         XCTAssertNil(FerryServer.refusal(shuttingDown: false, open: 9, limit: 10))
+        XCTAssertEqual(FerryServer.refusal(shuttingDown: false, open: 5, limit: 10, fromAddress: 3, perAddressLimit: 3)?.reason,
+                       "too many connections from your address (limit 3); close some and try again")
+        XCTAssertNil(FerryServer.refusal(shuttingDown: false, open: 5, limit: 10, fromAddress: 2, perAddressLimit: 3))
     }
 
     // MARK: The reference client reading replies

@@ -123,7 +123,9 @@ final class HostileClientTests: XCTestCase {
                 while Date() < stop {
                     connections += 1
                     do {
-                        let client = try RawClient(port: port, timeout: 5)
+                        // Each attacker is a machine of its own (127.0.0.2…9), as the per-address cap is not
+                        // what this test is about.
+                        let client = try RawClient(port: port, source: "127.0.0.\(2 + index)", timeout: 5)
                         held.append(client)
                         if held.count > 12 { held.removeFirst() }
                         _ = try client.readLine()
@@ -191,6 +193,56 @@ final class HostileClientTests: XCTestCase {
             return line.hasPrefix("FERRY 1")
         }
         XCTAssertTrue(admitted, "a slot freed by a closed connection was not reused")
+    }
+
+    /// One machine cannot lock the others out: with `--max-per-address 3`, a fourth connection
+    /// from 127.0.0.1 is refused with a reason while one from 127.0.0.2 is admitted, and a slot
+    /// freed by 127.0.0.1 is its own again.
+    func testOneAddressCannotTakeEveryConnection() throws {
+        let server = try serve(["--max-connections", "100", "--max-per-address", "3"])
+        defer { server.stop() }
+        var held = try (0..<3).map { _ in try RawClient(port: server.port) }
+        for c in held { XCTAssertTrue(try c.readLine()?.hasPrefix("FERRY 1") ?? false) }
+        let extra = try RawClient(port: server.port)
+        let refusal = try extra.readLine() ?? ""
+        XCTAssertTrue(refusal.hasPrefix("ERR 429 too many connections from your address (limit 3)"), refusal)
+        XCTAssertNil(try extra.readLine(), "the refused connection must be closed")
+        let other = try RawClient(port: server.port, source: "127.0.0.2")
+        XCTAssertTrue(try other.readLine()?.hasPrefix("FERRY 1") ?? false, "another address was locked out")
+        XCTAssertTrue(try ask(server, other, Array("STAT a.txt\n".utf8)).hasPrefix("OK f"))
+        held.removeLast()
+        let admitted = ProcessStats.eventually(timeout: 5) {
+            guard let c = try? RawClient(port: server.port), let line = try? c.readLine() else { return false }
+            return line.hasPrefix("FERRY 1")
+        }
+        XCTAssertTrue(admitted, "a slot freed by the address was not given back to it")
+    }
+
+    /// Slowloris: a client that trickles a request line one byte every 0.2 s never looks idle,
+    /// but with `--request-timeout 1` it is told `ERR 408` and closed about a second after the
+    /// line began; a normal client on another connection is served throughout.
+    func testATrickledRequestLineIsCutOffInTime() throws {
+        let server = try serve(["--request-timeout", "1", "--idle-timeout", "30"])
+        defer { server.stop() }
+        let slow = try RawClient(port: server.port, timeout: 10)
+        _ = try slow.readLine()
+        let started = Date()
+        var closedAfter: TimeInterval?
+        for byte in Array("STAT aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".utf8) {
+            if (try? slow.send([byte])) == nil { closedAfter = Date().timeIntervalSince(started); break }
+            usleep(200_000)
+            if Date().timeIntervalSince(started) > 6 { break }
+        }
+        let reply = (try? slow.readLine()) ?? nil
+        XCTAssertTrue(reply?.hasPrefix("ERR 408 request line not complete") ?? false, reply ?? "no reply")
+        XCTAssertNil((try? slow.readLine()) ?? nil, "the connection must be closed")
+        XCTAssertLessThan(closedAfter ?? Date().timeIntervalSince(started), 6)
+        // A complete line sent in pieces within the limit is fine.
+        let normal = try RawClient(port: server.port)
+        _ = try normal.readLine()
+        try normal.send(Array("STAT a.".utf8))
+        usleep(300_000)
+        XCTAssertTrue(try ask(server, normal, Array("txt\n".utf8)).hasPrefix("OK f"))
     }
 
     func testIdleConnectionsAreClosedWithAReasonButBusyOnesAreNot() throws {

@@ -62,7 +62,7 @@ final class LoadAndShutdownTests: XCTestCase {
     /// into the server to check this test) added 10 MiB between the two windows. `FERRY_LOAD_ROUNDS` sets the number of rounds (default 10, at least 8).
     func testTwoHundredConcurrentClients() async throws {
         let clients = 200
-        let server = try serve(["--max-connections", "512"], environment: Self.trackingAllocator)
+        let server = try serve(["--max-connections", "512", "--max-per-address", "512"], environment: Self.trackingAllocator)
         defer { server.stop() }
         let pid = server.process.processIdentifier
         let endpoint = Endpoint(host: "127.0.0.1", port: server.port)
