@@ -42,3 +42,42 @@ public enum FileHashing {
         return hasher.finalizeHex()
     }
 }
+
+/// SHA-256 of a file range computed a piece at a time, so that a long hash can be spread over
+/// many short jobs (the server interleaves them with other clients' work and stops between them
+/// when the client has gone) instead of holding a thread for the whole range.
+// `@unchecked`: the state is mutated by one job at a time; the caller awaits each `advance`
+// before starting the next, so no two threads ever touch it together.
+public final class RangeHash: @unchecked Sendable {
+    private let file: FileHandle
+    private var position: Int64
+    private let end: Int64
+    private var hasher = SHA256Hasher()
+
+    public init(file: FileHandle, offset: Int64, length: Int64) {
+        self.file = file
+        self.position = offset
+        self.end = offset + length
+    }
+
+    /// True once the whole range (or everything up to the end of a file that became shorter) is in.
+    public private(set) var isDone = false
+
+    /// Hashes up to `maxBytes` more bytes.
+    public func advance(by maxBytes: Int) throws(SystemError) {
+        guard !isDone else { return }
+        let stop = min(end, position + Int64(maxBytes))
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FileHashing.readSize, alignment: 64)
+        defer { buffer.deallocate() }
+        while position < stop {
+            let want = Int(min(Int64(FileHashing.readSize), stop - position))
+            let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
+            if n == 0 { isDone = true; return }
+            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            position += Int64(n)
+        }
+        if position >= end { isDone = true }
+    }
+
+    public func finalizeHex() -> String { hasher.finalizeHex() }
+}

@@ -281,17 +281,4 @@ public enum BlockHashes {
     public static func blockCount(fileSize: Int64, blockSize: Int) -> Int {
         Int((fileSize + Int64(blockSize) - 1) / Int64(blockSize))
     }
-
-    /// SHA-256 of each block of an open file, reading at most `limit` bytes (nil: to the end
-    /// of the file as `size` says). The last block may be short.
-    public static func compute(file: FileHandle, size: Int64, blockSize: Int) throws(SystemError) -> [String] {
-        let count = blockCount(fileSize: size, blockSize: blockSize)
-        var out: [String] = []
-        out.reserveCapacity(count)
-        for i in 0..<count {
-            let offset = Int64(i) * Int64(blockSize)
-            out.append(try FileHashing.sha256(of: file, offset: offset, length: min(Int64(blockSize), size - offset)))
-        }
-        return out
-    }
 }

@@ -117,13 +117,21 @@ struct ConnectionHandler {
                 try await FileSender(server: server, writer: writer)
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
-                let (file, info) = try root.openFile(path)
+                let (file, info, canonical) = try root.openFileCanonical(path)
                 try check(validator, info)
                 guard offset <= info.size, length <= info.size - offset else {
                     throw ServeError.badRange("range \(offset)+\(length) is outside the file (size \(info.size))")
                 }
-                let sha: String
-                do { sha = try FileHashing.sha256(of: file, offset: offset, length: length) } catch { throw ServeError.io(error) }
+                // The whole file: the hash cache may know it already (a resume's usual check).
+                let whole = offset == 0 && length == info.size
+                if whole, let sha = server.hashCache.lookup(canonical, HashKey(info)) {
+                    try await writer.send(line: "OK \(sha)")
+                    return
+                }
+                let sha = try await hashRange(file, offset: offset, length: length)
+                if whole, let after = try? file.stat(), HashKey(after) == HashKey(info) {
+                    server.hashCache.store(canonical, HashKey(info), sha256: sha)
+                }
                 try await writer.send(line: "OK \(sha)")
             case .blocks(let path, let validator, let requested):
                 let (file, info) = try root.openFile(path)
@@ -133,9 +141,18 @@ struct ConnectionHandler {
                 guard count <= FerryLimits.maxBlockCount else {
                     throw ServeError.tooLarge("\(count) blocks exceed the limit of \(FerryLimits.maxBlockCount); ask for a larger block size")
                 }
-                let hashes: [String]
-                do { hashes = try BlockHashes.compute(file: file, size: info.size, blockSize: blockSize) } catch { throw ServeError.io(error) }
-                try await writer.send(lines: ["OK \(info.size) \(info.mtime) \(blockSize) \(count)"] + hashes)
+                // Streamed: each block's line is written when it is hashed, so a map of a
+                // million blocks never sits in memory (issue 17). A read error after the head
+                // line cannot be an `ERR` any more: the connection is closed instead, and the
+                // client asks again on a new one.
+                try await writer.send(line: "OK \(info.size) \(info.mtime) \(blockSize) \(count)")
+                let channel = connection.channel
+                do {
+                    try await server.heavyWork.blockHashes(of: file, size: info.size, blockSize: blockSize, count: count,
+                                                           stillWanted: { channel.isActive }) { try await writer.send(lines: $0) }
+                } catch let error as SystemError {
+                    throw BrokenReply(why: "BLOCKS \(path): \(error)")
+                }
             case .manifest(let path, let hashes, let report):
                 try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes, report: report)
             case .auth, .quit:
@@ -144,6 +161,23 @@ struct ConnectionHandler {
         } catch let error as ServeError {
             try await writer.send(error.reply)
         }
+    }
+
+    /// Hashes a range on the server's heavy-work pool, a slice at a time, giving up when the
+    /// client has gone.
+    private func hashRange(_ file: FileHandle, offset: Int64, length: Int64) async throws -> String {
+        let channel = connection.channel
+        do {
+            return try await server.heavyWork.sha256(of: file, offset: offset, length: length) { channel.isActive }
+        } catch let error as SystemError {
+            throw ServeError.io(error)
+        }
+    }
+
+    /// A reply that failed after its head was written: the connection must close.
+    struct BrokenReply: Error, CustomStringConvertible {
+        let why: String
+        var description: String { why }
     }
 
     private func check(_ validator: Validator?, _ info: FileInfo) throws(ServeError) {

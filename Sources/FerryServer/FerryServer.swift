@@ -84,6 +84,8 @@ public final class FerryServer: Sendable {
     private let serverChannel: NIOAsyncChannel<Accepted, Never>
     private let connections = NIOLockedValueBox(ConnectionRegistry())
     let authThrottle = AuthThrottle()
+    /// Hashing of ranges and block maps, off the cooperative threads (see `HeavyWork`).
+    let heavyWork = HeavyWork()
 
     /// A freshly accepted connection and the flag its idle closer reads.
     struct Accepted: Sendable {
@@ -193,6 +195,7 @@ public final class FerryServer: Sendable {
                 }
             }
         }
+        await heavyWork.shutdown()
         saveCache()
     }
 

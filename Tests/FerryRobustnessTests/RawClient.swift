@@ -119,6 +119,16 @@ enum ProcessStats {
         field("VmHWM", pid)
     }
 
+    /// User plus system CPU time the process has used, in seconds (/proc/PID/stat).
+    static func cpuSeconds(_ pid: Int32) -> Double {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return -1 }
+        // After "pid (comm) ": state is field 3, utime 14, stime 15.
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 13, let user = Double(fields[11]), let system = Double(fields[12]) else { return -1 }
+        return (user + system) / Double(sysconf(Int32(_SC_CLK_TCK)))
+    }
+
     static func threads(_ pid: Int32) -> Int {
         field("Threads", pid)
     }

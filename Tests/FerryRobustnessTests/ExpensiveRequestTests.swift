@@ -1,0 +1,155 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryTestSupport
+import Foundation
+import XCTest
+
+/// Issue 17, parts 2 and 3: a few short request lines used to take the server down. `HASH` of an
+/// 8 GiB range costs ~19 s of CPU; four connections pipelining eight each held both of Swift's
+/// cooperative threads, so every other client timed out. `BLOCKS big 8192` built a 165 MB map
+/// per request. Now expensive work runs on a pool of its own at a lower priority, in slices,
+/// stops when its client goes, and block maps are streamed.
+final class ExpensiveRequestTests: XCTestCase {
+    var work: URL!
+    var served: URL!
+
+    override func setUpWithError() throws {
+        work = try TestSupport.makeTemporaryDirectory("ferry-expensive")
+        served = work.appendingPathComponent("data")
+        try FileManager.default.createDirectory(at: served.appendingPathComponent("docs"), withIntermediateDirectories: true)
+        for i in 0..<20 { try Data("note \(i)\n".utf8).write(to: served.appendingPathComponent("docs/n\(i).txt")) }
+        var rng = SplitMix64(seed: 17)
+        try Data(rng.bytes(10 << 20)).write(to: served.appendingPathComponent("ten.bin"))
+        // 8 GiB of holes: as costly to hash as real data, no disk space used.
+        let huge = served.appendingPathComponent("huge.sparse")
+        _ = FileManager.default.createFile(atPath: huge.path, contents: nil)
+        XCTAssertEqual(truncate(huge.path, off_t(8) << 30), 0)
+    }
+
+    override func tearDown() {
+        if let work { TestSupport.removeTemporaryDirectory(work) }
+    }
+
+    func serve() throws -> ServerProcess {
+        try ServerProcess(serving: served, arguments: ["--bind", "127.0.0.1", "--no-discovery",
+                                                       "--state-dir", work.appendingPathComponent("state").path])
+    }
+
+    /// Median wall time of `ferry ls` and of `ferry get` of 10 MiB, three runs each.
+    func innocentTimes(_ server: ServerProcess) throws -> (ls: Double, get: Double) {
+        var ls: [Double] = [], get: [Double] = []
+        for i in 0..<3 {
+            var started = Date()
+            let listing = try TestSupport.ferry(["ls", server.address + "/docs"], timeout: 60)
+            ls.append(Date().timeIntervalSince(started))
+            XCTAssertEqual(listing.status, 0, listing.stderr)
+            let local = work.appendingPathComponent("got-\(i).bin")
+            started = Date()
+            let fetched = try TestSupport.ferry(["get", server.address + "/ten.bin", local.path], timeout: 60)
+            get.append(Date().timeIntervalSince(started))
+            XCTAssertEqual(fetched.status, 0, fetched.stderr)
+            try? FileManager.default.removeItem(at: local)
+        }
+        return (ls.sorted()[1], get.sorted()[1])
+    }
+
+    /// Opens `connections` connections that each pipeline `requests` copies of `line` and read
+    /// nothing.
+    func attack(_ server: ServerProcess, connections: Int, requests: Int, line: String) throws -> [RawClient] {
+        try (0..<connections).map { _ in
+            let client = try RawClient(port: server.port, timeout: 5)
+            _ = try client.readLine()
+            try client.send(String(repeating: line, count: requests))
+            return client
+        }
+    }
+
+    /// CPU the server uses over `seconds`, after its attackers have gone.
+    func cpuAfterwards(_ pid: Int32, over seconds: Double) -> Double {
+        usleep(500_000)
+        let before = ProcessStats.cpuSeconds(pid)
+        usleep(UInt32(seconds * 1_000_000))
+        return ProcessStats.cpuSeconds(pid) - before
+    }
+
+    /// Four connections pipelining eight HASHes of 8 GiB each: a listing and a 10 MiB get from
+    /// another client stay within twice their unloaded time, and once the attackers close, the
+    /// server stops hashing for them.
+    func testRangeHashesCannotStarveOtherClients() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let pid = server.process.processIdentifier
+        _ = try innocentTimes(server)  // warm up
+        let unloaded = try innocentTimes(server)
+        var attackers = try attack(server, connections: 4, requests: 8, line: "HASH huge.sparse 0 \((8 << 30) - 1)\n")
+        usleep(500_000)
+        let cpuBefore = ProcessStats.cpuSeconds(pid)
+        let loaded = try innocentTimes(server)
+        let busy = ProcessStats.cpuSeconds(pid) - cpuBefore
+        print("innocent client: ls \(unloaded.ls) → \(loaded.ls) s, get 10 MiB \(unloaded.get) → \(loaded.get) s; server CPU during the attack \(busy) s")
+        XCTAssertGreaterThan(busy, 0.2, "the attack did not load the server; the test shows nothing")
+        XCTAssertLessThanOrEqual(loaded.ls, 2 * unloaded.ls, "ferry ls was starved")
+        XCTAssertLessThanOrEqual(loaded.get, 2 * unloaded.get, "ferry get was starved")
+        attackers.removeAll()
+        let after = cpuAfterwards(pid, over: 2)
+        XCTAssertLessThan(after, 0.3, "the server kept hashing for clients that had gone (\(after) s of CPU in 2 s)")
+    }
+
+    /// Six `BLOCKS huge.sparse 8192` (a million block hashes each) whose replies are never read:
+    /// the maps are streamed as the client reads, so the server's memory grows by what the
+    /// sockets buffer, not by the maps (165 MB each before); other clients are served meanwhile,
+    /// and closing the connections ends the work.
+    func testBlockMapsAreStreamedNotBuilt() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let pid = server.process.processIdentifier
+        _ = try innocentTimes(server)
+        let baseline = ProcessStats.residentKiB(pid)
+        var attackers = try attack(server, connections: 6, requests: 1, line: "BLOCKS huge.sparse 8192\n")
+        Thread.sleep(forTimeInterval: 4)
+        let loaded = ProcessStats.residentKiB(pid)
+        let probe = try RawClient(port: server.port)
+        _ = try probe.readLine()
+        try probe.send("STAT ten.bin\n")
+        XCTAssertTrue(try probe.readLine()?.hasPrefix("OK f ") ?? false, "another client was not served")
+        // One attacker reads its map to the end: it is complete and well-formed.
+        print("BLOCKS attack: server RSS \(baseline) KiB → \(loaded) KiB after 4 s")
+        XCTAssertLessThan(loaded - baseline, 64 << 10, "six unread block maps cost \((loaded - baseline) >> 10) MiB")
+        attackers.removeAll()
+        let after = cpuAfterwards(pid, over: 2)
+        XCTAssertLessThan(after, 0.3, "the server kept hashing for clients that had gone (\(after) s of CPU in 2 s)")
+    }
+
+    /// SIGTERM is answered within 5 s while every worker thread is busy hashing for clients.
+    func testSIGTERMIsAnsweredDuringExpensiveWork() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let attackers = try attack(server, connections: 4, requests: 8, line: "HASH huge.sparse 0 \((8 << 30) - 1)\n")
+        usleep(1_000_000)
+        let signalled = Date()
+        kill(server.process.processIdentifier, SIGTERM)
+        while server.process.isRunning && Date().timeIntervalSince(signalled) < 5 { usleep(20_000) }
+        XCTAssertFalse(server.process.isRunning, "the server ignored SIGTERM for 5 s while hashing")
+        XCTAssertEqual(attackers.count, 4)
+    }
+
+    /// A block map streamed to a client that reads it is complete: the head, then exactly
+    /// `count` hashes, then the next reply.
+    func testAStreamedBlockMapIsComplete() throws {
+        let server = try serve()
+        defer { server.stop() }
+        let client = try RawClient(port: server.port, timeout: 60)
+        _ = try client.readLine()
+        try client.send("BLOCKS ten.bin 65536\nSTAT ten.bin\n")
+        let head = try XCTUnwrap(try client.readLine())
+        let fields = head.split(separator: " ")
+        XCTAssertEqual(fields.first, "OK")
+        XCTAssertEqual(fields.last, "160", head)
+        for i in 0..<160 {
+            let line = try XCTUnwrap(try client.readLine(), "block \(i)")
+            XCTAssertEqual(line.count, 64, "block \(i): \(line)")
+        }
+        XCTAssertTrue(try client.readLine()?.hasPrefix("OK f ") ?? false)
+    }
+}
