@@ -19,11 +19,18 @@ public struct ConnectionOptions: Sendable {
     /// wait never goes this long without a byte. A connection that misses one is dropped (and
     /// retried by callers); bytes trickling in do not keep it alive.
     public var readTimeout: TimeAmount
+    /// The extensions to enable with `CAPS` on a server that offers them (protocol 1.1).
+    public var capabilities: [Capability]
 
-    public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60)) {
+    /// The extensions this client implements.
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport]
+
+    public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60),
+                capabilities: [Capability] = ConnectionOptions.implementedCapabilities) {
         self.token = token
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
+        self.capabilities = capabilities
     }
 }
 
@@ -64,6 +71,9 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 public final class FerryConnection {
     public let endpoint: Endpoint
     public let greeting: Greeting
+    /// The extensions in use on this connection: what `CAPS` enabled; none on a server whose
+    /// greeting offered none (protocol 1.0).
+    public private(set) var enabled: [Capability] = []
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     var inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator
     let counter: ByteCounter
@@ -131,14 +141,10 @@ public final class FerryConnection {
             guard case .line(let line) = first else {
                 throw ClientError.protocolViolation(endpoint: endpoint.description, "data before the greeting")
             }
-            if line.hasPrefix("ERR ") {
-                if case .err(let reply) = try? StatusLine.parse(Substring(line)) {
-                    throw ClientError.server(endpoint: endpoint.description, request: "the connection", reply)
-                }
-            }
             let greeting: Greeting
             do throws(Greeting.ParseError) { greeting = try Greeting.parse(Substring(line)) } catch {
                 switch error {
+                case .refused(let reply): throw ClientError.server(endpoint: endpoint.description, request: "the connection", reply)
                 case .notFerry(let l): throw ClientError.notFerry(endpoint: endpoint.description, firstLine: l)
                 case .malformed(let why): throw ClientError.protocolViolation(endpoint: endpoint.description, "bad greeting: \(why)")
                 }
@@ -149,9 +155,7 @@ public final class FerryConnection {
             let connection = FerryConnection(endpoint: endpoint, greeting: greeting, outbound: outbound,
                                              inbound: iterator, counter: counter, framesDecoded: framesDecoded,
                                              allocator: allocator, channel: channel.channel)
-            if let nonce = greeting.nonce {
-                try await connection.authenticate(nonce: nonce, token: options.token)
-            }
+            try await connection.open(options)
             return try await body(connection)
         }
     }
@@ -183,14 +187,29 @@ public final class FerryConnection {
         return millis % 1000 == 0 ? "\(millis / 1000) s" : "\(Double(millis) / 1000) s"
     }
 
-    private func authenticate(nonce: [UInt8], token: [UInt8]?) async throws {
-        guard let token else {
-            throw ClientError.authentication(endpoint: endpoint.description,
-                                             "requires a token (pass it with --token-file or FERRY_TOKEN_FILE)")
+    /// What follows the greeting, in one write: `CAPS` (only to a server that offers
+    /// capabilities, and only when there is something to enable) and `AUTH` (when asked).
+    private func open(_ options: ConnectionOptions) async throws {
+        var requests: [Request] = []
+        let wanted = greeting.capabilities.map { offered in options.capabilities.filter(offered.contains) } ?? []
+        if !wanted.isEmpty { requests.append(.caps(wanted)) }
+        if let nonce = greeting.nonce {
+            guard let token = options.token else {
+                throw ClientError.authentication(endpoint: endpoint.description,
+                                                 "requires a token (pass it with --token-file or FERRY_TOKEN_FILE)")
+            }
+            let mac = HMAC<SHA256>.authenticationCode(for: nonce, using: SymmetricKey(data: token))
+            requests.append(.auth(hmacHex: Hex.encode(Array(mac))))
         }
-        let mac = HMAC<SHA256>.authenticationCode(for: nonce, using: SymmetricKey(data: token))
-        try await send(.auth(hmacHex: Hex.encode(Array(mac))))
-        switch try await readStatus(for: "AUTH") {
+        guard !requests.isEmpty else { return }
+        try await send(requests)
+        if !wanted.isEmpty {
+            let agreed = try await expect(CapsReply.self, for: "CAPS").enabled
+            guard agreed.allSatisfy(wanted.contains) else { throw violation("CAPS enabled something ferry did not ask for") }
+            enabled = agreed
+        }
+        guard greeting.nonce != nil else { return }
+        switch try await read(AuthOK.self, for: "AUTH") {
         case .ok: return
         case .err(let reply):
             throw ClientError.authentication(endpoint: endpoint.description,
@@ -252,18 +271,18 @@ public final class FerryConnection {
         }
     }
 
-    /// Reads a status line (`OK ...` or `ERR ...`).
-    public func readStatus(for request: String) async throws -> StatusLine {
+    /// Reads the status line of `request`'s reply: its `OK` as `Body`, or an `ERR`.
+    public func read<Body: OKReply>(_ body: Body.Type, for request: String) async throws -> Reply<Body> {
         let line = try await readLine()
-        do { return try StatusLine.parse(Substring(line)) } catch {
-            throw ClientError.protocolViolation(endpoint: endpoint.description, "expected a status line for \(request), got '\(line.prefix(80))'")
+        do { return try Reply<Body>.parse(Substring(line)) } catch {
+            throw violation("bad reply to \(request): \(error)")
         }
     }
 
-    /// Reads a status line and returns the OK fields, throwing the server's error otherwise.
-    public func expectOK(for request: String) async throws -> [Substring] {
-        switch try await readStatus(for: request) {
-        case .ok(let fields): return fields
+    /// Reads the status line of `request`'s reply and returns its `OK`, throwing the server's error otherwise.
+    public func expect<Body: OKReply>(_ body: Body.Type, for request: String) async throws -> Body {
+        switch try await read(body, for: request) {
+        case .ok(let ok): return ok
         case .err(let reply): throw ClientError.server(endpoint: endpoint.description, request: request, reply)
         }
     }
@@ -283,51 +302,60 @@ public final class FerryConnection {
         switch try await nextFrame() {
         case .chunk(let h, let b): return .chunk(h, b)
         case .line(let line):
-            if line.hasPrefix("END ") {
-                let sha = line.dropFirst(4)
-                guard isSHA256Hex(sha) else { throw violation("bad END line") }
-                return .end(sha256: String(sha))
+            do {
+                switch try StreamLine.parse(Substring(line)) {
+                case .end(let trailer): return .end(sha256: trailer.sha256)
+                case .err(let reply): return .error(reply)
+                }
+            } catch {
+                throw violation("bad line in a chunk stream: \(error)")
             }
-            if case .err(let reply)? = try? StatusLine.parse(Substring(line)) { return .error(reply) }
-            throw violation("expected CHUNK, END or ERR, got '\(line.prefix(80))'")
         }
     }
 
     // MARK: - Requests
 
     /// Lists a directory. With `kinds`, entries of type `o` say what they are (FIFO, socket,
-    /// device); a 1.0 server refuses the option with `ERR 400`, and the plain request follows.
+    /// device), when the server speaks `list-kinds` (see `request(_:plain:option:for:as:)`).
     public func list(_ path: RemotePath, kinds: Bool = false) async throws -> [Entry] {
-        let fields = try await requestOK(.list(path, kinds: kinds), plain: kinds ? .list(path) : nil, for: "LIST \(path)")
-        return try await readList(path, fields: fields)
+        let head = try await request(.list(path, kinds: kinds), plain: .list(path), option: kinds ? .listKinds : nil,
+                                     for: "LIST \(path)", as: ListHead.self)
+        return try await readList(path, head: head)
     }
 
-    /// Sends `request` and reads its status. When `request` carries an option a 1.0 server does
-    /// not know (`plain` is the same request without it) and the server refuses it as malformed
-    /// (`ERR 400`), `plain` is sent instead. Returns the `OK` fields of the one answered.
-    private func requestOK(_ request: Request, plain: Request?, for what: String) async throws -> [Substring] {
+    /// Sends `request`, or `plain` (the same request without the option `capability`
+    /// introduced), and reads the status line. On a server that offered capabilities the
+    /// option goes only when `CAPS` enabled it. A server that offered none (protocol 1.0) gets
+    /// the option, and `plain` if it refuses it as malformed (`ERR 400`): servers of 1.0 know
+    /// `kinds=` and `report=`, servers from before them do not.
+    private func request<Body: OKReply>(_ request: Request, plain: Request, option capability: Capability?,
+                                        for what: String, as body: Body.Type) async throws -> Body {
+        guard let capability else {
+            try await send(plain)
+            return try await expect(body, for: what)
+        }
+        if greeting.capabilities != nil {
+            try await send(enabled.contains(capability) ? request : plain)
+            return try await expect(body, for: what)
+        }
         try await send(request)
         do {
-            return try await expectOK(for: what)
+            return try await expect(body, for: what)
         } catch ClientError.server(_, _, let reply) where reply.knownCode == .malformed {
-            guard let plain else { throw ClientError.server(endpoint: endpoint.description, request: what, reply) }
             try await send(plain)
-            return try await expectOK(for: what)
+            return try await expect(body, for: what)
         }
     }
 
     /// Reads a `LIST` reply (status line included).
     public func readList(_ path: RemotePath) async throws -> [Entry] {
-        try await readList(path, fields: try await expectOK(for: "LIST \(path)"))
+        try await readList(path, head: try await expect(ListHead.self, for: "LIST \(path)"))
     }
 
-    private func readList(_ path: RemotePath, fields: [Substring]) async throws -> [Entry] {
-        guard fields.count == 1, let count = parseWireNumber(fields[0]), count <= FerryLimits.maxListEntries else {
-            throw violation("bad LIST reply")
-        }
+    private func readList(_ path: RemotePath, head: ListHead) async throws -> [Entry] {
         var out: [Entry] = []
-        out.reserveCapacity(Int(min(count, 100_000)))
-        for _ in 0..<count {
+        out.reserveCapacity(min(head.count, 100_000))
+        for _ in 0..<head.count {
             let line = try await readLine()
             let entry: Entry
             do { entry = try Entry(line: Substring(line)) } catch { throw violation("bad entry in LIST: \(error)") }
@@ -339,21 +367,12 @@ public final class FerryConnection {
 
     public func stat(_ path: RemotePath) async throws -> Entry {
         try await send(.stat(path))
-        let line = try await readLine()
-        guard line.hasPrefix("OK ") else {
-            if case .err(let reply)? = try? StatusLine.parse(Substring(line)) {
-                throw ClientError.server(endpoint: endpoint.description, request: "STAT \(path)", reply)
-            }
-            throw violation("bad STAT reply")
-        }
-        do { return try Entry(line: Substring(line).dropFirst(3)) } catch { throw violation("bad STAT entry: \(error)") }
+        return try await expect(StatReply.self, for: "STAT \(path)").entry
     }
 
     public func hash(_ path: RemotePath, offset: Int64, length: Int64, validator: Validator?) async throws -> String {
         try await send(.hash(path, offset: offset, length: length, validator: validator))
-        let fields = try await expectOK(for: "HASH \(path)")
-        guard fields.count == 1, isSHA256Hex(fields[0]) else { throw violation("bad HASH reply") }
-        return String(fields[0])
+        return try await expect(HashReply.self, for: "HASH \(path)").sha256
     }
 
     public struct BlockList: Sendable {
@@ -365,34 +384,25 @@ public final class FerryConnection {
 
     public func blocks(_ path: RemotePath, validator: Validator?, blockSize: Int? = nil) async throws -> BlockList {
         try await send(.blocks(path, validator: validator, blockSize: blockSize))
-        let f = try await expectOK(for: "BLOCKS \(path)")
-        guard f.count == 4, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
-              let bs = parseWireNumber(f[2]), bs >= 4096, bs <= 64 << 20,
-              let count = parseWireNumber(f[3]), count <= FerryLimits.maxBlockCount,
-              count == (size + bs - 1) / bs else {
-            throw violation("bad BLOCKS reply")
-        }
+        let head = try await expect(BlocksHead.self, for: "BLOCKS \(path)")
         var hashes: [String] = []
-        hashes.reserveCapacity(Int(count))
-        for _ in 0..<count {
+        hashes.reserveCapacity(head.count)
+        for _ in 0..<head.count {
             let line = try await readLine()
-            guard isSHA256Hex(line) else { throw violation("bad block hash line") }
-            hashes.append(line)
+            do { hashes.append(try BlocksHead.parseHashLine(Substring(line))) } catch { throw violation("\(error)") }
         }
-        return BlockList(size: size, mtime: mtime, blockSize: Int(bs), hashes: hashes)
+        return BlockList(size: head.size, mtime: head.mtime, blockSize: head.blockSize, hashes: hashes)
     }
 
     /// Fetches and verifies the manifest of a subtree. `maxBytes` bounds the inflated text.
-    /// With `report` the server also notes what it left out; a 1.0 server refuses the option
-    /// (`ERR 400`) and the plain request follows.
+    /// With `report` the server also notes what it left out, when it speaks `manifest-report`
+    /// (see `request(_:plain:option:for:as:)`).
     public func manifest(_ path: RemotePath, hashes: Bool = true, report: Bool = false,
                          maxBytes: Int = FerryLimits.maxManifestBytes) async throws -> Manifest {
-        let f = try await requestOK(.manifest(path, hashes: hashes, report: report),
-                                    plain: report ? .manifest(path, hashes: hashes, report: false) : nil,
-                                    for: "MANIFEST \(path)")
-        guard f.count == 1, let count = parseWireNumber(f[0]), count <= FerryLimits.maxManifestEntries else {
-            throw violation("bad MANIFEST reply")
-        }
+        let count = try await request(.manifest(path, hashes: hashes, report: report),
+                                      plain: .manifest(path, hashes: hashes, report: false),
+                                      option: report ? .manifestReport : nil,
+                                      for: "MANIFEST \(path)", as: ManifestHead.self).count
         var text: [UInt8] = []
         var hasher = SHA256Hasher()
         while true {

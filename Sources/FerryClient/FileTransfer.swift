@@ -71,7 +71,7 @@ public final class FileTransfer {
             remote = try await connection.hash(path, offset: 0, length: kept, validator: identity.validator)
         } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
             partial.discard()
-            throw Changed(path: path, now: nil)
+            throw Changed(path: path, now: reply.current)
         }
         if remote == local.hex {
             hasher = local.hasher
@@ -179,21 +179,16 @@ public final class FileTransfer {
     public func receive(on connection: FerryConnection, until end: Int64? = nil, onBytes: (Int) -> Void) async throws -> String {
         let rangeEnd = end ?? identity.size
         replyConsumed = false
-        let status = try await connection.readStatus(for: "GET \(path)")
-        switch status {
+        switch try await connection.read(GetHead.self, for: "GET \(path)") {
         case .err(let reply):
             replyConsumed = true
             if reply.knownCode == .changed {
                 partial.discard()
-                throw Changed(path: path, now: Validator(Substring(reply.reason.split(separator: " ").last ?? "")))
+                throw Changed(path: path, now: reply.current)
             }
             throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)", reply)
-        case .ok(let f):
-            guard f.count == 3, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
-                  f[2] == "-" || isSHA256Hex(f[2]) else {
-                throw connection.violation("bad GET reply")
-            }
-            guard size == identity.size, mtime == identity.mtime else {
+        case .ok(let head):
+            guard head.size == identity.size, head.mtime == identity.mtime else {
                 // The server must answer 409 for a validator mismatch, not send other data.
                 throw connection.violation("GET \(path) answered for a different version of the file than the validator named")
             }
@@ -234,7 +229,7 @@ public final class FileTransfer {
                     while !inflight.isEmpty { try await commit(inflight.removeFirst(), onBytes) }
                     if reply.knownCode == .changed {
                         partial.discard()
-                        throw Changed(path: path, now: nil)
+                        throw Changed(path: path, now: reply.current)
                     }
                     throw ClientError.server(endpoint: connection.endpoint.description, request: "GET \(path)", reply)
                 }

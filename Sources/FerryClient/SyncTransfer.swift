@@ -347,7 +347,7 @@ final class SyncTransfer: Sendable {
 
     /// Reads and drops the reply to a `GET` whose file could not be started.
     private static func skipReply(on connection: FerryConnection, for path: RemotePath) async throws {
-        guard case .ok = try await connection.readStatus(for: "GET \(path)") else { return }
+        guard case .ok = try await connection.read(GetHead.self, for: "GET \(path)") else { return }
         while true {
             switch try await connection.nextStreamItem() {
             case .chunk: continue
@@ -489,7 +489,7 @@ final class SyncTransfer: Sendable {
             blocks = try await connection.blocks(serverPath, validator: transfer.identity.validator)
         } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
             transfer.partial.discard()
-            throw FileTransfer.Changed(path: serverPath, now: nil)
+            throw FileTransfer.Changed(path: serverPath, now: reply.current)
         }
         let old: FileHandle
         do { old = try tree.openFile(job.entry.path) } catch { throw ClientError.local(error) }

@@ -18,7 +18,7 @@ public enum ServeError: Error, Hashable, Sendable, CustomStringConvertible {
         case .notFound(let p): return ErrorReply(.notFound, "not found: \(p.wire)")
         case .refused(let p, let why): return ErrorReply(.pathRefused, "path refused: \(p.wire): \(why)")
         case .wrongType(let p, let why): return ErrorReply(.wrongType, "\(p.wire): \(why)")
-        case .changed(let now): return ErrorReply(.changed, "changed \(now)")
+        case .changed(let now): return .changed(now)
         case .badRange(let why): return ErrorReply(.badRange, why)
         case .tooLarge(let why): return ErrorReply(.tooLarge, why)
         case .io(let e): return Self.reply(for: e)

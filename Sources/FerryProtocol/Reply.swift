@@ -19,87 +19,136 @@ public enum ErrorCode: Int, Sendable, Hashable, CaseIterable {
     case shuttingDown = 503
 }
 
-/// An `ERR code reason` reply.
-public struct ErrorReply: Error, Hashable, Sendable, CustomStringConvertible {
+/// An `ERR code reason` reply (PROTOCOL.md section 4). The reason is free text for people,
+/// except where a code defines fields: `409` carries the file's current identity
+/// (`ERR 409 changed SIZE,MTIME`), which a client reads as `current`.
+public struct ErrorReply: Error, ReplyLine, CustomStringConvertible {
     /// The numeric code as received; unknown codes are kept so clients can show them.
     public var code: Int
     public var reason: String
+    /// `409` only: the file's size and mtime now, when the server knew them (not when the file
+    /// changed in the middle of a transfer).
+    public var current: Validator?
 
     public init(_ code: ErrorCode, _ reason: String) {
-        self.code = code.rawValue
-        self.reason = reason
+        self.init(code: code.rawValue, reason: reason)
     }
 
     public init(code: Int, reason: String) {
         self.code = code
         self.reason = reason
+        self.current = nil
     }
+
+    /// `ERR 409 changed SIZE,MTIME`: the validator no longer matches; `now` is the file's identity.
+    public static func changed(_ now: Validator) -> ErrorReply {
+        var reply = ErrorReply(.changed, "changed \(now)")
+        reply.current = now
+        return reply
+    }
+
+    /// `ERR 409 changed during transfer`: the file changed while its chunks were sent.
+    public static let changedDuringTransfer = ErrorReply(.changed, "changed during transfer")
 
     public var knownCode: ErrorCode? { ErrorCode(rawValue: code) }
 
-    /// The reply line; control characters in the reason are replaced so it stays one line.
+    /// The reply line; control characters in the reason are replaced by spaces so it stays one
+    /// line, and leading spaces dropped so the reason field is never empty.
     public var line: String {
         let clean = String(reason.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? " " : Character($0) })
+            .drop(while: { $0 == " " })
         return "ERR \(code) \(clean.isEmpty ? "error" : clean)"
     }
 
     public var description: String { "\(code) \(reason)" }
+
+    /// Reads an `ERR` line: `ERR`, a three-digit code from 100 to 599, one space and a
+    /// non-empty reason (free text: spaces inside it are its own). For `409`, a reason of
+    /// exactly `changed SIZE,MTIME` gives `current`.
+    public static func parse(_ line: Substring) throws(MalformedReply) -> ErrorReply {
+        guard line.hasPrefix("ERR ") else { throw MalformedReply("not an ERR line", line) }
+        let rest = line.dropFirst(4)
+        let codeText = rest.prefix(while: { $0 != " " })
+        // Exactly three digits, 100-599 (so every code read back writes the same line).
+        guard codeText.utf8.count == 3, codeText.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
+              let code = Int(codeText), (100...599).contains(code) else { throw MalformedReply("bad ERR code", line) }
+        let reason = rest.dropFirst(codeText.count + 1)
+        guard rest.dropFirst(codeText.count).first == " ", let first = reason.first, first != " " else {
+            throw MalformedReply("ERR without a reason", line)
+        }
+        var reply = ErrorReply(code: code, reason: String(reason))
+        if code == ErrorCode.changed.rawValue, reason.hasPrefix("changed ") {
+            reply.current = Validator(reason.dropFirst("changed ".count))
+        }
+        return reply
+    }
 }
 
-/// A parsed reply status line.
+/// A reply line that breaks its grammar: the connection must be dropped.
+public struct MalformedReply: Error, Hashable, Sendable, CustomStringConvertible {
+    public let why: String
+    /// The start of the offending line, for the message.
+    public let line: String
+
+    public init(_ why: String, _ line: Substring) {
+        self.why = why
+        self.line = String(line.prefix(120))
+    }
+
+    public var description: String { "\(why): '\(line)'" }
+}
+
+/// A reply status line whose `OK` fields are not read yet: for a reader that does not know
+/// which request it answers. Clients read typed replies (`Reply`) instead.
 public enum StatusLine: Hashable, Sendable {
     case ok(fields: [Substring])
     case err(ErrorReply)
 
-    public struct Malformed: Error, Hashable, Sendable {
-        public let line: String
-    }
-
-    public static func parse(_ line: Substring) throws(Malformed) -> StatusLine {
+    public static func parse(_ line: Substring) throws(MalformedReply) -> StatusLine {
         if line == "OK" { return .ok(fields: []) }
         if line.hasPrefix("OK ") {
             return .ok(fields: line.dropFirst(3).split(separator: " ", omittingEmptySubsequences: false))
         }
-        if line.hasPrefix("ERR ") {
-            let rest = line.dropFirst(4)
-            let codeText = rest.prefix(while: { $0 != " " })
-            // Exactly three digits, 100-599 (so every code read back writes the same line).
-            guard codeText.utf8.count == 3, codeText.utf8.allSatisfy({ (0x30...0x39).contains($0) }),
-                  let code = Int(codeText), (100...599).contains(code) else { throw Malformed(line: String(line.prefix(200))) }
-            let reason = rest.dropFirst(codeText.count).drop(while: { $0 == " " })
-            return .err(ErrorReply(code: code, reason: String(reason)))
-        }
-        throw Malformed(line: String(line.prefix(200)))
+        return .err(try ErrorReply.parse(line))
     }
 }
 
 /// The server's first line (PROTOCOL.md section 3).
-public struct Greeting: Hashable, Sendable {
+public struct Greeting: ReplyLine {
     public var version: Int
     public var name: String
     public var id: String
     /// The auth nonce, when the server requires a token.
     public var nonce: [UInt8]?
+    /// What the server speaks beyond protocol 1.0 (`caps=`); nil for a server that sends no
+    /// `caps` field (a 1.0 server), with which a client uses no extension.
+    public var capabilities: [Capability]?
 
-    public init(version: Int = FerryDefaults.protocolVersion, name: String, id: String, nonce: [UInt8]? = nil) {
+    public init(version: Int = FerryDefaults.protocolVersion, name: String, id: String, nonce: [UInt8]? = nil,
+                capabilities: [Capability]? = nil) {
         self.version = version
         self.name = name
         self.id = id
         self.nonce = nonce
+        self.capabilities = capabilities
     }
 
     public var line: String {
         var s = "FERRY \(version) name=\(PercentEncoding.encode(name)) id=\(id)"
         if let nonce { s += " auth=hmac-sha256 nonce=\(Hex.encode(nonce))" } else { s += " auth=none" }
+        if let capabilities { s += " caps=\(Capability.encode(capabilities))" }
         return s
     }
 
     public enum ParseError: Error, Hashable, Sendable {
         case notFerry(String)
         case malformed(String)
+        /// The server turned the connection away with an `ERR` line instead (429, 503).
+        case refused(ErrorReply)
     }
 
     public static func parse(_ line: Substring) throws(ParseError) -> Greeting {
+        if line.hasPrefix("ERR "), let refusal = try? ErrorReply.parse(line) { throw .refused(refusal) }
         let f = line.split(separator: " ")
         guard f.count >= 2, f[0] == "FERRY" else { throw .notFerry(String(line.prefix(120))) }
         guard let version = parseWireNumber(f[1]).map({ Int($0) }) else { throw .malformed("bad version") }
@@ -107,6 +156,7 @@ public struct Greeting: Hashable, Sendable {
         var id: String?
         var auth: Substring?
         var nonce: [UInt8]?
+        var capabilities: [Capability]?
         for kv in f.dropFirst(2) {
             guard let eq = kv.firstIndex(of: "=") else { continue }
             let key = kv[..<eq], value = kv[kv.index(after: eq)...]
@@ -115,6 +165,8 @@ public struct Greeting: Hashable, Sendable {
             case "id": id = String(value)
             case "auth": auth = value
             case "nonce": nonce = Hex.decode(value)
+            // Lenient like the rest of the greeting: a name that is not well formed is skipped.
+            case "caps": capabilities = value.split(separator: ",").filter(Capability.isValidName).map(Capability.init(name:))
             default: continue
             }
         }
@@ -125,7 +177,7 @@ public struct Greeting: Hashable, Sendable {
             guard let n = nonce, n.count == 32 else { throw .malformed("auth=hmac-sha256 needs a 32-byte nonce") }
         default: throw .malformed("unknown auth scheme")
         }
-        return Greeting(version: version, name: name, id: id, nonce: nonce)
+        return Greeting(version: version, name: name, id: id, nonce: nonce, capabilities: capabilities)
     }
 }
 

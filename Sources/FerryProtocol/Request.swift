@@ -11,6 +11,9 @@ public enum Request: Hashable, Sendable {
     /// `report`: also describe what the manifest leaves out (`ManifestNote` lines after the
     /// entries). Servers of protocol 1.0 refuse the argument with `ERR 400`.
     case manifest(RemotePath, hashes: Bool, report: Bool = false)
+    /// The capabilities the client will use on this connection (protocol 1.1; sent only to a
+    /// server whose greeting had `caps=`, at most once).
+    case caps([Capability])
     case quit
 
     public var verb: String {
@@ -22,6 +25,7 @@ public enum Request: Hashable, Sendable {
         case .hash: return "HASH"
         case .blocks: return "BLOCKS"
         case .manifest: return "MANIFEST"
+        case .caps: return "CAPS"
         case .quit: return "QUIT"
         }
     }
@@ -47,6 +51,7 @@ public enum Request: Hashable, Sendable {
             return s
         case .manifest(let p, let hashes, let report):
             return "MANIFEST \(p.wire)" + (hashes ? "" : " hashes=no") + (report ? " report=yes" : "")
+        case .caps(let list): return "CAPS \(Capability.encode(list))"
         case .quit: return "QUIT"
         }
     }
@@ -87,55 +92,69 @@ public enum Request: Hashable, Sendable {
             guard let v = Validator(s) else { throw .malformed("bad validator '\(s.prefix(48))' (expected SIZE,MTIME)") }
             return v
         }
-        func arity(_ range: ClosedRange<Int>, _ usage: String) throws(ParseError) {
-            guard range.contains(args.count) else { throw .malformed("usage: \(usage)") }
+        /// The positional fields (`range` of them; a field with `=` after the first
+        /// `range.lowerBound` starts the options) and the options (`key=value`, each key at most
+        /// once, from `allowed`: key → permitted values), all options after all positional fields.
+        func split(_ range: ClosedRange<Int>, _ usage: String,
+                   options allowed: KeyValuePairs<String, [String]> = [:]) throws(ParseError) -> ([Substring], [String: Substring]) {
+            var positional: [Substring] = []
+            var options: [String: Substring] = [:]
+            for field in args {
+                guard positional.count >= range.lowerBound, let eq = field.firstIndex(of: "=") else {
+                    guard options.isEmpty, positional.count < range.upperBound else { throw .malformed("usage: \(usage)") }
+                    positional.append(field)
+                    continue
+                }
+                let key = String(field[..<eq]), value = field[field.index(after: eq)...]
+                guard !key.isEmpty else { throw .malformed("an option is KEY=VALUE, not '\(field.prefix(32))'") }
+                guard let values = allowed.first(where: { $0.key == key })?.value else {
+                    throw .malformed("unknown option \(key.prefix(32))")
+                }
+                guard values.contains(String(value)) else { throw .malformed("bad value for option \(key): '\(value.prefix(32))'") }
+                guard options.updateValue(value, forKey: key) == nil else { throw .malformed("option \(key) given twice") }
+            }
+            guard range.contains(positional.count) else { throw .malformed("usage: \(usage)") }
+            return (positional, options)
         }
+        let yesNo = ["yes", "no"]
 
         switch verb {
         case "AUTH":
-            try arity(1...1, "AUTH HMAC-HEX")
-            guard isSHA256Hex(args[1]) else { throw .malformed("AUTH takes 64 lowercase hex digits") }
-            return .auth(hmacHex: String(args[1]))
+            let (a, _) = try split(1...1, "AUTH HMAC-HEX")
+            guard isSHA256Hex(a[0]) else { throw .malformed("AUTH takes 64 lowercase hex digits") }
+            return .auth(hmacHex: String(a[0]))
         case "LIST":
-            try arity(1...2, "LIST PATH [kinds=yes|no]")
-            var kinds = false
-            if args.count == 2 {
-                switch args[2] {
-                case "kinds=yes": kinds = true
-                case "kinds=no": kinds = false
-                default: throw .malformed("unknown LIST option '\(args[2].prefix(32))'")
-                }
-            }
-            return .list(try path(args[1]), kinds: kinds)
+            let (a, o) = try split(1...1, "LIST PATH [kinds=yes|no]", options: ["kinds": yesNo])
+            return .list(try path(a[0]), kinds: o["kinds"] == "yes")
         case "STAT":
-            try arity(1...1, "STAT PATH")
-            return .stat(try path(args[1]))
+            let (a, _) = try split(1...1, "STAT PATH")
+            return .stat(try path(a[0]))
         case "GET":
-            try arity(3...4, "GET PATH OFFSET LENGTH|* [SIZE,MTIME]")
-            let p = try path(args[1])
-            let offset = try number(args[2], "offset")
-            let length: Int64? = args[3] == "*" ? nil : try number(args[3], "length")
-            let v: Validator? = args.count == 4 ? try validator(args[4]) : nil
+            let (a, _) = try split(3...4, "GET PATH OFFSET LENGTH|* [SIZE,MTIME]")
+            let p = try path(a[0])
+            let offset = try number(a[1], "offset")
+            let length: Int64? = a[2] == "*" ? nil : try number(a[2], "length")
+            let v: Validator? = a.count == 4 ? try validator(a[3]) : nil
             return .get(p, offset: offset, length: length, validator: v)
         case "HASH":
-            try arity(3...4, "HASH PATH OFFSET LENGTH [SIZE,MTIME]")
-            let p = try path(args[1])
-            let offset = try number(args[2], "offset")
-            let length = try number(args[3], "length")
-            let v: Validator? = args.count == 4 ? try validator(args[4]) : nil
+            let (a, _) = try split(3...4, "HASH PATH OFFSET LENGTH [SIZE,MTIME]")
+            let p = try path(a[0])
+            let offset = try number(a[1], "offset")
+            let length = try number(a[2], "length")
+            let v: Validator? = a.count == 4 ? try validator(a[3]) : nil
             return .hash(p, offset: offset, length: length, validator: v)
         case "BLOCKS":
-            try arity(1...3, "BLOCKS PATH [SIZE,MTIME] [BLOCK-SIZE]")
-            let p = try path(args[1])
+            let (a, _) = try split(1...3, "BLOCKS PATH [SIZE,MTIME] [BLOCK-SIZE]")
+            let p = try path(a[0])
             var v: Validator?
             var bs: Int?
-            for a in args.dropFirst() {
-                if a.contains(",") {
+            for field in a.dropFirst() {
+                if field.contains(",") {
                     guard v == nil else { throw .malformed("two validators") }
-                    v = try validator(a)
+                    v = try validator(field)
                 } else {
                     guard bs == nil else { throw .malformed("two block sizes") }
-                    let n = try number(a, "block size")
+                    let n = try number(field, "block size")
                     guard n >= 4096, n <= 64 << 20, n & (n - 1) == 0 else {
                         throw .malformed("block size must be a power of two between 4096 and 67108864")
                     }
@@ -144,26 +163,20 @@ public enum Request: Hashable, Sendable {
             }
             return .blocks(p, validator: v, blockSize: bs)
         case "MANIFEST":
-            try arity(1...3, "MANIFEST PATH [hashes=yes|no] [report=yes|no]")
-            var hashes: Bool?
-            var report: Bool?
-            for option in args.dropFirst() {
-                switch option {
-                case "hashes=yes", "hashes=no":
-                    guard hashes == nil else { throw .malformed("hashes= given twice") }
-                    hashes = option == "hashes=yes"
-                case "report=yes", "report=no":
-                    guard report == nil else { throw .malformed("report= given twice") }
-                    report = option == "report=yes"
-                default: throw .malformed("unknown MANIFEST option '\(option.prefix(32))'")
-                }
+            let (a, o) = try split(1...1, "MANIFEST PATH [hashes=yes|no] [report=yes|no]",
+                                   options: ["hashes": yesNo, "report": yesNo])
+            return .manifest(try path(a[0]), hashes: o["hashes"] != "no", report: o["report"] == "yes")
+        case "CAPS":
+            let (a, _) = try split(1...1, "CAPS NAME[,NAME...]")
+            guard let list = Capability.parseList(a[0]) else {
+                throw .malformed("CAPS takes names of a-z, 0-9 and - separated by commas")
             }
-            return .manifest(try path(args[1]), hashes: hashes ?? true, report: report ?? false)
+            return .caps(list)
         case "QUIT":
-            try arity(0...0, "QUIT")
+            _ = try split(0...0, "QUIT")
             return .quit
         default:
-            throw .malformed("unknown request '\(f[0].prefix(32))' (try LIST, STAT, GET, HASH, BLOCKS, MANIFEST, QUIT)")
+            throw .malformed("unknown request '\(f[0].prefix(32))' (try LIST, STAT, GET, HASH, BLOCKS, MANIFEST, CAPS, QUIT)")
         }
     }
 }

@@ -293,14 +293,15 @@ struct FileSender {
         let end = length.map { min(info.size, offset + min($0, info.size - offset)) } ?? info.size
         let key = HashKey(info)
         let known = server.hashCache.lookup(canonical, key)
+        let head = GetHead(size: info.size, mtime: info.mtime, sha256: known)
         let memory = self.memory ?? CompressionMemory.forServer(server)
         var controller = memory.load()
         defer { memory.store(controller) }
         if end - offset <= Int64(server.configuration.chunkSize) {
-            return try await sendInOneWrite(file: file, info: info, path: path, range: offset..<end, known: known,
+            return try await sendInOneWrite(file: file, head: head, info: info, path: path, range: offset..<end, known: known,
                                             key: key, canonical: canonical, memory: memory, controller: &controller)
         }
-        try await writer.send(line: "OK \(info.size) \(info.mtime) \(known ?? "-")")
+        try await writer.send(head)
 
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         do {
@@ -329,14 +330,14 @@ struct FileSender {
             try await writer.send(reply)
             return
         }
-        try await writer.send(line: trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical))
+        try await writer.send(line: trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical).line)
     }
 
     /// The reply to a read that failed while the chunks were being produced; nil for errors that
     /// are not about the file (the connection's own).
     private static func readFailure(_ error: Error, path: RemotePath) -> ErrorReply? {
         switch error {
-        case is ChunkPipeline.ShortRead: return ErrorReply(.changed, "changed during transfer")
+        case is ChunkPipeline.ShortRead: return .changedDuringTransfer
         case let e as SystemError: return ServeError.reply(for: SystemError(errno: e.errno, operation: "read", path: path.wire))
         default: return nil
         }
@@ -344,21 +345,21 @@ struct FileSender {
 
     /// The line that ends a `GET` once its chunks are out: `END` with the file's SHA-256 (put in
     /// the hash cache when it was computed here), or `ERR 409` when the file changed meanwhile.
-    private func trailer(file: FileHandle, key: HashKey, known: String?, hasher: SHA256Hasher?, canonical: RemotePath) -> String {
-        guard let after = try? file.stat(), HashKey(after) == key else {
-            return ErrorReply(.changed, "changed during transfer").line
-        }
-        if let known { return "END \(known)" }
-        guard let hasher else { return "END -" }  // unreachable: either known or hashed
+    private func trailer(file: FileHandle, key: HashKey, known: String?, hasher: SHA256Hasher?,
+                         canonical: RemotePath) -> any ReplyLine {
+        guard let after = try? file.stat(), HashKey(after) == key else { return ErrorReply.changedDuringTransfer }
+        if let known { return Trailer(sha256: known) }
+        // `send` makes a hasher exactly when the hash is not known.
+        guard let hasher else { return ErrorReply(.serverError, "no hash for the trailer") }
         let sha = hasher.finalizeHex()
         server.hashCache.store(canonical, key, sha256: sha)
-        return "END \(sha)"
+        return Trailer(sha256: sha)
     }
 
     /// A range of at most one chunk — most files of a tree: read and encode it here and send the
     /// status line, the chunk and the trailer in one write (one hop to the event loop, no task
     /// group), which is what many small files cost per file.
-    private func sendInOneWrite(file: FileHandle, info: FileInfo, path: RemotePath, range: Range<Int64>, known: String?,
+    private func sendInOneWrite(file: FileHandle, head: GetHead, info: FileInfo, path: RemotePath, range: Range<Int64>, known: String?,
                                 key: HashKey, canonical: RemotePath, memory: CompressionMemory,
                                 controller: inout AdaptiveCompression) async throws {
         let started = ContinuousClock.now
@@ -369,7 +370,7 @@ struct FileSender {
             b.writeInteger(UInt8(0x0A))
             return b
         }
-        var out = [line("OK \(info.size) \(info.mtime) \(known ?? "-")")]
+        var out = [line(head.line)]
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         var failure: ErrorReply?
         var sent: ChunkPipeline.Encoded?
@@ -397,7 +398,7 @@ struct FileSender {
             guard let reply = Self.readFailure(error, path: path) else { throw error }
             failure = reply
         }
-        out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical)))
+        out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical).line))
         let bytes = out.reduce(0) { $0 + $1.readableBytes }
         let start = ContinuousClock.now
         try await writer.send(buffers: out)
@@ -458,7 +459,7 @@ struct ManifestSender {
         let memory = self.memory ?? CompressionMemory.forServer(server)
         var controller = memory.load()
         defer { memory.store(controller) }
-        try await writer.send(line: "OK \(entries.count)")
+        try await writer.send(ManifestHead(count: entries.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
         let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
                                      chunkSize: server.configuration.chunkSize, transport: transport,
@@ -466,6 +467,6 @@ struct ManifestSender {
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }
-        try await writer.send(line: "END \(hasher.finalizeHex())")
+        try await writer.send(Trailer(sha256: hasher.finalizeHex()))
     }
 }

@@ -32,6 +32,8 @@ struct ConnectionHandler {
                 let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator)
                 let nonce = server.configuration.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
                 var authenticated = nonce == nil
+                // What this connection's client enabled with `CAPS` (nil until it sends one).
+                var enabled: [Capability]?
                 try await writer.send(line: server.greeting(nonce: nonce).line)
                 var taken = 0
                 defer { writer.discardHeld() }
@@ -53,17 +55,17 @@ struct ConnectionHandler {
                         }
                         if case .quit = request {
                             try await writer.setHolding(false)
-                            try await writer.send(line: "OK bye")
+                            try await writer.send(QuitOK())
                             return
                         }
                         if case .auth(let hex) = request {
                             guard let nonce, let token = server.configuration.token else {
-                                try await writer.send(line: "OK auth")
+                                try await writer.send(AuthOK())
                                 continue
                             }
                             if try await authenticate(hmacHex: hex, token: token, nonce: nonce, peerHost: peerHost) {
                                 authenticated = true
-                                try await writer.send(line: "OK auth")
+                                try await writer.send(AuthOK())
                                 continue
                             }
                             logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
@@ -71,11 +73,22 @@ struct ConnectionHandler {
                             try await writer.send(ErrorReply(.authFailed, "authentication failed: wrong token"))
                             return
                         }
+                        if case .caps(let requested) = request {
+                            // Allowed before AUTH: it reveals nothing the greeting did not.
+                            guard enabled == nil else {
+                                try await writer.send(ErrorReply(.malformed, "CAPS may be sent only once per connection"))
+                                continue
+                            }
+                            let agreed = Capability.negotiate(server: server.configuration.capabilities, requested: requested)
+                            enabled = agreed
+                            try await writer.send(CapsReply(enabled: agreed))
+                            continue
+                        }
                         guard authenticated else {
                             try await writer.send(ErrorReply(.authRequired, "authentication required: this server needs a token (use --token-file)"))
                             continue
                         }
-                        try await activity.run { try await handle(request, writer) }
+                        try await activity.run { try await handle(request, writer, enabled: enabled ?? []) }
                     }
                 }
             }
@@ -97,12 +110,14 @@ struct ConnectionHandler {
         return true
     }
 
-    private func handle(_ request: Request, _ writer: ReplyWriter) async throws {
+    /// Answers one request. `enabled` is what the client enabled with `CAPS`: a reply never
+    /// uses an extension outside it.
+    private func handle(_ request: Request, _ writer: ReplyWriter, enabled: [Capability]) async throws {
         do {
             switch request {
             case .list(let path, let kinds):
                 let entries = try root.list(path)
-                var lines = ["OK \(entries.count)"]
+                var lines = [ListHead(count: entries.count).line]
                 lines.reserveCapacity(entries.count + 1)
                 for var e in entries {
                     if !kinds { e.special = nil }  // a 1.0 client's parser allows no extra field
@@ -112,7 +127,7 @@ struct ConnectionHandler {
             case .stat(let path):
                 var entry = try root.stat(path)
                 entry.special = nil  // STAT has no `kinds` option
-                try await writer.send(line: "OK " + entry.line)
+                try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
                 try await FileSender(server: server, writer: writer)
                     .send(path: path, offset: offset, length: length, validator: validator)
@@ -125,14 +140,14 @@ struct ConnectionHandler {
                 // The whole file: the hash cache may know it already (a resume's usual check).
                 let whole = offset == 0 && length == info.size
                 if whole, let sha = server.hashCache.lookup(canonical, HashKey(info)) {
-                    try await writer.send(line: "OK \(sha)")
+                    try await writer.send(HashReply(sha256: sha))
                     return
                 }
                 let sha = try await hashRange(file, offset: offset, length: length)
                 if whole, let after = try? file.stat(), HashKey(after) == HashKey(info) {
                     server.hashCache.store(canonical, HashKey(info), sha256: sha)
                 }
-                try await writer.send(line: "OK \(sha)")
+                try await writer.send(HashReply(sha256: sha))
             case .blocks(let path, let validator, let requested):
                 let (file, info) = try root.openFile(path)
                 try check(validator, info)
@@ -145,17 +160,17 @@ struct ConnectionHandler {
                 // million blocks never sits in memory (issue 17). A read error after the head
                 // line cannot be an `ERR` any more: the connection is closed instead, and the
                 // client asks again on a new one.
-                try await writer.send(line: "OK \(info.size) \(info.mtime) \(blockSize) \(count)")
+                try await writer.send(BlocksHead(size: info.size, mtime: info.mtime, blockSize: blockSize, count: count))
                 let channel = connection.channel
                 do {
                     try await server.heavyWork.blockHashes(of: file, size: info.size, blockSize: blockSize, count: count,
-                                                           stillWanted: { channel.isActive }) { try await writer.send(lines: $0) }
+                                                           stillWanted: { channel.isActive }) { try await writer.send(lines: $0.map(BlocksHead.hashLine)) }
                 } catch let error as SystemError {
                     throw BrokenReply(why: "BLOCKS \(path): \(error)")
                 }
             case .manifest(let path, let hashes, let report):
                 try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes, report: report)
-            case .auth, .quit:
+            case .auth, .caps, .quit:
                 break  // handled by the caller
             }
         } catch let error as ServeError {
@@ -243,8 +258,8 @@ final class ReplyWriter: Sendable {
         try await write([b])
     }
 
-    func send(_ error: ErrorReply) async throws {
-        try await send(line: error.line)
+    func send(_ reply: some ReplyLine) async throws {
+        try await send(line: reply.line)
     }
 
     /// Sends many lines in writes of about 64 KiB.

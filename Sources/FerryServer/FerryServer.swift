@@ -27,12 +27,18 @@ public struct ServerConfiguration: Sendable {
     /// A connection waiting this long for its next request is closed (`ERR 408`).
     public var idleTimeout: TimeAmount
     public var chunkSize: Int
+    /// What the greeting offers beyond protocol 1.0 (`caps=`), in this order.
+    public var capabilities: [Capability]
+
+    /// The extensions this server implements.
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport]
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
                 compression: CompressionPolicy = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
                 maxConnections: Int = 256, maxConnectionsPerAddress: Int = 32,
                 requestLineTimeout: TimeAmount = .seconds(30), idleTimeout: TimeAmount = .seconds(300),
-                chunkSize: Int = FerryLimits.defaultChunkSize) {
+                chunkSize: Int = FerryLimits.defaultChunkSize,
+                capabilities: [Capability] = ServerConfiguration.implementedCapabilities) {
         self.root = root
         self.name = name
         self.bindHost = bindHost
@@ -45,6 +51,7 @@ public struct ServerConfiguration: Sendable {
         self.requestLineTimeout = requestLineTimeout
         self.idleTimeout = idleTimeout
         self.chunkSize = chunkSize
+        self.capabilities = capabilities
     }
 }
 
@@ -166,7 +173,7 @@ public final class FerryServer: Sendable {
 
     /// The greeting every connection starts with.
     func greeting(nonce: [UInt8]?) -> Greeting {
-        Greeting(name: configuration.name, id: id, nonce: nonce)
+        Greeting(name: configuration.name, id: id, nonce: nonce, capabilities: configuration.capabilities)
     }
 
     /// Accepts and serves connections until `shutdown()` is called.

@@ -190,7 +190,7 @@ final class InProcessServer: Sendable {
         return InProcessServer(server: server)
     }
 
-    private init(server: FerryServer) {
+    init(server: FerryServer) {
         self.server = server
         self.task = Task { try await server.run() }
     }

@@ -99,6 +99,8 @@ public enum RequestFuzzChecks {
             try checkPath(p)
         case .auth(let hex):
             try expect(isSHA256Hex(hex), "AUTH with \(hex)")
+        case .caps(let list):
+            try expect(!list.isEmpty && list.allSatisfy { Capability.isValidName(Substring($0.name)) }, "CAPS with \(list)")
         case .quit:
             break
         }
@@ -292,6 +294,34 @@ public enum ReplyFuzzChecks {
                        "greeting \(fuzzShow(line.utf8)) does not survive \(fuzzShow(greeting.line.utf8))")
         }
         if line.hasPrefix("CHUNK ") { try checkChunkHeaderLine(line) }
+        for body: any OKReply.Type in [ListHead.self, StatReply.self, GetHead.self, HashReply.self, BlocksHead.self,
+                                       ManifestHead.self, AuthOK.self, QuitOK.self, CapsReply.self] {
+            try checkTypedReply(body, text)
+        }
+        if let end = try? StreamLine.parse(text) {
+            let again: String
+            switch end {
+            case .end(let t): again = t.line
+            case .err(let e): again = e.line
+            }
+            try expect((try? StreamLine.parse(Substring(again))).map { $0 == end || again.hasPrefix("ERR ") } ?? false,
+                       "stream line \(fuzzShow(line.utf8)) does not survive \(fuzzShow(again.utf8))")
+        }
+    }
+
+    /// A typed status line that reads is written back as a line that reads the same (an `ERR`
+    /// only from the second round on: its reason is cleaned once).
+    static func checkTypedReply<Body: OKReply>(_ body: Body.Type, _ text: Substring) throws {
+        guard let reply = try? Reply<Body>.parse(text) else { return }
+        let again: String
+        switch reply {
+        case .ok(let ok): again = ok.line
+        case .err(let e): again = e.line
+        }
+        guard let back = try? Reply<Body>.parse(Substring(again)) else {
+            throw Violation(description: "\(Body.self) \(fuzzShow(text.utf8)) is written as \(fuzzShow(again.utf8)), which does not read")
+        }
+        if case .ok = reply { try expect(back == reply, "\(Body.self) \(fuzzShow(text.utf8)) reads back as \(back)") }
     }
 
     /// `ChunkHeader.parse`: accepted headers are within the limits and survive their line.

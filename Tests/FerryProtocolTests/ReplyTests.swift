@@ -2,7 +2,7 @@ import FerryProtocol
 import XCTest
 
 final class ReplyTests: XCTestCase {
-    private func status(_ line: String) throws(StatusLine.Malformed) -> StatusLine { try StatusLine.parse(Substring(line)) }
+    private func status(_ line: String) throws(MalformedReply) -> StatusLine { try StatusLine.parse(Substring(line)) }
 
     func testErrorCodesMatchTheSpecTable() {
         let table: [ErrorCode: Int] = [
@@ -34,8 +34,8 @@ final class ReplyTests: XCTestCase {
             XCTAssertThrowsError(try status(bad), bad)  // codes are 100-599
         }
         XCTAssertEqual(try status("ERR 404 not found: nothing-here"), .err(ErrorReply(.notFound, "not found: nothing-here")))
-        XCTAssertEqual(try status("ERR 409 changed 1073745920,1700000500.000000000"),
-                       .err(ErrorReply(code: 409, reason: "changed 1073745920,1700000500.000000000")))
+        let now = Validator(size: 1_073_745_920, mtime: Timestamp(seconds: 1_700_000_500, nanoseconds: 0))
+        XCTAssertEqual(try status("ERR 409 changed 1073745920,1700000500.000000000"), .err(.changed(now)))
         XCTAssertEqual(try status("ERR 421 path refused: '..' is not allowed"),
                        .err(ErrorReply(.pathRefused, "path refused: '..' is not allowed")))
         guard case .err(let unknown) = try status("ERR 599 something new") else { return XCTFail("not ERR") }
@@ -50,7 +50,7 @@ final class ReplyTests: XCTestCase {
         for line in ["", "ok", "Ok 5", "OKAY", "OK\t5", "ERR", "ERR ", "ERR 40 x", "ERR 4040 x", "ERR abc x", "ERR +12 x",
                      "ERR -12 x", "ERR 4O4 x", "ERR ٤٠٤ x", "err 404 x", "HELLO", "FERRY 1 name=x", " OK", "CHUNK 0 1 1 s 00000000"] {
             XCTAssertThrowsError(try status(line), line.debugDescription) { error in
-                XCTAssertTrue(error is StatusLine.Malformed)
+                XCTAssertTrue(error is MalformedReply)
             }
         }
     }
@@ -101,7 +101,6 @@ final class ReplyTests: XCTestCase {
         let nonce31 = String(repeating: "ab", count: 31)
         let cases: [(String, Bool)] = [  // (line, isNotFerry)
             ("", true), ("HTTP/1.1 200 OK", true), ("FERRY", true), ("ferry 1 name=a id=b auth=none", true),
-            ("ERR 429 too many connections", true),
             ("FERRY x name=a id=b auth=none", false), ("FERRY +1 name=a id=b auth=none", false),
             ("FERRY -1 name=a id=b auth=none", false),
             ("FERRY 1 id=b auth=none", false), ("FERRY 1 name=a auth=none", false), ("FERRY 1 name=a id=b", false),
@@ -119,6 +118,7 @@ final class ReplyTests: XCTestCase {
                 switch error {
                 case .notFerry: XCTAssertTrue(notFerry, "\(line): \(error)")
                 case .malformed: XCTAssertFalse(notFerry, "\(line): \(error)")
+                case .refused(let reply): XCTFail("\(line): refused \(reply)")
                 }
             }
         }

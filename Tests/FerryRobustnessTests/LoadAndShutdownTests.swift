@@ -135,7 +135,7 @@ final class LoadAndShutdownTests: XCTestCase {
 
     static func fetch(on conn: FerryConnection, _ name: String, expected: [String: String]) async throws {
         try await conn.send(.get(try RemotePath(validating: name), offset: 0, length: nil, validator: nil))
-        _ = try await conn.expectOK(for: "GET \(name)")
+        _ = try await conn.expect(GetHead.self, for: "GET \(name)")
         var hasher = SHA256Hasher()
         while true {
             switch try await conn.nextStreamItem() {

@@ -1,0 +1,214 @@
+/// A line a server sends, as a value: `line` is its one encoder, and each type has its one
+/// parser. The server writes replies only through these values and the client reads them only
+/// through them (PROTOCOL.md sections 3–7).
+public protocol ReplyLine: Hashable, Sendable {
+    /// The line without its LF.
+    var line: String { get }
+}
+
+/// The `OK` status line that answers one kind of request.
+public protocol OKReply: ReplyLine {
+    /// What follows `OK ` (nil for a bare `OK`).
+    var detail: String? { get }
+    /// Reads what follows `OK ` (nil for a bare `OK`); throws when it breaks the request's
+    /// grammar, which includes every empty field.
+    init(detail: Substring?) throws(MalformedReply)
+}
+
+extension OKReply {
+    public var line: String { detail.map { "OK \($0)" } ?? "OK" }
+}
+
+/// The status line of a reply: the request's `OK`, or an `ERR`.
+public enum Reply<Body: OKReply>: Hashable, Sendable {
+    case ok(Body)
+    case err(ErrorReply)
+
+    public static func parse(_ line: Substring) throws(MalformedReply) -> Reply<Body> {
+        if line == "OK" { return .ok(try Body(detail: nil)) }
+        if line.hasPrefix("OK ") { return .ok(try Body(detail: line.dropFirst(3))) }
+        if line.hasPrefix("ERR ") { return .err(try ErrorReply.parse(line)) }
+        throw MalformedReply("expected OK or ERR", line)
+    }
+}
+
+/// The fields of `detail`, split on single spaces; exactly `count` of them, none empty.
+private func fields(_ detail: Substring?, _ count: Int, _ what: String) throws(MalformedReply) -> [Substring] {
+    guard let detail else { throw MalformedReply("\(what) without fields", "OK") }
+    let f = detail.split(separator: " ", omittingEmptySubsequences: false)
+    guard f.count == count, !f.contains(where: \.isEmpty) else {
+        throw MalformedReply("\(what) needs \(count) field(s) separated by single spaces", detail)
+    }
+    return f
+}
+
+private func parseCount(_ field: Substring, max: Int, _ what: String) throws(MalformedReply) -> Int {
+    guard let n = parseWireNumber(field), n <= Int64(max) else { throw MalformedReply("bad \(what) count", field) }
+    return Int(n)
+}
+
+private func parseSHA256(_ field: Substring, _ what: String) throws(MalformedReply) -> String {
+    guard isSHA256Hex(field) else { throw MalformedReply("\(what) is not a SHA-256", field) }
+    return String(field)
+}
+
+/// `OK <count>` before a `LIST`'s entry lines (`Entry`, one per line).
+public struct ListHead: OKReply {
+    public var count: Int
+    public init(count: Int) { self.count = count }
+    public var detail: String? { "\(count)" }
+    public init(detail: Substring?) throws(MalformedReply) {
+        count = try parseCount(try fields(detail, 1, "LIST reply")[0], max: FerryLimits.maxListEntries, "entry")
+    }
+}
+
+/// `OK <entry>`, the answer to `STAT`.
+public struct StatReply: OKReply {
+    public var entry: Entry
+    public init(entry: Entry) { self.entry = entry }
+    public var detail: String? { entry.line }
+    public init(detail: Substring?) throws(MalformedReply) {
+        guard let detail else { throw MalformedReply("STAT reply without an entry", "OK") }
+        do { entry = try Entry(line: detail) } catch { throw MalformedReply("bad STAT entry (\(error))", detail) }
+    }
+}
+
+/// `OK <size> <mtime> <sha256|->`, the head of a `GET` reply (its chunk stream follows).
+public struct GetHead: OKReply {
+    public var size: Int64
+    public var mtime: Timestamp
+    /// The whole file's SHA-256 when the server already knew it (`-` on the wire otherwise).
+    public var sha256: String?
+
+    public init(size: Int64, mtime: Timestamp, sha256: String?) {
+        self.size = size
+        self.mtime = mtime
+        self.sha256 = sha256
+    }
+
+    public var detail: String? { "\(size) \(mtime) \(sha256 ?? "-")" }
+
+    public init(detail: Substring?) throws(MalformedReply) {
+        let f = try fields(detail, 3, "GET reply")
+        guard let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]) else { throw MalformedReply("bad GET size or mtime", f[0]) }
+        self.init(size: size, mtime: mtime, sha256: f[2] == "-" ? nil : try parseSHA256(f[2], "GET's hash field"))
+    }
+}
+
+/// `OK <sha256>`, the answer to `HASH`.
+public struct HashReply: OKReply {
+    public var sha256: String
+    public init(sha256: String) { self.sha256 = sha256 }
+    public var detail: String? { sha256 }
+    public init(detail: Substring?) throws(MalformedReply) {
+        sha256 = try parseSHA256(try fields(detail, 1, "HASH reply")[0], "HASH reply")
+    }
+}
+
+/// `OK <size> <mtime> <block-size> <count>`, the head of a `BLOCKS` reply; `count` lines of one
+/// SHA-256 each follow (`BlocksHead.hashLine`, `parseHashLine`).
+public struct BlocksHead: OKReply {
+    public var size: Int64
+    public var mtime: Timestamp
+    public var blockSize: Int
+    public var count: Int
+
+    public init(size: Int64, mtime: Timestamp, blockSize: Int, count: Int) {
+        self.size = size
+        self.mtime = mtime
+        self.blockSize = blockSize
+        self.count = count
+    }
+
+    public var detail: String? { "\(size) \(mtime) \(blockSize) \(count)" }
+
+    /// Also checks what the numbers must agree on: the block size's range and a count that
+    /// covers the size exactly.
+    public init(detail: Substring?) throws(MalformedReply) {
+        let f = try fields(detail, 4, "BLOCKS reply")
+        guard let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
+              let bs = parseWireNumber(f[2]), bs >= 4096, bs <= 64 << 20 else {
+            throw MalformedReply("bad BLOCKS size, mtime or block size", detail ?? "")
+        }
+        let count = try parseCount(f[3], max: FerryLimits.maxBlockCount, "block")
+        guard Int64(count) == (size + bs - 1) / bs else { throw MalformedReply("block count does not cover the size", detail ?? "") }
+        self.init(size: size, mtime: mtime, blockSize: Int(bs), count: count)
+    }
+
+    /// One block's line: its SHA-256.
+    public static func hashLine(_ sha256: String) -> String { sha256 }
+
+    public static func parseHashLine(_ line: Substring) throws(MalformedReply) -> String {
+        try parseSHA256(line, "block hash line")
+    }
+}
+
+/// `OK <count>`, the head of a `MANIFEST` reply: the number of entries (not of note lines).
+public struct ManifestHead: OKReply {
+    public var count: Int
+    public init(count: Int) { self.count = count }
+    public var detail: String? { "\(count)" }
+    public init(detail: Substring?) throws(MalformedReply) {
+        count = try parseCount(try fields(detail, 1, "MANIFEST reply")[0], max: FerryLimits.maxManifestEntries, "entry")
+    }
+}
+
+/// `OK auth`, the answer to a good `AUTH` (and to any `AUTH` on an open server).
+public struct AuthOK: OKReply {
+    public init() {}
+    public var detail: String? { "auth" }
+    public init(detail: Substring?) throws(MalformedReply) {
+        guard detail == "auth" else { throw MalformedReply("expected OK auth", detail ?? "OK") }
+    }
+}
+
+/// `OK bye`, the answer to `QUIT`.
+public struct QuitOK: OKReply {
+    public init() {}
+    public var detail: String? { "bye" }
+    public init(detail: Substring?) throws(MalformedReply) {
+        guard detail == "bye" else { throw MalformedReply("expected OK bye", detail ?? "OK") }
+    }
+}
+
+/// `OK <name>,<name>,…`, the answer to `CAPS`: what this connection now uses, in the server's
+/// order. A bare `OK` enables nothing.
+public struct CapsReply: OKReply {
+    public var enabled: [Capability]
+    public init(enabled: [Capability]) { self.enabled = enabled }
+    public var detail: String? { enabled.isEmpty ? nil : Capability.encode(enabled) }
+    public init(detail: Substring?) throws(MalformedReply) {
+        guard let detail else {
+            enabled = []
+            return
+        }
+        guard let list = Capability.parseList(detail) else { throw MalformedReply("bad capability list", detail) }
+        enabled = list
+    }
+}
+
+/// `END <sha256>`, the trailer that ends a chunk stream.
+public struct Trailer: ReplyLine {
+    public var sha256: String
+    public init(sha256: String) { self.sha256 = sha256 }
+    public var line: String { "END \(sha256)" }
+    public static func parse(_ line: Substring) throws(MalformedReply) -> Trailer {
+        guard line.hasPrefix("END ") else { throw MalformedReply("not an END line", line) }
+        return Trailer(sha256: try parseSHA256(line.dropFirst(4), "END"))
+    }
+}
+
+/// A line inside a chunk stream other than a chunk header (chunk headers are framed with their
+/// payload, `ChunkHeader`): the trailer, or an `ERR` that ends the reply early.
+public enum StreamLine: Hashable, Sendable {
+    case end(Trailer)
+    case err(ErrorReply)
+
+    public static func parse(_ line: Substring) throws(MalformedReply) -> StreamLine {
+        if line.hasPrefix("END ") { return .end(try Trailer.parse(line)) }
+        if line.hasPrefix("ERR ") { return .err(try ErrorReply.parse(line)) }
+        throw MalformedReply("expected CHUNK, END or ERR", line)
+    }
+}
+
+extension ChunkHeader: ReplyLine {}

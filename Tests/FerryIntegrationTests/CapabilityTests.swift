@@ -1,0 +1,115 @@
+import FerryClient
+import FerryProtocol
+import FerryServer
+import FerryTestSupport
+import Foundation
+import Logging
+import XCTest
+
+/// Protocol 1.1 (PROTOCOL.md section 3.1): the greeting offers capabilities, `CAPS` enables
+/// some per connection, and a client sends an option only once its capability is enabled.
+final class CapabilityTests: XCTestCase {
+    private var work: URL!
+
+    override func setUpWithError() throws {
+        work = try TestSupport.makeTemporaryDirectory("ferry-caps")
+        try Files.write(work.appendingPathComponent("a.txt"), "a\n")
+    }
+
+    override func tearDown() {
+        if let work { TestSupport.removeTemporaryDirectory(work) }
+    }
+
+    private func server(token: [UInt8]? = nil) async throws -> InProcessServer {
+        var logger = Logger(label: "ferry.test.caps")
+        logger.logLevel = .critical
+        let configuration = ServerConfiguration(root: work.path, name: "caps", bindHost: "127.0.0.1", port: 0, token: token)
+        return InProcessServer(server: try await FerryServer.start(configuration, logger: logger))
+    }
+
+    func testServerNegotiatesOncePerConnection() async throws {
+        let s = try await server()
+        let c = try RawClient(port: s.port)
+        let greeting = try c.readLine()
+        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report"), greeting)
+        // Unknown names are ignored; the answer is in the server's order.
+        try c.send("CAPS tls,manifest-report,list-kinds\n")
+        XCTAssertEqual(try c.readLine(), "OK list-kinds,manifest-report")
+        try c.send("CAPS list-kinds\n")
+        XCTAssertEqual(try c.readLine(), "ERR 400 CAPS may be sent only once per connection")
+        try c.send("LIST . colour=blue\nSTAT a.txt\n")
+        XCTAssertEqual(try c.readLine(), "ERR 400 unknown option colour")
+        XCTAssertTrue(try c.readLine().hasPrefix("OK f "), "the connection stays usable")
+
+        let other = try RawClient.greeted(port: s.port)
+        try other.send("CAPS tls\n")
+        XCTAssertEqual(try other.readLine(), "OK", "nothing in common: a bare OK")
+        try other.send("CAPS a,,b\n")
+        XCTAssertEqual(try other.readLine().prefix(8), "ERR 400 ", "a malformed CAPS is refused and does not count")
+        await s.stop()
+    }
+
+    func testCapsIsAllowedBeforeAuth() async throws {
+        let s = try await server(token: Array("s3cret".utf8))
+        let c = try RawClient.greeted(port: s.port)
+        try c.send("CAPS list-kinds\nLIST .\n")
+        XCTAssertEqual(try c.readLine(), "OK list-kinds")
+        XCTAssertEqual(try c.readLine().prefix(8), "ERR 401 ")
+        await s.stop()
+    }
+
+    func testClientEnablesWhatItImplementsAndSendsOptionsOnlyThen() async throws {
+        let s = try await server()
+        let enabled = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: s.port)) { c in
+            _ = try await c.list(.root, kinds: true)
+            return c.enabled
+        }
+        XCTAssertEqual(enabled, [.listKinds, .manifestReport])
+        let none = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: s.port),
+                                                  options: ConnectionOptions(capabilities: [])) { c in c.enabled }
+        XCTAssertEqual(none, [])
+        await s.stop()
+
+        // What goes on the wire, seen by a scripted server that offers only list-kinds.
+        let listing = Array("OK 1\nf 0644 2 1700000000.000000000 a.txt\n".utf8)
+        let fake = try FakeServer(greeting: "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none caps=list-kinds,tls") { line in
+            line.hasPrefix("CAPS ") ? Array("OK list-kinds\n".utf8) : line.hasPrefix("LIST ") ? listing : nil
+        }
+        defer { fake.stop() }
+        let endpoint = Endpoint(host: "127.0.0.1", port: fake.port)
+        _ = try await FerryConnection.with(endpoint) { c in try await c.list(.root, kinds: true) }
+        _ = try await FerryConnection.with(endpoint, options: ConnectionOptions(capabilities: [])) { c in
+            try await c.list(.root, kinds: true)
+        }
+        XCTAssertEqual(fake.requests, ["CAPS list-kinds", "LIST . kinds=yes", "LIST ."],
+                       "CAPS names only what the server offers; without list-kinds enabled no kinds= and no fallback")
+    }
+
+    func testClientRefusesACapabilityItDidNotAskFor() async throws {
+        let fake = try FakeServer(greeting: "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none caps=list-kinds,zstd") { _ in
+            Array("OK list-kinds,zstd\n".utf8)
+        }
+        defer { fake.stop() }
+        do {
+            _ = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: fake.port),
+                                               options: ConnectionOptions(capabilities: [.listKinds])) { c in c.enabled }
+            XCTFail("a server enabling more than was asked was accepted")
+        } catch ClientError.protocolViolation(_, let why) {
+            XCTAssertTrue(why.contains("CAPS"), why)
+        }
+    }
+
+    /// CRLF line ends from a server are accepted (lenient), and typed replies read the same.
+    func testRepliesEndingInCRLFAreRead() async throws {
+        let fake = try FakeServer(greeting: "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none caps=list-kinds\r") { line in
+            line.hasPrefix("CAPS ") ? Array("OK list-kinds\r\n".utf8)
+                : Array("OK 1\r\no 0644 0 1700000000.000000000 pipe p\r\n".utf8)
+        }
+        defer { fake.stop() }
+        let entries = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: fake.port)) { c in
+            XCTAssertEqual(c.enabled, [.listKinds])
+            return try await c.list(.root, kinds: true)
+        }
+        XCTAssertEqual(entries.map(\.path.wire), ["pipe"])
+    }
+}
