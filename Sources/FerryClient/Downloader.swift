@@ -53,6 +53,8 @@ public struct Downloader {
     public enum Event: Sendable {
         /// Kept data of an earlier run is being checked against the server.
         case verifying(kept: Int64)
+        /// `done` bytes of the kept data have been checked (reported as the check goes on).
+        case verified(done: Int64, of: Int64)
         case started(size: Int64, resumedFrom: Int64)
         case bytes(Int)
         case retrying(attempt: Int, of: Int, reason: String, delay: Duration)
@@ -95,7 +97,8 @@ public struct Downloader {
                     let transfer = try FileTransfer(path: target, identity: identity,
                                                     partialPath: Self.partialPath(for: localPath), resume: options.resume)
                     if transfer.partial.verified > 0 { onEvent(.verifying(kept: transfer.partial.verified)) }
-                    try await transfer.verifyKeptData(on: connection)
+                    let kept = transfer.partial.verified
+                    try await transfer.verifyKeptData(on: connection) { onEvent(.verified(done: $0, of: kept)) }
                     onEvent(.started(size: entry.size, resumedFrom: transfer.partial.verified))
                     try await connection.send(transfer.request())
                     let sha: String

@@ -59,56 +59,96 @@ public final class FileTransfer {
     public var needsVerification: Bool { partial.verified > 0 && resumedFrom == 0 && hasherBytes == 0 }
     private var hasherBytes: Int64 = 0
 
+    /// The kept prefix is checked in pieces of this size: each piece is one `HASH` whose reply
+    /// comes within seconds whatever the prefix's size (one `HASH` of a 27 GiB prefix used to
+    /// send nothing for longer than the client's read timeout, so it could never resume).
+    static let verifyPiece: Int64 = 64 << 20
+    /// Within a piece that does not match, the last good byte is found in steps of this size.
+    static let verifyStep: Int64 = 64 << 10
+
     /// Checks the kept prefix against the server, so a truncated or corrupted partial can
-    /// never be continued: one `HASH` of the whole prefix, and on a mismatch `BLOCKS` to keep
-    /// the longest prefix of matching blocks. Leaves `hasher` covering the kept prefix.
-    public func verifyKeptData(on connection: FerryConnection) async throws {
+    /// never be continued: a `HASH` per 64 MiB piece (pipelined one ahead, so the server hashes
+    /// the next piece while this side hashes the current one), and in the first piece that
+    /// differs, a `HASH` per 64 KiB to keep everything up to the first step that differs.
+    /// `progress` is told the bytes checked so far. Leaves `hasher` covering the kept prefix.
+    public func verifyKeptData(on connection: FerryConnection, progress: (Int64) -> Void = { _ in }) async throws {
         let kept = partial.verified
         guard kept > 0 else { return }
-        let local = try localHash(upTo: kept)
-        let remote: String
-        do {
-            remote = try await connection.hash(path, offset: 0, length: kept, validator: identity.validator)
-        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
-            partial.discard()
-            throw Changed(path: path, now: reply.current)
+        var running = SHA256Hasher()
+        let pieces = Self.ranges(from: 0, to: kept, step: Self.verifyPiece)
+        let matched = try await matchingPrefix(pieces, window: 2, running: &running, on: connection, progress: progress)
+        var good = matched == 0 ? 0 : pieces[matched - 1].offset + pieces[matched - 1].length
+        if matched < pieces.count {
+            let piece = pieces[matched]
+            let steps = Self.ranges(from: piece.offset, to: piece.offset + piece.length, step: Self.verifyStep)
+            let fine = try await matchingPrefix(steps, window: 32, running: &running, on: connection) { _ in }
+            if fine > 0 { good = steps[fine - 1].offset + steps[fine - 1].length }
+            do { try partial.truncate(to: good) } catch { throw ClientError.local(error) }
         }
-        if remote == local.hex {
-            hasher = local.hasher
-            hasherBytes = kept
-            resumedFrom = kept
-            return
-        }
-        let blocks = try await connection.blocks(path, validator: identity.validator)
-        var good: Int64 = 0
-        for (i, expected) in blocks.hashes.enumerated() {
-            let offset = Int64(i) * Int64(blocks.blockSize)
-            let length = min(Int64(blocks.blockSize), blocks.size - offset)
-            guard offset + length <= kept else { break }
-            let bytes: [UInt8]
-            do { bytes = try partial.read(count: Int(length), at: offset) } catch { throw ClientError.local(error) }
-            guard bytes.count == Int(length), SHA256Hasher.hex(bytes) == expected else { break }
-            good = offset + length
-        }
-        do { try partial.truncate(to: good) } catch { throw ClientError.local(error) }
-        let prefix = try localHash(upTo: good)
-        hasher = prefix.hasher
+        hasher = running
         hasherBytes = good
         resumedFrom = good
     }
 
-    private func localHash(upTo length: Int64) throws(ClientError) -> (hasher: SHA256Hasher, hex: String) {
-        var h = SHA256Hasher()
-        var position: Int64 = 0
-        while position < length {
+    /// Compares the partial with the server over `ranges`, in order, with up to `window`
+    /// `HASH` requests in flight; returns how many leading ranges match. Their bytes are fed
+    /// into `running`; after the first mismatch the replies still in flight are read and dropped.
+    private func matchingPrefix(_ ranges: [(offset: Int64, length: Int64)], window: Int, running: inout SHA256Hasher,
+                                on connection: FerryConnection, progress: (Int64) -> Void) async throws -> Int {
+        var asked = 0
+        func ask(upTo count: Int) async throws {
+            let next = ranges[asked..<min(ranges.count, count)]
+            guard !next.isEmpty else { return }
+            try await connection.send(next.map { .hash(path, offset: $0.offset, length: $0.length, validator: identity.validator) })
+            asked += next.count
+        }
+        try await ask(upTo: window)
+        for (index, range) in ranges.enumerated() {
+            var candidate = running
+            let local = try localHash(range.offset, range.length, continuing: &candidate)
+            let remote = try await remoteHash(on: connection)
+            guard remote == local else {
+                for _ in (index + 1)..<asked { _ = try await remoteHash(on: connection) }
+                return index
+            }
+            running = candidate
+            progress(range.offset + range.length)
+            try await ask(upTo: index + 1 + window)
+        }
+        return ranges.count
+    }
+
+    /// The next `HASH` reply; `ERR 409` means the file changed on the server: the partial is
+    /// of no use any more.
+    private func remoteHash(on connection: FerryConnection) async throws -> String {
+        do {
+            return try await connection.expect(HashReply.self, for: "HASH \(path)").sha256
+        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
+            partial.discard()
+            throw Changed(path: path, now: reply.current)
+        }
+    }
+
+    /// `[from, to)` cut into pieces of `step` bytes (the last may be shorter).
+    static func ranges(from: Int64, to: Int64, step: Int64) -> [(offset: Int64, length: Int64)] {
+        stride(from: from, to: to, by: Int(step)).map { ($0, min(step, to - $0)) }
+    }
+
+    /// SHA-256 of `length` bytes of the partial from `offset`, also fed into `running` (which
+    /// covers everything before `offset`).
+    private func localHash(_ offset: Int64, _ length: Int64, continuing running: inout SHA256Hasher) throws(ClientError) -> String {
+        var piece = SHA256Hasher()
+        var position = offset
+        while position < offset + length {
             let bytes: [UInt8]
-            do { bytes = try partial.read(count: Int(min(1 << 20, length - position)), at: position) } catch { throw .local(error) }
+            do { bytes = try partial.read(count: Int(min(1 << 20, offset + length - position)), at: position) } catch { throw .local(error) }
             if bytes.isEmpty { break }
-            h.update(bytes)
+            piece.update(bytes)
+            running.update(bytes)
             position += Int64(bytes.count)
         }
-        let copy = h
-        return (copy, h.finalizeHex())
+        // A partial shorter than its sidecar says cannot match: an impossible hash says so.
+        return position == offset + length ? piece.finalizeHex() : "short"
     }
 
     /// The request for the rest of the file, or for the bytes up to `end`.

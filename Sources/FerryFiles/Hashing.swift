@@ -54,10 +54,14 @@ public final class RangeHash: @unchecked Sendable {
     private let end: Int64
     private var hasher = SHA256Hasher()
 
-    public init(file: FileHandle, offset: Int64, length: Int64) {
+    /// A second hasher fed the same bytes: the state of a longer prefix being continued.
+    public private(set) var continued: SHA256Hasher?
+
+    public init(file: FileHandle, offset: Int64, length: Int64, continuing: SHA256Hasher? = nil) {
         self.file = file
         self.position = offset
         self.end = offset + length
+        self.continued = continuing
     }
 
     /// True once the whole range (or everything up to the end of a file that became shorter) is in.
@@ -74,6 +78,7 @@ public final class RangeHash: @unchecked Sendable {
             let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
             if n == 0 { isDone = true; return }
             hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            continued?.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             position += Int64(n)
         }
         if position >= end { isDone = true }

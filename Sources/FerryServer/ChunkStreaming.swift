@@ -281,6 +281,9 @@ struct FileSender {
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
+    /// What the connection's `HASH` requests covered of a file's start: a resumed `GET` whose
+    /// offset it reaches continues it instead of hashing the prefix again.
+    var prefix: PrefixHash? = nil
     /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
     var transport: TransportProbe? = nil
 
@@ -303,9 +306,9 @@ struct FileSender {
         }
         try await writer.send(head)
 
-        var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
+        var hasher: SHA256Hasher?
         do {
-            if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
+            hasher = try trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
             let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
                                          chunkSize: server.configuration.chunkSize, transport: transport,
                                          serverRate: memory.serverRate, buffers: memory.buffers)
@@ -371,11 +374,11 @@ struct FileSender {
             return b
         }
         var out = [line(head.line)]
-        var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
+        var hasher: SHA256Hasher?
         var failure: ErrorReply?
         var sent: ChunkPipeline.Encoded?
         do {
-            if hasher != nil && range.lowerBound > 0 { try hashRange(file, 0, range.lowerBound, into: &hasher) }
+            hasher = try trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
                 var policy = server.configuration.compression
                 var level: Int32 = 1
@@ -407,6 +410,17 @@ struct FileSender {
         let done = ContinuousClock.now
         controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (done - start).seconds, intervalSeconds: (done - started).seconds)
         if let rate = memory.serverRate.add(bytes) { controller.recordServerRate(rate) }
+    }
+
+    /// The hasher for the trailer, already covering the bytes before `offset`: nil when the
+    /// hash is known, the connection's prefix state when it reaches `offset`, else hashed here.
+    private func trailerHasher(_ file: FileHandle, upTo offset: Int64, known: String?, canonical: RemotePath,
+                               key: HashKey) throws(SystemError) -> SHA256Hasher? {
+        guard known == nil else { return nil }
+        if offset > 0, let state = prefix?.state(for: canonical, key, at: offset) { return state }
+        var hasher: SHA256Hasher? = SHA256Hasher()
+        if offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
+        return hasher
     }
 
     private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {

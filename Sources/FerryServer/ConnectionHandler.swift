@@ -11,6 +11,8 @@ struct ConnectionHandler {
     let server: FerryServer
     let connection: NIOAsyncChannel<RequestFrame, ByteBuffer>
     let activity: ConnectionActivity
+    /// What the connection's last `HASH` requests covered of a file's start (see `PrefixHash`).
+    let prefix = PrefixHash()
 
     var logger: Logger { server.logger }
     var root: ServedRoot { server.root }
@@ -129,7 +131,7 @@ struct ConnectionHandler {
                 entry.special = nil  // STAT has no `kinds` option
                 try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
-                try await FileSender(server: server, writer: writer)
+                try await FileSender(server: server, writer: writer, prefix: prefix)
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
@@ -143,7 +145,10 @@ struct ConnectionHandler {
                     try await writer.send(HashReply(sha256: sha))
                     return
                 }
-                let sha = try await hashRange(file, offset: offset, length: length)
+                let key = HashKey(info)
+                let (sha, continued) = try await hashRange(file, offset: offset, length: length,
+                                                           continuing: prefix.state(for: canonical, key, at: offset))
+                prefix.record(continued, for: canonical, key, upTo: offset + length)
                 if whole, let after = try? file.stat(), HashKey(after) == HashKey(info) {
                     server.hashCache.store(canonical, HashKey(info), sha256: sha)
                 }
@@ -180,10 +185,11 @@ struct ConnectionHandler {
 
     /// Hashes a range on the server's heavy-work pool, a slice at a time, giving up when the
     /// client has gone.
-    private func hashRange(_ file: FileHandle, offset: Int64, length: Int64) async throws -> String {
+    private func hashRange(_ file: FileHandle, offset: Int64, length: Int64,
+                           continuing state: SHA256Hasher?) async throws -> (String, SHA256Hasher?) {
         let channel = connection.channel
         do {
-            return try await server.heavyWork.sha256(of: file, offset: offset, length: length) { channel.isActive }
+            return try await server.heavyWork.sha256(of: file, offset: offset, length: length, continuing: state) { channel.isActive }
         } catch let error as SystemError {
             throw ServeError.io(error)
         }

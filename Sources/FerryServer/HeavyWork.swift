@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import FerryFiles
+import FerryProtocol
 import NIOCore
 import NIOPosix
 
@@ -27,10 +28,12 @@ final class HeavyWork: Sendable {
     /// The client went away before the work was done.
     struct Abandoned: Error {}
 
-    /// SHA-256 of `length` bytes of `file` from `offset`.
-    func sha256(of file: FileHandle, offset: Int64, length: Int64,
-                stillWanted: @escaping @Sendable () -> Bool) async throws -> String {
-        let hash = RangeHash(file: file, offset: offset, length: length)
+    /// SHA-256 of `length` bytes of `file` from `offset`. With `prefix` (the state of the
+    /// file's bytes before `offset`), the same bytes also continue it, and its new state is
+    /// returned too.
+    func sha256(of file: FileHandle, offset: Int64, length: Int64, continuing prefix: SHA256Hasher? = nil,
+                stillWanted: @escaping @Sendable () -> Bool) async throws -> (sha256: String, continued: SHA256Hasher?) {
+        let hash = RangeHash(file: file, offset: offset, length: length, continuing: prefix)
         while !hash.isDone {
             guard stillWanted() else { throw Abandoned() }
             try await pool.runIfActive {
@@ -38,7 +41,7 @@ final class HeavyWork: Sendable {
                 try hash.advance(by: Self.sliceBytes)
             }
         }
-        return hash.finalizeHex()
+        return (hash.finalizeHex(), hash.continued)
     }
 
     /// The block map of a file (PROTOCOL.md `BLOCKS`): `count` hashes of `blockSize`-byte
@@ -55,7 +58,7 @@ final class HeavyWork: Sendable {
             let first = index, last = min(count, index + perSlice)
             if blockSize > Self.sliceBytes {
                 let offset = Int64(first) * Int64(blockSize)
-                try await emit([sha256(of: file, offset: offset, length: min(Int64(blockSize), size - offset), stillWanted: stillWanted)])
+                try await emit([sha256(of: file, offset: offset, length: min(Int64(blockSize), size - offset), stillWanted: stillWanted).sha256])
             } else {
                 let hashes = try await pool.runIfActive { () throws -> [String] in
                     Self.lowerPriority()
@@ -80,5 +83,41 @@ final class HeavyWork: Sendable {
         // `who` 0 is the calling thread: on Linux the nice value belongs to each thread.
         _ = setpriority(__priority_which_t(PRIO_PROCESS.rawValue), 0, niceness)
         #endif
+    }
+}
+
+/// The SHA-256 state of a file's first `covered` bytes, built while a client checks the data it
+/// kept piece by piece (`HASH f 0 a`, `HASH f a b`, …): the `GET` of the rest that follows on the
+/// same connection then needs no second pass over the prefix for its trailer (the whole file's
+/// SHA-256). Without it, resuming a 27 GiB file made the server hash 27 GiB before the first
+/// byte of the reply, longer than a client waits.
+// `@unchecked`: one per connection, used only by that connection's handler, one request at a time.
+final class PrefixHash: @unchecked Sendable {
+    private var file: RemotePath?
+    private var key: HashKey?
+    private(set) var covered: Int64 = 0
+    private var hasher = SHA256Hasher()
+
+    /// The state to continue when a range of `file` (as `key` describes it) starts at `offset`:
+    /// a fresh one at 0, the kept one when it covers exactly up to `offset`, else nil.
+    func state(for file: RemotePath, _ key: HashKey, at offset: Int64) -> SHA256Hasher? {
+        if offset == 0 { return SHA256Hasher() }
+        guard self.file == file, self.key == key, covered == offset else { return nil }
+        return hasher
+    }
+
+    func record(_ state: SHA256Hasher?, for file: RemotePath, _ key: HashKey, upTo end: Int64) {
+        guard let state else { return forget() }
+        self.file = file
+        self.key = key
+        self.hasher = state
+        self.covered = end
+    }
+
+    func forget() {
+        file = nil
+        key = nil
+        covered = 0
+        hasher = SHA256Hasher()
     }
 }

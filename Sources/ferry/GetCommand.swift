@@ -111,6 +111,11 @@ struct GetCommand: AsyncParsableCommand {
                 if !quiet && !json {
                     progress.note("verifying kept data of \(Output.shown(address.path)) (\(Output.bytes(kept))) with the server")
                 }
+            case .verified(let done, let of):
+                if !quiet && !json {
+                    progress.status("verifying kept data: \(Output.bytes(done)) of \(Output.bytes(of))")
+                }
+                if json { Output.json(["event": "verifying", "path": address.path.description, "bytesDone": done, "bytesTotal": of]) }
             case .started(let size, let resumed):
                 if resumed > 0 && !quiet && !json {
                     progress.note("resuming \(Output.shown(address.path)) at \(Output.bytes(resumed)) of \(Output.bytes(size))")

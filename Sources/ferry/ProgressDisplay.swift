@@ -74,6 +74,25 @@ final class ProgressDisplay: Sendable {
         redraw(force: true)
     }
 
+    /// A passing state drawn in place of the progress line before the totals are known
+    /// ("verifying kept data: 12.3 GiB of 27.0 GiB"); at most ten times a second, terminal only.
+    func status(_ text: String) {
+        guard mode == .terminal else { return }
+        let now = ContinuousClock.now
+        let due = state.withLockedValue { s -> Bool in
+            guard !s.stopped, now - s.lastDraw >= .milliseconds(100) else { return false }
+            s.lastDraw = now
+            return true
+        }
+        guard due else { return }
+        let line = Data(("\r\u{1B}[2K" + Self.cut(text, to: max(0, Self.terminalColumns() - 3))).utf8)
+        state.withLockedValue { s in
+            guard !s.stopped else { return }
+            FileHandle.standardError.write(line)
+            s.drawn = true
+        }
+    }
+
     func fileDone() {
         state.withLockedValue { $0.filesDone += 1 }
         redraw(force: false)

@@ -71,6 +71,67 @@ final class GetResumeTests: XCTestCase {
         print("resume after cut: size \(size), cut at \(cut), kept \(kept), resuming run fetched \(fetched) (remaining \(size - cut), extra \(fetched - (size - cut)))")
     }
 
+    // (1b) A huge kept prefix is verified in pieces, each answered within seconds, with
+    // progress; a single HASH of it used to send nothing for longer than the read timeout, so
+    // a 27 GiB partial could never resume (issue 17). 4 GiB of holes with `--timeout 1`: one
+    // HASH of the prefix takes longer than that even at 2 GB/s; a 64 MiB piece does not. (The
+    // client checks the whole file's SHA-256 against the server's before the rename; the test
+    // compares the tail, where the data is, rather than hash 8 GiB more itself.)
+    func testAHugeKeptPrefixIsVerifiedInPiecesWithProgress() throws {
+        let h = try ResumeHarness("ferry-resume-huge")
+        defer { h.close() }
+        let size = 4 << 30
+        let served = h.servedFile("huge.bin")
+        _ = FileManager.default.createFile(atPath: served.path, contents: nil)
+        XCTAssertEqual(truncate(served.path, off_t(size - (1 << 20))), 0)
+        let tail = FileManager.default.temporaryDirectory.appendingPathComponent("ferry-tail-\(getpid())")
+        try Files.writeRandom(tail, size: 1 << 20)
+        defer { try? FileManager.default.removeItem(at: tail) }
+        let handle = try FileHandle(forWritingTo: served)
+        try handle.seekToEnd()
+        try handle.write(contentsOf: try Data(contentsOf: tail))
+        try handle.close()
+        XCTAssertEqual(Files.size(served), size)
+        // An interrupted first run makes the partial and its sidecar (holes compress so well
+        // that 3 MiB on the wire is hundreds of MiB kept).
+        h.proxy.setFaults(.init(cutAfter: 3 << 20, connections: 1))
+        let cutRun = try h.get("huge.bin", ["--retries", "0"])
+        h.proxy.setFaults(.none)
+        XCTAssertEqual(cutRun.status, 2, "\(cutRun)")
+        let partial = h.local.appendingPathComponent(".huge.bin.ferry-partial")
+        XCTAssertGreaterThan(PartialMeta(dataPath: partial.path)?.verified ?? 0, 0)
+
+        // What an earlier run could have left: all but the last 1.5 MiB kept (holes, like the
+        // server's file there).
+        let kept = size - (3 << 19)
+        XCTAssertEqual(truncate(partial.path, off_t(kept)), 0)
+        let metaPath = partial.path + ".meta"
+        let text = try String(contentsOfFile: metaPath, encoding: .utf8)
+        let raised = text.split(separator: "\n").map { $0.hasPrefix("verified=") ? "verified=\(kept)" : String($0) }
+        try (raised.joined(separator: "\n") + "\n").write(toFile: metaPath, atomically: false, encoding: .utf8)
+
+        let first = h.proxy.connections.count
+        let started = Date()
+        let run = try h.get("huge.bin", ["--timeout", "1", "--retries", "0"], timeout: 600)
+        XCTAssertEqual(run.status, 0, "\(run)")
+        XCTAssertEqual(run.int("resumedFrom"), kept)
+        XCTAssertEqual(Files.size(h.localFile("huge.bin")), size)
+        let local = try FileHandle(forReadingFrom: h.localFile("huge.bin"))
+        try local.seek(toOffset: UInt64(size - (2 << 20)))
+        let localTail = try local.readToEnd()
+        try local.close()
+        let remote = try FileHandle(forReadingFrom: served)
+        try remote.seek(toOffset: UInt64(size - (2 << 20)))
+        XCTAssertEqual(localTail, try remote.readToEnd(), "the fetched tail differs")
+        try remote.close()
+        let progress = run.events("verifying").compactMap { ($0["bytesDone"] as? NSNumber)?.intValue }
+        XCTAssertGreaterThan(progress.count, 10, "verification should report its progress")
+        XCTAssertEqual(progress.last, kept)
+        XCTAssertEqual(progress, progress.sorted())
+        XCTAssertLessThan(h.bytesSince(first), 4 << 20, "only the rest may be fetched")
+        print("verified \(kept) kept bytes in pieces and resumed in \(Date().timeIntervalSince(started)) s; \(progress.count) progress reports")
+    }
+
     // (2) A client killed with SIGKILL mid-file resumes on the next run.
     func testClientKilledWithSIGKILLResumes() throws {
         let h = try ResumeHarness("ferry-resume-kill")
