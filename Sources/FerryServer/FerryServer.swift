@@ -14,7 +14,7 @@ public struct ServerConfiguration: Sendable {
     public var name: String
     public var bindHost: String
     public var port: Int
-    public var compression: CompressionPolicy
+    public var compression: CompressionMode
     /// Where the hash cache is persisted; nil keeps it in memory.
     public var hashCachePath: String?
     /// HMAC token; nil means the server is open.
@@ -25,7 +25,7 @@ public struct ServerConfiguration: Sendable {
     public var chunkSize: Int
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
-                compression: CompressionPolicy = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
+                compression: CompressionMode = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
                 maxConnections: Int = 256, idleTimeout: TimeAmount = .seconds(300),
                 chunkSize: Int = FerryLimits.defaultChunkSize) {
         self.root = root
@@ -77,6 +77,8 @@ public final class FerryServer: Sendable {
     private let serverChannel: NIOAsyncChannel<Accepted, Never>
     private let connections = NIOLockedValueBox(ConnectionRegistry())
     let authThrottle = AuthThrottle()
+    /// What `auto` compression learned, the server's total rate and its chunk buffers.
+    let compressionMemory = CompressionMemory()
 
     /// A freshly accepted connection and the flag its idle closer reads.
     struct Accepted: Sendable {

@@ -101,7 +101,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("encode text zlib-1 · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .level(1))
+            var encoder = ChunkEncoder(.compress(.zlib(1)))
             blackHole(encoder.encode(textBuffer, offset: 0, allocator: allocator))
         }
     }
@@ -112,7 +112,7 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("encode random auto (sampled, stored) · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .auto)
+            var encoder = ChunkEncoder(.sampleThenCompress(.zlib(1)))
             blackHole(encoder.encode(randomBuffer, offset: 0, allocator: allocator))
         }
     }
@@ -123,17 +123,17 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("encode stored (no zlib) · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .off)
+            var encoder = ChunkEncoder(.store)
             blackHole(encoder.encode(randomBuffer, offset: 0, allocator: allocator))
         }
     }
 
     // MARK: decode (client side)
 
-    var textEncoder = ChunkEncoder(policy: .level(1))
+    var textEncoder = ChunkEncoder(.compress(.zlib(1)))
     let textChunk = textEncoder.encode(textBuffer, offset: 0, allocator: allocator)
     let textWire = Array(textChunk.wire.readableBytesView)
-    var storedEncoder = ChunkEncoder(policy: .off)
+    var storedEncoder = ChunkEncoder(.store)
     let storedChunk = storedEncoder.encode(randomBuffer, offset: 0, allocator: allocator)
 
     Benchmark("decode text zlib · ferry ChunkDecoder (inflate + CRC-32)") { benchmark in

@@ -1,4 +1,5 @@
 import FerryFiles
+import FerryServer
 import FerryProtocol
 import NIOCore
 import XCTest
@@ -13,7 +14,7 @@ final class AdaptiveCompressionTests: XCTestCase {
     private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40) {
         for _ in 0..<count {
             c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * ratio),
-                                       zlibSeconds: Double(chunk) / rate))
+                                       codecSeconds: Double(chunk) / rate, compression: .zlib(1)))
         }
     }
 
@@ -52,7 +53,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
         writes(&c, rate: 1500 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
         XCTAssertEqual(decisions(&c, 100), 0)
     }
 
@@ -141,27 +142,27 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
         writes(&c, rate: 117 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(c.level, 1, "1 Gbit/s: the link carries 390 MB/s of raw text; two encoders do 180")
+        XCTAssertEqual(c.level(for: .zlib), 1, "1 Gbit/s: the link carries 390 MB/s of raw text; two encoders do 180")
         writes(&c, rate: 25 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level, 3, "25 MB/s carries 83 MB/s raw: 180 ≥ 1.75 × 83")
+        XCTAssertEqual(c.level(for: .zlib), 3, "25 MB/s carries 83 MB/s raw: 180 ≥ 1.75 × 83")
         writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level, 6, "12 MB/s carries 40 MB/s raw: 180 ≥ 4 × 40")
+        XCTAssertEqual(c.level(for: .zlib), 6, "12 MB/s carries 40 MB/s raw: 180 ≥ 4 × 40")
         // Level-6 chunks that take 2.5 times as long as level 1 do not lower the estimate.
         for _ in 0..<20 {
             c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * 0.3),
-                                       zlibSeconds: Double(chunk) / (90 * MB) / 0.4, level: 6))
+                                       codecSeconds: Double(chunk) / (90 * MB) / 0.4, compression: .zlib(6)))
         }
-        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
-        XCTAssertEqual(c.level, 6)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.level(for: .zlib), 6)
         writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
-        XCTAssertEqual(c.level, 1, "when the socket stops backing up, back to level 1")
+        XCTAssertEqual(c.level(for: .zlib), 1, "when the socket stops backing up, back to level 1")
     }
 
     func testIncompressibleDataIsOnlyProbed() {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)  // a slow link: compression would be welcome
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertGreaterThan(c.expectedRatio, 0.9)
         XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
@@ -171,7 +172,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.007))
+            c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.007, compression: .zlib(1)))
         }
         _ = decisions(&c, 3)
         c.beginStream(chunks: 40)
@@ -185,7 +186,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertFalse(c.shouldCompress())
         compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
@@ -222,7 +223,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         // compressing pays below 120 MB/s of total server rate.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 100 * MB, ratio: 0.4)
-        XCTAssertEqual(c.savingBound / MB, 120, accuracy: 0.5)
+        XCTAssertEqual(c.savingBound(.zlib) / MB, 120, accuracy: 0.5)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         c.recordServerRate(110 * MB)
         XCTAssertEqual(decisions(&c, 20), 20, "110 MB/s in all: each chunk saves more than it costs")
@@ -240,7 +241,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 70 * MB, ratio: 0.24)
         writes(&c, rate: 117 * MB, total: 16 << 20, blocked: true)
         c.recordServerRate(118 * MB)
-        XCTAssertLessThan(c.savingBound, 117 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 117 * MB)
         XCTAssertGreaterThan(decisions(&c, 40), 20, "the link is the bottleneck: compress most chunks")
     }
 
@@ -254,7 +255,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         writes(&c, rate: 1.5 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(c.networkPressure, 1, accuracy: 0.001)
         c.recordServerRate(75 * MB)
-        XCTAssertLessThan(c.savingBound, 75 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 75 * MB)
         XCTAssertEqual(decisions(&c, 50), 0)
         // Once it stores, the same machine pushes more; still stored.
         c.recordServerRate(150 * MB)
@@ -271,7 +272,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 30 * MB, ratio: 0.3)
         writes(&c, rate: 12.5 * MB, total: 16 << 20, blocked: true)
         c.recordServerRate(12.5 * MB)
-        XCTAssertEqual(c.savingBound / MB, 42, accuracy: 0.5)
+        XCTAssertEqual(c.savingBound(.zlib) / MB, 42, accuracy: 0.5)
         XCTAssertEqual(decisions(&c, 50), 50)
     }
 
@@ -282,10 +283,10 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
         writes(&c, rate: 50 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<20 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertGreaterThan(c.expectedRatio, 0.9)
-        XCTAssertLessThan(c.savingBound, 50 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 50 * MB)
         XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
     }
 
@@ -373,34 +374,34 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testStoredChunkIsTheRawBufferItself() throws {
         let raw = ByteBuffer(bytes: randomBytes(300_000))
-        var encoder = ChunkEncoder(policy: .off)
+        var encoder = ChunkEncoder(.store)
         let out = encoder.encode(raw, offset: 7, allocator: allocator)
         XCTAssertEqual(out.header.codec, .stored)
         XCTAssertEqual(out.header.offset, 7)
         XCTAssertEqual(out.wire, raw)
         let same = raw.withUnsafeReadableBytes { r in out.wire.withUnsafeReadableBytes { w in r.baseAddress == w.baseAddress } }
         XCTAssertTrue(same, "stored chunks are not copied")
-        XCTAssertEqual(out.report, ChunkEncodeReport(attempt: .none, rawBytes: 300_000, wireBytes: 300_000, zlibSeconds: 0))
+        XCTAssertEqual(out.report, ChunkEncodeReport(attempt: .none, rawBytes: 300_000, wireBytes: 300_000, codecSeconds: 0))
         XCTAssertEqual(try ChunkDecoder.decode(header: out.header, wire: out.wire), Array(raw.readableBytesView))
     }
 
     func testReportsSayWhatZlibDid() throws {
         let random = ByteBuffer(bytes: randomBytes(256 * 1024))
-        var auto = ChunkEncoder(policy: .auto)
+        var auto = ChunkEncoder(.sampleThenCompress(.zlib(1)))
         let sampled = auto.encode(random, offset: 0, allocator: allocator)
         XCTAssertEqual(sampled.header.codec, .stored)
         XCTAssertEqual(sampled.report.attempt, .sampleRejected)
-        XCTAssertGreaterThan(sampled.report.zlibSeconds, 0)
+        XCTAssertGreaterThan(sampled.report.codecSeconds, 0)
 
         let small = ByteBuffer(bytes: randomBytes(20_000))  // too small to sample
-        var level = ChunkEncoder(policy: .level(1))
+        var level = ChunkEncoder(.compress(.zlib(1)))
         let rejected = level.encode(small, offset: 0, allocator: allocator)
         XCTAssertEqual(rejected.header.codec, .stored)
         XCTAssertEqual(rejected.report.attempt, .rejected)
         XCTAssertEqual(rejected.wire, small)
 
         let log = text(256 * 1024)
-        var fresh = ChunkEncoder(policy: .auto)
+        var fresh = ChunkEncoder(.sampleThenCompress(.zlib(1)))
         let packed = fresh.encode(log, offset: 0, allocator: allocator)
         XCTAssertEqual(packed.header.codec, .zlib)
         XCTAssertEqual(packed.report.attempt, .compressed)
@@ -412,13 +413,13 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testBufferAndPointerEncodingsAgree() {
         let log = text(100_000)
-        for policy: CompressionPolicy in [.off, .level(1), .level(6), .auto] {
-            var a = ChunkEncoder(policy: policy)
-            var b = ChunkEncoder(policy: policy)
+        for decision: ChunkDecision in [.store, .compress(.zlib(1)), .compress(.zlib(6)), .sampleThenCompress(.zlib(1))] {
+            var a = ChunkEncoder(decision)
+            var b = ChunkEncoder(decision)
             let viaBuffer = a.encode(log, offset: 42, allocator: allocator)
             let viaPointer = log.withUnsafeReadableBytes { b.encode(raw: $0, offset: 42, allocator: allocator) }
-            XCTAssertEqual(viaBuffer.header, viaPointer.0, "\(policy)")
-            XCTAssertEqual(viaBuffer.wire, viaPointer.1, "\(policy)")
+            XCTAssertEqual(viaBuffer.header, viaPointer.0, "\(decision)")
+            XCTAssertEqual(viaBuffer.wire, viaPointer.1, "\(decision)")
         }
     }
 }
