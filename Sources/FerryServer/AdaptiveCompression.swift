@@ -118,8 +118,8 @@ public struct AdaptiveCompression: Sendable {
         /// Weight kept by the compression-rate and ratio estimates per new attempt.
         public var attemptDecay = 0.75
         /// Raw bytes per second one encoder is assumed to compress at the codec's base level
-        /// before any was measured (text; zstd 1 is about four times as fast as zlib 1).
-        public var priorCompressRate: [ChunkCodec: Double] = [.zlib: 100e6, .zstd: 400e6]
+        /// before any was measured (log text; zstd 1 is about twice as fast as zlib 1).
+        public var priorCompressRate: [ChunkCodec: Double] = [.zlib: 100e6, .zstd: 200e6]
         /// Expected wire/raw ratio before any attempt was seen.
         public var priorRatio = 0.5
         /// A higher rung of the ladder is climbed only while the network is the bottleneck:
@@ -134,6 +134,8 @@ public struct AdaptiveCompression: Sendable {
         public var level: Int32
         /// Chosen above the base level when the encoders at the base level could feed the link
         /// this many times over (and the network is the bottleneck). Unused for fast levels.
+        /// (Its level's speed times the headroom is about 1.5: the rung leaves the encoders a
+        /// margin of half the link's need.)
         public var headroom: Double
 
         public init(level: Int32, headroom: Double) {
@@ -150,13 +152,14 @@ public struct AdaptiveCompression: Sendable {
         case .stored: return [Rung(level: 1, headroom: 0)]
         case .zlib: return [Rung(level: 1, headroom: 0), Rung(level: 3, headroom: 1.75), Rung(level: 6, headroom: 4)]
         case .zstd:
-            return [Rung(level: -5, headroom: 0), Rung(level: -2, headroom: 0), Rung(level: 1, headroom: 0),
-                    Rung(level: 3, headroom: 2), Rung(level: 6, headroom: 6), Rung(level: 9, headroom: 12)]
+            // Level 2 and 3 gain almost nothing over 1 on chunks of text; 4, 6 and 9 do.
+            return [Rung(level: -4, headroom: 0), Rung(level: -1, headroom: 0), Rung(level: 1, headroom: 0),
+                    Rung(level: 4, headroom: 3), Rung(level: 6, headroom: 5), Rung(level: 9, headroom: 10)]
         }
     }
 
     /// How fast a codec compresses at a level, as a multiple of its speed at level 1, roughly
-    /// (log-like text and source code; measured in docs/BENCHMARKS.md); used to convert
+    /// (256 KiB chunks of log-like text; docs/BENCHMARKS.md, "Codecs"); used to convert
     /// measured speeds to base-level terms and back.
     public static func relativeSpeed(_ compression: ChunkCompression) -> Double {
         switch (compression.codec, compression.level) {
@@ -165,14 +168,17 @@ public struct AdaptiveCompression: Sendable {
         case (.zlib, 4...5): return 0.6
         case (.zlib, 6): return 0.4
         case (.zlib, _): return 0.25
-        case (.zstd, ...(-5)): return 2.2
-        case (.zstd, ...(-2)): return 1.6
-        case (.zstd, ...1): return 1
-        case (.zstd, 2...3): return 0.7
-        case (.zstd, 4...5): return 0.4
-        case (.zstd, 6...7): return 0.25
-        case (.zstd, 8...9): return 0.15
-        case (.zstd, _): return 0.05
+        case (.zstd, ...(-4)): return 1.45
+        case (.zstd, ...(-1)): return 1.3
+        case (.zstd, ...2): return 1
+        case (.zstd, 3): return 0.8
+        case (.zstd, 4): return 0.55
+        case (.zstd, 5): return 0.42
+        case (.zstd, 6): return 0.3
+        case (.zstd, 7): return 0.25
+        case (.zstd, 8...9): return 0.17
+        case (.zstd, 10...12): return 0.07
+        case (.zstd, _): return 0.02
         case (.stored, _): return 1
         }
     }

@@ -10,11 +10,12 @@ final class AdaptiveCompressionTests: XCTestCase {
     private let chunk = 256 * 1024
     private let MB = 1e6
 
-    /// Feeds `count` compressed chunks deflated at `rate` raw bytes/s to `ratio`.
-    private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40) {
+    /// Feeds `count` chunks compressed with `compression` at `rate` raw bytes/s to `ratio`.
+    private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40,
+                            with compression: ChunkCompression = .zlib(1)) {
         for _ in 0..<count {
             c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * ratio),
-                                       codecSeconds: Double(chunk) / rate, compression: .zlib(1)))
+                                       codecSeconds: Double(chunk) / rate, compression: compression))
         }
     }
 
@@ -28,8 +29,8 @@ final class AdaptiveCompressionTests: XCTestCase {
         }
     }
 
-    private func decisions(_ c: inout AdaptiveCompression, _ n: Int) -> Int {
-        (0..<n).filter { _ in c.shouldCompress() }.count
+    private func decisions(_ c: inout AdaptiveCompression, _ n: Int, codec: ChunkCodec = .zlib) -> Int {
+        (0..<n).filter { _ in c.shouldCompress(codec) }.count
     }
 
     func testLinkRateIsUnknownUntilEnoughBytesWereSeenAndThenMeasured() throws {
@@ -136,6 +137,79 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 30 * MB, ratio: 0.3)
         writes(&c, rate: 150 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(decisions(&c, 50), 0)
+    }
+
+    // MARK: The codec and zstd's levels
+
+    func testZstdForPeersThatDecodeItZlibForOthers() {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertEqual(AdaptiveCompression.codec(for: ChunkCodec.baseline), .zlib)
+        XCTAssertEqual(AdaptiveCompression.codec(for: [.stored, .zlib, .zstd]), .zstd)
+        XCTAssertEqual(c.decide(peerCodecs: ChunkCodec.baseline), .sampleThenCompress(.zlib(1)), "unknown link: compress")
+        XCTAssertEqual(c.decide(peerCodecs: [.stored, .zlib, .zstd]), .sampleThenCompress(.zstd(1)))
+        // Whatever the link does, a 1.0 peer never gets zstd.
+        for rate in [2.0, 12, 117, 400, 3000] {
+            writes(&c, rate: rate * MB, total: 8 << 20, blocked: true)
+            for _ in 0..<20 {
+                XCTAssertNotEqual(c.decide(peerCodecs: ChunkCodec.baseline).compression?.codec, .zstd)
+            }
+        }
+    }
+
+    func testSpeedsAreKeptPerCodec() {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 200, accuracy: 1, "the priors: 100 MB/s per encoder")
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 400, accuracy: 1, "and 200 for zstd")
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        compressed(&c, rate: 250 * MB, ratio: 0.25, with: .zstd(1))
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 500, accuracy: 1)
+        // zstd 6 at 0.3 times level 1's speed counts in level-1 terms.
+        compressed(&c, rate: 75 * MB, ratio: 0.2, with: .zstd(6))
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 500, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1, "zstd's chunks say nothing about zlib's speed")
+    }
+
+    func testZstdLevelFollowsTheLink() {
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 200 * MB, ratio: 0.2, with: .zstd(1))  // 400 MB/s with two encoders
+        XCTAssertEqual(c.level(for: .zstd), 1, "unknown link")
+        writes(&c, rate: 5 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 9, "5 MB/s carries 25 MB/s raw: 400 ≥ 10 × 25")
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 6, "12 MB/s (100 Mbit/s) carries 60 MB/s raw: 400 ≥ 5 × 60, < 10 ×")
+        writes(&c, rate: 25 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 4, "25 MB/s carries 125 MB/s raw: 400 ≥ 3 × 125, < 5 ×")
+        writes(&c, rate: 60 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 1, "60 MB/s carries 300 MB/s raw: level 1 keeps up, no more")
+        writes(&c, rate: 100 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), -1, "100 MB/s carries 500 MB/s raw: level -1 does 520")
+        writes(&c, rate: 117 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), -4, "1 Gbit/s carries 585 MB/s raw: only level -4 (580) comes close")
+        XCTAssertEqual(c.decide(peerCodecs: [.stored, .zlib, .zstd]).compression?.level, -4)
+        writes(&c, rate: 1500 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(decisions(&c, 50, codec: .zstd), 0, "loopback: stored, even by zstd")
+        // A higher level is climbed only while the network is the bottleneck.
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 6)
+        writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
+        XCTAssertEqual(c.level(for: .zstd), 1, "when the socket stops backing up, back to level 1")
+    }
+
+    func testEveryRungIsALevelTheCodecAccepts() {
+        for codec in [ChunkCodec.zlib, .zstd] {
+            let ladder = AdaptiveCompression.ladder(for: codec)
+            XCTAssertEqual(ladder.map(\.level), ladder.map(\.level).sorted(), "ascending")
+            XCTAssertTrue(ladder.contains { $0.level == 1 }, "level 1 is the base")
+            for rung in ladder {
+                let compression = ChunkCompression(codec: codec, level: rung.level)
+                XCTAssertNotNil(compression, "\(codec) \(rung.level)")
+                if let compression, rung.level > 1 {
+                    let margin = AdaptiveCompression.relativeSpeed(compression) * rung.headroom
+                    XCTAssertGreaterThanOrEqual(margin, 1.3, "\(compression): the encoders keep a margin over the link")
+                }
+            }
+        }
     }
 
     func testSpareCPUOnASlowLinkRaisesTheLevel() {

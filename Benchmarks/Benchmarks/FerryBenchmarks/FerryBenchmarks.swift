@@ -128,6 +128,33 @@ let benchmarks: @Sendable () -> Void = {
         }
     }
 
+    // MARK: codecs side by side (docs/BENCHMARKS.md, "Codecs"): one 256 KiB chunk of log text
+    // and of random bytes through ChunkEncoder and back through ChunkDecoder, for each codec
+    // and level `--compress` and `auto` use.
+
+    let compressions: [ChunkCompression] = [.zlib(1), .zlib(6), .zstd(-5), .zstd(-2), .zstd(1), .zstd(3), .zstd(6), .zstd(9)]
+    for compression in compressions {
+        for (kind, buffer) in [("text", textBuffer), ("random", randomBuffer)] {
+            Benchmark("codec encode \(kind) \(compression) · ferry ChunkEncoder") { benchmark in
+                for _ in benchmark.scaledIterations {
+                    var encoder = ChunkEncoder(.compress(compression))
+                    blackHole(encoder.encode(buffer, offset: 0, allocator: allocator))
+                }
+            }
+        }
+        var encoder = ChunkEncoder(.compress(compression))
+        let chunk = encoder.encode(textBuffer, offset: 0, allocator: allocator)
+        Benchmark("codec decode text \(compression) (\(chunk.wire.readableBytes) wire bytes) · ferry ChunkDecoder") { benchmark in
+            var out = [UInt8](repeating: 0, count: chunkSize)
+            for _ in benchmark.scaledIterations {
+                out.withUnsafeMutableBytes { d in
+                    do { try ChunkDecoder.decode(header: chunk.header, wire: chunk.wire, into: d) } catch { fatalError("\(error)") }
+                }
+                blackHole(out)
+            }
+        }
+    }
+
     // MARK: decode (client side)
 
     var textEncoder = ChunkEncoder(.compress(.zlib(1)))
