@@ -26,6 +26,7 @@ struct ServeCommand: AsyncParsableCommand {
           ferry serve ~/photos
           ferry serve ~/photos --name studio --port 7446
           ferry serve . --bind 127.0.0.1 --port 0
+          ferry serve ~/logs --compress zstd:6
         """
     )
 
