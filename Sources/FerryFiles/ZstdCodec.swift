@@ -5,9 +5,10 @@ import NIOConcurrencyHelpers
 /// zstd (RFC 8878) chunks: one complete zstd frame per chunk, with the content size in its
 /// header, that decodes to exactly the chunk's raw length (wire token `zstd`).
 ///
-/// Decoding is bounded like zlib's: the frame header must declare exactly the raw length
-/// (`ZSTD_getFrameContentSize`) before anything is decoded, the frame must span the whole wire
-/// (`ZSTD_findFrameCompressedSize`: no truncation, no trailing bytes, no second frame), and the
+/// Decoding is bounded like zlib's: before anything is decoded, the frame header must declare
+/// exactly the raw length (`ZSTD_getFrameContentSize`) and no dictionary, and the frame must
+/// span the whole wire (`ZSTD_findFrameCompressedSize`: no truncation, no trailing bytes, no
+/// second frame); then the
 /// one-shot `ZSTD_decompressDCtx` writes into the raw-length destination and nowhere else (it
 /// needs no window buffer of its own). Contexts are reused (`ZstdContexts`), as creating one
 /// costs an allocation of 100 KiB or more and its page faults.
@@ -43,6 +44,7 @@ public enum ZstdCodec: ChunkCompressor {
             let which = declared > UInt64(destination.count) ? "more" : "less"
             return .malformed("zstd frame declares \(declared) bytes, \(which) than announced")
         }
+        if ZSTD_getDictID_fromFrame(src, wire.count) != 0 { return .malformed("zstd frame needs a dictionary") }
         let frame = ZSTD_findFrameCompressedSize(src, wire.count)
         if ZSTD_isError(frame) != 0 { return .malformed("truncated or corrupt zstd frame") }
         if frame != wire.count { return .malformed("trailing bytes after the zstd frame") }

@@ -190,6 +190,22 @@ final class ChunkCodecsTests: XCTestCase {
         }
     }
 
+    func testZstdFrameThatNeedsADictionaryIsRefused() throws {
+        var rng = SplitMix64(seed: 9)
+        let raw = rng.text(200)
+        let (header, wire) = zstdChunk(raw)
+        // The same frame with a one-byte dictionary ID in its header (Dictionary_ID_flag = 1).
+        let descriptor = wire[4]
+        XCTAssertEqual(descriptor & 0x03, 0, "no dictionary ID yet")
+        let withID = Array(wire[0..<4]) + [descriptor | 0x01] + Array(wire[5..<(descriptor & 0x20 != 0 ? 5 : 6)]) + [7]
+            + Array(wire[(descriptor & 0x20 != 0 ? 5 : 6)...])
+        XCTAssertEqual(withID.withUnsafeBytes { ZSTD_getDictID_fromFrame($0.baseAddress, $0.count) }, 7)
+        var h = header
+        h.wireLength = withID.count
+        guard case .decompress(_, let why)? = decodeError(h, withID) else { return XCTFail("a frame needing a dictionary was accepted") }
+        XCTAssertTrue(why.contains("dictionary"), why)
+    }
+
     /// Flipping any single bit of a zstd chunk's wire either fails the chunk or still yields
     /// exactly the raw bytes (the CRC-32 catches what the frame's structure does not).
     func testEveryFlippedBitOfAZstdChunkIsCaught() {

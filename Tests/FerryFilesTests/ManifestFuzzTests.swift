@@ -96,10 +96,11 @@ public enum ChunkFuzzChecks {
 
     /// The specification of a zstd chunk, from zstd's streaming decoder rather than the one-shot
     /// call under test: the wire is exactly one zstd frame (no skippable or legacy frame), its
-    /// header declares exactly `rawLength` bytes, and it decodes to exactly that.
+    /// header declares exactly `rawLength` bytes and no dictionary, and it decodes to exactly that.
     public static func referenceZstd(_ wire: [UInt8], rawLength: Int) -> [UInt8]? {
         guard rawLength >= 1, wire.starts(with: [0x28, 0xB5, 0x2F, 0xFD]),
               wire.withUnsafeBytes({ ZSTD_getFrameContentSize($0.baseAddress, $0.count) }) == UInt64(rawLength),
+              wire.withUnsafeBytes({ ZSTD_getDictID_fromFrame($0.baseAddress, $0.count) }) == 0,
               let stream = ZSTD_createDStream() else { return nil }
         defer { ZSTD_freeDStream(stream) }
         // The decoder under test decodes a frame whole, whatever window it declares; the
