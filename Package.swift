@@ -21,6 +21,13 @@ let package = Package(
             pkgConfig: "zlib",
             providers: [.apt(["zlib1g-dev"])]
         ),
+        // zstd from the system (Debian: libzstd-dev), the second chunk codec.
+        .systemLibrary(
+            name: "CZstd",
+            path: "Sources/CZstd",
+            pkgConfig: "libzstd",
+            providers: [.apt(["libzstd-dev"])]
+        ),
         // CRC-32 with PCLMULQDQ folding (run-time dispatch) and a portable fallback.
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         // Wire protocol: pure values and codecs, no I/O.
@@ -30,12 +37,13 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
             ]
         ),
-        // Files: path safety, chunk reading and encoding, hashing, manifests.
+        // Files: path safety, chunk codecs (CRC-32, zlib, zstd: one registry), hashing, manifests.
         .target(
             name: "FerryFiles",
             dependencies: [
                 "FerryProtocol",
                 "CZlib",
+                "CZstd",
                 "CFerryCRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -102,7 +110,12 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryFilesTests",
-            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport", "CZlib", "CFerryCRC"]
+            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport", "CZlib", "CZstd", "CFerryCRC"]
+        ),
+        // The server's compression policy (`AdaptiveCompression`, `CompressionMode`) and buffer pool, without sockets.
+        .testTarget(
+            name: "FerryServerTests",
+            dependencies: ["FerryServer", "FerryFiles", "FerryProtocol", "FerryTestSupport", .product(name: "NIOCore", package: "swift-nio")]
         ),
         .testTarget(
             name: "FerryDiscoveryTests",

@@ -11,7 +11,7 @@ import PackageDescription
 // or builds ordo-one/benchmark. The root package exports no library products (only the
 // `ferry` executable), and a path dependency can only be used through its products, so this
 // package compiles the measured modules itself from symlinks (Sources/FerryProtocol ->
-// ../../Sources/FerryProtocol, same for FerryFiles, CZlib and CFerryCRC): what is measured is exactly the
+// ../../Sources/FerryProtocol, same for FerryFiles, CZlib, CZstd and CFerryCRC): what is measured is exactly the
 // code in the main package's Sources/, built with the same settings.
 let package = Package(
     name: "FerryBenchmarks",
@@ -24,6 +24,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         .target(
             name: "FerryProtocol",
@@ -32,7 +33,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib", "CFerryCRC",
+                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

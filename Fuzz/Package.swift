@@ -7,7 +7,7 @@ import PackageDescription
 // The root package exports no library products (only the `ferry` executable), and a path
 // dependency can only be used through its products, so this package compiles the parser
 // modules itself from symlinks (Sources/FerryProtocol -> ../../Sources/FerryProtocol, same for
-// FerryFiles, CZlib and CFerryCRC): the code fuzzed is exactly the code in the main package's Sources/.
+// FerryFiles, CZlib, CZstd and CFerryCRC): the code fuzzed is exactly the code in the main package's Sources/.
 // That also lets the fuzzer's coverage instrumentation cover the parser modules and not
 // swift-nio or swift-crypto, so libFuzzer's feedback is about our code.
 //
@@ -29,6 +29,7 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         .target(
             name: "FerryProtocol",
@@ -38,7 +39,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib", "CFerryCRC",
+                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
@@ -50,7 +51,7 @@ let package = Package(
         // FERRY_FUZZ_HARNESS leaves out their XCTest cases.
         .target(
             name: "FuzzSupport",
-            dependencies: ["FerryProtocol", "FerryFiles", "CZlib", .product(name: "NIOCore", package: "swift-nio")],
+            dependencies: ["FerryProtocol", "FerryFiles", "CZlib", "CZstd", .product(name: "NIOCore", package: "swift-nio")],
             swiftSettings: instrumented + [.define("FERRY_FUZZ_HARNESS")]
         ),
         .executableTarget(name: "FuzzRequest", dependencies: ["FuzzSupport"], swiftSettings: harness, linkerSettings: linkFuzzer),

@@ -23,7 +23,7 @@ public struct ConnectionOptions: Sendable {
     public var capabilities: [Capability]
 
     /// The extensions this client implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd]
 
     public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60),
                 capabilities: [Capability] = ConnectionOptions.implementedCapabilities) {
@@ -300,7 +300,12 @@ public final class FerryConnection {
 
     public func nextStreamItem() async throws -> StreamItem {
         switch try await nextFrame() {
-        case .chunk(let h, let b): return .chunk(h, b)
+        case .chunk(let h, let b):
+            // Only the codecs of protocol 1.0 unless this connection enabled another.
+            guard ChunkCodec.baseline.contains(h.codec) || enabled.contains(where: { $0.name == h.codec.rawValue }) else {
+                throw violation("a \(h.codec.rawValue) chunk on a connection that did not enable \(h.codec.rawValue)")
+            }
+            return .chunk(h, b)
         case .line(let line):
             do {
                 switch try StreamLine.parse(Substring(line)) {

@@ -1,7 +1,12 @@
 /// How a chunk's bytes are carried (PROTOCOL.md section 7).
-public enum ChunkCodec: String, Sendable, Hashable {
+public enum ChunkCodec: String, Sendable, Hashable, CaseIterable {
     case zlib = "z"
     case stored = "s"
+    /// Sent only on a connection that enabled the capability `zstd`: a 1.0 peer refuses it.
+    case zstd = "zstd"
+
+    /// What every peer decodes, 1.0 ones included.
+    public static let baseline: Set<ChunkCodec> = [.stored, .zlib]
 }
 
 /// The line that announces a chunk: `CHUNK offset raw-length wire-length codec crc32`.

@@ -7,18 +7,19 @@ import NIOCore
 /// read and compressed concurrently on the task pool while earlier ones are written, so both
 /// cores work and memory stays at about `window` × 2 × chunk size per connection.
 ///
-/// With `auto` compression an `AdaptiveCompression` controller decides, as each chunk's
-/// encoding starts, whether zlib is worth it; the pipeline feeds it how long each write to the
-/// socket took and what each encoder did.
+/// As each chunk's encoding starts, `policy` decides how to encode it (with `auto`, an
+/// `AdaptiveCompression` controller decides whether compressing is worth it, with which codec
+/// and level); the pipeline feeds the controller how long each write to the socket took and
+/// what each encoder did.
 struct ChunkPipeline {
     let writer: ReplyWriter
-    let policy: CompressionPolicy
+    let policy: ChunkCompressionPolicy
     let chunkSize: Int
     /// The connection's `TCP_INFO`, when the caller has the channel.
     var transport: TransportProbe? = nil
     /// The server's total rate, fed with every chunk written.
     var serverRate: ServerRateMeter? = nil
-    /// Chunk buffers to reuse (file reads and deflate output); fresh ones when nil.
+    /// Chunk buffers to reuse (file reads and compressed output); fresh ones when nil.
     var buffers: ChunkBufferPool? = nil
     static let window = 4
     /// Chunks between two `TCP_INFO` reads.
@@ -42,7 +43,7 @@ struct ChunkPipeline {
         func recycle(into pool: ChunkBufferPool?) {
             guard let pool else { return }
             if rawIsOwned { pool.recycle(raw) }
-            if chunk.header.codec == .zlib { pool.recycle(chunk.wire) }
+            if chunk.header.codec != .stored { pool.recycle(chunk.wire) }
         }
     }
 
@@ -50,7 +51,7 @@ struct ChunkPipeline {
     struct ShortRead: Error {}
 
     /// Streams bytes `[from, to)` of `source`; `onRaw` sees each chunk's raw bytes in order.
-    /// Returns how many chunks were sent zlib-compressed.
+    /// Returns how many chunks were sent compressed.
     @discardableResult
     func stream(_ source: Source, from: Int64, to: Int64, controller: inout AdaptiveCompression,
                 onRaw: (ByteBuffer) -> Void) async throws -> Int {
@@ -62,7 +63,7 @@ struct ChunkPipeline {
         let policy = self.policy
         let buffers = self.buffers
         controller.beginStream(chunks: count)
-        let transport = policy == .auto ? self.transport : nil
+        let transport = policy.adapts ? self.transport : nil
         if let sample = await transport?.sample() { controller.recordTransport(sample) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
@@ -70,14 +71,9 @@ struct ChunkPipeline {
             func launch(_ index: Int) {
                 let offset = from + Int64(index) * Int64(chunkSize)
                 let length = Int(min(Int64(chunkSize), to - offset))
-                var chunkPolicy = policy
-                var level: Int32 = 1
-                if policy == .auto {
-                    chunkPolicy = controller.shouldCompress() ? .auto : .off
-                    level = controller.level
-                }
+                let decision = policy.decide(&controller)
                 group.addTask {
-                    (index, try Self.encode(source, offset: offset, length: length, policy: chunkPolicy, level: level,
+                    (index, try Self.encode(source, offset: offset, length: length, decision: decision,
                                             allocator: allocator, buffers: buffers))
                 }
             }
@@ -89,7 +85,7 @@ struct ChunkPipeline {
                 controller.record(encoded.chunk.report)
                 ready[index] = encoded
                 while let item = ready.removeValue(forKey: next) {
-                    if item.chunk.header.codec == .zlib { compressed += 1 }
+                    if item.chunk.header.codec != .stored { compressed += 1 }
                     onRaw(item.raw)
                     let start = ContinuousClock.now
                     try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
@@ -114,7 +110,7 @@ struct ChunkPipeline {
         return compressed
     }
 
-    static func encode(_ source: Source, offset: Int64, length: Int, policy: CompressionPolicy, level: Int32,
+    static func encode(_ source: Source, offset: Int64, length: Int, decision: ChunkDecision,
                        allocator: ByteBufferAllocator, buffers: ChunkBufferPool? = nil) throws -> Encoded {
         var raw: ByteBuffer
         let owned: Bool
@@ -138,80 +134,12 @@ struct ChunkPipeline {
             if let failure { throw failure }
             if raw.readableBytes != length { throw ShortRead() }
         }
-        var encoder = ChunkEncoder(policy: policy, autoLevel: level)
-        // zlib's output goes to a reused buffer too; it comes back unused if the chunk is stored.
-        var output = policy == .off ? nil : buffers?.take(capacity: length)
+        var encoder = ChunkEncoder(decision)
+        // The codec's output goes to a reused buffer too; it comes back unused if the chunk is stored.
+        var output = decision == .store ? nil : buffers?.take(capacity: length)
         let chunk = encoder.encode(raw, offset: offset, allocator: allocator, output: &output)
         if let output { buffers?.recycle(output) }
         return Encoded(chunk: chunk, raw: raw, rawIsOwned: owned)
-    }
-}
-
-/// What `auto` compression has learned about a link, kept between streams so that the next
-/// file, and a run of small files of one chunk each, start from it instead of from nothing.
-/// One memory per server (`forServer`); a connection may keep its own instead.
-final class CompressionMemory: Sendable {
-    private let state = NIOLockedValueBox<AdaptiveCompression?>(nil)
-    /// All connections' writes together.
-    let serverRate = ServerRateMeter()
-    /// Chunk buffers shared by all of the server's streams.
-    let buffers = ChunkBufferPool()
-
-    init() {}
-
-    func load() -> AdaptiveCompression {
-        state.withLockedValue { $0 } ?? AdaptiveCompression(encoders: ChunkPipeline.encoders)
-    }
-
-    func store(_ controller: AdaptiveCompression) {
-        state.withLockedValue { $0 = controller }
-    }
-
-    private struct Entry: Sendable {
-        weak var server: FerryServer?
-        let memory: CompressionMemory
-    }
-
-    private static let registry = NIOLockedValueBox<[ObjectIdentifier: Entry]>([:])
-
-    /// The memory of one server, created on first use and forgotten with the server.
-    static func forServer(_ server: FerryServer) -> CompressionMemory {
-        registry.withLockedValue { entries in
-            let key = ObjectIdentifier(server)
-            if let entry = entries[key], entry.server === server { return entry.memory }
-            entries = entries.filter { $0.value.server != nil }
-            let memory = CompressionMemory()
-            entries[key] = Entry(server: server, memory: memory)
-            return memory
-        }
-    }
-}
-
-/// The rate of all of a server's chunk writes together, over windows of at least 250 ms.
-final class ServerRateMeter: Sendable {
-    private struct State {
-        var start = ContinuousClock.now
-        var bytes = 0
-        var rate: Double?
-    }
-
-    private let state = NIOLockedValueBox(State())
-
-    init() {}
-
-    /// Counts `bytes` just written by any connection; returns the rate of the last full window.
-    func add(_ bytes: Int) -> Double? {
-        state.withLockedValue { s in
-            s.bytes += bytes
-            let now = ContinuousClock.now
-            let elapsed = (now - s.start).seconds
-            if elapsed >= 0.25 {
-                s.rate = Double(s.bytes) / elapsed
-                s.bytes = 0
-                s.start = now
-            }
-            return s.rate
-        }
     }
 }
 
@@ -286,6 +214,8 @@ struct FileSender {
     var prefix: PrefixHash? = nil
     /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
     var transport: TransportProbe? = nil
+    /// The codecs the peer decodes (zstd only once its connection enabled the capability).
+    var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
         let (file, info, canonical) = try server.root.openFileCanonical(path)
@@ -297,7 +227,7 @@ struct FileSender {
         let key = HashKey(info)
         let known = server.hashCache.lookup(canonical, key)
         let head = GetHead(size: info.size, mtime: info.mtime, sha256: known)
-        let memory = self.memory ?? CompressionMemory.forServer(server)
+        let memory = self.memory ?? server.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
         if end - offset <= Int64(server.configuration.chunkSize) {
@@ -309,7 +239,7 @@ struct FileSender {
         var hasher: SHA256Hasher?
         do {
             hasher = try trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
-            let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
+            let pipeline = ChunkPipeline(writer: writer, policy: server.compressionPolicy(peerCodecs: peerCodecs),
                                          chunkSize: server.configuration.chunkSize, transport: transport,
                                          serverRate: memory.serverRate, buffers: memory.buffers)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
@@ -317,13 +247,14 @@ struct FileSender {
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
             }
             if chunks > 1 {
+                let codec = AdaptiveCompression.codec(for: peerCodecs)
                 server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
                     "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
-                    "zlib MB/s": "\(Int(controller.compressRate / 1e6))",
+                    "\(codec) MB/s": "\(Int(controller.compressRate(codec) / 1e6))",
                     "pressure": "\(Int(controller.networkPressure * 100))%",
-                    "level": "\(controller.level)",
+                    "level": "\(controller.level(for: codec))",
                     "ratio": "\(Int(controller.expectedRatio * 100))%",
                 ])
             }
@@ -380,16 +311,10 @@ struct FileSender {
         do {
             hasher = try trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
-                var policy = server.configuration.compression
-                var level: Int32 = 1
-                if policy == .auto {
-                    controller.beginStream(chunks: 1)
-                    policy = controller.shouldCompress() ? .auto : .off
-                    level = controller.level
-                }
+                controller.beginStream(chunks: 1)
+                let decision = server.compressionPolicy(peerCodecs: peerCodecs).decide(&controller)
                 let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
-                                                       policy: policy, level: level, allocator: allocator,
-                                                       buffers: memory.buffers)
+                                                       decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
                 controller.record(encoded.chunk.report)
                 encoded.raw.withUnsafeReadableBytes { hasher?.update($0) }
@@ -436,7 +361,7 @@ struct FileSender {
 }
 
 /// Answers `MANIFEST`: walks the subtree, hashes files (through the cache) and streams the
-/// manifest text zlib-compressed.
+/// manifest text compressed like file data.
 struct ManifestSender {
     let server: FerryServer
     let writer: ReplyWriter
@@ -444,6 +369,8 @@ struct ManifestSender {
     var memory: CompressionMemory? = nil
     /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
     var transport: TransportProbe? = nil
+    /// The codecs the peer decodes (zstd only once its connection enabled the capability).
+    var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
     func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
@@ -470,12 +397,12 @@ struct ManifestSender {
         let text = Manifest(entries: entries, notes: report ? notes : []).text
         let buffer = ByteBuffer(string: text)
         var hasher = SHA256Hasher()
-        let memory = self.memory ?? CompressionMemory.forServer(server)
+        let memory = self.memory ?? server.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
         try await writer.send(ManifestHead(count: entries.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
+        let pipeline = ChunkPipeline(writer: writer, policy: server.compressionPolicy(peerCodecs: peerCodecs),
                                      chunkSize: server.configuration.chunkSize, transport: transport,
                                      serverRate: memory.serverRate)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in

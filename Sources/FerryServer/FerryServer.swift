@@ -14,7 +14,7 @@ public struct ServerConfiguration: Sendable {
     public var name: String
     public var bindHost: String
     public var port: Int
-    public var compression: CompressionPolicy
+    public var compression: CompressionMode
     /// Where the hash cache is persisted; nil keeps it in memory.
     public var hashCachePath: String?
     /// HMAC token; nil means the server is open.
@@ -31,10 +31,10 @@ public struct ServerConfiguration: Sendable {
     public var capabilities: [Capability]
 
     /// The extensions this server implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd]
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
-                compression: CompressionPolicy = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
+                compression: CompressionMode = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,
                 maxConnections: Int = 256, maxConnectionsPerAddress: Int = 32,
                 requestLineTimeout: TimeAmount = .seconds(30), idleTimeout: TimeAmount = .seconds(300),
                 chunkSize: Int = FerryLimits.defaultChunkSize,
@@ -51,7 +51,8 @@ public struct ServerConfiguration: Sendable {
         self.requestLineTimeout = requestLineTimeout
         self.idleTimeout = idleTimeout
         self.chunkSize = chunkSize
-        self.capabilities = capabilities
+        // zstd is offered only when this server may send it (`auto` or `zstd:N`).
+        self.capabilities = capabilities.filter { $0 != .zstd || compression.mayUse(.zstd) }
     }
 }
 
@@ -93,6 +94,8 @@ public final class FerryServer: Sendable {
     let authThrottle = AuthThrottle()
     /// Hashing of ranges and block maps, off the cooperative threads (see `HeavyWork`).
     let heavyWork = HeavyWork()
+    /// What `auto` compression learned, the server's total rate and its chunk buffers.
+    let compressionMemory = CompressionMemory()
 
     /// A freshly accepted connection and the flag its idle closer reads.
     struct Accepted: Sendable {

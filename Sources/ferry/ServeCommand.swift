@@ -26,6 +26,7 @@ struct ServeCommand: AsyncParsableCommand {
           ferry serve ~/photos
           ferry serve ~/photos --name studio --port 7446
           ferry serve . --bind 127.0.0.1 --port 0
+          ferry serve ~/logs --compress zstd:6
         """
     )
 
@@ -41,8 +42,13 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Name clients can use instead of the address (letters, digits, - _ .; 1-63 characters). Default: the host name.", valueName: "NAME"))
     var name: String?
 
-    @Option(help: ArgumentHelp("Chunk compression: auto (default), off, or a zlib level 1-9.", valueName: "MODE"))
-    var compress: String = "auto"
+    @Option(help: ArgumentHelp("""
+        Chunk compression: auto (codec and level chosen from the link and the CPU), off, \
+        zlib:N (1-9), zstd:N (-7 to 19; negative levels are the fast ones), or a bare zlib \
+        level 1-9. zstd goes only to clients that enable it; others get zlib (zstd:N as \
+        zlib 1 up to level 3, 6 up to 9, 9 above).
+        """, valueName: "MODE"))
+    var compress: CompressionMode = .auto
 
     @Option(help: ArgumentHelp("Folder for the hash cache (default: $XDG_STATE_HOME/ferry or ~/.local/state/ferry).", valueName: "DIR"))
     var stateDir: String?
@@ -84,19 +90,6 @@ struct ServeCommand: AsyncParsableCommand {
         if let name {
             do { _ = try ServerName(validating: name) } catch { throw ValidationError("--name: \(error)") }
         }
-        _ = try Self.compression(compress)
-    }
-
-    static func compression(_ text: String) throws -> CompressionPolicy {
-        switch text {
-        case "auto": return .auto
-        case "off", "0": return .off
-        default:
-            guard let level = Int32(text), (1...9).contains(level) else {
-                throw ValidationError("--compress must be auto, off or a level 1-9")
-            }
-            return .level(level)
-        }
     }
 
     static func defaultStateDir() -> String {
@@ -123,7 +116,7 @@ struct ServeCommand: AsyncParsableCommand {
         let cachePath = try hashCachePath(root: root, logger: logger)
         let configuration = ServerConfiguration(
             root: root, name: serverName.rawValue, bindHost: bind, port: port,
-            compression: try Self.compression(compress), hashCachePath: cachePath, token: token,
+            compression: compress, hashCachePath: cachePath, token: token,
             maxConnections: maxConnections, maxConnectionsPerAddress: maxPerAddress,
             requestLineTimeout: .milliseconds(Int64(requestTimeout * 1000)),
             idleTimeout: .milliseconds(Int64(idleTimeout * 1000)))
@@ -207,5 +200,13 @@ final class SignalWatcher: @unchecked Sendable {
 
     func cancel() {
         for s in sources { s.cancel() }
+    }
+}
+
+/// `--compress MODE`: `auto`, `off`, `zlib:N`, `zstd:N` or a bare zlib level.
+extension CompressionMode: ExpressibleByArgument {
+    public init?(argument: String) {
+        guard let mode = try? CompressionMode(parsing: argument) else { return nil }
+        self = mode
     }
 }

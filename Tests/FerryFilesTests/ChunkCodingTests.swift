@@ -12,8 +12,8 @@ final class ChunkCodingTests: XCTestCase {
         raw.withUnsafeBytes { encoder.encode(raw: $0, offset: offset, allocator: allocator) }
     }
 
-    private func encode(_ raw: [UInt8], policy: CompressionPolicy, offset: Int64 = 0) -> (ChunkHeader, ByteBuffer) {
-        var encoder = ChunkEncoder(policy: policy)
+    private func encode(_ raw: [UInt8], _ decision: ChunkDecision, offset: Int64 = 0) -> (ChunkHeader, ByteBuffer) {
+        var encoder = ChunkEncoder(decision)
         return encode(raw, &encoder, offset: offset)
     }
 
@@ -56,12 +56,12 @@ final class ChunkCodingTests: XCTestCase {
         XCTAssertEqual(data.withUnsafeBytes { CRC32.checksum($0) }, CRC32.checksum(data))
     }
 
-    // MARK: Encoding policy
+    // MARK: Encoding decisions
 
-    func testOffPolicyAlwaysStores() throws {
+    func testStoreAlwaysStores() throws {
         var rng = SplitMix64(seed: 2)
         let raw = rng.text(FerryLimits.defaultChunkSize)
-        let (header, wire) = encode(raw, policy: .off, offset: 262_144)
+        let (header, wire) = encode(raw, .store, offset: 262_144)
         XCTAssertEqual(header, ChunkHeader(offset: 262_144, rawLength: raw.count, wireLength: raw.count, codec: .stored,
                                            crc32: CRC32.checksum(raw)))
         XCTAssertEqual(bytes(wire), raw)
@@ -72,7 +72,7 @@ final class ChunkCodingTests: XCTestCase {
         var rng = SplitMix64(seed: 3)
         let raw = rng.text(FerryLimits.defaultChunkSize)
         for level: Int32 in [1, 6, 9] {
-            let (header, wire) = encode(raw, policy: .level(level), offset: 5)
+            let (header, wire) = encode(raw, .compress(.zlib(level)), offset: 5)
             XCTAssertEqual(header.codec, .zlib, "level \(level)")
             XCTAssertEqual(header.rawLength, raw.count)
             XCTAssertEqual(header.wireLength, wire.readableBytes)
@@ -85,12 +85,12 @@ final class ChunkCodingTests: XCTestCase {
         }
     }
 
-    func testRandomDataIsStoredUnderEveryPolicy() throws {
+    func testRandomDataIsStoredUnderEveryDecision() throws {
         var rng = SplitMix64(seed: 4)
         let raw = rng.bytes(FerryLimits.defaultChunkSize)
-        for policy: CompressionPolicy in [.off, .level(1), .level(9), .auto] {
-            let (header, wire) = encode(raw, policy: policy)
-            XCTAssertEqual(header.codec, .stored, "\(policy)")
+        for decision: ChunkDecision in [.store, .compress(.zlib(1)), .compress(.zlib(9)), .sampleThenCompress(.zlib(1))] {
+            let (header, wire) = encode(raw, decision)
+            XCTAssertEqual(header.codec, .stored, "\(decision)")
             XCTAssertEqual(header.wireLength, raw.count)
             XCTAssertEqual(bytes(wire), raw)
             XCTAssertEqual(try ChunkDecoder.decode(header: header, wire: wire), raw)
@@ -105,10 +105,10 @@ final class ChunkCodingTests: XCTestCase {
         // 10% zeros + random: zlib saves ~10%.
         let clearly = [UInt8](repeating: 0, count: size / 10) + rng.bytes(size - size / 10)
         for level: Int32 in [1, 9] {
-            let (h1, w1) = encode(barely, policy: .level(level))
+            let (h1, w1) = encode(barely, .compress(.zlib(level)))
             XCTAssertEqual(h1.codec, .stored, "a saving under 3% is not worth it (level \(level))")
             XCTAssertEqual(try ChunkDecoder.decode(header: h1, wire: w1), barely)
-            let (h2, w2) = encode(clearly, policy: .level(level))
+            let (h2, w2) = encode(clearly, .compress(.zlib(level)))
             XCTAssertEqual(h2.codec, .zlib, "a saving over 3% is (level \(level))")
             XCTAssertLessThanOrEqual(h2.wireLength, Int(Double(size) * 0.97))
             XCTAssertEqual(try ChunkDecoder.decode(header: h2, wire: w2), clearly)
@@ -116,7 +116,7 @@ final class ChunkCodingTests: XCTestCase {
         // Any compressed chunk saves at least 3%, at every size.
         for count in [1, 2, 10, 33, 34, 100, 1000, 4097] {
             for raw in [rng.text(count), [UInt8](repeating: 0x61, count: count), rng.bytes(count)] {
-                let (h, w) = encode(raw, policy: .level(9))
+                let (h, w) = encode(raw, .compress(.zlib(9)))
                 if h.codec == .zlib {
                     XCTAssertLessThanOrEqual(Double(h.wireLength), Double(count) * 0.97, "\(count) bytes")
                 } else {
@@ -126,12 +126,12 @@ final class ChunkCodingTests: XCTestCase {
             }
         }
         // A single byte can never shrink by 3%.
-        XCTAssertEqual(encode([0x61], policy: .level(9)).0.codec, .stored)
+        XCTAssertEqual(encode([0x61], .compress(.zlib(9))).0.codec, .stored)
     }
 
-    func testAutoPolicyAdaptsAndRecovers() throws {
+    func testSamplingEncoderAdaptsAndRecovers() throws {
         var rng = SplitMix64(seed: 6)
-        var encoder = ChunkEncoder(policy: .auto)
+        var encoder = ChunkEncoder(.sampleThenCompress(.zlib(1)))
         let chunk = FerryLimits.defaultChunkSize
         var offset: Int64 = 0
         var stream: [UInt8] = []
@@ -159,9 +159,9 @@ final class ChunkCodingTests: XCTestCase {
         var rng = SplitMix64(seed: 7)
         for count in [1, 2, 3, 100, 16 * 1024, 32 * 1024, 32 * 1024 + 1, 256 * 1024 - 1, 256 * 1024] {
             for raw in [rng.text(count), rng.bytes(count), [UInt8](repeating: 0, count: count)] {
-                for policy: CompressionPolicy in [.off, .level(1), .level(9), .auto] {
-                    let (h, w) = encode(raw, policy: policy)
-                    XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw, "\(count) bytes, \(policy)")
+                for decision: ChunkDecision in [.store, .compress(.zlib(1)), .compress(.zlib(9)), .sampleThenCompress(.zlib(1))] {
+                    let (h, w) = encode(raw, decision)
+                    XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw, "\(count) bytes, \(decision)")
                 }
             }
         }
@@ -170,7 +170,7 @@ final class ChunkCodingTests: XCTestCase {
     func testLargestChunk() throws {
         var rng = SplitMix64(seed: 8)
         for raw in [rng.text(FerryLimits.maxChunkRaw), rng.bytes(FerryLimits.maxChunkRaw)] {
-            let (h, w) = encode(raw, policy: .auto)
+            let (h, w) = encode(raw, .sampleThenCompress(.zlib(1)))
             XCTAssertEqual(h.rawLength, FerryLimits.maxChunkRaw)
             XCTAssertEqual(try ChunkHeader.parse(Substring(h.line)), h)
             XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw)
@@ -180,7 +180,7 @@ final class ChunkCodingTests: XCTestCase {
     func testDecodeIntoALargerDestination() throws {
         var rng = SplitMix64(seed: 9)
         let raw = rng.text(5000)
-        let (h, w) = encode(raw, policy: .level(6))
+        let (h, w) = encode(raw, .compress(.zlib(6)))
         var destination = [UInt8](repeating: 0xEE, count: 6000)
         try destination.withUnsafeMutableBytes { d in try ChunkDecoder.decode(header: h, wire: w, into: d) }
         XCTAssertEqual(Array(destination[0..<5000]), raw)
@@ -192,7 +192,7 @@ final class ChunkCodingTests: XCTestCase {
     func testWrongCRCIsRejected() throws {
         var rng = SplitMix64(seed: 10)
         for raw in [rng.text(10_000), rng.bytes(10_000)] {
-            var (h, w) = encode(raw, policy: .level(6), offset: 42)
+            var (h, w) = encode(raw, .compress(.zlib(6)), offset: 42)
             XCTAssertEqual(try ChunkDecoder.decode(header: h, wire: w), raw)
             h.crc32 ^= 1
             XCTAssertEqual(decodeError(h, w), .checksum(offset: 42))
@@ -209,7 +209,7 @@ final class ChunkCodingTests: XCTestCase {
     func testEveryFlippedBitIsCaught() {
         var rng = SplitMix64(seed: 11)
         for raw in [rng.text(3000), rng.bytes(300)] {
-            let (h, w) = encode(raw, policy: .level(9))
+            let (h, w) = encode(raw, .compress(.zlib(9)))
             let good = bytes(w)
             var caught = 0
             for index in good.indices {
@@ -221,7 +221,7 @@ final class ChunkCodingTests: XCTestCase {
                 } catch {
                     caught += 1
                     switch (h.codec, error) {
-                    case (.stored, .checksum), (.zlib, .checksum), (.zlib, .inflate), (.zlib, .length): break
+                    case (.stored, .checksum), (.zlib, .checksum), (.zlib, .decompress), (.zlib, .length): break
                     default: XCTFail("byte \(index) of a \(h.codec) chunk: unexpected \(error)")
                     }
                 }
@@ -233,18 +233,18 @@ final class ChunkCodingTests: XCTestCase {
     func testCorruptZlibStreams() throws {
         var rng = SplitMix64(seed: 12)
         let raw = rng.text(20_000)
-        let (h, w) = encode(raw, policy: .level(6), offset: 7)
+        let (h, w) = encode(raw, .compress(.zlib(6)), offset: 7)
         XCTAssertEqual(h.codec, .zlib)
         let good = bytes(w)
 
         // Not a zlib stream at all.
         var notZlib = good
         notZlib[0] = 0x00
-        guard case .inflate(offset: 7, _)? = decodeError(h, buffer(notZlib)) else { return XCTFail("bad header accepted") }
+        guard case .decompress(offset: 7, _)? = decodeError(h, buffer(notZlib)) else { return XCTFail("bad header accepted") }
 
         // Random bytes labelled as zlib.
         let junk = rng.bytes(200)
-        guard case .inflate? = decodeError(ChunkHeader(offset: 0, rawLength: 500, wireLength: 200, codec: .zlib, crc32: 0),
+        guard case .decompress? = decodeError(ChunkHeader(offset: 0, rawLength: 500, wireLength: 200, codec: .zlib, crc32: 0),
                                            buffer(junk)) else { return XCTFail("junk accepted") }
 
         // Truncated: the stream ends early (header adjusted so only the stream is wrong).
@@ -252,19 +252,19 @@ final class ChunkCodingTests: XCTestCase {
             let short = Array(good.prefix(cut))
             var hs = h
             hs.wireLength = short.count
-            guard case .inflate? = decodeError(hs, buffer(short)) else { return XCTFail("truncated to \(cut) accepted") }
+            guard case .decompress? = decodeError(hs, buffer(short)) else { return XCTFail("truncated to \(cut) accepted") }
         }
 
         // Trailing bytes after a complete stream.
         var hl = h
         hl.wireLength += 1
-        guard case .inflate(_, let why)? = decodeError(hl, buffer(good + [0])) else { return XCTFail("trailing byte accepted") }
+        guard case .decompress(_, let why)? = decodeError(hl, buffer(good + [0])) else { return XCTFail("trailing byte accepted") }
         XCTAssertTrue(why.contains("trailing"), why)
 
         // The stream inflates to more than announced.
         var hm = h
         hm.rawLength -= 1
-        guard case .inflate? = decodeError(hm, w) else { return XCTFail("over-long inflate accepted") }
+        guard case .decompress? = decodeError(hm, w) else { return XCTFail("over-long inflate accepted") }
 
         // The stream inflates to less than announced.
         var hf = h
@@ -275,7 +275,7 @@ final class ChunkCodingTests: XCTestCase {
     func testWireLengthMustMatchTheHeader() {
         var rng = SplitMix64(seed: 13)
         for raw in [rng.text(4000), rng.bytes(4000)] {
-            let (h, w) = encode(raw, policy: .auto, offset: 9)
+            let (h, w) = encode(raw, .sampleThenCompress(.zlib(1)), offset: 9)
             let good = bytes(w)
             XCTAssertEqual(decodeError(h, buffer(Array(good.dropLast()))),
                            .length(offset: 9, expected: h.wireLength, got: h.wireLength - 1))
@@ -297,7 +297,7 @@ final class ChunkCodingTests: XCTestCase {
 
     func testErrorDescriptionsNameTheOffset() {
         XCTAssertTrue(ChunkError.checksum(offset: 262_144).description.contains("262144"))
-        XCTAssertTrue(ChunkError.inflate(offset: 5, "corrupt zlib stream").description.contains("corrupt"))
+        XCTAssertTrue(ChunkError.decompress(offset: 5, "corrupt zlib stream").description.contains("corrupt"))
         XCTAssertTrue(ChunkError.length(offset: 1, expected: 2, got: 3).description.contains("expected 2"))
     }
 
@@ -309,7 +309,7 @@ final class ChunkCodingTests: XCTestCase {
         for (name, codec) in cases {
             let data = [UInt8](try Data(contentsOf: sample.appendingPathComponent(name)))
             XCTAssertGreaterThan(data.count, 0)
-            var encoder = ChunkEncoder(policy: .auto)
+            var encoder = ChunkEncoder(.sampleThenCompress(.zlib(1)))
             var rebuilt = [UInt8](repeating: 0, count: data.count)
             var offset = 0
             var chunks = 0

@@ -6,6 +6,7 @@
 // there and libFuzzer supplies the inputs), so both check exactly the same properties.
 
 import CZlib
+import CZstd
 import FerryFiles
 import FerryProtocol
 import NIOCore
@@ -93,6 +94,38 @@ public enum ChunkFuzzChecks {
         return Array(out.prefix(rawLength))
     }
 
+    /// The specification of a zstd chunk, from zstd's streaming decoder rather than the one-shot
+    /// call under test: the wire is exactly one zstd frame (no skippable or legacy frame), its
+    /// header declares exactly `rawLength` bytes and no dictionary, and it decodes to exactly that.
+    public static func referenceZstd(_ wire: [UInt8], rawLength: Int) -> [UInt8]? {
+        guard rawLength >= 1, wire.starts(with: [0x28, 0xB5, 0x2F, 0xFD]),
+              wire.withUnsafeBytes({ ZSTD_getFrameContentSize($0.baseAddress, $0.count) }) == UInt64(rawLength),
+              wire.withUnsafeBytes({ ZSTD_getDictID_fromFrame($0.baseAddress, $0.count) }) == 0,
+              let stream = ZSTD_createDStream() else { return nil }
+        defer { ZSTD_freeDStream(stream) }
+        // The decoder under test decodes a frame whole, whatever window it declares; the
+        // streaming decoder refuses windows above 2^27 unless told otherwise. (Its buffer is
+        // still bounded by the declared content size.)
+        guard ZSTD_isError(ZSTD_DCtx_setParameter(stream, ZSTD_d_windowLogMax, 31)) == 0 else { return nil }
+        // The declared size bounds the decoder's window buffer; one spare byte shows a frame
+        // that decodes to more than it declares.
+        var out = [UInt8](repeating: 0, count: rawLength + 1)
+        let complete = wire.withUnsafeBytes { w in
+            out.withUnsafeMutableBytes { o -> Bool in
+                var input = ZSTD_inBuffer(src: w.baseAddress, size: w.count, pos: 0)
+                var output = ZSTD_outBuffer(dst: o.baseAddress, size: o.count, pos: 0)
+                while true {
+                    let before = (input.pos, output.pos)
+                    let left = ZSTD_decompressStream(stream, &output, &input)
+                    if ZSTD_isError(left) != 0 { return false }
+                    if left == 0 { return input.pos == input.size && output.pos == rawLength }
+                    if output.pos == output.size || (input.pos, output.pos) == before { return false }
+                }
+            }
+        }
+        return complete ? Array(out.prefix(rawLength)) : nil
+    }
+
     public static func crc32(_ bytes: [UInt8]) -> UInt32 {
         bytes.withUnsafeBufferPointer { UInt32(CZlib.crc32(0, $0.baseAddress, uInt($0.count))) }
     }
@@ -104,6 +137,7 @@ public enum ChunkFuzzChecks {
         switch header.codec {
         case .stored: raw = wire.count == header.rawLength ? wire : nil
         case .zlib: raw = referenceInflate(wire, rawLength: header.rawLength)
+        case .zstd: raw = referenceZstd(wire, rawLength: header.rawLength)
         }
         guard let raw, crc32(raw) == header.crc32 else { return nil }
         return raw
@@ -136,7 +170,7 @@ public enum ChunkFuzzChecks {
             try expect(expected == nil, "refused a valid chunk (\(error)): \(header.line), wire \(show(wire))")
             let offset: Int64
             switch error {
-            case .checksum(let o), .inflate(let o, _), .length(let o, _, _): offset = o
+            case .checksum(let o), .decompress(let o, _), .length(let o, _, _): offset = o
             }
             try expect(offset == header.offset && !error.description.isEmpty, "error \(error) for \(header.line)")
         }
@@ -149,9 +183,9 @@ public enum ChunkFuzzChecks {
     /// The encoder's output is a header the client accepts and a wire that decodes back to the
     /// input; after one flipped byte a stored chunk is always refused (CRC-32 catches every
     /// burst of up to 32 bits) and a zlib chunk decodes as the specification says.
-    public static func checkRoundTrip(_ raw: [UInt8], policy: CompressionPolicy, offset: Int64, flip: (position: Int, mask: UInt8)?) throws {
+    public static func checkRoundTrip(_ raw: [UInt8], decision: ChunkDecision, offset: Int64, flip: (position: Int, mask: UInt8)?) throws {
         guard !raw.isEmpty, raw.count <= FerryLimits.maxChunkRaw else { return }
-        var encoder = ChunkEncoder(policy: policy)
+        var encoder = ChunkEncoder(decision)
         let (header, buffer) = raw.withUnsafeBytes { encoder.encode(raw: $0, offset: offset, allocator: ByteBufferAllocator()) }
         var wire = Array(buffer.readableBytesView)
         try expect((try? ChunkHeader.parse(Substring(header.line))) == header, "the encoder wrote a header the client refuses: \(header.line)")
@@ -385,13 +419,16 @@ final class ChunkDecoderFuzzTests: XCTestCase {
         }
     }
 
-    private static let policies: [CompressionPolicy] = [.off, .auto, .level(1), .level(6), .level(9)]
+    private static let decisions: [ChunkDecision] = [
+        .store, .sampleThenCompress(.zlib(1)), .compress(.zlib(1)), .compress(.zlib(6)), .compress(.zlib(9)),
+        .sampleThenCompress(.zstd(1)), .compress(.zstd(-5)), .compress(.zstd(1)), .compress(.zstd(3)), .compress(.zstd(19)),
+    ]
 
     func testEncodedChunksRoundTripAndFlippedBytesAreCaught() {
         let o = fuzz("chunk round trip", seed: 0xF022_0201, iterations: 10_000, minimum: 500) { rng, o in
             let raw = Self.payload(&rng)
             let flip = rng.chance(60) ? (position: rng.below(1 << 30), mask: UInt8(1 + rng.below(255))) : nil
-            try ChunkFuzzChecks.checkRoundTrip(raw, policy: rng.pick(Self.policies), offset: Int64(rng.below(1 << 40)), flip: flip)
+            try ChunkFuzzChecks.checkRoundTrip(raw, decision: rng.pick(Self.decisions), offset: Int64(rng.below(1 << 40)), flip: flip)
             o.count(flip == nil ? "clean" : "flipped")
         }
         XCTAssertGreaterThan(o["flipped"], o.inputs / 3)
@@ -399,11 +436,11 @@ final class ChunkDecoderFuzzTests: XCTestCase {
 
     /// Headers and wires damaged the way a lying or broken server would: lengths off by a
     /// little or a lot, wrong CRCs, truncated, extended, spliced or random streams, stored
-    /// chunks relabelled as zlib and back. The decoder must agree with the specification.
+    /// chunks relabelled as another codec. The decoder must agree with the specification.
     func testDamagedChunksAgreeWithTheSpecification() {
         let o = fuzz("damaged chunks", seed: 0xF022_0202, iterations: 20_000, minimum: 1_000) { rng, o in
             let raw = Self.payload(&rng)
-            var encoder = ChunkEncoder(policy: rng.pick(Self.policies))
+            var encoder = ChunkEncoder(rng.pick(Self.decisions))
             let (h0, buffer) = raw.withUnsafeBytes { encoder.encode(raw: $0, offset: Int64(rng.below(1 << 30)), allocator: ByteBufferAllocator()) }
             var header = h0
             var wire = Array(buffer.readableBytesView)
@@ -414,7 +451,7 @@ final class ChunkDecoderFuzzTests: XCTestCase {
                 case 2: wire = Array(wire.prefix(rng.below(wire.count + 1)))
                 case 3: wire += rng.chance(50) ? [0] : rng.bytes(1 + rng.below(50))
                 case 4 where !wire.isEmpty: wire[rng.below(wire.count)] ^= UInt8(1 + rng.below(255))
-                case 5: header.codec = header.codec == .zlib ? .stored : .zlib
+                case 5: header.codec = rng.pick(ChunkCodec.allCases)
                 case 6: wire = rng.bytes(1 + rng.below(300))
                 case 7 where !wire.isEmpty:
                     let cut = rng.below(wire.count)
@@ -502,7 +539,7 @@ final class ChunkDecoderFuzzTests: XCTestCase {
             _ = try ChunkDecoder.decode(header: header, wire: ByteBuffer(bytes: bomb))
             XCTFail("a bomb was accepted")
         } catch {
-            guard case .inflate(_, let why) = error else { return XCTFail("\(error)") }
+            guard case .decompress(_, let why) = error else { return XCTFail("\(error)") }
             XCTAssertTrue(why.contains("more than announced"), why)
         }
         let elapsed = clock.now - start
@@ -518,6 +555,90 @@ final class ChunkDecoderFuzzTests: XCTestCase {
         // decoder's limit is the announced length, not a heuristic on the ratio.
         let exact = zeroBomb(size: FerryLimits.maxChunkRaw)
         let exactHeader = ChunkHeader(offset: 0, rawLength: FerryLimits.maxChunkRaw, wireLength: exact.count, codec: .zlib, crc32: crcOfZeros)
+        XCTAssertTrue(try ChunkFuzzChecks.checkChunk(exactHeader, exact))
+    }
+
+    /// One zstd frame of `size` zero bytes (streamed in slices, so making it costs no more memory
+    /// than the result), its header declaring that size.
+    private func zstdZeroFrame(size: Int) throws -> [UInt8] {
+        let context = try XCTUnwrap(ZSTD_createCCtx())
+        defer { ZSTD_freeCCtx(context) }
+        XCTAssertEqual(ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(context, UInt64(size))), 0)
+        let zeros = [UInt8](repeating: 0, count: 1 << 20)
+        var out: [UInt8] = []
+        var slice = [UInt8](repeating: 0, count: 1 << 16)
+        var fed = 0
+        while fed < size {
+            let take = min(zeros.count, size - fed)
+            fed += take
+            let mode = fed == size ? ZSTD_e_end : ZSTD_e_continue
+            zeros.withUnsafeBytes { z in
+                var input = ZSTD_inBuffer(src: z.baseAddress, size: take, pos: 0)
+                var left = 0
+                repeat {
+                    slice.withUnsafeMutableBytes { s in
+                        var output = ZSTD_outBuffer(dst: s.baseAddress, size: s.count, pos: 0)
+                        left = ZSTD_compressStream2(context, &output, &input, mode)
+                        XCTAssertEqual(ZSTD_isError(left), 0)
+                        out += s.prefix(output.pos)
+                    }
+                } while input.pos < input.size || (mode == ZSTD_e_end && left != 0 && ZSTD_isError(left) == 0)
+            }
+        }
+        return out
+    }
+
+    /// `frame` with the content size in its header replaced by `size` (a lie the frame's blocks
+    /// do not keep); nil when the header's size field is too narrow for it.
+    private func declaring(_ frame: [UInt8], size: UInt64) -> [UInt8]? {
+        let descriptor = frame[4]
+        let singleSegment = descriptor & 0x20 != 0
+        let field = [singleSegment ? 1 : 0, 2, 4, 8][Int(descriptor >> 6)]
+        let at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][Int(descriptor & 0x03)]
+        guard field >= 4 else { return nil }
+        var lying = frame
+        for i in 0..<field { lying[at + i] = UInt8(truncatingIfNeeded: size >> (8 * UInt64(i))) }
+        return lying
+    }
+
+    /// zstd bombs, refused as zlib's are: a small frame honestly declaring 256 MiB is refused
+    /// from its header; one whose header lies that it holds the announced 4 MiB is refused when
+    /// its blocks run past the destination. Neither allocates more than the announced length.
+    func testZstdBombsAreRefusedWithinTheAnnouncedLength() throws {
+        let inflated = 256 << 20
+        let bomb = try zstdZeroFrame(size: inflated)
+        XCTAssertLessThan(bomb.count, inflated / 10_000, "the bomb's compression ratio")
+        XCTAssertEqual(bomb.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }, UInt64(inflated))
+        let lying = try XCTUnwrap(declaring(bomb, size: UInt64(FerryLimits.maxChunkRaw)))
+        XCTAssertEqual(lying.withUnsafeBytes { ZSTD_getFrameContentSize($0.baseAddress, $0.count) }, UInt64(FerryLimits.maxChunkRaw))
+        let crcOfZeros = ChunkFuzzChecks.crc32([UInt8](repeating: 0, count: FerryLimits.maxChunkRaw))
+
+        let measured = resetPeakRSS()
+        let before = peakRSS() ?? 0
+        let clock = ContinuousClock()
+        let start = clock.now
+        for (wire, expected) in [(bomb, "more than announced"), (lying, "corrupt zstd frame")] {
+            let header = try ChunkHeader.parse(Substring(ChunkHeader(offset: 0, rawLength: FerryLimits.maxChunkRaw, wireLength: wire.count,
+                                                                     codec: .zstd, crc32: crcOfZeros).line))
+            XCTAssertFalse(try ChunkFuzzChecks.checkChunk(header, wire), "a bomb was accepted")
+            do {
+                _ = try ChunkDecoder.decode(header: header, wire: ByteBuffer(bytes: wire))
+                XCTFail("a bomb was accepted")
+            } catch {
+                guard case .decompress(_, let why) = error else { return XCTFail("\(error)") }
+                XCTAssertTrue(why.contains(expected), why)
+            }
+        }
+        let elapsed = clock.now - start
+        XCTAssertLessThan(elapsed, .seconds(5), "refusing the bombs took \(elapsed)")
+        if measured, let after = peakRSS() {
+            XCTAssertLessThan(after - before, 64 << 20, "peak resident size grew by \((after - before) >> 20) MiB")
+            print("zstd bombs: \(bomb.count) wire bytes for \(inflated >> 20) MiB, refused in \(elapsed), peak RSS +\((after - before) >> 10) KiB")
+        }
+
+        // A frame of exactly the announced length is a valid chunk.
+        let exact = try zstdZeroFrame(size: FerryLimits.maxChunkRaw)
+        let exactHeader = ChunkHeader(offset: 0, rawLength: FerryLimits.maxChunkRaw, wireLength: exact.count, codec: .zstd, crc32: crcOfZeros)
         XCTAssertTrue(try ChunkFuzzChecks.checkChunk(exactHeader, exact))
     }
 }

@@ -1,4 +1,5 @@
 import FerryClient
+import FerryFiles
 import FerryProtocol
 import FerryServer
 import FerryTestSupport
@@ -31,7 +32,7 @@ final class CapabilityTests: XCTestCase {
         let s = try await server()
         let c = try RawClient(port: s.port)
         let greeting = try c.readLine()
-        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report"), greeting)
+        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report,zstd"), greeting)
         // Unknown names are ignored; the answer is in the server's order.
         try c.send("CAPS tls,manifest-report,list-kinds\n")
         XCTAssertEqual(try c.readLine(), "OK list-kinds,manifest-report")
@@ -46,6 +47,34 @@ final class CapabilityTests: XCTestCase {
         XCTAssertEqual(try other.readLine(), "OK", "nothing in common: a bare OK")
         try other.send("CAPS a,,b\n")
         XCTAssertEqual(try other.readLine().prefix(8), "ERR 400 ", "a malformed CAPS is refused and does not count")
+        await s.stop()
+    }
+
+    /// zstd is offered only by a server that may send it, and a zstd chunk reaches only a client
+    /// that enabled it: a file fetched with and without the capability arrives whole either way.
+    func testZstdIsOfferedWhenItMayBeUsedAndSentOnlyWhenEnabled() async throws {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        for (mode, offered) in [(CompressionMode.off, false), (.fixed(.zlib(6)), false), (.fixed(.zstd(3)), true), (.auto, true)] {
+            let configuration = ServerConfiguration(root: work.path, name: "caps", bindHost: "127.0.0.1", port: 0, compression: mode)
+            XCTAssertEqual(configuration.capabilities.contains(.zstd), offered, "\(mode)")
+        }
+        let text = String(repeating: "ferry moves text that compresses well. ", count: 40_000)
+        try Data(text.utf8).write(to: work.appendingPathComponent("text.txt"))
+        let configuration = ServerConfiguration(root: work.path, name: "caps", bindHost: "127.0.0.1", port: 0,
+                                                compression: .fixed(.zstd(3)))
+        let s = InProcessServer(server: try await FerryServer.start(configuration, logger: logger))
+        for capabilities in [ConnectionOptions.implementedCapabilities, [.listKinds]] {
+            let raw = try RawClient.greeted(port: s.port)
+            if capabilities.contains(.zstd) {
+                try raw.send("CAPS zstd\n")
+                XCTAssertEqual(try raw.readLine(), "OK zstd")
+            }
+            try raw.send("GET text.txt 0 *\n")
+            XCTAssertTrue(try raw.readLine().hasPrefix("OK "))
+            let chunk = try ChunkHeader.parse(Substring(try raw.readLine()))
+            XCTAssertEqual(chunk.codec, capabilities.contains(.zstd) ? .zstd : .zlib, "with \(capabilities)")
+        }
         await s.stop()
     }
 
@@ -64,7 +93,7 @@ final class CapabilityTests: XCTestCase {
             _ = try await c.list(.root, kinds: true)
             return c.enabled
         }
-        XCTAssertEqual(enabled, [.listKinds, .manifestReport])
+        XCTAssertEqual(enabled, [.listKinds, .manifestReport, .zstd])
         let none = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: s.port),
                                                   options: ConnectionOptions(capabilities: [])) { c in c.enabled }
         XCTAssertEqual(none, [])

@@ -181,7 +181,7 @@ final class InProcessServer: Sendable {
     /// `compression` defaults to a fixed zlib level: these tests assert which codec each chunk
     /// uses, and `auto` decides from the link and the machine's load (on loopback it stores).
     static func start(root: URL, chunkSize: Int = FerryLimits.defaultChunkSize, maxConnections: Int = 256,
-                      compression: CompressionPolicy = .level(1)) async throws -> InProcessServer {
+                      compression: CompressionMode = .fixed(.zlib(1))) async throws -> InProcessServer {
         var logger = Logger(label: "ferry.test.server")
         logger.logLevel = .critical
         let configuration = ServerConfiguration(root: root.path, name: "loopback", bindHost: "127.0.0.1", port: 0,
@@ -367,7 +367,7 @@ final class FakeServer: @unchecked Sendable {
     static func chunkStream(_ data: [UInt8], offset: Int64 = 0, chunkSize: Int = 64 * 1024,
                             corruption: Corruption = .none, compress: Bool = true) -> [UInt8] {
         var out: [UInt8] = []
-        var encoder = ChunkEncoder(policy: compress ? .level(9) : .off)
+        var encoder = ChunkEncoder(compress ? .compress(.zlib(9)) : .store)
         var position = Int(offset)
         while position < data.count {
             let end = min(data.count, position + chunkSize)

@@ -18,6 +18,8 @@ final class ChunkHeaderTests: XCTestCase {
                        "CHUNK 7 100 40 z 00000001")
         XCTAssertEqual(ChunkHeader(offset: 0, rawLength: 1, wireLength: 1, codec: .stored, crc32: 0).line,
                        "CHUNK 0 1 1 s 00000000")
+        XCTAssertEqual(ChunkHeader(offset: 9, rawLength: 300, wireLength: 60, codec: .zstd, crc32: 2).line,
+                       "CHUNK 9 300 60 zstd 00000002")
         XCTAssertEqual(ChunkHeader(offset: 0, rawLength: 1, wireLength: 1, codec: .stored, crc32: .max).line,
                        "CHUNK 0 1 1 s ffffffff")
     }
@@ -37,6 +39,8 @@ final class ChunkHeaderTests: XCTestCase {
             ChunkHeader(offset: 1, rawLength: max, wireLength: max + FerryLimits.chunkWireSlack, codec: .zlib, crc32: 5),
             ChunkHeader(offset: 2, rawLength: 1, wireLength: 1 + FerryLimits.chunkWireSlack, codec: .zlib, crc32: 5),
             ChunkHeader(offset: 3, rawLength: 262_144, wireLength: 1, codec: .zlib, crc32: 0x8000_0000),
+            ChunkHeader(offset: 4, rawLength: max, wireLength: max + FerryLimits.chunkWireSlack, codec: .zstd, crc32: 6),
+            ChunkHeader(offset: 5, rawLength: 262_144, wireLength: 9, codec: .zstd, crc32: 7),
         ]
         for h in headers {
             XCTAssertEqual(try ChunkHeader.parse(Substring(h.line)), h, h.line)

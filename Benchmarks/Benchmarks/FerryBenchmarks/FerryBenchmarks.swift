@@ -101,7 +101,7 @@ let benchmarks: @Sendable () -> Void = {
 
     Benchmark("encode text zlib-1 · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .level(1))
+            var encoder = ChunkEncoder(.compress(.zlib(1)))
             blackHole(encoder.encode(textBuffer, offset: 0, allocator: allocator))
         }
     }
@@ -112,7 +112,7 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("encode random auto (sampled, stored) · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .auto)
+            var encoder = ChunkEncoder(.sampleThenCompress(.zlib(1)))
             blackHole(encoder.encode(randomBuffer, offset: 0, allocator: allocator))
         }
     }
@@ -123,17 +123,44 @@ let benchmarks: @Sendable () -> Void = {
     }
     Benchmark("encode stored (no zlib) · ferry ChunkEncoder") { benchmark in
         for _ in benchmark.scaledIterations {
-            var encoder = ChunkEncoder(policy: .off)
+            var encoder = ChunkEncoder(.store)
             blackHole(encoder.encode(randomBuffer, offset: 0, allocator: allocator))
+        }
+    }
+
+    // MARK: codecs side by side (docs/BENCHMARKS.md, "Codecs"): one 256 KiB chunk of log text
+    // and of random bytes through ChunkEncoder and back through ChunkDecoder, for each codec
+    // and level `--compress` and `auto` use.
+
+    let compressions: [ChunkCompression] = [.zlib(1), .zlib(6), .zstd(-5), .zstd(-2), .zstd(1), .zstd(3), .zstd(6), .zstd(9)]
+    for compression in compressions {
+        for (kind, buffer) in [("text", textBuffer), ("random", randomBuffer)] {
+            Benchmark("codec encode \(kind) \(compression) · ferry ChunkEncoder") { benchmark in
+                for _ in benchmark.scaledIterations {
+                    var encoder = ChunkEncoder(.compress(compression))
+                    blackHole(encoder.encode(buffer, offset: 0, allocator: allocator))
+                }
+            }
+        }
+        var encoder = ChunkEncoder(.compress(compression))
+        let chunk = encoder.encode(textBuffer, offset: 0, allocator: allocator)
+        Benchmark("codec decode text \(compression) (\(chunk.wire.readableBytes) wire bytes) · ferry ChunkDecoder") { benchmark in
+            var out = [UInt8](repeating: 0, count: chunkSize)
+            for _ in benchmark.scaledIterations {
+                out.withUnsafeMutableBytes { d in
+                    do { try ChunkDecoder.decode(header: chunk.header, wire: chunk.wire, into: d) } catch { fatalError("\(error)") }
+                }
+                blackHole(out)
+            }
         }
     }
 
     // MARK: decode (client side)
 
-    var textEncoder = ChunkEncoder(policy: .level(1))
+    var textEncoder = ChunkEncoder(.compress(.zlib(1)))
     let textChunk = textEncoder.encode(textBuffer, offset: 0, allocator: allocator)
     let textWire = Array(textChunk.wire.readableBytesView)
-    var storedEncoder = ChunkEncoder(policy: .off)
+    var storedEncoder = ChunkEncoder(.store)
     let storedChunk = storedEncoder.encode(randomBuffer, offset: 0, allocator: allocator)
 
     Benchmark("decode text zlib · ferry ChunkDecoder (inflate + CRC-32)") { benchmark in

@@ -3,7 +3,8 @@
 //         reads split it); every line is read as status, entry, greeting and chunk header,
 //         every chunk goes through `ChunkDecoder`;
 //   2     one chunk: raw length, codec, CRC and offset from the next bytes, the rest is the
-//         wire (a flag lets the CRC be that of what zlib inflates, so acceptance is reachable);
+//         wire (a flag lets the CRC be that of what the reference decoder of the codec yields,
+//         so acceptance is reachable; flag 0x10 chooses zstd, 0x02 stored, neither zlib);
 //   3     the encoder: the rest is raw data, encoded, decoded, then decoded with one byte flipped.
 import FerryFiles
 import FerryProtocol
@@ -32,12 +33,15 @@ public func fuzzReply(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         var crc = input.uint32()
         let offset = Int64(input.uint16())
         let wire = Array(input.rest)
-        let codec: ChunkCodec = flags & 0x02 != 0 ? .stored : .zlib
+        let codec: ChunkCodec = flags & 0x10 != 0 ? .zstd : flags & 0x02 != 0 ? .stored : .zlib
         if flags & 0x04 != 0 {
+            let raw: [UInt8]?
             switch codec {
-            case .stored: crc = ChunkFuzzChecks.crc32(wire)
-            case .zlib: if let raw = ChunkFuzzChecks.referenceInflate(wire, rawLength: rawLength) { crc = ChunkFuzzChecks.crc32(raw) }
+            case .stored: raw = wire
+            case .zlib: raw = ChunkFuzzChecks.referenceInflate(wire, rawLength: rawLength)
+            case .zstd: raw = ChunkFuzzChecks.referenceZstd(wire, rawLength: rawLength)
             }
+            if let raw { crc = ChunkFuzzChecks.crc32(raw) }
         }
         let header = ChunkHeader(offset: offset, rawLength: rawLength, wireLength: wire.count, codec: codec, crc32: crc)
         // The client decodes only what its framing delivered under a header it parsed.
@@ -45,11 +49,12 @@ public func fuzzReply(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         fuzzRun { try ChunkFuzzChecks.checkChunk(header, wire) }
     default:
         let flags = input.byte()
-        let policies: [CompressionPolicy] = [.off, .auto, .level(1), .level(6), .level(9), .auto, .level(1), .off]
-        let policy = policies[Int(flags & 0x07)]
+        let decisions: [ChunkDecision] = [.store, .sampleThenCompress(.zlib(1)), .compress(.zlib(1)), .compress(.zlib(6)),
+                                          .compress(.zlib(9)), .sampleThenCompress(.zstd(1)), .compress(.zstd(3)), .compress(.zstd(-5))]
+        let decision = decisions[Int(flags & 0x07)]
         let flip = flags & 0x08 != 0 ? (position: Int(input.uint16()), mask: input.byte()) : nil
         let raw = Array(input.rest)
-        fuzzRun { try ChunkFuzzChecks.checkRoundTrip(raw, policy: policy, offset: 0, flip: flip) }
+        fuzzRun { try ChunkFuzzChecks.checkRoundTrip(raw, decision: decision, offset: 0, flip: flip) }
     }
     return 0
 }

@@ -1,5 +1,6 @@
 import FerryFiles
 import FerryProtocol
+import FerryServer
 import FerryTestSupport
 import NIOCore
 import XCTest
@@ -61,7 +62,7 @@ final class ChunkBufferPoolTests: XCTestCase {
         var output: ByteBuffer? = ByteBufferAllocator().buffer(capacity: 256 * 1024)
         if var o = output { o.writeString("stale bytes"); output = o }
         let given = output.flatMap { address($0) }
-        var encoder = ChunkEncoder(policy: .level(1))
+        var encoder = ChunkEncoder(.compress(.zlib(1)))
         let chunk = encoder.encode(raw, offset: 0, allocator: ByteBufferAllocator(), output: &output)
         XCTAssertEqual(chunk.header.codec, .zlib)
         XCTAssertNil(output, "the buffer became the wire bytes")

@@ -1,4 +1,5 @@
 import FerryFiles
+import FerryServer
 import FerryProtocol
 import NIOCore
 import XCTest
@@ -9,11 +10,12 @@ final class AdaptiveCompressionTests: XCTestCase {
     private let chunk = 256 * 1024
     private let MB = 1e6
 
-    /// Feeds `count` compressed chunks deflated at `rate` raw bytes/s to `ratio`.
-    private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40) {
+    /// Feeds `count` chunks compressed with `compression` at `rate` raw bytes/s to `ratio`.
+    private func compressed(_ c: inout AdaptiveCompression, rate: Double, ratio: Double, count: Int = 40,
+                            with compression: ChunkCompression = .zlib(1)) {
         for _ in 0..<count {
             c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * ratio),
-                                       zlibSeconds: Double(chunk) / rate))
+                                       codecSeconds: Double(chunk) / rate, compression: compression))
         }
     }
 
@@ -27,8 +29,8 @@ final class AdaptiveCompressionTests: XCTestCase {
         }
     }
 
-    private func decisions(_ c: inout AdaptiveCompression, _ n: Int) -> Int {
-        (0..<n).filter { _ in c.shouldCompress() }.count
+    private func decisions(_ c: inout AdaptiveCompression, _ n: Int, codec: ChunkCodec = .zlib) -> Int {
+        (0..<n).filter { _ in c.shouldCompress(codec) }.count
     }
 
     func testLinkRateIsUnknownUntilEnoughBytesWereSeenAndThenMeasured() throws {
@@ -52,7 +54,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
         writes(&c, rate: 1500 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
         XCTAssertEqual(decisions(&c, 100), 0)
     }
 
@@ -137,31 +139,104 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 50), 0)
     }
 
+    // MARK: The codec and zstd's levels
+
+    func testZstdForPeersThatDecodeItZlibForOthers() {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertEqual(AdaptiveCompression.codec(for: ChunkCodec.baseline), .zlib)
+        XCTAssertEqual(AdaptiveCompression.codec(for: [.stored, .zlib, .zstd]), .zstd)
+        XCTAssertEqual(c.decide(peerCodecs: ChunkCodec.baseline), .sampleThenCompress(.zlib(1)), "unknown link: compress")
+        XCTAssertEqual(c.decide(peerCodecs: [.stored, .zlib, .zstd]), .sampleThenCompress(.zstd(1)))
+        // Whatever the link does, a 1.0 peer never gets zstd.
+        for rate in [2.0, 12, 117, 400, 3000] {
+            writes(&c, rate: rate * MB, total: 8 << 20, blocked: true)
+            for _ in 0..<20 {
+                XCTAssertNotEqual(c.decide(peerCodecs: ChunkCodec.baseline).compression?.codec, .zstd)
+            }
+        }
+    }
+
+    func testSpeedsAreKeptPerCodec() {
+        var c = AdaptiveCompression(encoders: 2)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 200, accuracy: 1, "the priors: 100 MB/s per encoder")
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 400, accuracy: 1, "and 200 for zstd")
+        compressed(&c, rate: 90 * MB, ratio: 0.3)
+        compressed(&c, rate: 250 * MB, ratio: 0.25, with: .zstd(1))
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 500, accuracy: 1)
+        // zstd 6 at 0.3 times level 1's speed counts in level-1 terms.
+        compressed(&c, rate: 75 * MB, ratio: 0.2, with: .zstd(6))
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 500, accuracy: 1)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1, "zstd's chunks say nothing about zlib's speed")
+    }
+
+    func testZstdLevelFollowsTheLink() {
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 200 * MB, ratio: 0.2, with: .zstd(1))  // 400 MB/s with two encoders
+        XCTAssertEqual(c.level(for: .zstd), 1, "unknown link")
+        writes(&c, rate: 5 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 9, "5 MB/s carries 25 MB/s raw: 400 ≥ 9 × 25")
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 6, "12 MB/s (100 Mbit/s) carries 60 MB/s raw: 400 ≥ 4.5 × 60, < 9 ×")
+        writes(&c, rate: 25 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 4, "25 MB/s carries 125 MB/s raw: 400 ≥ 2.75 × 125, < 4.5 ×")
+        writes(&c, rate: 60 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 1, "60 MB/s carries 300 MB/s raw: level 1 keeps up, no more")
+        writes(&c, rate: 100 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), -1, "100 MB/s carries 500 MB/s raw: level -1 does 520")
+        writes(&c, rate: 117 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), -4, "1 Gbit/s carries 585 MB/s raw: only level -4 (580) comes close")
+        XCTAssertEqual(c.decide(peerCodecs: [.stored, .zlib, .zstd]).compression?.level, -4)
+        writes(&c, rate: 1500 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(decisions(&c, 50, codec: .zstd), 0, "loopback: stored, even by zstd")
+        // A higher level is climbed only while the network is the bottleneck.
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 6)
+        writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
+        XCTAssertEqual(c.level(for: .zstd), 1, "when the socket stops backing up, back to level 1")
+    }
+
+    func testEveryRungIsALevelTheCodecAccepts() {
+        for codec in [ChunkCodec.zlib, .zstd] {
+            let ladder = AdaptiveCompression.ladder(for: codec)
+            XCTAssertEqual(ladder.map(\.level), ladder.map(\.level).sorted(), "ascending")
+            XCTAssertTrue(ladder.contains { $0.level == 1 }, "level 1 is the base")
+            for rung in ladder {
+                let compression = ChunkCompression(codec: codec, level: rung.level)
+                XCTAssertNotNil(compression, "\(codec) \(rung.level)")
+                if let compression, rung.level > 1 {
+                    let margin = AdaptiveCompression.relativeSpeed(compression) * rung.headroom
+                    XCTAssertGreaterThanOrEqual(margin, 1.3, "\(compression): the encoders keep a margin over the link")
+                }
+            }
+        }
+    }
+
     func testSpareCPUOnASlowLinkRaisesTheLevel() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
         writes(&c, rate: 117 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(c.level, 1, "1 Gbit/s: the link carries 390 MB/s of raw text; two encoders do 180")
+        XCTAssertEqual(c.level(for: .zlib), 1, "1 Gbit/s: the link carries 390 MB/s of raw text; two encoders do 180")
         writes(&c, rate: 25 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level, 3, "25 MB/s carries 83 MB/s raw: 180 ≥ 1.75 × 83")
+        XCTAssertEqual(c.level(for: .zlib), 3, "25 MB/s carries 83 MB/s raw: 180 ≥ 1.75 × 83")
         writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level, 6, "12 MB/s carries 40 MB/s raw: 180 ≥ 4 × 40")
+        XCTAssertEqual(c.level(for: .zlib), 6, "12 MB/s carries 40 MB/s raw: 180 ≥ 4 × 40")
         // Level-6 chunks that take 2.5 times as long as level 1 do not lower the estimate.
         for _ in 0..<20 {
             c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * 0.3),
-                                       zlibSeconds: Double(chunk) / (90 * MB) / 0.4, level: 6))
+                                       codecSeconds: Double(chunk) / (90 * MB) / 0.4, compression: .zlib(6)))
         }
-        XCTAssertEqual(c.compressRate / MB, 180, accuracy: 1)
-        XCTAssertEqual(c.level, 6)
+        XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
+        XCTAssertEqual(c.level(for: .zlib), 6)
         writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
-        XCTAssertEqual(c.level, 1, "when the socket stops backing up, back to level 1")
+        XCTAssertEqual(c.level(for: .zlib), 1, "when the socket stops backing up, back to level 1")
     }
 
     func testIncompressibleDataIsOnlyProbed() {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)  // a slow link: compression would be welcome
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertGreaterThan(c.expectedRatio, 0.9)
         XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
@@ -171,7 +246,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.007))
+            c.record(ChunkEncodeReport(attempt: .rejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.007, compression: .zlib(1)))
         }
         _ = decisions(&c, 3)
         c.beginStream(chunks: 40)
@@ -185,7 +260,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         var c = AdaptiveCompression(encoders: 2)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<10 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertFalse(c.shouldCompress())
         compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
@@ -222,7 +297,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         // compressing pays below 120 MB/s of total server rate.
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 100 * MB, ratio: 0.4)
-        XCTAssertEqual(c.savingBound / MB, 120, accuracy: 0.5)
+        XCTAssertEqual(c.savingBound(.zlib) / MB, 120, accuracy: 0.5)
         writes(&c, rate: 10 * MB, total: 8 << 20, blocked: true)
         c.recordServerRate(110 * MB)
         XCTAssertEqual(decisions(&c, 20), 20, "110 MB/s in all: each chunk saves more than it costs")
@@ -240,7 +315,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 70 * MB, ratio: 0.24)
         writes(&c, rate: 117 * MB, total: 16 << 20, blocked: true)
         c.recordServerRate(118 * MB)
-        XCTAssertLessThan(c.savingBound, 117 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 117 * MB)
         XCTAssertGreaterThan(decisions(&c, 40), 20, "the link is the bottleneck: compress most chunks")
     }
 
@@ -254,7 +329,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         writes(&c, rate: 1.5 * MB, total: 8 << 20, blocked: true)
         XCTAssertEqual(c.networkPressure, 1, accuracy: 0.001)
         c.recordServerRate(75 * MB)
-        XCTAssertLessThan(c.savingBound, 75 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 75 * MB)
         XCTAssertEqual(decisions(&c, 50), 0)
         // Once it stores, the same machine pushes more; still stored.
         c.recordServerRate(150 * MB)
@@ -271,7 +346,7 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 30 * MB, ratio: 0.3)
         writes(&c, rate: 12.5 * MB, total: 16 << 20, blocked: true)
         c.recordServerRate(12.5 * MB)
-        XCTAssertEqual(c.savingBound / MB, 42, accuracy: 0.5)
+        XCTAssertEqual(c.savingBound(.zlib) / MB, 42, accuracy: 0.5)
         XCTAssertEqual(decisions(&c, 50), 50)
     }
 
@@ -282,10 +357,10 @@ final class AdaptiveCompressionTests: XCTestCase {
         compressed(&c, rate: 90 * MB, ratio: 0.3, count: 3)
         writes(&c, rate: 50 * MB, total: 8 << 20, blocked: true)
         for _ in 0..<20 {
-            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, zlibSeconds: 0.0004))
+            c.record(ChunkEncodeReport(attempt: .sampleRejected, rawBytes: chunk, wireBytes: chunk, codecSeconds: 0.0004, compression: .zlib(1)))
         }
         XCTAssertGreaterThan(c.expectedRatio, 0.9)
-        XCTAssertLessThan(c.savingBound, 50 * MB)
+        XCTAssertLessThan(c.savingBound(.zlib), 50 * MB)
         XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
     }
 
@@ -373,34 +448,34 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testStoredChunkIsTheRawBufferItself() throws {
         let raw = ByteBuffer(bytes: randomBytes(300_000))
-        var encoder = ChunkEncoder(policy: .off)
+        var encoder = ChunkEncoder(.store)
         let out = encoder.encode(raw, offset: 7, allocator: allocator)
         XCTAssertEqual(out.header.codec, .stored)
         XCTAssertEqual(out.header.offset, 7)
         XCTAssertEqual(out.wire, raw)
         let same = raw.withUnsafeReadableBytes { r in out.wire.withUnsafeReadableBytes { w in r.baseAddress == w.baseAddress } }
         XCTAssertTrue(same, "stored chunks are not copied")
-        XCTAssertEqual(out.report, ChunkEncodeReport(attempt: .none, rawBytes: 300_000, wireBytes: 300_000, zlibSeconds: 0))
+        XCTAssertEqual(out.report, ChunkEncodeReport(attempt: .none, rawBytes: 300_000, wireBytes: 300_000, codecSeconds: 0))
         XCTAssertEqual(try ChunkDecoder.decode(header: out.header, wire: out.wire), Array(raw.readableBytesView))
     }
 
     func testReportsSayWhatZlibDid() throws {
         let random = ByteBuffer(bytes: randomBytes(256 * 1024))
-        var auto = ChunkEncoder(policy: .auto)
+        var auto = ChunkEncoder(.sampleThenCompress(.zlib(1)))
         let sampled = auto.encode(random, offset: 0, allocator: allocator)
         XCTAssertEqual(sampled.header.codec, .stored)
         XCTAssertEqual(sampled.report.attempt, .sampleRejected)
-        XCTAssertGreaterThan(sampled.report.zlibSeconds, 0)
+        XCTAssertGreaterThan(sampled.report.codecSeconds, 0)
 
         let small = ByteBuffer(bytes: randomBytes(20_000))  // too small to sample
-        var level = ChunkEncoder(policy: .level(1))
+        var level = ChunkEncoder(.compress(.zlib(1)))
         let rejected = level.encode(small, offset: 0, allocator: allocator)
         XCTAssertEqual(rejected.header.codec, .stored)
         XCTAssertEqual(rejected.report.attempt, .rejected)
         XCTAssertEqual(rejected.wire, small)
 
         let log = text(256 * 1024)
-        var fresh = ChunkEncoder(policy: .auto)
+        var fresh = ChunkEncoder(.sampleThenCompress(.zlib(1)))
         let packed = fresh.encode(log, offset: 0, allocator: allocator)
         XCTAssertEqual(packed.header.codec, .zlib)
         XCTAssertEqual(packed.report.attempt, .compressed)
@@ -412,13 +487,13 @@ final class AdaptiveCompressionTests: XCTestCase {
 
     func testBufferAndPointerEncodingsAgree() {
         let log = text(100_000)
-        for policy: CompressionPolicy in [.off, .level(1), .level(6), .auto] {
-            var a = ChunkEncoder(policy: policy)
-            var b = ChunkEncoder(policy: policy)
+        for decision: ChunkDecision in [.store, .compress(.zlib(1)), .compress(.zlib(6)), .sampleThenCompress(.zlib(1))] {
+            var a = ChunkEncoder(decision)
+            var b = ChunkEncoder(decision)
             let viaBuffer = a.encode(log, offset: 42, allocator: allocator)
             let viaPointer = log.withUnsafeReadableBytes { b.encode(raw: $0, offset: 42, allocator: allocator) }
-            XCTAssertEqual(viaBuffer.header, viaPointer.0, "\(policy)")
-            XCTAssertEqual(viaBuffer.wire, viaPointer.1, "\(policy)")
+            XCTAssertEqual(viaBuffer.header, viaPointer.0, "\(decision)")
+            XCTAssertEqual(viaBuffer.wire, viaPointer.1, "\(decision)")
         }
     }
 }

@@ -1,0 +1,396 @@
+import FerryFiles
+import FerryProtocol
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// What the kernel says about one TCP connection (Linux `TCP_INFO`), read now and then by the
+/// sender. Cumulative values, like the kernel's.
+public struct TransportSample: Sendable, Hashable {
+    /// When it was read (any monotonic clock), in seconds.
+    public var time: Double
+    /// Total seconds the sender has been held back by the receiver's window
+    /// (`tcpi_rwnd_limited`): the receiver, not the network, was the bottleneck.
+    public var receiverLimited: Double
+    /// The latest delivery-rate sample in bytes per second (`tcpi_delivery_rate`), nil when
+    /// that sample was application-limited and so says nothing about the link.
+    public var deliveryRate: Double?
+
+    public init(time: Double, receiverLimited: Double, deliveryRate: Double?) {
+        self.time = time
+        self.receiverLimited = receiverLimited
+        self.deliveryRate = deliveryRate
+    }
+}
+
+/// The `--compress auto` policy: decides, chunk by chunk, whether compressing pays on this link,
+/// with which codec and at which level (`decide`).
+///
+/// The codec is zstd when the peer decodes it (it compresses text several times faster than
+/// zlib at a better ratio, and is cheaper to decode), else zlib. Compressing trades CPU time for
+/// fewer bytes on the wire. That pays only when the network, not the CPU, is the bottleneck:
+/// when the sender's writes wait for the socket to drain while cores could be compressing. On
+/// loopback or a fast LAN the socket drains faster than the encoders can fill it, and
+/// compressing would slow both ends down.
+///
+/// What the controller observes, all decaying so that it follows change:
+/// - the *network pressure*: the recent share of chunks written while the socket's send buffer
+///   was filling up (a write was held back by the socket within the last 1.5 MiB written): while
+///   that happens the link, not the encoders, sets the pace;
+/// - the link rate `D`: wire bytes per second actually written over about the last few MiB, by
+///   the wall clock (it never overestimates the link; it is the link's rate while the network
+///   is the bottleneck);
+/// - the compression rate `C·n`, per codec: raw bytes per second one encoder compresses
+///   (converted to the codec's base level, `relativeSpeed`), times the encoders working in parallel;
+/// - the ratio `r`: wire/raw bytes of recent attempts (1 for a chunk that did not shrink);
+/// - the server's total rate over all its connections (`recordServerRate`): the encoders serve
+///   them all, so fifty connections that each look slow can together outrun the encoders;
+/// - when the connection's `TCP_INFO` is available (`recordTransport`): the share of time the
+///   receiver's window held the sender back, and the kernel's delivery rate, which replaces `D`
+///   (it measures the link even while it is not saturated).
+///
+/// It decides, when a chunk's encoding is started:
+/// 0. the receiver held the sender back more than a quarter of the recent time: **store** (the
+///    receiver is the bottleneck, as on loopback with a busy client; compressing would add work to both);
+/// 1. `D`, or the server's total rate, is at least `2·C·n`: the data leaves twice as fast as the
+///    encoders could produce it at the base level: **store** (this keeps loopback, where client and server share the CPU,
+///    and many clients at once, stored);
+/// 2. `r > 0.9` (the data keeps failing to shrink): **store**, but probe one chunk in 16 and the
+///    first chunk of every multi-chunk stream, so compressible data is noticed again;
+/// 2b. other connections are busy too (the server's total rate is more than twice `D`) and that
+///    total is at least `savingBound = (1 - r)·C·n`: the encoders serve every connection, and the
+///    encoder time a chunk costs would exceed the sending time it saves, so compressing would
+///    only make the CPU the bottleneck: **store** (wall-clock `C` falls when the machine's CPU is
+///    saturated, as with fifty clients on loopback). A connection alone is not held to this
+///    bound: while the encoders have CPU to spare, mixing compressed chunks into a link that is
+///    nearly as fast as they are still raises the delivered rate (1 Gbit/s text, below);
+/// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
+///    guess costs most; on a fast one the first MiB or so costs a little CPU);
+/// 4. otherwise compress the share of chunks given by the network pressure, spread evenly: on a
+///    slow link the send buffer is always full and every chunk is compressed; near the crossover
+///    compressing too much lets the buffer drain, the pressure falls and stored chunks mix in,
+///    so that the link and the encoders are both busy.
+///
+/// The level (`level(for:)`) climbs the codec's `ladder`: from its base level (1) to a higher
+/// rung while the network is the bottleneck (pressure above 0.9) and the encoders at the base
+/// level could feed the link the rung's `headroom` times over (zlib: 3 at 1.75×, 6 at 4×, a
+/// 100 Mbit/s link and a few cores): spare CPU buys a better ratio. If the higher level makes
+/// the encoders the bottleneck, the pressure drops and the level with it. Where even the base
+/// level cannot keep up with the link (`C·n` below the raw rate the link carries), zstd drops to
+/// the slowest of its fast (negative) levels that can, or its fastest: every chunk compressed a
+/// little beats a mix of stored and compressed ones.
+/// Whatever it decides, a chunk that does not shrink by 3% is sent stored (`ChunkEncoder`).
+/// It is a pure value: the caller feeds it measured seconds, so tests drive it deterministically.
+public struct AdaptiveCompression: Sendable {
+    public struct Tuning: Sendable {
+        /// Store while the link is at least this multiple of the encoders' combined speed.
+        public var fastLinkFactor = 2.0
+        /// Store compressible data while the server's total rate is at least this multiple of
+        /// `(1 - ratio) × compressRate` (and other connections are busy, see
+        /// `sharedServerFactor`): the encoder time a chunk costs (spread over the encoders, which
+        /// serve every connection) would exceed the link time it saves.
+        public var savingFactor = 1.0
+        /// Other connections count as busy while the server's total rate is more than this
+        /// multiple of this connection's own rate.
+        public var sharedServerFactor = 2.0
+        /// Store while the receiver's window held the sender back more than this share of the time.
+        public var receiverLimitedShare = 0.25
+        /// Weight kept by the transport estimates per new sample.
+        public var transportDecay = 0.75
+        /// A write that waited at least this long was held back by the socket (its buffer was
+        /// full: NIO suspends writes above the high watermark until it drains to the low one).
+        public var blockedSend = 0.001
+        /// The network counts as the bottleneck while a write was held back within this many
+        /// wire bytes (the 768 KiB between the watermarks, twice).
+        public var recentBlockBytes = 3 << 19
+        /// Weight kept by the network pressure per chunk written.
+        public var pressureDecay = 0.85
+        /// Above this expected wire/raw ratio the data counts as incompressible.
+        public var incompressibleRatio = 0.9
+        /// While the data is incompressible, one chunk in this many is still tried.
+        public var probeInterval = 16
+        /// Wire bytes the link must have been observed moving before its rate is trusted.
+        public var trustBytes = 4 << 20
+        /// The link-rate estimate forgets half its weight every this many wire bytes.
+        public var linkHalfLife = 4 << 20
+        /// Weight kept by the compression-rate and ratio estimates per new attempt.
+        public var attemptDecay = 0.75
+        /// Raw bytes per second one encoder is assumed to compress at the codec's base level
+        /// before any was measured (log text; zstd 1 is about twice as fast as zlib 1).
+        public var priorCompressRate: [ChunkCodec: Double] = [.zlib: 100e6, .zstd: 200e6]
+        /// Expected wire/raw ratio before any attempt was seen.
+        public var priorRatio = 0.5
+        /// A higher rung of the ladder is climbed only while the network is the bottleneck:
+        /// pressure above this.
+        public var levelPressure = 0.9
+
+        public init() {}
+    }
+
+    /// A level `auto` may choose for a codec.
+    public struct Rung: Sendable, Hashable {
+        public var level: Int32
+        /// Chosen above the base level when the encoders at the base level could feed the link
+        /// this many times over (and the network is the bottleneck). Unused for fast levels.
+        /// (Its level's speed times the headroom is 1.35 to 1.6: the encoders keep a margin over
+        /// what the link carries.)
+        public var headroom: Double
+
+        public init(level: Int32, headroom: Double) {
+            self.level = level
+            self.headroom = headroom
+        }
+    }
+
+    /// The levels `auto` chooses among, ascending; the base level is 1. Fast (negative) levels
+    /// are chosen when the base level cannot keep up with the link, higher ones when it could
+    /// feed the link `headroom` times over.
+    public static func ladder(for codec: ChunkCodec) -> [Rung] {
+        switch codec {
+        case .stored: return [Rung(level: 1, headroom: 0)]
+        case .zlib: return [Rung(level: 1, headroom: 0), Rung(level: 3, headroom: 1.75), Rung(level: 6, headroom: 4)]
+        case .zstd:
+            // Levels 2 and 3 gain almost nothing over 1 on chunks of text; 4, 6 and 9 do. At
+            // 100 Mbit/s, beating rsync -z (whose zstd streams a whole file) takes level 6.
+            return [Rung(level: -4, headroom: 0), Rung(level: -1, headroom: 0), Rung(level: 1, headroom: 0),
+                    Rung(level: 4, headroom: 2.75), Rung(level: 6, headroom: 4.5), Rung(level: 9, headroom: 9)]
+        }
+    }
+
+    /// How fast a codec compresses at a level, as a multiple of its speed at level 1, roughly
+    /// (256 KiB chunks of log-like text; docs/BENCHMARKS.md, "Codecs"); used to convert
+    /// measured speeds to base-level terms and back.
+    public static func relativeSpeed(_ compression: ChunkCompression) -> Double {
+        switch (compression.codec, compression.level) {
+        case (.zlib, ...1): return 1
+        case (.zlib, 2...3): return 0.8
+        case (.zlib, 4...5): return 0.6
+        case (.zlib, 6): return 0.4
+        case (.zlib, _): return 0.25
+        case (.zstd, ...(-4)): return 1.45
+        case (.zstd, ...(-1)): return 1.3
+        case (.zstd, ...2): return 1
+        case (.zstd, 3): return 0.8
+        case (.zstd, 4): return 0.55
+        case (.zstd, 5): return 0.42
+        case (.zstd, 6): return 0.3
+        case (.zstd, 7): return 0.25
+        case (.zstd, 8...9): return 0.17
+        case (.zstd, 10...12): return 0.07
+        case (.zstd, _): return 0.02
+        case (.stored, _): return 1
+        }
+    }
+
+    /// The codec `auto` compresses with for a peer that decodes `codecs`.
+    public static func codec(for codecs: Set<ChunkCodec>) -> ChunkCodec {
+        codecs.contains(.zstd) ? .zstd : .zlib
+    }
+
+    public let tuning: Tuning
+    /// Encoders working in parallel (the pipeline's window, at most the core count).
+    public var encoders: Int
+
+    /// Raw bytes and seconds of recent attempts of one codec, in base-level terms.
+    private struct Speed: Sendable {
+        var bytes: Double
+        var seconds: Double
+    }
+
+    private var observedBytes = 0.0
+    private var deliveredBytes = 0.0
+    private var deliveredSeconds = 0.0
+    private var speeds: [ChunkCodec: Speed] = [:]
+    private var ratioEstimate: Double
+    private var pressure = 1.0
+    private var bytesSinceBlocked = 0.0
+    private var sinceProbe = 0
+    private var probeNext = false
+    private var credit = 0.0
+    private var lastTransport: TransportSample?
+    private var receiverShareEstimate: Double?
+    private var deliveryRateEstimate: Double?
+    private var serverRateEstimate: Double?
+
+    public init(encoders: Int, tuning: Tuning = Tuning()) {
+        self.tuning = tuning
+        self.encoders = max(1, encoders)
+        ratioEstimate = tuning.priorRatio
+    }
+
+    /// Wire bytes per second the link drains: the kernel's delivery rate when known, else the
+    /// wall-clock throughput once `trustBytes` have been observed; nil before.
+    public var linkRate: Double? { deliveryRateEstimate ?? throughput }
+
+    /// Raw bytes per second all encoders together compress with `codec` at its base level.
+    public func compressRate(_ codec: ChunkCodec) -> Double {
+        let speed = speeds[codec] ?? prior(codec)
+        return speed.bytes / speed.seconds * Double(encoders)
+    }
+
+    /// What is assumed of a codec before it was measured: one 256 KiB attempt at the prior
+    /// speed, so that the first real measurement dominates.
+    private func prior(_ codec: ChunkCodec) -> Speed {
+        let rate = tuning.priorCompressRate[codec] ?? tuning.priorCompressRate[.zlib] ?? 100e6
+        return Speed(bytes: 262_144, seconds: 262_144 / rate)
+    }
+
+    /// Expected wire/raw ratio of the next attempt.
+    public var expectedRatio: Double { ratioEstimate }
+
+    /// Recent share of chunks written while the socket's send buffer kept filling up.
+    public var networkPressure: Double { pressure }
+
+    /// Share of recent time the receiver's window held the sender back; nil without transport samples.
+    public var receiverLimitedShare: Double? { receiverShareEstimate }
+
+    /// Wire bytes per second actually written, by the wall clock (recent chunks); nil until
+    /// `trustBytes` have been written.
+    public var throughput: Double? {
+        guard observedBytes >= Double(tuning.trustBytes) else { return nil }
+        return deliveredSeconds > 0 ? deliveredBytes / deliveredSeconds : .infinity
+    }
+
+    /// The level for chunks compressed with `codec`: a rung of its `ladder`.
+    public func level(for codec: ChunkCodec) -> Int32 {
+        let ladder = Self.ladder(for: codec)
+        guard let rate = linkRate, rate > 0 else { return 1 }
+        // Raw bytes per second the link carries at the current ratio.
+        let needed = rate / max(ratioEstimate, 0.05)
+        let base = compressRate(codec)
+        let fast = ladder.filter { $0.level < 1 }
+        if base < needed, let fastest = fast.first {
+            // The slowest fast level that keeps up with the link, else the fastest there is.
+            return fast.last { rung in
+                ChunkCompression(codec: codec, level: rung.level).map { base * Self.relativeSpeed($0) >= needed } ?? false
+            }?.level ?? fastest.level
+        }
+        guard pressure >= tuning.levelPressure else { return 1 }
+        return ladder.last { $0.level >= 1 && base >= $0.headroom * needed }?.level ?? 1
+    }
+
+    /// The rate (wire bytes per second, of this link or of the whole server) from which
+    /// compressing with `codec` costs more encoder time than it saves link time: per chunk of
+    /// `R` raw bytes the encoders spend `R / compressRate` seconds (they work in parallel, for
+    /// all connections) to save `(1 - ratio) · R / rate` seconds of sending. Measured encoder
+    /// speeds are wall-clock, so a machine whose CPU is saturated (fifty clients on loopback)
+    /// shows slow encoders and a low bound.
+    public func savingBound(_ codec: ChunkCodec) -> Double {
+        (1 - min(max(ratioEstimate, 0), 1)) * compressRate(codec) * tuning.savingFactor
+    }
+
+    /// Wire bytes per second the whole server wrote recently (all connections); nil when unknown.
+    public var serverRate: Double? { serverRateEstimate }
+
+    /// The server's total rate over all its connections, measured just now.
+    public mutating func recordServerRate(_ bytesPerSecond: Double) {
+        serverRateEstimate = max(0, bytesPerSecond)
+    }
+
+    /// The kernel's view of the connection, read now (cumulative values).
+    public mutating func recordTransport(_ sample: TransportSample) {
+        defer { lastTransport = sample }
+        guard let last = lastTransport else { return }
+        let elapsed = sample.time - last.time
+        guard elapsed > 0 else { return }
+        let a = tuning.transportDecay
+        let share = min(1, max(0, (sample.receiverLimited - last.receiverLimited) / elapsed))
+        receiverShareEstimate = receiverShareEstimate.map { $0 * a + share * (1 - a) } ?? share
+        if let rate = sample.deliveryRate, rate > 0 {
+            deliveryRateEstimate = deliveryRateEstimate.map { $0 * a + rate * (1 - a) } ?? rate
+        }
+    }
+
+    /// A new stream (one `GET` or manifest) of `chunks` chunks begins: its first chunk is
+    /// probed even if recent data was incompressible, since a new file may differ.
+    public mutating func beginStream(chunks: Int) {
+        probeNext = chunks > 1
+    }
+
+    /// One chunk of `wireBytes` was written; the socket took `sendSeconds` to take it, and
+    /// `intervalSeconds` passed since the previous chunk was written.
+    public mutating func recordChunkWritten(wireBytes: Int, sendSeconds: Double, intervalSeconds: Double) {
+        if sendSeconds >= tuning.blockedSend {
+            bytesSinceBlocked = 0
+        } else {
+            bytesSinceBlocked = min(bytesSinceBlocked + Double(wireBytes), 1e15)
+        }
+        let networkBound = bytesSinceBlocked < Double(tuning.recentBlockBytes) ? 1.0 : 0.0
+        let a = tuning.pressureDecay
+        pressure = pressure * a + networkBound * (1 - a)
+        let keep = pow(0.5, Double(wireBytes) / Double(tuning.linkHalfLife))
+        deliveredBytes = deliveredBytes * keep + Double(wireBytes)
+        deliveredSeconds = deliveredSeconds * keep + max(0, intervalSeconds)
+        observedBytes = min(observedBytes + Double(wireBytes), 1e15)
+    }
+
+    /// An encoder finished a chunk.
+    public mutating func record(_ report: ChunkEncodeReport) {
+        let a = tuning.attemptDecay
+        switch report.attempt {
+        case .none:
+            return
+        case .sampleRejected:
+            ratioEstimate = ratioEstimate * a + (1 - a)
+        case .rejected:
+            ratioEstimate = ratioEstimate * a + (1 - a)
+            recordSpeed(report)
+        case .compressed:
+            ratioEstimate = ratioEstimate * a + (1 - a) * Double(report.wireBytes) / Double(max(1, report.rawBytes))
+            recordSpeed(report)
+        }
+    }
+
+    private mutating func recordSpeed(_ report: ChunkEncodeReport) {
+        guard let compression = report.compression, report.codecSeconds > 0, report.rawBytes > 0 else { return }
+        let a = tuning.attemptDecay
+        var speed = speeds[compression.codec] ?? prior(compression.codec)
+        speed.bytes = speed.bytes * a + Double(report.rawBytes)
+        // In base-level terms: a zlib-6 chunk that took 4 ms counts as a zlib-1 chunk of 1.6 ms.
+        speed.seconds = speed.seconds * a + report.codecSeconds * Self.relativeSpeed(compression)
+        speeds[compression.codec] = speed
+    }
+
+    /// The decision for the next chunk of a stream to a peer that decodes `codecs`: store it,
+    /// or test a sample and compress it with `codec(for:)` at `level(for:)`.
+    public mutating func decide(peerCodecs codecs: Set<ChunkCodec>) -> ChunkDecision {
+        let codec = Self.codec(for: codecs)
+        guard shouldCompress(codec), let compression = ChunkCompression(codec: codec, level: level(for: codec)) else {
+            return .store
+        }
+        return .sampleThenCompress(compression)
+    }
+
+    /// Whether the next chunk should be tried with `codec` (at `level(for:)`).
+    public mutating func shouldCompress(_ codec: ChunkCodec = .zlib) -> Bool {
+        let probe = probeNext
+        probeNext = false
+        if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
+            return false
+        }
+        if let rate = [linkRate, serverRateEstimate].compactMap({ $0 }).max(), rate >= tuning.fastLinkFactor * compressRate(codec) {
+            return false
+        }
+        if ratioEstimate > tuning.incompressibleRatio {
+            sinceProbe += 1
+            if probe || sinceProbe >= tuning.probeInterval {
+                sinceProbe = 0
+                return true
+            }
+            return false
+        }
+        if let server = serverRateEstimate, server > tuning.sharedServerFactor * (linkRate ?? 0), server >= savingBound(codec) {
+            return false
+        }
+        guard linkRate != nil else { return true }
+        credit += pressure
+        if credit >= 1 - 1e-9 {
+            credit -= 1
+            return true
+        }
+        return false
+    }
+}
+
