@@ -398,7 +398,7 @@ public struct Syncer: Sendable {
     }
 
     private func fetchManifest(counter: ByteCounter) async throws -> Manifest {
-        var attempt = 0
+        var tracker = RetryPolicy.Tracker(options.retry)
         while true {
             do {
                 return try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { c in
@@ -412,10 +412,10 @@ public struct Syncer: Sendable {
                     await c.quit()
                     return m
                 }
-            } catch let error as ClientError
-                        where error.isRetryable(serverAnsweredThisRun: counter.count > 0) && attempt < options.retry.retries {
-                attempt += 1
-                try await Task.sleep(for: options.retry.delay(afterAttempt: attempt - 1))
+            } catch {
+                let decision = tracker.record(FileFailure(error, serverAnsweredThisRun: counter.count > 0))
+                guard let delay = decision.delay else { throw error }
+                try await Task.sleep(for: delay)
             }
         }
     }
