@@ -277,7 +277,7 @@ struct TransportProbe: Sendable {
 
 /// Answers `GET`.
 struct FileSender {
-    let server: FerryServer
+    let context: ConnectionContext
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
@@ -285,18 +285,18 @@ struct FileSender {
     var transport: TransportProbe? = nil
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
-        let (file, info, canonical) = try server.root.openFileCanonical(path)
+        let (file, info, canonical) = try context.root.openFileCanonical(path)
         if let validator, validator != info.validator { throw ServeError.changed(info.validator) }
         guard offset <= info.size else {
             throw ServeError.badRange("offset \(offset) is beyond the end of the file (size \(info.size))")
         }
         let end = length.map { min(info.size, offset + min($0, info.size - offset)) } ?? info.size
         let key = HashKey(info)
-        let known = server.hashCache.lookup(canonical, key)
-        let memory = self.memory ?? CompressionMemory.forServer(server)
+        let known = context.hashCache.lookup(canonical, key)
+        let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
-        if end - offset <= Int64(server.configuration.chunkSize) {
+        if end - offset <= Int64(context.chunkSize) {
             return try await sendInOneWrite(file: file, info: info, path: path, range: offset..<end, known: known,
                                             key: key, canonical: canonical, memory: memory, controller: &controller)
         }
@@ -305,15 +305,15 @@ struct FileSender {
         var hasher: SHA256Hasher? = known == nil ? SHA256Hasher() : nil
         do {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
-            let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
-                                         chunkSize: server.configuration.chunkSize, transport: transport,
+            let pipeline = ChunkPipeline(writer: writer, policy: context.compression,
+                                         chunkSize: context.chunkSize, transport: transport,
                                          serverRate: memory.serverRate, buffers: memory.buffers)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
             }
             if chunks > 1 {
-                server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
+                context.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
                     "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
@@ -351,7 +351,7 @@ struct FileSender {
         if let known { return "END \(known)" }
         guard let hasher else { return "END -" }  // unreachable: either known or hashed
         let sha = hasher.finalizeHex()
-        server.hashCache.store(canonical, key, sha256: sha)
+        context.hashCache.store(canonical, key, sha256: sha)
         return "END \(sha)"
     }
 
@@ -376,7 +376,7 @@ struct FileSender {
         do {
             if hasher != nil && range.lowerBound > 0 { try hashRange(file, 0, range.lowerBound, into: &hasher) }
             if !range.isEmpty {
-                var policy = server.configuration.compression
+                var policy = context.compression
                 var level: Int32 = 1
                 if policy == .auto {
                     controller.beginStream(chunks: 1)
@@ -423,7 +423,7 @@ struct FileSender {
 /// Answers `MANIFEST`: walks the subtree, hashes files (through the cache) and streams the
 /// manifest text zlib-compressed.
 struct ManifestSender {
-    let server: FerryServer
+    let context: ConnectionContext
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
@@ -432,8 +432,8 @@ struct ManifestSender {
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
     func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
-        let (dir, canonical) = try server.root.openDirectory(path)
-        let cache = server.hashCache
+        let (dir, canonical) = try context.root.openDirectory(path)
+        let cache = context.hashCache
         let entries: [Entry]
         let notes: [ManifestNote]
         do {
@@ -451,17 +451,17 @@ struct ManifestSender {
             case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
             }
         }
-        server.saveCache()
+        context.saveCache()
         let text = Manifest(entries: entries, notes: report ? notes : []).text
         let buffer = ByteBuffer(string: text)
         var hasher = SHA256Hasher()
-        let memory = self.memory ?? CompressionMemory.forServer(server)
+        let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
         try await writer.send(line: "OK \(entries.count)")
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: server.configuration.compression,
-                                     chunkSize: server.configuration.chunkSize, transport: transport,
+        let pipeline = ChunkPipeline(writer: writer, policy: context.compression,
+                                     chunkSize: context.chunkSize, transport: transport,
                                      serverRate: memory.serverRate)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }

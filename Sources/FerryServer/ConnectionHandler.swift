@@ -8,12 +8,12 @@ import NIOCore
 /// Serves one connection: reads request lines and answers them strictly in order
 /// (pipelined requests simply wait in the inbound stream, which applies back-pressure).
 struct ConnectionHandler {
-    let server: FerryServer
+    let context: ConnectionContext
     let connection: NIOAsyncChannel<RequestFrame, ByteBuffer>
     let activity: ConnectionActivity
 
-    var logger: Logger { server.logger }
-    var root: ServedRoot { server.root }
+    var logger: Logger { context.logger }
+    var root: ServedRoot { context.root }
 
     /// Sends one error line to a connection that is not admitted, then closes it.
     static func refuse(_ connection: NIOAsyncChannel<RequestFrame, ByteBuffer>, _ reply: ErrorReply) async {
@@ -30,9 +30,9 @@ struct ConnectionHandler {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator)
-                let nonce = server.configuration.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
+                let nonce = context.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
                 var authenticated = nonce == nil
-                try await writer.send(line: server.greeting(nonce: nonce).line)
+                try await writer.send(line: context.greeting(nonce: nonce).line)
                 var taken = 0
                 defer { writer.discardHeld() }
                 for try await frame in inbound {
@@ -57,7 +57,7 @@ struct ConnectionHandler {
                             return
                         }
                         if case .auth(let hex) = request {
-                            guard let nonce, let token = server.configuration.token else {
+                            guard let nonce, let token = context.token else {
                                 try await writer.send(line: "OK auth")
                                 continue
                             }
@@ -87,13 +87,13 @@ struct ConnectionHandler {
 
     /// Checks an `AUTH` answer, waiting first for this address's turn when it failed recently.
     private func authenticate(hmacHex: String, token: [UInt8], nonce: [UInt8], peerHost: String) async throws -> Bool {
-        let wait = server.authThrottle.reserveTurn(for: peerHost)
+        let wait = context.authThrottle.reserveTurn(for: peerHost)
         if wait > .zero { try await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
         guard Authenticator.verify(hmacHex: hmacHex, token: token, nonce: nonce) else {
-            server.authThrottle.recordFailure(for: peerHost)
+            context.authThrottle.recordFailure(for: peerHost)
             return false
         }
-        server.authThrottle.recordSuccess(for: peerHost)
+        context.authThrottle.recordSuccess(for: peerHost)
         return true
     }
 
@@ -114,7 +114,7 @@ struct ConnectionHandler {
                 entry.special = nil  // STAT has no `kinds` option
                 try await writer.send(line: "OK " + entry.line)
             case .get(let path, let offset, let length, let validator):
-                try await FileSender(server: server, writer: writer)
+                try await FileSender(context: context, writer: writer)
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info) = try root.openFile(path)
@@ -137,7 +137,7 @@ struct ConnectionHandler {
                 do { hashes = try BlockHashes.compute(file: file, size: info.size, blockSize: blockSize) } catch { throw ServeError.io(error) }
                 try await writer.send(lines: ["OK \(info.size) \(info.mtime) \(blockSize) \(count)"] + hashes)
             case .manifest(let path, let hashes, let report):
-                try await ManifestSender(server: server, writer: writer).send(path: path, hashes: hashes, report: report)
+                try await ManifestSender(context: context, writer: writer).send(path: path, hashes: hashes, report: report)
             case .auth, .quit:
                 break  // handled by the caller
             }

@@ -141,13 +141,16 @@ public final class FerryServer: Sendable {
 
     public var port: Int { localAddress.port ?? configuration.port }
 
-    /// The greeting every connection starts with.
-    func greeting(nonce: [UInt8]?) -> Greeting {
-        Greeting(name: configuration.name, id: id, nonce: nonce)
+    /// What each connection's handler is given of the server.
+    var connectionContext: ConnectionContext {
+        ConnectionContext(root: root, hashCache: hashCache, logger: logger, compression: configuration.compression,
+                          compressionMemory: CompressionMemory.forServer(self), chunkSize: configuration.chunkSize,
+                          token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id)
     }
 
     /// Accepts and serves connections until `shutdown()` is called.
     public func run() async throws {
+        let context = connectionContext
         try await withThrowingDiscardingTaskGroup { group in
             try await serverChannel.executeThenClose { inbound in
                 for try await accepted in inbound {
@@ -162,14 +165,14 @@ public final class FerryServer: Sendable {
                         if let refusal {
                             await ConnectionHandler.refuse(connection, refusal)
                         } else {
-                            await ConnectionHandler(server: self, connection: connection, activity: accepted.activity).run()
+                            await ConnectionHandler(context: context, connection: connection, activity: accepted.activity).run()
                             self.connections.withLockedValue { _ = $0.open.removeValue(forKey: ObjectIdentifier(connection.channel)) }
                         }
                     }
                 }
             }
         }
-        saveCache()
+        context.saveCache()
     }
 
     /// The greeting that turns a new connection away, or nil to admit it: `ERR 503` once the
@@ -190,10 +193,6 @@ public final class FerryServer: Sendable {
         }
         serverChannel.channel.close(promise: nil)
         for channel in open { channel.close(promise: nil) }
-    }
-
-    func saveCache() {
-        do { try hashCache.save() } catch { logger.warning("could not save the hash cache: \(error)") }
     }
 }
 
