@@ -14,15 +14,11 @@ struct ChunkPipeline {
     let writer: ReplyWriter
     let policy: CompressionPolicy
     let chunkSize: Int
-    /// The connection's `TCP_INFO`, when the caller has the channel.
-    var transport: TransportProbe? = nil
     /// The server's total rate, fed with every chunk written.
     var serverRate: ServerRateMeter? = nil
     /// Chunk buffers to reuse (file reads and deflate output); fresh ones when nil.
     var buffers: ChunkBufferPool? = nil
     static let window = 4
-    /// Chunks between two `TCP_INFO` reads.
-    static let transportInterval = 4
     /// Encoders that can really run at once.
     static var encoders: Int { max(1, min(window, System.coreCount)) }
 
@@ -62,8 +58,6 @@ struct ChunkPipeline {
         let policy = self.policy
         let buffers = self.buffers
         controller.beginStream(chunks: count)
-        let transport = policy == .auto ? self.transport : nil
-        if let sample = await transport?.sample() { controller.recordTransport(sample) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -101,9 +95,6 @@ struct ChunkPipeline {
                     item.recycle(into: buffers)
                     next += 1
                     if let rate = serverRate?.add(bytes) { controller.recordServerRate(rate) }
-                    if next % Self.transportInterval == 0, let sample = await transport?.sample() {
-                        controller.recordTransport(sample)
-                    }
                     if launched < count {
                         launch(launched)
                         launched += 1
@@ -222,67 +213,12 @@ extension ReplyWriter {
     }
 }
 
-/// Reads the kernel's view of a TCP connection (Linux `TCP_INFO`) for `AdaptiveCompression`:
-/// how long the receiver's window has held the sender back, and the delivery rate. Elsewhere,
-/// or if the kernel says nothing, `sample()` is nil and the controller goes by timing alone.
-struct TransportProbe: Sendable {
-    let channel: any Channel
-
-    init(_ channel: any Channel) {
-        self.channel = channel
-    }
-
-    func sample() async -> TransportSample? {
-        #if os(Linux)
-        guard let provider = channel as? SocketOptionProvider else { return nil }
-        let raw: TCPInfoBytes
-        do {
-            // IPPROTO_TCP = 6, TCP_INFO = 11 (Linux ABI).
-            raw = try await provider.unsafeGetSocketOption(level: SocketOptionLevel(6), name: SocketOptionName(11)).get()
-        } catch {
-            return nil
-        }
-        let time = ContinuousClock.now
-        return Self.parse(raw, at: (time - Self.epoch).seconds)
-        #else
-        return nil
-        #endif
-    }
-
-    /// The first 192 bytes of Linux's `struct tcp_info` (linux/tcp.h), which the kernel fills
-    /// as far as it knows them (NIO zeroes the buffer first).
-    typealias TCPInfoBytes = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
-
-    private static let epoch = ContinuousClock.now
-
-    /// Byte offsets in `struct tcp_info` (stable kernel ABI since Linux 4.10).
-    static let appLimitedByte = 7, deliveryRateOffset = 160, busyTimeOffset = 168, rwndLimitedOffset = 176
-
-    static func parse(_ raw: TCPInfoBytes, at time: Double) -> TransportSample? {
-        withUnsafeBytes(of: raw) { bytes -> TransportSample? in
-            func u64(_ offset: Int) -> UInt64 { bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
-            // Kept in jiffies by the kernel: zero on an old kernel, or before the connection
-            // has been busy for a whole tick.
-            let busy = u64(busyTimeOffset)
-            guard busy > 0 else { return nil }
-            let appLimited = bytes[appLimitedByte] & 1 == 1
-            let rate = u64(deliveryRateOffset)
-            return TransportSample(time: time, receiverLimited: Double(u64(rwndLimitedOffset)) / 1e6,
-                                   deliveryRate: appLimited || rate == 0 ? nil : Double(rate))
-        }
-    }
-}
-
 /// Answers `GET`.
 struct FileSender {
     let context: ConnectionContext
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
-    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
-    var transport: TransportProbe? = nil
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
         let (file, info, canonical) = try context.root.openFileCanonical(path)
@@ -306,8 +242,7 @@ struct FileSender {
         do {
             if hasher != nil && offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
             let pipeline = ChunkPipeline(writer: writer, policy: context.compression,
-                                         chunkSize: context.chunkSize, transport: transport,
-                                         serverRate: memory.serverRate, buffers: memory.buffers)
+                                         chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
@@ -427,8 +362,6 @@ struct ManifestSender {
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
-    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
-    var transport: TransportProbe? = nil
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
     func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
@@ -461,8 +394,7 @@ struct ManifestSender {
         try await writer.send(line: "OK \(entries.count)")
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
         let pipeline = ChunkPipeline(writer: writer, policy: context.compression,
-                                     chunkSize: context.chunkSize, transport: transport,
-                                     serverRate: memory.serverRate)
+                                     chunkSize: context.chunkSize, serverRate: memory.serverRate)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }
