@@ -7,6 +7,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// How a server is set up; the CLI fills it from `ferry serve`'s options.
 public struct ServerConfiguration: Sendable {
@@ -66,8 +67,9 @@ public enum ServerError: Error, CustomStringConvertible {
     }
 }
 
-/// A running ferry server. `start` binds; `run` serves until `shutdown()`.
-public final class FerryServer: Sendable {
+/// A running ferry server. `start` binds; `run` serves until `shutdown()` — or, run as a
+/// `Service` in a `ServiceGroup`, until graceful shutdown or cancellation, which call it.
+public final class FerryServer: Service, Sendable {
     public let configuration: ServerConfiguration
     public let id: String
     public let localAddress: SocketAddress
@@ -148,8 +150,18 @@ public final class FerryServer: Sendable {
                           token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id)
     }
 
-    /// Accepts and serves connections until `shutdown()` is called.
+    /// Accepts and serves connections until `shutdown()` is called, or the group it runs in
+    /// shuts down gracefully or is cancelled; returns once every connection has ended, with the
+    /// hash cache saved.
     public func run() async throws {
+        try await withTaskCancellationOrGracefulShutdownHandler {
+            try await serve()
+        } onCancelOrGracefulShutdown: {
+            self.shutdown()
+        }
+    }
+
+    private func serve() async throws {
         let context = connectionContext
         try await withThrowingDiscardingTaskGroup { group in
             try await serverChannel.executeThenClose { inbound in
