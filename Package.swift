@@ -132,6 +132,18 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Channel handlers in EmbeddedChannel: the client's reply framer and read timeout, the
+        // server's idle closer and request framer.
+        .testTarget(
+            name: "FerryChannelTests",
+            dependencies: [
+                "FerryClient", "FerryServer", "FerryProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         // What the executable renders (mode strings, escaping, the progress line), without a process.
         .testTarget(
             name: "FerryCLITests",
