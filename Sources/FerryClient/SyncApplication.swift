@@ -48,7 +48,7 @@ extension Syncer {
             self.local = local
         }
 
-        func isBlocked(_ p: RemotePath) -> Bool { blocked.contains { p.hasPrefix($0) } }
+        private func isBlocked(_ p: RemotePath) -> Bool { blocked.contains { p.hasPrefix($0) } }
         private func isUnderFailedDirectory(_ p: RemotePath) -> Bool { failedDirectories.contains { p.hasPrefix($0) } }
 
         /// Entries of another type in the way go first — never recursively: a directory is
@@ -60,13 +60,7 @@ extension Syncer {
                     if type == .directory {
                         for (p, t) in plan.deletions where p != path && p.hasPrefix(path) {
                             deletedEarly.insert(p)
-                            if t == .directory {
-                                guard try Syncer.removeEmptyDirectory(p, in: tree) else { continue }
-                            } else {
-                                try tree.removeShallow(p)
-                            }
-                            outcome.summary.filesDeleted += 1
-                            outcome.onEvent(.action("deleted", p, size: nil))
+                            try delete(p, t, &outcome)
                         }
                     }
                     try tree.removeShallow(path)
@@ -116,22 +110,23 @@ extension Syncer {
             }
         }
 
-        /// Deletions, children first. A directory is removed only when that left it empty: one
-        /// that still holds entries the scan did not list (excluded ones) is kept.
+        /// Deletions, children first.
         func deleteEntries(_ outcome: inout Outcome) {
             for (path, type) in plan.deletions where !deletedEarly.contains(path) {
-                do {
-                    if type == .directory {
-                        guard try Syncer.removeEmptyDirectory(path, in: tree) else { continue }
-                    } else {
-                        try tree.removeShallow(path)
-                    }
-                    outcome.summary.filesDeleted += 1
-                    outcome.onEvent(.action("deleted", path, size: nil))
-                } catch {
-                    outcome.fail(path, error.description)
-                }
+                do { try delete(path, type, &outcome) } catch { outcome.fail(path, error.description) }
             }
+        }
+
+        /// Deletes one entry of the plan. A directory is removed only when that left it empty:
+        /// one that still holds entries the scan did not list (excluded ones) is kept.
+        private func delete(_ path: RemotePath, _ type: EntryType, _ outcome: inout Outcome) throws(SystemError) {
+            if type == .directory {
+                guard try Syncer.removeEmptyDirectory(path, in: tree) else { return }
+            } else {
+                try tree.removeShallow(path)
+            }
+            outcome.summary.filesDeleted += 1
+            outcome.onEvent(.action("deleted", path, size: nil))
         }
 
         /// Attributes: unchanged files needing a fix, then directories children-first (adding
