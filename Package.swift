@@ -12,6 +12,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         // zlib from the system (Debian: zlib1g-dev).
@@ -48,7 +49,6 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
-                .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .target(
@@ -61,6 +61,7 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .target(
@@ -70,6 +71,7 @@ let package = Package(
                 "FerryFiles",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -83,6 +85,7 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(
@@ -96,7 +99,9 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
         // Helpers shared by the test targets (fixtures, the built executable, child processes).
@@ -110,7 +115,10 @@ let package = Package(
         ),
         .testTarget(
             name: "FerryFilesTests",
-            dependencies: ["FerryFiles", "FerryProtocol", "FerryTestSupport", "CZlib", "CZstd", "CFerryCRC"]
+            dependencies: [
+                "FerryFiles", "FerryProtocol", "FerryTestSupport", "CZlib", "CZstd", "CFerryCRC",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
         ),
         // The server's compression policy (`AdaptiveCompression`, `CompressionMode`) and buffer pool, without sockets.
         .testTarget(
@@ -121,18 +129,12 @@ let package = Package(
             name: "FerryDiscoveryTests",
             dependencies: [
                 "FerryDiscovery", "FerryProtocol", "FerryTestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
         .testTarget(
             name: "FerryResumeTests",
-            dependencies: [
-                "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
-                .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
-            ]
+            dependencies: ["FerryClient", "FerryFiles", "FerryTestSupport"]
         ),
         .testTarget(
             name: "FerryIntegrationTests",
@@ -140,6 +142,18 @@ let package = Package(
                 "FerryServer", "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        // Channel handlers in EmbeddedChannel: the client's reply framer and read timeout, the
+        // server's idle closer and request framer.
+        .testTarget(
+            name: "FerryChannelTests",
+            dependencies: [
+                "FerryClient", "FerryServer", "FerryProtocol",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOTestUtils", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -154,7 +168,6 @@ let package = Package(
             dependencies: [
                 "FerryClient", "FerryFiles", "FerryProtocol", "FerryTestSupport",
                 .product(name: "NIOCore", package: "swift-nio"),
-                .product(name: "NIOPosix", package: "swift-nio"),
             ]
         ),
     ],

@@ -69,23 +69,4 @@ public enum ClientError: Error, CustomStringConvertible {
         default: return ""
         }
     }
-
-    /// Whether a new connection could get further (the network or the server hiccupped). A
-    /// refused connection is not: nobody is listening (but see `isRetryable(serverAnsweredThisRun:)`).
-    public var isRetryable: Bool {
-        switch self {
-        case .connect, .closed, .timeout, .corruptChunk: return true
-        case .refused: return false
-        case .server(_, _, let reply): return reply.knownCode.map { [.shuttingDown, .tooMany, .serverError, .readError].contains($0) } ?? false
-        case .protocolViolation: return true
-        default: return false
-        }
-    }
-
-    /// `isRetryable`, except that a refused connection is retried when this server already
-    /// answered during this run: it was serving moments ago, so it is most likely restarting.
-    public func isRetryable(serverAnsweredThisRun: Bool) -> Bool {
-        if case .refused = self { return serverAnsweredThisRun }
-        return isRetryable
-    }
 }

@@ -5,25 +5,6 @@ import FerryFiles
 import FerryProtocol
 import Logging
 
-/// Retry policy for dropped connections: exponential backoff from `initialDelay`, capped.
-public struct RetryPolicy: Sendable {
-    public var retries: Int
-    public var initialDelay: Duration
-    public var maxDelay: Duration
-
-    public init(retries: Int = 5, initialDelay: Duration = .milliseconds(250), maxDelay: Duration = .seconds(8)) {
-        self.retries = retries
-        self.initialDelay = initialDelay
-        self.maxDelay = maxDelay
-    }
-
-    func delay(afterAttempt attempt: Int) -> Duration {
-        var d = initialDelay
-        for _ in 0..<min(attempt, 16) { d = d * 2 }
-        return min(d, maxDelay)
-    }
-}
-
 /// `ferry get`: one file, resumable, verified, renamed into place only when complete.
 public struct Downloader {
     public struct Options: Sendable {
@@ -81,9 +62,7 @@ public struct Downloader {
 
     public func get(_ path: RemotePath, to localPath: String, onEvent: (Event) -> Void = { _ in }) async throws -> Result {
         let counter = ByteCounter()
-        // Consecutive failures without progress (what --retries bounds), and all retries.
-        var attempt = 0
-        var retries = 0
+        var tracker = RetryPolicy.Tracker(options.retry)
         var changes = 0
         var written: Int64 = 0
         try Self.checkLocalTarget(localPath)
@@ -118,7 +97,7 @@ public struct Downloader {
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
                                   sha256: sha, bytesWritten: written, wireBytes: counter.count,
-                                  resumedFrom: transfer.resumedFrom, retries: retries)
+                                  resumedFrom: transfer.resumedFrom, retries: tracker.retries)
                 }
             } catch let changed as FileTransfer.Changed {
                 changes += 1
@@ -127,15 +106,16 @@ public struct Downloader {
                 if changes > 3 {
                     throw ClientError.integrity(path: path.description, "the file keeps changing on the server; try again when it is stable")
                 }
-            } catch let error as ClientError where error.isRetryable(serverAnsweredThisRun: counter.count > 0) {
-                // A connection that delivered verified data before it failed starts the count again.
-                if written > writtenBefore { attempt = 0 }
-                guard attempt < options.retry.retries else { throw error }
-                attempt += 1
-                retries += 1
-                let delay = options.retry.delay(afterAttempt: attempt - 1)
-                onEvent(.retrying(attempt: attempt, of: options.retry.retries, reason: error.description, delay: delay))
-                try await Task.sleep(for: delay)
+            } catch {
+                let failure = FileFailure(error, serverAnsweredThisRun: counter.count > 0)
+                let decision = tracker.record(failure, progressed: written > writtenBefore)
+                switch decision {
+                case .reconnect(let attempt, let of, let delay), .retryFile(let attempt, let of, let delay):
+                    onEvent(.retrying(attempt: attempt, of: of, reason: "\(error)", delay: delay))
+                    try await Task.sleep(for: delay)
+                case .giveUp:
+                    throw error
+                }
             }
         }
     }

@@ -529,21 +529,24 @@ final class ReplyStreamHandler: ChannelDuplexHandler {
         guard !failed else { return }
         let input = unwrapInboundIn(data)
         bytes.add(input.readableBytes)
-        let now = NIODeadline.now()
+        let now = context.eventLoop.now
         if wait != nil {
             wait?.lastByte = now
             wait?.bytes += input.readableBytes
         }
-        do {
-            for frame in try splitter.feed(input, allocator: context.channel.allocator) {
-                decoded += 1
-                frames.add(1)  // before the frame is passed on: see `FerryConnection.hasBufferedFrame`
-                context.fireChannelRead(wrapInboundOut(frame))
-            }
-        } catch {
+        var complete: [ReplyFrame] = []
+        var failure: Error?
+        do { try splitter.feed(input, allocator: context.channel.allocator, into: &complete) } catch { failure = error }
+        // The frames before a framing error in this read are passed on first.
+        for frame in complete {
+            decoded += 1
+            frames.add(1)  // before the frame is passed on: see `FerryConnection.hasBufferedFrame`
+            context.fireChannelRead(wrapInboundOut(frame))
+        }
+        if let failure {
             failed = true
             endWait()
-            context.fireErrorCaught(error)
+            context.fireErrorCaught(failure)
             return
         }
         guard let w = wait else { return }
@@ -559,7 +562,7 @@ final class ReplyStreamHandler: ChannelDuplexHandler {
     private func beginWait(taken: Int64, context: ChannelHandlerContext) {
         guard !failed, wait == nil || wait?.taken != taken, decoded <= taken else { return }
         endWait()
-        let now = NIODeadline.now()
+        let now = context.eventLoop.now
         var w = Wait(taken: taken, started: now, deadline: now + policy.timeout, lastByte: now)
         if let length = splitter.payloadInProgress {
             w.payload = length
@@ -584,7 +587,7 @@ final class ReplyStreamHandler: ChannelDuplexHandler {
 
     private func check(context: ChannelHandlerContext) {
         guard let w = wait, !failed else { return }
-        let now = NIODeadline.now()
+        let now = context.eventLoop.now
         let silent = now >= w.lastByte + policy.timeout
         guard silent || now >= w.deadline else {
             schedule(context: context)

@@ -26,8 +26,6 @@ final class SyncTransfer: Sendable {
         var notBefore: ContinuousClock.Instant?
     }
 
-    /// Attempts of one file that keeps failing on its own (CRC, SHA-256, read errors).
-    static let fileAttempts = 3
     /// The rest of a failed file's reply is read and dropped when at most this much is left
     /// (so the connection carries on); a longer rest is cheaper to abandon with the connection.
     static let drainLimit: Int64 = 8 << 20
@@ -192,24 +190,24 @@ final class SyncTransfer: Sendable {
     }
 
     /// What a failure of `job` alone means: given up now (permanent), or tried again later, up
-    /// to `fileAttempts` times, with backoff. Errors that are not the file's own are rethrown.
+    /// to the policy's `fileAttempts`, with backoff. Errors that are not the file's own are rethrown.
     private func fileFailed(_ job: Job, _ error: Error) throws {
-        switch FileFailure(error) {
+        let failure = FileFailure(error)
+        switch failure {
         case .connection, .fatal:
             throw error
-        case .permanent(let message):
-            failed(job, message)
-        case .transient(let message):
-            var again = job
-            again.failures += 1
-            if again.failures >= Self.fileAttempts {
-                failed(job, "\(message) (gave up after \(Self.fileAttempts) attempts)")
-                return
+        case .permanent(let message), .transient(let message):
+            switch options.retry.decision(after: failure, connectionFailuresBefore: 0, fileFailuresBefore: job.failures) {
+            case .retryFile(let attempt, let of, let delay):
+                var again = job
+                again.failures += 1
+                again.notBefore = .now + delay
+                onEvent(.retrying("\(job.entry.path): \(message); trying it again in \(delay) (attempt \(attempt) of \(of))"))
+                queue.withLockedValue { $0.delayed.append(again) }
+            case .giveUp, .reconnect:
+                let attempts = job.failures + 1
+                failed(job, failure.isTransient ? "\(message) (gave up after \(attempts) attempts)" : message)
             }
-            let delay = options.retry.delay(afterAttempt: again.failures - 1)
-            again.notBefore = .now + delay
-            onEvent(.retrying("\(job.entry.path): \(message); trying it again in \(delay) (attempt \(again.failures + 1) of \(Self.fileAttempts))"))
-            queue.withLockedValue { $0.delayed.append(again) }
         }
     }
 
@@ -219,7 +217,7 @@ final class SyncTransfer: Sendable {
 
     /// A worker: one connection at a time, reconnecting after failures while it has work.
     private func worker(partialDir: FileHandle) async throws {
-        var attempt = 0
+        var tracker = RetryPolicy.Tracker(options.retry)
         let state = WorkerState()
         while true {
             let progressBefore = (state.completed, state.bytes)
@@ -233,26 +231,30 @@ final class SyncTransfer: Sendable {
                 state.current = nil
                 requeue(state.takeAll())
                 continue
-            } catch let error as ClientError where error.isRetryable(serverAnsweredThisRun: true) {
-                // (A refused connection too: this server sent the manifest moments ago, so it is restarting.)
-                requeue(state.takeAll())
-                // Only failures in a row without progress (a file or a verified chunk) count.
-                if state.completed > progressBefore.0 || state.bytes > progressBefore.1 { attempt = 0 }
-                attempt += 1
-                if attempt > options.retry.retries {
-                    // The jobs stay queued for the other workers; those left when every worker
-                    // has finished fail with this message (see `run`).
-                    let message = "\(error.description) — gave up after \(options.retry.retries) retries"
-                    queue.withLockedValue { $0.gaveUp = message }
-                    return
-                }
-                let delay = options.retry.delay(afterAttempt: attempt - 1)
-                onEvent(.retrying("\(error.description); reconnecting (\(attempt)/\(options.retry.retries)) in \(delay)"))
-                try await Task.sleep(for: delay)
             } catch {
                 requeue(state.takeAll())
-                queue.withLockedValue { if $0.fatal == nil { $0.fatal = error } }
-                throw error
+                // (A refused connection is retried too: this server sent the manifest moments
+                // ago, so it is restarting.) Only failures in a row without progress (a file or
+                // a verified chunk) count.
+                // A file's own failures were dealt with (`fileFailed`); one that reaches here was
+                // met outside any file, so it counts against the connection.
+                let progressed = state.completed > progressBefore.0 || state.bytes > progressBefore.1
+                var failure = FileFailure(error, serverAnsweredThisRun: true)
+                if failure.isTransient { failure = .connection }
+                switch tracker.record(failure, progressed: progressed) {
+                case .reconnect(let attempt, let of, let delay):
+                    onEvent(.retrying("\(error); reconnecting (\(attempt)/\(of)) in \(delay)"))
+                    try await Task.sleep(for: delay)
+                case .giveUp where failure == .connection:
+                    // The jobs stay queued for the other workers; those left when every worker
+                    // has finished fail with this message (see `run`).
+                    let message = "\(error) — gave up after \(options.retry.retries) retries"
+                    queue.withLockedValue { $0.gaveUp = message }
+                    return
+                case .giveUp, .retryFile:
+                    queue.withLockedValue { if $0.fatal == nil { $0.fatal = error } }
+                    throw error
+                }
             }
         }
     }

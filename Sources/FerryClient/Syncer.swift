@@ -108,8 +108,57 @@ public struct Syncer: Sendable {
     /// (manifest and scan, while it holds DEST alone).
     static let lockWait: Duration = .seconds(120)
 
+    /// Runs the sync's phases in order: start-up (manifest, DEST, scan, lock), plan, then —
+    /// unless it is a dry run, which only reports the plan — replacements, directories, files,
+    /// symlinks, deletions, attributes, and the clean-up of the partial folder.
     public func run(onEvent: @escaping @Sendable (Event) -> Void) async throws -> Summary {
         let start = ContinuousClock.now
+        let startUp = try await startUp(onEvent: onEvent)
+        var outcome = Outcome(onEvent: onEvent)
+        outcome.summary.manifestWireBytes = startUp.manifestWireBytes
+        outcome.summary.dryRun = options.dryRun
+        let plan = makePlan(startUp, &outcome)
+        guard !options.dryRun, let tree = startUp.tree else {
+            reportDryRun(plan, local: startUp.local, &outcome)
+            return outcome.finished(since: start)
+        }
+        do { try tree.requireWritable() } catch { throw ClientError.local(error) }
+        var apply = Application(tree: tree, plan: plan, local: startUp.local)
+        apply.removeReplacedEntries(&outcome)
+        apply.createDirectories(&outcome)
+        let fetches = apply.fetchable()
+        let transfer = SyncTransfer(endpoint: endpoint, tree: tree, options: options, logger: logger,
+                                    base: remotePath, onEvent: onEvent)
+        let result = try await transfer.run(fetches)
+        outcome.summary.filesFetched = result.fetched
+        outcome.summary.deltaFiles = result.delta
+        outcome.summary.bytesWritten = result.bytesWritten
+        outcome.summary.wireBytes = outcome.summary.manifestWireBytes + result.wireBytes
+        for (p, m) in result.failures { outcome.fail(p, m) }
+        apply.createLinks(&outcome)
+        apply.deleteEntries(&outcome)
+        apply.setAttributes(fetched: fetches, &outcome)
+        // With no other sync live here, nothing in the partial folder but the data of files that
+        // failed this time is anyone's: the rest was left by a killed run (a sidecar whose data
+        // was renamed into place, a partial of a file no longer wanted) and goes.
+        let keep = Set(result.failures.map { SyncTransfer.partialName(for: $0.0) })
+        if DestinationLock.tryExclusive(tree) == true { Self.cleanPartialFolder(in: tree, keeping: keep, logger: logger) }
+        transfer.removePartialFolderIfEmpty()
+        return outcome.finished(since: start)
+    }
+
+    /// What the start-up phase found: the manifest, DEST (nil when a dry run's DEST does not
+    /// exist) and what it holds.
+    struct StartUp {
+        var manifest: Manifest
+        var manifestWireBytes: Int64
+        var tree: LocalTree?
+        var local: LocalScan
+    }
+
+    /// Fetches the manifest while DEST is scanned, removes what a killed run left when no other
+    /// sync is live here, and holds DEST shared for the transfer.
+    private func startUp(onEvent: @escaping @Sendable (Event) -> Void) async throws -> StartUp {
         let manifestCounter = ByteCounter()
         // An existing DEST is scanned while the server builds and sends the manifest. A sync that
         // finds no other live sync holding DEST owns whatever a killed run left (see `DestinationLock`).
@@ -123,10 +172,6 @@ public struct Syncer: Sendable {
             _ = try? await earlyScan?.value
             throw error
         }
-        var summary = Summary()
-        summary.manifestWireBytes = manifestCounter.count
-        summary.dryRun = options.dryRun
-
         let tree: LocalTree?
         if let existing {
             tree = existing
@@ -150,198 +195,70 @@ public struct Syncer: Sendable {
             }
             try await DestinationLock.share(tree, within: Self.lockWait, onWait: onEvent)
         }
+        return StartUp(manifest: manifest, manifestWireBytes: manifestCounter.count, tree: tree, local: local)
+    }
+
+    /// Plans the sync, records its figures, and reports what the plan alone decides: skipped
+    /// links and special files, conflicts, unreadable directories and over-long paths.
+    private func makePlan(_ startUp: StartUp, _ outcome: inout Outcome) -> SyncPlan {
+        let tree = startUp.tree
         let plan = SyncPlan.make(.init(
-            remote: manifest.entries, local: local.entries, excludes: options.excludes, delete: options.delete,
-            checksum: options.checksum, deltaMinimumSize: options.deltaMinimumSize,
+            remote: startUp.manifest.entries, local: startUp.local.entries, excludes: options.excludes,
+            delete: options.delete, checksum: options.checksum, deltaMinimumSize: options.deltaMinimumSize,
             localHash: { path in
                 guard let tree, let file = try? tree.openFile(path), let info = try? file.stat() else { return nil }
                 return try? FileHashing.sha256(of: file, length: info.size)
-            }, notes: manifest.notes, localSpecials: local.specials))
-        summary.filesUnchanged = plan.unchangedFiles
-        summary.linksSkipped = plan.skippedLinks.count
-        summary.specialSkipped = plan.specialFiles.map(\.description)
-        summary.reservedSkipped = plan.reservedNames.map(\.description)
+            }, notes: startUp.manifest.notes, localSpecials: startUp.local.specials))
+        outcome.summary.filesUnchanged = plan.unchangedFiles
+        outcome.summary.linksSkipped = plan.skippedLinks.count
+        outcome.summary.specialSkipped = plan.specialFiles.map(\.description)
+        outcome.summary.reservedSkipped = plan.reservedNames.map(\.description)
         for f in plan.fetches {
             if f.replaces {
-                summary.plannedReplacements += 1
-                summary.plannedReplacementBytes += f.entry.size
+                outcome.summary.plannedReplacements += 1
+                outcome.summary.plannedReplacementBytes += f.entry.size
             } else {
-                summary.plannedFetches += 1
-                summary.plannedFetchBytes += f.entry.size
+                outcome.summary.plannedFetches += 1
+                outcome.summary.plannedFetchBytes += f.entry.size
             }
         }
-        summary.plannedDeletions = plan.deletions.count
-        summary.plannedDeletionBytes = plan.bytesToDelete
-        for (path, why) in plan.skippedLinks { onEvent(.warning("skipping symlink \(path): \(why)")) }
-        Self.reportSkipped(plan, onEvent)
-        onEvent(.planned(files: plan.fetches.count, bytes: plan.bytesToFetch, unchanged: plan.unchangedFiles,
-                         deletions: plan.deletions.count))
-
-        let failures = NIOLockedValueBox<[(path: String, message: String)]>([])
-        func fail(_ path: RemotePath, _ message: String) {
-            failures.withLockedValue { $0.append((path.description, message)) }
-            onEvent(.failed(path, message))
-        }
-        var conflicts: [(path: String, message: String)] = []
-        func conflict(_ path: RemotePath, _ message: String) {
-            conflicts.append((path.description, message))
-            onEvent(.conflict(path, message))
-        }
-        for (path, why) in plan.conflicts { conflict(path, why) }
+        outcome.summary.plannedDeletions = plan.deletions.count
+        outcome.summary.plannedDeletionBytes = plan.bytesToDelete
+        for (path, why) in plan.skippedLinks { outcome.onEvent(.warning("skipping symlink \(path): \(why)")) }
+        Self.reportSkipped(plan, outcome.onEvent)
+        outcome.onEvent(.planned(files: plan.fetches.count, bytes: plan.bytesToFetch, unchanged: plan.unchangedFiles,
+                                 deletions: plan.deletions.count))
+        for (path, why) in plan.conflicts { outcome.conflict(path, why) }
         for d in plan.unreadableDirectories {
-            fail(d, "the server cannot read this directory, so its contents were not synced"
-                 + (options.delete ? " (and nothing in it was deleted here)" : ""))
+            outcome.fail(d, "the server cannot read this directory, so its contents were not synced"
+                         + (options.delete ? " (and nothing in it was deleted here)" : ""))
         }
         for p in plan.tooLong {
             let message = "its path is longer than \(FerryLimits.maxPathBytes) bytes, which ferry cannot transfer"
-            failures.withLockedValue { $0.append((p, message)) }
-            onEvent(.failedPath(p, message))
+            outcome.summary.failures.append((p, message))
+            outcome.onEvent(.failedPath(p, message))
         }
+        return plan
+    }
 
-        if options.dryRun || tree == nil {
-            let newDirs = Set(plan.newDirectories)
-            for (p, type) in plan.replacements where newDirs.contains(p) {
-                onEvent(.action("replace", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
-            }
-            for d in plan.newDirectories { onEvent(.action("mkdir", d, size: nil)) }
-            for f in plan.fetches { onEvent(.action(f.replaces ? "replace" : "fetch", f.entry.path, size: f.entry.size)) }
-            for l in plan.links { onEvent(.action("link", l.path, size: nil)) }
-            for (p, type) in plan.deletions {
-                onEvent(.action("delete", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
-            }
-            summary.filesFetched = plan.fetches.count
-            summary.filesDeleted = plan.deletions.count
-            summary.directoriesCreated = plan.newDirectories.count
-            summary.linksCreated = plan.links.count
-            summary.wireBytes = summary.manifestWireBytes
-            summary.failures = failures.withLockedValue { $0 }
-            summary.conflicts = conflicts
-            summary.seconds = (ContinuousClock.now - start).secondsDouble
-            return summary
-        }
-        guard let tree else { return summary }  // unreachable: handled with the dry run above
-        do { try tree.requireWritable() } catch { throw ClientError.local(error) }
-
-        // Entries of another type in the way go first — never recursively: a directory is
-        // emptied only of what the plan deletes (with --delete), and one still holding
-        // something (excluded entries) is a conflict, left alone with everything in the way.
-        var blocked: [RemotePath] = []
-        var deletedEarly = Set<RemotePath>()
-        for (path, type) in plan.replacements {
-            do {
-                if type == .directory {
-                    for (p, t) in plan.deletions where p != path && p.hasPrefix(path) {
-                        deletedEarly.insert(p)
-                        if t == .directory {
-                            guard try Self.removeEmptyDirectory(p, in: tree) else { continue }
-                        } else {
-                            try tree.removeShallow(p)
-                        }
-                        summary.filesDeleted += 1
-                        onEvent(.action("deleted", p, size: nil))
-                    }
-                }
-                try tree.removeShallow(path)
-            } catch {
-                blocked.append(path)
-                if error.errno == ENOTEMPTY {
-                    conflict(path, "is a directory here holding entries the server does not have (excluded ones?); left alone")
-                } else {
-                    fail(path, error.description)
-                }
-            }
-        }
-        func isBlocked(_ p: RemotePath) -> Bool { blocked.contains { p.hasPrefix($0) } }
-
-        // Directories next (parents before children).
+    /// A dry run: every action the plan holds, itemised, and the summary it would have.
+    private func reportDryRun(_ plan: SyncPlan, local: LocalScan, _ outcome: inout Outcome) {
         let newDirs = Set(plan.newDirectories)
-        var failedDirs: [RemotePath] = []
-        for d in plan.directories where newDirs.contains(d.path) {
-            if failedDirs.contains(where: { d.path.hasPrefix($0) }) || isBlocked(d.path) { continue }
-            do {
-                try tree.makeDirectory(d.path, mode: d.mode)
-                summary.directoriesCreated += 1
-            } catch {
-                failedDirs.append(d.path)
-                fail(d.path, error.description)
-            }
+        let onEvent = outcome.onEvent
+        for (p, type) in plan.replacements where newDirs.contains(p) {
+            onEvent(.action("replace", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
         }
-
-        // Files.
-        let fetches = plan.fetches.filter { f in
-            !failedDirs.contains(where: { f.entry.path.hasPrefix($0) }) && !isBlocked(f.entry.path)
+        for d in plan.newDirectories { onEvent(.action("mkdir", d, size: nil)) }
+        for f in plan.fetches { onEvent(.action(f.replaces ? "replace" : "fetch", f.entry.path, size: f.entry.size)) }
+        for l in plan.links { onEvent(.action("link", l.path, size: nil)) }
+        for (p, type) in plan.deletions {
+            onEvent(.action("delete", p, size: type == .file ? local.entries[p]?.size ?? 0 : nil))
         }
-        let transfer = SyncTransfer(endpoint: endpoint, tree: tree, options: options, logger: logger,
-                                    base: remotePath, onEvent: onEvent)
-        let result = try await transfer.run(fetches)
-        summary.filesFetched = result.fetched
-        summary.deltaFiles = result.delta
-        summary.bytesWritten = result.bytesWritten
-        summary.wireBytes = summary.manifestWireBytes + result.wireBytes
-        for (p, m) in result.failures { fail(p, m) }
-
-        // Symlinks (over a file or link; a directory in the way was dealt with above).
-        for l in plan.links where !isBlocked(l.path) && !failedDirs.contains(where: { l.path.hasPrefix($0) }) {
-            guard let target = l.target else { continue }
-            do {
-                try tree.removeShallow(l.path)
-                try tree.makeSymlink(l.path, target: target)
-                tree.setLinkMtime(l.path, mtime: l.mtime)
-                summary.linksCreated += 1
-            } catch {
-                fail(l.path, error.description)
-            }
-        }
-
-        // Deletions, children first. A directory is removed only when that left it empty: one
-        // that still holds entries the scan did not list (excluded ones) is kept.
-        for (path, type) in plan.deletions where !deletedEarly.contains(path) {
-            do {
-                if type == .directory {
-                    guard try Self.removeEmptyDirectory(path, in: tree) else { continue }
-                } else {
-                    try tree.removeShallow(path)
-                }
-                summary.filesDeleted += 1
-                onEvent(.action("deleted", path, size: nil))
-            } catch {
-                fail(path, error.description)
-            }
-        }
-
-        // Attributes: unchanged files needing a fix, then directories children-first (adding
-        // entries changed their mtimes). A directory the server could not read keeps the
-        // attributes it has here: its contents were not synced.
-        for e in plan.attributeFixes {
-            do { try tree.setAttributes(e.path, mode: e.mode, mtime: e.mtime) } catch { fail(e.path, error.description) }
-        }
-        // Only directories whose entries changed here (which moved their mtime), or whose mode or
-        // mtime differ, are touched: a no-op re-sync of a large tree sets nothing.
-        var touched = Set<RemotePath>()
-        if !fetches.isEmpty { touched.insert(.root) }  // the partial folder came and went
-        for f in fetches { touched.insert(f.entry.path.parent ?? .root) }
-        for l in plan.links { touched.insert(l.path.parent ?? .root) }
-        for (p, _) in plan.deletions { touched.insert(p.parent ?? .root) }
-        for (p, _) in plan.replacements { touched.insert(p.parent ?? .root) }
-        for d in plan.newDirectories { touched.insert(d); touched.insert(d.parent ?? .root) }
-        for p in local.temporaries { touched.insert(p.parent ?? .root) }
-        let unreadable = Set(plan.unreadableDirectories)
-        for d in plan.directories.reversed() where !failedDirs.contains(where: { d.path.hasPrefix($0) }) {
-            if isBlocked(d.path) || unreadable.contains(d.path) { continue }
-            if !touched.contains(d.path), let l = local.entries[d.path], l.type == .directory,
-               l.mtime == d.mtime, l.mode == LocalTree.applicableMode(d.mode) { continue }
-            do { try tree.setAttributes(d.path, mode: d.mode, mtime: d.mtime) } catch { fail(d.path, error.description) }
-        }
-        summary.failures = failures.withLockedValue { $0 }
-        summary.conflicts = conflicts
-        // With no other sync live here, nothing in the partial folder but the data of files that
-        // failed this time is anyone's: the rest was left by a killed run (a sidecar whose data
-        // was renamed into place, a partial of a file no longer wanted) and goes.
-        let keep = Set(result.failures.map { SyncTransfer.partialName(for: $0.0) })
-        if DestinationLock.tryExclusive(tree) == true { Self.cleanPartialFolder(in: tree, keeping: keep, logger: logger) }
-        transfer.removePartialFolderIfEmpty()
-        summary.seconds = (ContinuousClock.now - start).secondsDouble
-        return summary
+        outcome.summary.filesFetched = plan.fetches.count
+        outcome.summary.filesDeleted = plan.deletions.count
+        outcome.summary.directoriesCreated = plan.newDirectories.count
+        outcome.summary.linksCreated = plan.links.count
+        outcome.summary.wireBytes = outcome.summary.manifestWireBytes
     }
 
     /// Warnings for what the server has that ferry does not copy (beyond symlinks).
@@ -398,7 +315,7 @@ public struct Syncer: Sendable {
     }
 
     private func fetchManifest(counter: ByteCounter) async throws -> Manifest {
-        var attempt = 0
+        var tracker = RetryPolicy.Tracker(options.retry)
         while true {
             do {
                 return try await FerryConnection.with(endpoint, options: options.connection, counter: counter) { c in
@@ -412,10 +329,10 @@ public struct Syncer: Sendable {
                     await c.quit()
                     return m
                 }
-            } catch let error as ClientError
-                        where error.isRetryable(serverAnsweredThisRun: counter.count > 0) && attempt < options.retry.retries {
-                attempt += 1
-                try await Task.sleep(for: options.retry.delay(afterAttempt: attempt - 1))
+            } catch {
+                let decision = tracker.record(FileFailure(error, serverAnsweredThisRun: counter.count > 0))
+                guard let delay = decision.delay else { throw error }
+                try await Task.sleep(for: delay)
             }
         }
     }

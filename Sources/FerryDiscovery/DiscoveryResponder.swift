@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// The server side of discovery (PROTOCOL.md section 9): answers `FERRY-PROBE` by unicast to
 /// the prober and, when asked to, announces the server and says goodbye.
@@ -16,7 +17,10 @@ import NIOPosix
 /// not narrow the bind: it narrows which probes are answered, to those that arrived on an
 /// interface carrying that address (learned from IP_PKTINFO), and announcements are sent
 /// from it.
-public final class DiscoveryResponder: Sendable {
+///
+/// As a `Service` in a `ServiceGroup`, it answers until the group shuts down gracefully or is
+/// cancelled, then stops (an announcing responder says goodbye first).
+public final class DiscoveryResponder: Service, Sendable {
     /// The UDP port probes are answered on (the one asked for, or the one picked for port 0).
     public let boundPort: Int
 
@@ -114,6 +118,21 @@ public final class DiscoveryResponder: Sendable {
             }
             listener?.channel.close(promise: nil)
         }
+        await supervisor?.value
+    }
+
+    /// Answers until graceful shutdown or cancellation, then stops; returns once stopped.
+    public func run() async {
+        await withTaskCancellationOrGracefulShutdownHandler {
+            await untilStopped()
+        } onCancelOrGracefulShutdown: {
+            Task { await self.stop() }
+        }
+    }
+
+    /// Returns when the responder has stopped (`stop()`, which the caller must see to).
+    private func untilStopped() async {
+        let supervisor = state.withLockedValue { $0.supervisor }
         await supervisor?.value
     }
 

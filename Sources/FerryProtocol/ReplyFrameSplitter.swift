@@ -27,6 +27,15 @@ public struct ReplyFrameSplitter {
     /// Takes the next read off the socket and returns the frames it completes, in order.
     public mutating func feed(_ input: ByteBuffer, allocator: ByteBufferAllocator) throws -> [ReplyFrame] {
         var frames: [ReplyFrame] = []
+        try feed(input, allocator: allocator, into: &frames)
+        return frames
+    }
+
+    /// Takes the next read off the socket and appends the frames it completes, in order, to
+    /// `frames`. When the read breaks the framing rules, the frames completed before the point
+    /// of the error are in `frames` when it throws, as `ReplyFrameDecoder` behind NIO's
+    /// `ByteToMessageHandler` would have passed them on (found by fuzzing the two side by side).
+    public mutating func feed(_ input: ByteBuffer, allocator: ByteBufferAllocator, into frames: inout [ReplyFrame]) throws {
         var buffer = input
         if var tail = lineTail {
             lineTail = nil  // so `tail` is the only reference and grows in place
@@ -36,7 +45,7 @@ public struct ReplyFrameSplitter {
                 tail.writeBuffer(&buffer)
                 lineTail = tail
                 _ = try decoder.nextFrame(&tail)  // enforces the line limit; cannot complete without LF
-                return frames
+                return
             }
             let count = lf - view.startIndex + 1
             var head = buffer.readSlice(length: count) ?? ByteBuffer()
@@ -52,7 +61,7 @@ public struct ReplyFrameSplitter {
                 gathering.bytes.writeBuffer(&part)
                 if gathering.bytes.readableBytes < gathering.header.wireLength {
                     assembling = gathering
-                    return frames
+                    return
                 }
                 assembling = nil
                 frames.append(.chunk(gathering.header, gathering.bytes))
@@ -67,7 +76,7 @@ public struct ReplyFrameSplitter {
                 var bytes = allocator.buffer(capacity: header.wireLength)
                 bytes.writeBuffer(&buffer)
                 assembling = (header, bytes)
-                return frames
+                return
             }
             // Part of a line (or nothing) is left: keep a copy of just those bytes.
             if buffer.readableBytes > 0 {
@@ -75,8 +84,8 @@ public struct ReplyFrameSplitter {
                 tail.writeBuffer(&buffer)
                 lineTail = tail
             }
-            return frames
+            return
         }
-        return frames
+        return
     }
 }

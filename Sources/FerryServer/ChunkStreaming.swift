@@ -15,15 +15,11 @@ struct ChunkPipeline {
     let writer: ReplyWriter
     let policy: ChunkCompressionPolicy
     let chunkSize: Int
-    /// The connection's `TCP_INFO`, when the caller has the channel.
-    var transport: TransportProbe? = nil
     /// The server's total rate, fed with every chunk written.
     var serverRate: ServerRateMeter? = nil
     /// Chunk buffers to reuse (file reads and compressed output); fresh ones when nil.
     var buffers: ChunkBufferPool? = nil
     static let window = 4
-    /// Chunks between two `TCP_INFO` reads.
-    static let transportInterval = 4
     /// Encoders that can really run at once.
     static var encoders: Int { max(1, min(window, System.coreCount)) }
 
@@ -63,8 +59,6 @@ struct ChunkPipeline {
         let policy = self.policy
         let buffers = self.buffers
         controller.beginStream(chunks: count)
-        let transport = policy.adapts ? self.transport : nil
-        if let sample = await transport?.sample() { controller.recordTransport(sample) }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -97,9 +91,6 @@ struct ChunkPipeline {
                     item.recycle(into: buffers)
                     next += 1
                     if let rate = serverRate?.add(bytes) { controller.recordServerRate(rate) }
-                    if next % Self.transportInterval == 0, let sample = await transport?.sample() {
-                        controller.recordTransport(sample)
-                    }
                     if launched < count {
                         launch(launched)
                         launched += 1
@@ -150,87 +141,32 @@ extension ReplyWriter {
     }
 }
 
-/// Reads the kernel's view of a TCP connection (Linux `TCP_INFO`) for `AdaptiveCompression`:
-/// how long the receiver's window has held the sender back, and the delivery rate. Elsewhere,
-/// or if the kernel says nothing, `sample()` is nil and the controller goes by timing alone.
-struct TransportProbe: Sendable {
-    let channel: any Channel
-
-    init(_ channel: any Channel) {
-        self.channel = channel
-    }
-
-    func sample() async -> TransportSample? {
-        #if os(Linux)
-        guard let provider = channel as? SocketOptionProvider else { return nil }
-        let raw: TCPInfoBytes
-        do {
-            // IPPROTO_TCP = 6, TCP_INFO = 11 (Linux ABI).
-            raw = try await provider.unsafeGetSocketOption(level: SocketOptionLevel(6), name: SocketOptionName(11)).get()
-        } catch {
-            return nil
-        }
-        let time = ContinuousClock.now
-        return Self.parse(raw, at: (time - Self.epoch).seconds)
-        #else
-        return nil
-        #endif
-    }
-
-    /// The first 192 bytes of Linux's `struct tcp_info` (linux/tcp.h), which the kernel fills
-    /// as far as it knows them (NIO zeroes the buffer first).
-    typealias TCPInfoBytes = (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64,
-                              UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64)
-
-    private static let epoch = ContinuousClock.now
-
-    /// Byte offsets in `struct tcp_info` (stable kernel ABI since Linux 4.10).
-    static let appLimitedByte = 7, deliveryRateOffset = 160, busyTimeOffset = 168, rwndLimitedOffset = 176
-
-    static func parse(_ raw: TCPInfoBytes, at time: Double) -> TransportSample? {
-        withUnsafeBytes(of: raw) { bytes -> TransportSample? in
-            func u64(_ offset: Int) -> UInt64 { bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self) }
-            // Kept in jiffies by the kernel: zero on an old kernel, or before the connection
-            // has been busy for a whole tick.
-            let busy = u64(busyTimeOffset)
-            guard busy > 0 else { return nil }
-            let appLimited = bytes[appLimitedByte] & 1 == 1
-            let rate = u64(deliveryRateOffset)
-            return TransportSample(time: time, receiverLimited: Double(u64(rwndLimitedOffset)) / 1e6,
-                                   deliveryRate: appLimited || rate == 0 ? nil : Double(rate))
-        }
-    }
-}
-
 /// Answers `GET`.
 struct FileSender {
-    let server: FerryServer
+    let context: ConnectionContext
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
     /// What the connection's `HASH` requests covered of a file's start: a resumed `GET` whose
     /// offset it reaches continues it instead of hashing the prefix again.
     var prefix: PrefixHash? = nil
-    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
-    var transport: TransportProbe? = nil
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
-        let (file, info, canonical) = try server.root.openFileCanonical(path)
+        let (file, info, canonical) = try context.root.openFileCanonical(path)
         if let validator, validator != info.validator { throw ServeError.changed(info.validator) }
         guard offset <= info.size else {
             throw ServeError.badRange("offset \(offset) is beyond the end of the file (size \(info.size))")
         }
         let end = length.map { min(info.size, offset + min($0, info.size - offset)) } ?? info.size
         let key = HashKey(info)
-        let known = server.hashCache.lookup(canonical, key)
+        let known = context.hashCache.lookup(canonical, key)
         let head = GetHead(size: info.size, mtime: info.mtime, sha256: known)
-        let memory = self.memory ?? server.compressionMemory
+        let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
-        if end - offset <= Int64(server.configuration.chunkSize) {
+        if end - offset <= Int64(context.chunkSize) {
             return try await sendInOneWrite(file: file, head: head, info: info, path: path, range: offset..<end, known: known,
                                             key: key, canonical: canonical, memory: memory, controller: &controller)
         }
@@ -239,16 +175,15 @@ struct FileSender {
         var hasher: SHA256Hasher?
         do {
             hasher = try trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
-            let pipeline = ChunkPipeline(writer: writer, policy: server.compressionPolicy(peerCodecs: peerCodecs),
-                                         chunkSize: server.configuration.chunkSize, transport: transport,
-                                         serverRate: memory.serverRate, buffers: memory.buffers)
+            let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
+                                         chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
             }
             if chunks > 1 {
                 let codec = AdaptiveCompression.codec(for: peerCodecs)
-                server.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
+                context.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
                     "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
@@ -286,7 +221,7 @@ struct FileSender {
         // `send` makes a hasher exactly when the hash is not known.
         guard let hasher else { return ErrorReply(.serverError, "no hash for the trailer") }
         let sha = hasher.finalizeHex()
-        server.hashCache.store(canonical, key, sha256: sha)
+        context.hashCache.store(canonical, key, sha256: sha)
         return Trailer(sha256: sha)
     }
 
@@ -312,7 +247,7 @@ struct FileSender {
             hasher = try trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
                 controller.beginStream(chunks: 1)
-                let decision = server.compressionPolicy(peerCodecs: peerCodecs).decide(&controller)
+                let decision = context.compressionPolicy(peerCodecs: peerCodecs).decide(&controller)
                 let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
                                                        decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
@@ -363,19 +298,17 @@ struct FileSender {
 /// Answers `MANIFEST`: walks the subtree, hashes files (through the cache) and streams the
 /// manifest text compressed like file data.
 struct ManifestSender {
-    let server: FerryServer
+    let context: ConnectionContext
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
-    /// The connection's `TCP_INFO`, which lets `auto` tell a slow receiver from a slow link.
-    var transport: TransportProbe? = nil
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
     func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
-        let (dir, canonical) = try server.root.openDirectory(path)
-        let cache = server.hashCache
+        let (dir, canonical) = try context.root.openDirectory(path)
+        let cache = context.hashCache
         let entries: [Entry]
         let notes: [ManifestNote]
         do {
@@ -393,18 +326,17 @@ struct ManifestSender {
             case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
             }
         }
-        server.saveCache()
+        context.saveCache()
         let text = Manifest(entries: entries, notes: report ? notes : []).text
         let buffer = ByteBuffer(string: text)
         var hasher = SHA256Hasher()
-        let memory = self.memory ?? server.compressionMemory
+        let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
         try await writer.send(ManifestHead(count: entries.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: server.compressionPolicy(peerCodecs: peerCodecs),
-                                     chunkSize: server.configuration.chunkSize, transport: transport,
-                                     serverRate: memory.serverRate)
+        let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
+                                     chunkSize: context.chunkSize, serverRate: memory.serverRate)
         try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
             raw.withUnsafeReadableBytes { hasher.update($0) }
         }

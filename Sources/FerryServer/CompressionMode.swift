@@ -88,10 +88,3 @@ struct ChunkCompressionPolicy: Sendable {
         }
     }
 }
-
-extension FerryServer {
-    /// How this server compresses the chunks it sends to a peer that decodes `peerCodecs`.
-    func compressionPolicy(peerCodecs: Set<ChunkCodec>) -> ChunkCompressionPolicy {
-        ChunkCompressionPolicy(mode: configuration.compression, peerCodecs: peerCodecs)
-    }
-}

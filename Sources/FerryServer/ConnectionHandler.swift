@@ -8,14 +8,14 @@ import NIOCore
 /// Serves one connection: reads request lines and answers them strictly in order
 /// (pipelined requests simply wait in the inbound stream, which applies back-pressure).
 struct ConnectionHandler {
-    let server: FerryServer
+    let context: ConnectionContext
     let connection: NIOAsyncChannel<RequestFrame, ByteBuffer>
     let activity: ConnectionActivity
     /// What the connection's last `HASH` requests covered of a file's start (see `PrefixHash`).
     let prefix = PrefixHash()
 
-    var logger: Logger { server.logger }
-    var root: ServedRoot { server.root }
+    var logger: Logger { context.logger }
+    var root: ServedRoot { context.root }
 
     /// Sends one error line to a connection that is not admitted, then closes it.
     static func refuse(_ connection: NIOAsyncChannel<RequestFrame, ByteBuffer>, _ reply: ErrorReply) async {
@@ -32,11 +32,11 @@ struct ConnectionHandler {
         do {
             try await connection.executeThenClose { inbound, outbound in
                 let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator)
-                let nonce = server.configuration.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
+                let nonce = context.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
                 var authenticated = nonce == nil
                 // What this connection's client enabled with `CAPS` (nil until it sends one).
                 var enabled: [Capability]?
-                try await writer.send(line: server.greeting(nonce: nonce).line)
+                try await writer.send(line: context.greeting(nonce: nonce).line)
                 var taken = 0
                 defer { writer.discardHeld() }
                 for try await frame in inbound {
@@ -61,7 +61,7 @@ struct ConnectionHandler {
                             return
                         }
                         if case .auth(let hex) = request {
-                            guard let nonce, let token = server.configuration.token else {
+                            guard let nonce, let token = context.token else {
                                 try await writer.send(AuthOK())
                                 continue
                             }
@@ -81,7 +81,7 @@ struct ConnectionHandler {
                                 try await writer.send(ErrorReply(.malformed, "CAPS may be sent only once per connection"))
                                 continue
                             }
-                            let agreed = Capability.negotiate(server: server.configuration.capabilities, requested: requested)
+                            let agreed = Capability.negotiate(server: context.capabilities, requested: requested)
                             enabled = agreed
                             try await writer.send(CapsReply(enabled: agreed))
                             continue
@@ -102,13 +102,13 @@ struct ConnectionHandler {
 
     /// Checks an `AUTH` answer, waiting first for this address's turn when it failed recently.
     private func authenticate(hmacHex: String, token: [UInt8], nonce: [UInt8], peerHost: String) async throws -> Bool {
-        let wait = server.authThrottle.reserveTurn(for: peerHost)
+        let wait = context.authThrottle.reserveTurn(for: peerHost)
         if wait > .zero { try await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
         guard Authenticator.verify(hmacHex: hmacHex, token: token, nonce: nonce) else {
-            server.authThrottle.recordFailure(for: peerHost)
+            context.authThrottle.recordFailure(for: peerHost)
             return false
         }
-        server.authThrottle.recordSuccess(for: peerHost)
+        context.authThrottle.recordSuccess(for: peerHost)
         return true
     }
 
@@ -131,7 +131,7 @@ struct ConnectionHandler {
                 entry.special = nil  // STAT has no `kinds` option
                 try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
-                try await FileSender(server: server, writer: writer, prefix: prefix, peerCodecs: Self.peerCodecs(enabled))
+                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: Self.peerCodecs(enabled))
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
@@ -141,7 +141,7 @@ struct ConnectionHandler {
                 }
                 // The whole file: the hash cache may know it already (a resume's usual check).
                 let whole = offset == 0 && length == info.size
-                if whole, let sha = server.hashCache.lookup(canonical, HashKey(info)) {
+                if whole, let sha = context.hashCache.lookup(canonical, HashKey(info)) {
                     try await writer.send(HashReply(sha256: sha))
                     return
                 }
@@ -150,7 +150,7 @@ struct ConnectionHandler {
                                                            continuing: prefix.state(for: canonical, key, at: offset))
                 prefix.record(continued, for: canonical, key, upTo: offset + length)
                 if whole, let after = try? file.stat(), HashKey(after) == HashKey(info) {
-                    server.hashCache.store(canonical, HashKey(info), sha256: sha)
+                    context.hashCache.store(canonical, HashKey(info), sha256: sha)
                 }
                 try await writer.send(HashReply(sha256: sha))
             case .blocks(let path, let validator, let requested):
@@ -168,13 +168,13 @@ struct ConnectionHandler {
                 try await writer.send(BlocksHead(size: info.size, mtime: info.mtime, blockSize: blockSize, count: count))
                 let channel = connection.channel
                 do {
-                    try await server.heavyWork.blockHashes(of: file, size: info.size, blockSize: blockSize, count: count,
+                    try await context.heavyWork.blockHashes(of: file, size: info.size, blockSize: blockSize, count: count,
                                                            stillWanted: { channel.isActive }) { try await writer.send(lines: $0.map(BlocksHead.hashLine)) }
                 } catch let error as SystemError {
                     throw BrokenReply(why: "BLOCKS \(path): \(error)")
                 }
             case .manifest(let path, let hashes, let report):
-                try await ManifestSender(server: server, writer: writer, peerCodecs: Self.peerCodecs(enabled)).send(path: path, hashes: hashes, report: report)
+                try await ManifestSender(context: context, writer: writer, peerCodecs: Self.peerCodecs(enabled)).send(path: path, hashes: hashes, report: report)
             case .auth, .caps, .quit:
                 break  // handled by the caller
             }
@@ -189,7 +189,7 @@ struct ConnectionHandler {
                            continuing state: SHA256Hasher?) async throws -> (String, SHA256Hasher?) {
         let channel = connection.channel
         do {
-            return try await server.heavyWork.sha256(of: file, offset: offset, length: length, continuing: state) { channel.isActive }
+            return try await context.heavyWork.sha256(of: file, offset: offset, length: length, continuing: state) { channel.isActive }
         } catch let error as SystemError {
             throw ServeError.io(error)
         }

@@ -7,6 +7,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import ServiceLifecycle
 
 /// How a server is set up; the CLI fills it from `ferry serve`'s options.
 public struct ServerConfiguration: Sendable {
@@ -81,8 +82,9 @@ public enum ServerError: Error, CustomStringConvertible {
     }
 }
 
-/// A running ferry server. `start` binds; `run` serves until `shutdown()`.
-public final class FerryServer: Sendable {
+/// A running ferry server. `start` binds; `run` serves until `shutdown()` — or, run as a
+/// `Service` in a `ServiceGroup`, until graceful shutdown or cancellation, which call it.
+public final class FerryServer: Service, Sendable {
     public let configuration: ServerConfiguration
     public let id: String
     public let localAddress: SocketAddress
@@ -174,13 +176,27 @@ public final class FerryServer: Sendable {
 
     public var port: Int { localAddress.port ?? configuration.port }
 
-    /// The greeting every connection starts with.
-    func greeting(nonce: [UInt8]?) -> Greeting {
-        Greeting(name: configuration.name, id: id, nonce: nonce, capabilities: configuration.capabilities)
+    /// What each connection's handler is given of the server.
+    var connectionContext: ConnectionContext {
+        ConnectionContext(root: root, hashCache: hashCache, logger: logger, compression: configuration.compression,
+                          compressionMemory: compressionMemory, chunkSize: configuration.chunkSize,
+                          token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id,
+                          capabilities: configuration.capabilities, heavyWork: heavyWork)
     }
 
-    /// Accepts and serves connections until `shutdown()` is called.
+    /// Accepts and serves connections until `shutdown()` is called, or the group it runs in
+    /// shuts down gracefully or is cancelled; returns once every connection has ended, with the
+    /// hash cache saved.
     public func run() async throws {
+        try await withTaskCancellationOrGracefulShutdownHandler {
+            try await serve()
+        } onCancelOrGracefulShutdown: {
+            self.shutdown()
+        }
+    }
+
+    private func serve() async throws {
+        let context = connectionContext
         try await withThrowingDiscardingTaskGroup { group in
             try await serverChannel.executeThenClose { inbound in
                 for try await accepted in inbound {
@@ -198,7 +214,7 @@ public final class FerryServer: Sendable {
                         if let refusal {
                             await ConnectionHandler.refuse(connection, refusal)
                         } else {
-                            await ConnectionHandler(server: self, connection: connection, activity: accepted.activity).run()
+                            await ConnectionHandler(context: context, connection: connection, activity: accepted.activity).run()
                             self.connections.withLockedValue { $0.remove(connection.channel, address: address) }
                         }
                     }
@@ -206,7 +222,7 @@ public final class FerryServer: Sendable {
             }
         }
         await heavyWork.shutdown()
-        saveCache()
+        context.saveCache()
     }
 
     /// The greeting that turns a new connection away, or nil to admit it: `ERR 503` once the
@@ -232,10 +248,6 @@ public final class FerryServer: Sendable {
         }
         serverChannel.channel.close(promise: nil)
         for channel in open { channel.close(promise: nil) }
-    }
-
-    func saveCache() {
-        do { try hashCache.save() } catch { logger.warning("could not save the hash cache: \(error)") }
     }
 }
 

@@ -74,16 +74,21 @@ struct GetCommand: AsyncParsableCommand {
                                     logger: logger)
         let progress = ProgressDisplay(mode: json ? .json : quiet ? .quiet : (Output.stderrIsTerminal ? .terminal : .quiet))
         progress.current(address.path)
-        Interrupt.install(progress: progress, resumable: true)
+        await Interrupt.install(progress: progress, resumable: true)
         let start = ContinuousClock.now
         let result: Downloader.Result
         do {
             result = try await getting(downloader, address, localPath, progress)
-        } catch let error as ClientError where error.isRetryable {
+        } catch let error as ClientError where FileFailure(error, serverAnsweredThisRun: false) == .connection {
             progress.clear()
-            let n = max(0, retries)
+            let n = downloader.options.retry.retries
             Output.fatal(error.description + " — gave up after \(n) \(n == 1 ? "retry" : "retries"); run the same command "
                          + "again to continue where it stopped (verified data is kept), or raise --retries",
+                         status: error.exitStatus)
+            throw ExitCode(error.exitStatus)
+        } catch let error as ClientError where FileFailure(error).isTransient {
+            progress.clear()
+            Output.fatal(error.description + " — gave up after \(downloader.options.retry.fileAttempts) attempts",
                          status: error.exitStatus)
             throw ExitCode(error.exitStatus)
         } catch {

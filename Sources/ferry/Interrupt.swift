@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import UnixSignals
 
 /// Ctrl-C in a client command. Everything a transfer has verified is already on disk (each
 /// chunk is written before ferry waits for the next), so stopping at once loses at most the
@@ -11,20 +12,21 @@ import Foundation
 enum Interrupt {
     static let status: Int32 = 130
 
-    /// The watcher, kept for the life of the process (a released one would leave SIGINT ignored).
-    nonisolated(unsafe) private static var watcher: SignalWatcher?
-
     /// Watches SIGINT until the process exits. `progress` is erased first; `resumable` says
     /// whether running the command again continues the work (`get`, `sync`) or only repeats it.
-    static func install(progress: ProgressDisplay?, resumable: Bool) {
-        watcher = SignalWatcher(signals: [SIGINT]) { _ in
-            progress?.stop()
-            if Output.stderrIsTerminal { Output.err("") }  // past the `^C` the terminal echoed
-            let message = resumable
-                ? "interrupted — run the same command again to continue (verified data is kept)"
-                : "interrupted"
-            Output.fatal(message, status: status)
-            exit(status)
+    /// SIGINT is trapped when this returns.
+    static func install(progress: ProgressDisplay?, resumable: Bool) async {
+        let signals = await UnixSignalsSequence(trapping: .sigint)
+        Task.detached {
+            for await _ in signals {
+                progress?.stop()
+                if Output.stderrIsTerminal { Output.err("") }  // past the `^C` the terminal echoed
+                let message = resumable
+                    ? "interrupted — run the same command again to continue (verified data is kept)"
+                    : "interrupted"
+                Output.fatal(message, status: status)
+                exit(status)
+            }
         }
     }
 }

@@ -29,7 +29,7 @@ struct LsCommand: AsyncParsableCommand {
     func run() async throws {
         Output.bootstrapLogging(verbose: client.verbose)
         Output.jsonMode = json
-        Interrupt.install(progress: nil, resumable: false)
+        await Interrupt.install(progress: nil, resumable: false)
         let logger = Logger(label: "ferry.ls")
         do {
             let address = try ServerAddress.parse(target)

@@ -9,6 +9,7 @@ import FerryServer
 import Foundation
 import Logging
 import NIOCore
+import ServiceLifecycle
 
 struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -133,15 +134,26 @@ struct ServeCommand: AsyncParsableCommand {
             name: serverName.rawValue, id: server.id, tcpPort: server.port, bind: bind,
             discoveryPort: discoveryPort, announce: announce, logger: logger)
 
-        let signals = SignalWatcher(signals: [SIGINT, SIGTERM]) { signal in
-            logger.info("received signal \(signal); stopping")
-            server.shutdown()
-        }
-        try await server.run()
-        signals.cancel()
-        await responder?.stop()
+        // SIGINT and SIGTERM shut the group down gracefully, in reverse order: the deadline is
+        // set, the server stops (listener and connections closed at once), then the responder
+        // (its goodbye when announcing). Whatever is still running after the graceful period
+        // is cancelled, and the deadline ends the process if even that does not finish.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let responder { services.append(.init(service: responder, serviceName: "discovery responder")) }
+        services.append(.init(service: server, successTerminationBehavior: .gracefullyShutdownGroup, serviceName: "server"))
+        services.append(.init(service: ShutdownDeadline(limit: Self.shutdownLimit, logger: logger),
+                              successTerminationBehavior: .ignore, serviceName: "shutdown deadline"))
+        var group = ServiceGroupConfiguration(services: services, gracefulShutdownSignals: [.sigterm, .sigint],
+                                              logger: logger)
+        group.maximumGracefulShutdownDuration = Self.gracefulPeriod
+        try await ServiceGroup(configuration: group).run()
         logger.info("stopped")
     }
+
+    /// How long the server and the responder get to stop before they are cancelled.
+    static let gracefulPeriod: Duration = .seconds(2)
+    /// When the process ends after SIGINT/SIGTERM at the latest, stopped or not.
+    static let shutdownLimit: Duration = .seconds(4)
 
     static func isInside(_ path: String, _ root: String) -> Bool {
         path == root || path.hasPrefix(root.hasSuffix("/") ? root : root + "/")
@@ -184,22 +196,24 @@ struct ServeCommand: AsyncParsableCommand {
     }
 }
 
-/// Calls `handler` on the given signals (which are otherwise ignored) until cancelled.
-final class SignalWatcher: @unchecked Sendable {
-    private let sources: [DispatchSourceSignal]
+/// Ends `ferry serve` at most `limit` after a shutdown begins, whatever its threads are doing
+/// (a connection hashing a huge file on a thread cannot be interrupted): the hash cache is then
+/// not saved, and the exit status is still 0, as for every stop by SIGINT/SIGTERM.
+struct ShutdownDeadline: Service {
+    let limit: Duration
+    let logger: Logger
 
-    init(signals: [Int32], handler: @escaping @Sendable (Int32) -> Void) {
-        sources = signals.map { sig in
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler { handler(sig) }
-            source.resume()
-            return source
+    func run() async {
+        // Returns when the group shuts down gracefully; throws when it is cancelled. Either way
+        // the server is stopping.
+        try? await gracefulShutdown()
+        logger.info("stopping")
+        let (logger, limit) = (self.logger, self.limit)
+        let seconds = Double(limit.components.seconds) + Double(limit.components.attoseconds) / 1e18
+        DispatchQueue.global().asyncAfter(deadline: .now() + seconds) {
+            logger.warning("connections still busy \(limit) after the signal; stopping without them (the hash cache was not saved)")
+            exit(0)
         }
-    }
-
-    func cancel() {
-        for s in sources { s.cancel() }
     }
 }
 

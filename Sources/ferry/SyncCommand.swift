@@ -106,7 +106,7 @@ struct SyncCommand: AsyncParsableCommand {
                             options: options, logger: logger)
         let mode: ProgressDisplay.Mode = json ? .json : (quiet || dryRun || !Output.stderrIsTerminal) ? .quiet : .terminal
         let progress = ProgressDisplay(mode: mode)
-        Interrupt.install(progress: progress, resumable: !dryRun)
+        await Interrupt.install(progress: progress, resumable: !dryRun)
         let json = self.json, quiet = self.quiet, dryRun = self.dryRun
         let summary = try await syncer.run { event in
             switch event {

@@ -189,26 +189,30 @@ public enum ReplyFuzzChecks {
         case chunk(ChunkHeader, [UInt8])
     }
 
-    /// The frames a correct reply framer yields for `stream`, and whether the stream breaks the
-    /// framing rules before its end (PROTOCOL.md sections 2 and 7).
-    public static func expectedReplyFrames(_ stream: [UInt8], maxLine: Int) -> (frames: [Frame], broken: Bool) {
+    /// The frames a correct reply framer yields for `stream`, whether the stream breaks the
+    /// framing rules before its end (PROTOCOL.md sections 2 and 7), and, when it does not, how
+    /// many bytes at its end are part of a frame not complete yet.
+    public static func expectedReplyFrames(_ stream: [UInt8], maxLine: Int) -> (frames: [Frame], broken: Bool, unfinished: Int) {
         var frames: [Frame] = []
         var start = 0
         while true {
-            guard let lf = stream[start...].firstIndex(of: 0x0A) else { return (frames, stream.count - start > maxLine) }
-            if lf - start + 1 > maxLine { return (frames, true) }
+            guard let lf = stream[start...].firstIndex(of: 0x0A) else {
+                return (frames, stream.count - start > maxLine, stream.count - start)
+            }
+            if lf - start + 1 > maxLine { return (frames, true, 0) }
             var end = lf
             if end > start && stream[end - 1] == 0x0D { end -= 1 }
             let raw = stream[start..<end]
-            guard fuzzIsValidUTF8(raw) else { return (frames, true) }
+            guard fuzzIsValidUTF8(raw) else { return (frames, true, 0) }
+            let lineStart = start
             start = lf + 1
             let line = String(decoding: raw, as: UTF8.self)
             guard line.hasPrefix("CHUNK ") else {
                 frames.append(.line(line))
                 continue
             }
-            guard let header = try? ChunkHeader.parse(Substring(line)) else { return (frames, true) }
-            guard stream.count - start >= header.wireLength else { return (frames, false) }
+            guard let header = try? ChunkHeader.parse(Substring(line)) else { return (frames, true, 0) }
+            guard stream.count - start >= header.wireLength else { return (frames, false, stream.count - lineStart) }
             frames.append(.chunk(header, Array(stream[start..<(start + header.wireLength)])))
             start += header.wireLength
         }
@@ -253,6 +257,55 @@ public enum ReplyFuzzChecks {
         let expected = expectedReplyFrames(stream, maxLine: maxLine)
         try expect(frames == expected.frames && broken == expected.broken,
                    "frames \(frames.prefix(6)) (error: \(broken)) differ from the model's \(expected.frames.prefix(6)) (error: \(expected.broken)); limit \(maxLine), stream \(fuzzShow(stream))")
+        return frames
+    }
+
+    /// Feeds `stream` to the client's real framer, `ReplyFrameSplitter`, in pieces and checks
+    /// that its frames, and the point where it reports a framing error, are the model's (so the
+    /// same as `ReplyFrameDecoder`'s); that a payload it gathers across reads is one announced
+    /// chunk, never longer than the chunk limit; and that at the end it holds part of a frame
+    /// exactly when the stream ends inside one.
+    @discardableResult
+    public static func checkReplySplitting(_ stream: [UInt8], maxLine: Int, nextPiece: () -> Int) throws -> [Frame] {
+        var splitter = ReplyFrameSplitter(maxLine: maxLine)
+        let allocator = ByteBufferAllocator()
+        var frames: [Frame] = []
+        var broken = false
+        var position = 0
+        feeding: while position < stream.count {
+            let n = min(stream.count - position, max(1, nextPiece()))
+            let read = ByteBuffer(bytes: stream[position..<(position + n)])
+            position += n
+            // As the client's handler does: the frames before an error in a read are passed on.
+            var complete: [ReplyFrame] = []
+            var failure: ReplyFramingError?
+            do { try splitter.feed(read, allocator: allocator, into: &complete) } catch let error as ReplyFramingError { failure = error }
+            for frame in complete {
+                switch frame {
+                case .line(let line):
+                    try expect(line.utf8.count < maxLine && !line.utf8.contains(0x0A), "split reply line of \(line.utf8.count) bytes")
+                    frames.append(.line(line))
+                case .chunk(let header, let wire):
+                    try expect(wire.readableBytes == header.wireLength, "split chunk with \(wire.readableBytes) bytes for \(header.line)")
+                    frames.append(.chunk(header, Array(wire.readableBytesView)))
+                }
+            }
+            if let failure {
+                try expect(!failure.description.isEmpty && failure.description.utf8.count < 512, "framing error text: \(failure.description.prefix(600))")
+                broken = true
+                break feeding
+            }
+            if let payload = splitter.payloadInProgress {
+                try expect(payload <= FerryLimits.maxChunkRaw + FerryLimits.chunkWireSlack, "the splitter gathers a \(payload)-byte payload")
+            }
+        }
+        let expected = expectedReplyFrames(stream, maxLine: maxLine)
+        try expect(frames == expected.frames && broken == expected.broken,
+                   "split frames \(frames.prefix(6)) (error: \(broken)) differ from the model's \(expected.frames.prefix(6)) (error: \(expected.broken)); limit \(maxLine), stream \(fuzzShow(stream))")
+        if !broken {
+            try expect(splitter.hasPartialFrame == (expected.unfinished > 0),
+                       "the splitter \(splitter.hasPartialFrame ? "holds" : "holds no") partial frame; \(expected.unfinished) bytes are unfinished")
+        }
         return frames
     }
 
@@ -543,6 +596,8 @@ final class ProtocolFuzzTests: XCTestCase {
             let maxLine = rng.chance(30) ? 8 + rng.below(120) : FerryLimits.maxReplyLine
             let small = rng.chance(50)
             let frames = try ReplyFuzzChecks.checkReplyFraming(stream, maxLine: maxLine) { small ? 1 + rng.below(5) : 1 + rng.below(700) }
+            // The client's real framer, fed in other pieces, must agree.
+            try ReplyFuzzChecks.checkReplySplitting(stream, maxLine: maxLine) { small ? 1 + rng.below(700) : 1 + rng.below(5) }
             if ReplyFuzzChecks.expectedReplyFrames(stream, maxLine: maxLine).broken { o.count("broken") }
             for f in frames {
                 if case .chunk = f { o.count("chunk") } else { o.count("line") }

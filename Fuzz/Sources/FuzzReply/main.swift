@@ -1,7 +1,8 @@
 // libFuzzer target: the client's reply side. Byte 0 chooses a mode:
-//   0, 1  a reply stream through `ReplyFrameDecoder` (byte 1 chooses the line limit and how
-//         reads split it); every line is read as status, entry, greeting and chunk header,
-//         every chunk goes through `ChunkDecoder`;
+//   0, 1  a reply stream through `ReplyFrameDecoder` and through the client's real framer,
+//         `ReplyFrameSplitter` (byte 1 chooses the line limit and how reads split it, for each
+//         its own way); both must give the model's frames; every line is read as status, entry,
+//         greeting and chunk header, every chunk goes through `ChunkDecoder`;
 //   2     one chunk: raw length, codec, CRC and offset from the next bytes, the rest is the
 //         wire (a flag lets the CRC be that of what the reference decoder of the codec yields,
 //         so acceptance is reachable; flag 0x10 chooses zstd, 0x02 stored, neither zlib);
@@ -20,11 +21,13 @@ public func fuzzReply(_ data: UnsafeRawPointer?, _ count: Int) -> CInt {
         let maxLine = control & 0x80 != 0 ? FerryLimits.maxReplyLine : 8 + Int(control & 0x7F)
         let largest = control & 0x40 != 0 ? 5 : 1000
         var pieces = PieceSizes(seed: control)
+        var reads = PieceSizes(seed: ~control)
         let stream = Array(input.rest)
         fuzzRun {
             for frame in try ReplyFuzzChecks.checkReplyFraming(stream, maxLine: maxLine, nextPiece: { pieces.next(max: largest) }) {
                 if case .chunk(let header, let wire) = frame { try ChunkFuzzChecks.checkChunk(header, wire) }
             }
+            try ReplyFuzzChecks.checkReplySplitting(stream, maxLine: maxLine, nextPiece: { reads.next(max: 1005 - largest) })
         }
     case 2:
         let flags = input.byte()

@@ -1,0 +1,43 @@
+import FerryFiles
+import FerryProtocol
+import Logging
+
+/// What a connection's handler (and the `FileSender`/`ManifestSender` it runs) needs of the
+/// server, and nothing more: the served root and its hash cache, the limits and policies set by
+/// `ferry serve`, authentication, and the server's logger. Handlers never see `FerryServer`
+/// itself, so they cannot reach its connection registry, listener or shutdown.
+struct ConnectionContext: Sendable {
+    let root: ServedRoot
+    let hashCache: HashCache
+    let logger: Logger
+    /// `--compress`.
+    let compression: CompressionMode
+    /// What `auto` compression has learned about the links so far, shared by all connections.
+    let compressionMemory: CompressionMemory
+    let chunkSize: Int
+    /// The HMAC token; nil when the server is open.
+    let token: [UInt8]?
+    let authThrottle: AuthThrottle
+    let name: String
+    let id: String
+    /// What the greeting offers beyond protocol 1.0 (`caps=`), in this order.
+    let capabilities: [Capability]
+    /// Hashing of ranges and block maps, off the cooperative threads.
+    let heavyWork: HeavyWork
+
+    /// The greeting every connection starts with.
+    func greeting(nonce: [UInt8]?) -> Greeting {
+        Greeting(name: name, id: id, nonce: nonce, capabilities: capabilities)
+    }
+
+    /// The policy that turns `--compress` into each chunk's decision for a peer that decodes
+    /// `peerCodecs`.
+    func compressionPolicy(peerCodecs: Set<ChunkCodec>) -> ChunkCompressionPolicy {
+        ChunkCompressionPolicy(mode: compression, peerCodecs: peerCodecs)
+    }
+
+    /// Persists the hash cache (after a manifest, which may have hashed many files).
+    func saveCache() {
+        do { try hashCache.save() } catch { logger.warning("could not save the hash cache: \(error)") }
+    }
+}
