@@ -27,8 +27,16 @@ enum Output {
         write(STDERR_FILENO, printable(text) + "\n")
     }
 
+    /// Writes `text` to stderr as exactly one line: newlines and tabs are escaped too.
+    static func errLine(_ text: String) {
+        write(STDERR_FILENO, escaped(text, keepingLineBreaks: false) + "\n")
+    }
+
     /// Whether `--json` is in force: fatal errors are then also printed as a JSON `error` object.
     nonisolated(unsafe) static var jsonMode = false
+
+    /// Whether stderr is the systemd journal (set by `bootstrapLogging`).
+    nonisolated(unsafe) static var stderrIsJournal = false
 
     /// `text` with C0 controls (other than newline and tab), DEL and C1 controls shown as
     /// `\xNN`. Returns `text` itself when there is nothing to escape (the common case).
@@ -121,16 +129,25 @@ enum Output {
     /// Reports an error that ends the run: `ferry: message` on stderr and, with `--json`, an
     /// `error` object with `"fatal": true` and the exit status on stdout.
     static func fatal(_ message: String, status: Int32) {
-        err("ferry: \(message)")
+        // In the journal the line is an error (priority 3), not the stream's default, info.
+        err((stderrIsJournal ? "<3>" : "") + "ferry: \(message)")
         if jsonMode { json(["event": "error", "fatal": true, "message": message, "exitCode": status]) }
     }
 
+    /// Log messages go to stderr at the level `FERRY_LOG` names, else debug with `--verbose`,
+    /// else `defaultLevel`; in the journal format when stderr is the systemd journal.
     static func bootstrapLogging(verbose: Bool, defaultLevel: Logger.Level = .warning) {
+        let environment = ProcessInfo.processInfo.environment
         let level: Logger.Level
-        if let env = ProcessInfo.processInfo.environment["FERRY_LOG"], let l = Logger.Level(rawValue: env) {
+        if let env = environment["FERRY_LOG"], let l = Logger.Level(rawValue: env) {
             level = l
         } else {
             level = verbose ? .debug : defaultLevel
+        }
+        if JournalLogHandler.stderrIsJournal(journalStream: environment["JOURNAL_STREAM"]) {
+            stderrIsJournal = true
+            LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
+            return
         }
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
