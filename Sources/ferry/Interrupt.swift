@@ -1,7 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 
 /// Ctrl-C in a client command. Everything a transfer has verified is already on disk (each
 /// chunk is written before ferry waits for the next), so stopping at once loses at most the

@@ -6,8 +6,13 @@ import FerryClient
 import FerryDiscovery
 import FerryFiles
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Everything the executable writes goes through here; library code never prints.
@@ -75,9 +80,10 @@ enum Output {
     }
 
     /// Writes all of `text` with write(2); lines from several threads never interleave (each is
-    /// one call unless the pipe takes it in parts, which then continue under the lock).
-    private static let lock = NSLock()
-    private static func write(_ fd: Int32, _ text: String) {
+    /// one call unless the pipe takes it in parts, which then continue under the lock). Used
+    /// as it is (no escaping) for what ferry composes itself: the progress line, a manifest.
+    private static let lock = NIOLock()
+    static func write(_ fd: Int32, _ text: String) {
         let bytes = Array(text.utf8)
         lock.lock()
         defer { lock.unlock() }
@@ -164,13 +170,27 @@ enum Output {
             v /= 1024
             i += 1
         }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+        return i == 0 ? "\(n) B" : fixed(v, decimals: 1) + " " + units[i]
+    }
+
+    /// `value` rounded to `decimals` digits after the point, as `%.Nf` shows it. Not
+    /// `String(format:)`: that one alone links ICU's data into the static binary (44 MB).
+    static func fixed(_ value: Double, decimals: Int) -> String {
+        var scale: Int64 = 1
+        for _ in 0..<decimals { scale *= 10 }
+        let scaled = (abs(value) * Double(scale)).rounded()
+        guard value.isFinite, scaled < 9e18 else { return "\(value)" }
+        let units = Int64(scaled)
+        let sign = value < 0 && units != 0 ? "-" : ""
+        let whole = "\(sign)\(units / scale)"
+        return decimals == 0 ? whole : whole + "." + String(units % scale).leftPadded(to: decimals)
     }
 
     static func duration(_ seconds: Double) -> String {
         if !seconds.isFinite || seconds < 0 { return "--:--" }
         let s = Int(seconds.rounded())
-        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%02d:%02d", s / 60, s % 60)
+        let mmss = String(s / 60 % 60).leftPadded(to: 2) + ":" + String(s % 60).leftPadded(to: 2)
+        return s >= 3600 ? "\(s / 3600):" + mmss : mmss
     }
 
     static func date(_ t: Timestamp) -> String {
@@ -300,10 +320,10 @@ enum JSONText {
                 if i > 0 { out += "," }
                 appendString(key, to: &out)
                 out += ":"
-                append(o[key] ?? NSNull(), to: &out)
+                // Invariant: the key was just read from the dictionary.
+                append(o[key]!, to: &out)
             }
             out += "}"
-        case is NSNull: out += "null"
         default: appendString(String(describing: value), to: &out)
         }
     }
