@@ -89,6 +89,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         // Helpers shared by the test targets (fixtures, the built executable, child processes).
@@ -133,7 +134,11 @@ let package = Package(
         // What the executable renders (mode strings, escaping, the progress line), without a process.
         .testTarget(
             name: "FerryCLITests",
-            dependencies: ["ferry", "FerryProtocol"]
+            dependencies: [
+                "ferry", "FerryProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // Hostile clients, limits, load, shutdown and full-disk behaviour of the real binaries.
         .testTarget(
