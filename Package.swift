@@ -160,7 +160,11 @@ let package = Package(
         // What the executable renders (mode strings, escaping, the progress line), without a process.
         .testTarget(
             name: "FerryCLITests",
-            dependencies: ["ferry", "FerryProtocol"]
+            dependencies: [
+                "ferry", "FerryProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         // Hostile clients, limits, load, shutdown and full-disk behaviour of the real binaries.
         .testTarget(

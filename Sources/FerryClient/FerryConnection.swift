@@ -63,7 +63,7 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
         self.host = host
         self.port = port
     }
-    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+    public var description: String { host.contains(Character(":")) ? "[\(host)]:\(port)" : "\(host):\(port)" }
 }
 
 /// One client connection. Used by one task at a time; requests may be pipelined with

@@ -46,7 +46,7 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
     public var lookup: Lookup {
         switch host {
         case .ipv4, .ipv6: return .none
-        case .name(let name): return portGiven || bracketed || name.contains(".") ? .dnsOnly : .hostsDiscoveryDNS
+        case .name(let name): return portGiven || bracketed || name.contains(Character(".")) ? .dnsOnly : .hostsDiscoveryDNS
         }
     }
 
@@ -94,7 +94,7 @@ public struct ServerAddress: Hashable, Sendable, CustomStringConvertible {
             let inner = rest[rest.index(after: rest.startIndex)..<close]
             if isIPv6(inner) {
                 host = .ipv6(String(inner))
-            } else if inner.contains(":") || inner.isEmpty {
+            } else if inner.contains(Character(":")) || inner.isEmpty {
                 throw fail("'\(inner)' is not an IPv6 address")
             } else if inner.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) {
                 try validateIPv4(inner, fail)

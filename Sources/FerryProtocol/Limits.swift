@@ -1,6 +1,9 @@
 /// Constants of protocol version 1; `docs/PROTOCOL.md` section 11 is their normative list.
 public enum FerryDefaults {
     public static let protocolVersion = 1
+    /// The revision of protocol 1 this build speaks: 1.1 = version 1 with capabilities
+    /// (PROTOCOL.md section 3.1). It never appears on the wire; peers of 1.0 keep working.
+    public static let protocolRevision = "1.1"
     public static let tcpPort = 7446
     public static let discoveryPort = 7447
     public static let softwareVersion = "0.1.0"

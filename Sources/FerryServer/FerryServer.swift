@@ -67,7 +67,7 @@ public enum ServerError: Error, CustomStringConvertible {
         case .cannotServe(let path, let e):
             return "cannot serve \(path): \(e.message) (check that it exists and is a readable directory)"
         case .cannotBind(let host, let port, let code, let why):
-            let shown = host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)"
+            let shown = host.contains(Character(":")) ? "[\(host)]:\(port)" : "\(host):\(port)"
             switch code {
             case EADDRINUSE?:
                 return "cannot listen on \(shown): the port is in use (is another server using it? try --port 0 or another --port)"

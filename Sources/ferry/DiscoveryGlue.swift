@@ -20,7 +20,7 @@ enum DiscoveryGlue {
                                announce: Bool, logger: Logger) async -> DiscoveryResponder? {
         let advert = ServerAdvert(name: name, id: id, tcpPort: tcpPort, version: FerryDefaults.softwareVersion)
         do {
-            return try await DiscoveryResponder.start(advert: advert, bindHost: bind.contains(":") ? "0.0.0.0" : bind,
+            return try await DiscoveryResponder.start(advert: advert, bindHost: bind.contains(Character(":")) ? "0.0.0.0" : bind,
                                                       port: discoveryPort, announce: announce, logger: logger)
         } catch {
             logger.warning("discovery is off: \(error)")

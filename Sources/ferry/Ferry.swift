@@ -18,7 +18,7 @@ struct Ferry: AsyncParsableCommand {
           ferry get 192.168.1.20/docs/report.pdf
           ferry sync studio/2024 ~/photos/2024 --delete
         """,
-        version: FerryDefaults.softwareVersion,
+        version: VersionText.line,
         subcommands: [ServeCommand.self, LsCommand.self, GetCommand.self, SyncCommand.self,
                       ManifestCommand.self, DiscoverCommand.self]
     )

@@ -4,7 +4,11 @@ import Glibc
 import ArgumentParser
 import FerryClient
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import Logging
 
 struct GetCommand: AsyncParsableCommand {
@@ -104,7 +108,7 @@ struct GetCommand: AsyncParsableCommand {
                          "retries": result.retries, "seconds": seconds, "filesFetched": 1])
         } else if !quiet {
             Output.err("fetched \(Output.shown(result.path)) → \(result.localPath): \(Output.bytes(result.size)) in "
-                       + String(format: "%.2f s", seconds) + ", \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")
+                       + Output.fixed(seconds, decimals: 2) + " s, \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")
         }
     }
 
@@ -145,8 +149,8 @@ struct GetCommand: AsyncParsableCommand {
     static func localPath(for remote: RemotePath, local: String?) -> String {
         let name = String(decoding: remote.name, as: UTF8.self)
         guard let local else { return name }
-        var isDir: ObjCBool = false
-        if local.hasSuffix("/") || (FileManager.default.fileExists(atPath: local, isDirectory: &isDir) && isDir.boolValue) {
+        var st = stat()
+        if local.hasSuffix("/") || (stat(local, &st) == 0 && st.st_mode & S_IFMT == S_IFDIR) {
             return (local.hasSuffix("/") ? local : local + "/") + name
         }
         return local

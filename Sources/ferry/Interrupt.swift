@@ -1,7 +1,11 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import UnixSignals
 
 /// Ctrl-C in a client command. Everything a transfer has verified is already on disk (each

@@ -50,7 +50,7 @@ struct LsCommand: AsyncParsableCommand {
             for e in entries {
                 var o: [String: Any] = [
                     "type": Self.typeName(e.type), "name": e.path.description, "size": e.size,
-                    "mtime": e.mtime.timeInterval, "mode": String(format: "%04o", e.mode),
+                    "mtime": e.mtime.timeInterval, "mode": String(e.mode, radix: 8).leftPadded(to: 4),
                 ]
                 if let t = e.target { o["target"] = String(decoding: t, as: UTF8.self) }
                 if let k = e.special { o["kind"] = k.noun }

@@ -4,7 +4,11 @@ import Glibc
 import ArgumentParser
 import FerryFiles
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 
 struct ManifestCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -53,7 +57,7 @@ struct ManifestCommand: ParsableCommand {
         // Special files are never transferred, so a synced copy lacks them too: they are named
         // on stderr only, and `diff` of a tree's manifest and its copy's stays clean.
         let kept = notes.filter { if case .special = $0 { return false } else { return true } }
-        FileHandle.standardOutput.write(Data(Manifest(entries: entries, notes: kept).text.utf8))
+        Output.write(STDOUT_FILENO, Manifest(entries: entries, notes: kept).text)
         // Never silently: what the manifest could not describe is named on stderr as well.
         var incomplete = false
         var specials: [String] = []

@@ -6,8 +6,13 @@ import FerryClient
 import FerryDiscovery
 import FerryFiles
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import Logging
+import NIOConcurrencyHelpers
 import NIOCore
 
 /// Everything the executable writes goes through here; library code never prints.
@@ -27,8 +32,16 @@ enum Output {
         write(STDERR_FILENO, printable(text) + "\n")
     }
 
+    /// Writes `text` to stderr as exactly one line: newlines and tabs are escaped too.
+    static func errLine(_ text: String) {
+        write(STDERR_FILENO, escaped(text, keepingLineBreaks: false) + "\n")
+    }
+
     /// Whether `--json` is in force: fatal errors are then also printed as a JSON `error` object.
     nonisolated(unsafe) static var jsonMode = false
+
+    /// Whether stderr is the systemd journal (set by `bootstrapLogging`).
+    nonisolated(unsafe) static var stderrIsJournal = false
 
     /// `text` with C0 controls (other than newline and tab), DEL and C1 controls shown as
     /// `\xNN`. Returns `text` itself when there is nothing to escape (the common case).
@@ -67,9 +80,10 @@ enum Output {
     }
 
     /// Writes all of `text` with write(2); lines from several threads never interleave (each is
-    /// one call unless the pipe takes it in parts, which then continue under the lock).
-    private static let lock = NSLock()
-    private static func write(_ fd: Int32, _ text: String) {
+    /// one call unless the pipe takes it in parts, which then continue under the lock). Used
+    /// as it is (no escaping) for what ferry composes itself: the progress line, a manifest.
+    private static let lock = NIOLock()
+    static func write(_ fd: Int32, _ text: String) {
         let bytes = Array(text.utf8)
         lock.lock()
         defer { lock.unlock() }
@@ -121,16 +135,25 @@ enum Output {
     /// Reports an error that ends the run: `ferry: message` on stderr and, with `--json`, an
     /// `error` object with `"fatal": true` and the exit status on stdout.
     static func fatal(_ message: String, status: Int32) {
-        err("ferry: \(message)")
+        // In the journal the line is an error (priority 3), not the stream's default, info.
+        err((stderrIsJournal ? "<3>" : "") + "ferry: \(message)")
         if jsonMode { json(["event": "error", "fatal": true, "message": message, "exitCode": status]) }
     }
 
+    /// Log messages go to stderr at the level `FERRY_LOG` names, else debug with `--verbose`,
+    /// else `defaultLevel`; in the journal format when stderr is the systemd journal.
     static func bootstrapLogging(verbose: Bool, defaultLevel: Logger.Level = .warning) {
+        let environment = ProcessInfo.processInfo.environment
         let level: Logger.Level
-        if let env = ProcessInfo.processInfo.environment["FERRY_LOG"], let l = Logger.Level(rawValue: env) {
+        if let env = environment["FERRY_LOG"], let l = Logger.Level(rawValue: env) {
             level = l
         } else {
             level = verbose ? .debug : defaultLevel
+        }
+        if JournalLogHandler.stderrIsJournal(journalStream: environment["JOURNAL_STREAM"]) {
+            stderrIsJournal = true
+            LoggingSystem.bootstrap { JournalLogHandler(label: $0, level: level) }
+            return
         }
         LoggingSystem.bootstrap { label in
             var h = StreamLogHandler.standardError(label: label)
@@ -147,13 +170,27 @@ enum Output {
             v /= 1024
             i += 1
         }
-        return i == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[i])
+        return i == 0 ? "\(n) B" : fixed(v, decimals: 1) + " " + units[i]
+    }
+
+    /// `value` rounded to `decimals` digits after the point, as `%.Nf` shows it. Not
+    /// `String(format:)`: that one alone links ICU's data into the static binary (44 MB).
+    static func fixed(_ value: Double, decimals: Int) -> String {
+        var scale: Int64 = 1
+        for _ in 0..<decimals { scale *= 10 }
+        let scaled = (abs(value) * Double(scale)).rounded()
+        guard value.isFinite, scaled < 9e18 else { return "\(value)" }
+        let units = Int64(scaled)
+        let sign = value < 0 && units != 0 ? "-" : ""
+        let whole = "\(sign)\(units / scale)"
+        return decimals == 0 ? whole : whole + "." + String(units % scale).leftPadded(to: decimals)
     }
 
     static func duration(_ seconds: Double) -> String {
         if !seconds.isFinite || seconds < 0 { return "--:--" }
         let s = Int(seconds.rounded())
-        return s >= 3600 ? String(format: "%d:%02d:%02d", s / 3600, s / 60 % 60, s % 60) : String(format: "%02d:%02d", s / 60, s % 60)
+        let mmss = String(s / 60 % 60).leftPadded(to: 2) + ":" + String(s % 60).leftPadded(to: 2)
+        return s >= 3600 ? "\(s / 3600):" + mmss : mmss
     }
 
     static func date(_ t: Timestamp) -> String {
@@ -283,10 +320,10 @@ enum JSONText {
                 if i > 0 { out += "," }
                 appendString(key, to: &out)
                 out += ":"
-                append(o[key] ?? NSNull(), to: &out)
+                // Invariant: the key was just read from the dictionary.
+                append(o[key]!, to: &out)
             }
             out += "}"
-        case is NSNull: out += "null"
         default: appendString(String(describing: value), to: &out)
         }
     }

@@ -2,7 +2,11 @@
 import Glibc
 #endif
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import NIOConcurrencyHelpers
 
 /// Progress on stderr: one line redrawn in place at most ten times a second and erased at
@@ -85,10 +89,10 @@ final class ProgressDisplay: Sendable {
             return true
         }
         guard due else { return }
-        let line = Data(("\r\u{1B}[2K" + Self.cut(text, to: max(0, Self.terminalColumns() - 3))).utf8)
+        let line = "\r\u{1B}[2K" + Self.cut(text, to: max(0, Self.terminalColumns() - 3))
         state.withLockedValue { s in
             guard !s.stopped else { return }
-            FileHandle.standardError.write(line)
+            Output.write(STDERR_FILENO, line)
             s.drawn = true
         }
     }
@@ -103,7 +107,7 @@ final class ProgressDisplay: Sendable {
         guard mode == .terminal else { return }
         // Under the lock, so a redraw racing with this cannot put the line back afterwards.
         state.withLockedValue { s in
-            if s.drawn { FileHandle.standardError.write(Data("\r\u{1B}[2K".utf8)) }
+            if s.drawn { Output.write(STDERR_FILENO, "\r\u{1B}[2K") }
             s.drawn = false
         }
     }
@@ -133,15 +137,16 @@ final class ProgressDisplay: Sendable {
         switch mode {
         case .terminal:
             let pct = s.bytes > 0 ? Double(s.done) * 100 / Double(s.bytes) : 100
-            let stats = String(format: "%d/%d files  %@ / %@  %3.0f%%  %@/s  ETA %@",
-                               s.filesDone, s.files, Output.bytes(s.done), Output.bytes(s.bytes), pct,
-                               Output.bytes(Int64(rate)), Output.duration(eta))
+            let percent = Output.fixed(pct, decimals: 0)
+            let stats = "\(s.filesDone)/\(s.files) files  \(Output.bytes(s.done)) / \(Output.bytes(s.bytes))  "
+                + String(repeating: " ", count: max(0, 3 - percent.count)) + percent + "%  "
+                + "\(Output.bytes(Int64(rate)))/s  ETA \(Output.duration(eta))"
             let line = Self.fit(stats: stats, name: s.current, columns: Self.terminalColumns())
-            let text = Data(("\r\u{1B}[2K" + line).utf8)
+            let text = "\r\u{1B}[2K" + line
             // Written under the lock: `clear()` and `stop()` then never interleave with it.
             state.withLockedValue { s in
                 guard !s.stopped else { return }
-                FileHandle.standardError.write(text)
+                Output.write(STDERR_FILENO, text)
                 s.drawn = true
             }
         case .json:

@@ -6,7 +6,11 @@ import Dispatch
 import FerryFiles
 import FerryProtocol
 import FerryServer
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import Logging
 import NIOCore
 import ServiceLifecycle
@@ -96,7 +100,7 @@ struct ServeCommand: AsyncParsableCommand {
     static func defaultStateDir() -> String {
         let env = ProcessInfo.processInfo.environment
         if let xdg = env["XDG_STATE_HOME"], !xdg.isEmpty { return xdg + "/ferry" }
-        return (env["HOME"] ?? NSTemporaryDirectory()) + "/.local/state/ferry"
+        return (env["HOME"] ?? "/tmp") + "/.local/state/ferry"
     }
 
     func run() async throws {
@@ -124,7 +128,7 @@ struct ServeCommand: AsyncParsableCommand {
         let server = try await FerryServer.start(configuration, logger: logger)
 
         var shown = bind
-        if shown.contains(":") { shown = "[\(shown)]" }
+        if shown.contains(Character(":")) { shown = "[\(shown)]" }
         Output.out("listening on \(shown):\(server.port)")
         if token == nil {
             logger.info("serving \(root) to anyone who can reach port \(server.port) (no --token-file)")
@@ -178,16 +182,27 @@ struct ServeCommand: AsyncParsableCommand {
         }
     }
 
+    /// `mkdir -p path`, mode 700 for the folders it creates. Returns what went wrong, if anything.
+    static func makeDirectories(_ path: String) -> String? {
+        var prefix = path.hasPrefix("/") ? "" : "."
+        for component in path.split(separator: "/") {
+            prefix += "/" + component
+            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
+                return "\(prefix): \(String(cString: strerror(errno)))"
+            }
+        }
+        var st = stat()
+        guard stat(path, &st) == 0 else { return String(cString: strerror(errno)) }
+        return st.st_mode & S_IFMT == S_IFDIR ? nil : "not a directory"
+    }
+
     private func hashCachePath(root: String, logger: Logger) throws -> String? {
         let dir = stateDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? Self.defaultStateDir()
         if Self.isInside(dir, root) || Self.isInside(Self.resolvingSymlinks(dir), Self.resolvingSymlinks(root)) {
             throw ValidationError("--state-dir \(dir) is inside the served directory; choose a folder outside it")
         }
-        do {
-            try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true,
-                                                    attributes: [.posixPermissions: 0o700])
-        } catch {
-            logger.warning("cannot create the state folder \(dir) (\(error.localizedDescription)); the hash cache stays in memory")
+        if let problem = Self.makeDirectories(dir) {
+            logger.warning("cannot create the state folder \(dir) (\(problem)); the hash cache stays in memory")
             return nil
         }
         var hasher = SHA256Hasher()

@@ -2,7 +2,11 @@ import ArgumentParser
 import FerryClient
 import FerryFiles
 import FerryProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
+#else
 import Foundation
+#endif
 import Logging
 
 struct SyncCommand: AsyncParsableCommand {
@@ -214,7 +218,7 @@ struct SyncCommand: AsyncParsableCommand {
         if s.linksSkipped > 0 { line += ", \(s.linksSkipped) symlink\(s.linksSkipped == 1 ? "" : "s") skipped" }
         if !s.specialSkipped.isEmpty { line += ", \(s.specialSkipped.count) special skipped" }
         if !s.reservedSkipped.isEmpty { line += ", \(s.reservedSkipped.count) reserved name\(s.reservedSkipped.count == 1 ? "" : "s") skipped" }
-        line += "; \(Output.bytes(s.wireBytes)) on the wire in " + String(format: "%.2f s", s.seconds)
+        line += "; \(Output.bytes(s.wireBytes)) on the wire in " + Output.fixed(s.seconds, decimals: 2) + " s"
         if !s.failures.isEmpty { line += "; \(s.failures.count) failed" }
         if !s.conflicts.isEmpty { line += "; \(s.conflicts.count) conflict\(s.conflicts.count == 1 ? "" : "s")" }
         Output.out(line)

@@ -69,6 +69,21 @@ final class OutputTests: XCTestCase {
         XCTAssertLessThanOrEqual(ProgressDisplay.width(of: line), 87, line)
         XCTAssertEqual(ProgressDisplay.width(of: "写真"), 4)
     }
+
+    /// The formats `String(format:)` produced before (it linked ICU into the static binary).
+    func testNumbersLookAsPrintfShowedThem() {
+        XCTAssertEqual(Output.fixed(2.345, decimals: 2), "2.35")    // %.2f
+        XCTAssertEqual(Output.fixed(0.004, decimals: 2), "0.00")
+        XCTAssertEqual(Output.fixed(-1.26, decimals: 1), "-1.3")
+        XCTAssertEqual(Output.fixed(99.6, decimals: 0), "100")
+        XCTAssertEqual(Output.fixed(12, decimals: 3), "12.000")
+        XCTAssertEqual(Output.bytes(1536), "1.5 KiB")
+        XCTAssertEqual(Output.bytes(812 * 1024 * 1024), "812.0 MiB")
+        XCTAssertEqual(Output.bytes(1000), "1000 B")
+        XCTAssertEqual(Output.duration(65), "01:05")                // %02d:%02d
+        XCTAssertEqual(Output.duration(3 * 3600 + 7 * 60 + 9), "3:07:09")
+        XCTAssertEqual(Output.duration(.infinity), "--:--")
+    }
 }
 
 /// A bare SERVER name is looked up in /etc/hosts before discovery and DNS.
