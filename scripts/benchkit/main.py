@@ -4,6 +4,7 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -64,6 +65,9 @@ def main(argv):
     except Interrupted as e:
         log("interrupted (%s); cleaning up" % e)
         return 130
+    except subprocess.CalledProcessError as e:
+        log("failed: %s\n%s" % (" ".join(e.cmd), (e.stderr or "").strip()))
+        return 1
     finally:
         ignore_signals_while_cleaning()
         CLEANUP.run()

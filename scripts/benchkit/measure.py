@@ -1,10 +1,10 @@
 """The figures of one run (docs/BENCHMARKS.md, "Figures"):
 
     wall        client start to exit (processes.Client)
-    CPU         user+sys of the client (wait4, its children included) plus the server's, read from
+    CPU         user+sys of the client (wait4's rusage, its children included) plus the server's, read from
                 /proc/PID/stat: utime+stime, and cutime+cstime for the per-connection processes
                 the rsync daemon forks and reaps
-    RSS         the client's peak (wait4); the server's VmHWM, reset before the run through
+    RSS         the client's VmHWM, polled every 10 ms (PeakRSS); the server's VmHWM, reset before the run through
                 /proc/PID/clear_refs, and for the rsync daemon the largest VmHWM among its
                 processes and the largest sum of their VmRSS, polled every 10 ms
     wire        IP bytes in both directions on the server namespace's interface
@@ -81,28 +81,51 @@ def net_bytes(pid, dev):
     return None
 
 
-class RSSPoller:
-    """Samples a server's process tree every 10 ms: the peak of any one process's VmHWM and the
-    peak of the tree's summed VmRSS (rsync forks a process per client)."""
+class PeakRSS:
+    """Samples process trees every 10 ms, each from a root PID: the peak of any one process's VmHWM
+    and the peak of the tree's summed VmRSS (rsync forks a process per client). VmHWM is that of
+    the process's current program, so a client's figure is its own, not that of the Python process
+    it was started from (wait4's ru_maxrss would include it). A peak reached in the last 10 ms of
+    a process's life is missed."""
 
-    def __init__(self, pid):
-        self.pid = pid
-        self.peak_process = 0
-        self.peak_total = 0
+    def __init__(self, *roots):
+        self._peaks = {pid: [0, 0] for pid in roots}
+        self._retired = set()
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
+    def watch(self, pid):
+        with self._lock:
+            self._peaks.setdefault(pid, [0, 0])
+
+    def retire(self, pid):
+        """Stops sampling a reaped process (its PID may be reused); its peak stays."""
+        with self._lock:
+            self._retired.add(pid)
+
+    def peak(self, pid):
+        """(largest VmHWM of one process, largest VmRSS sum) of the tree from `pid`, in KiB."""
+        with self._lock:
+            return tuple(self._peaks[pid])
+
     def _loop(self):
         while not self._stop.is_set():
-            total = 0
-            for p in [self.pid] + descendants(self.pid):
-                self.peak_process = max(self.peak_process, status_kib(p, "VmHWM"))
-                total += status_kib(p, "VmRSS")
-            self.peak_total = max(self.peak_total, total)
+            with self._lock:
+                roots = [pid for pid in self._peaks if pid not in self._retired]
+            for root in roots:
+                one, total = 0, 0
+                for p in [root] + descendants(root):
+                    one = max(one, status_kib(p, "VmHWM"))
+                    total += status_kib(p, "VmRSS")
+                with self._lock:
+                    peak = self._peaks[root]
+                    peak[0], peak[1] = max(peak[0], one), max(peak[1], total)
             self._stop.wait(0.01)
 
     def start(self):
         self._thread.start()
+        return self
 
     def stop(self):
         self._stop.set()
@@ -125,23 +148,30 @@ class ServerWindow:
             pass
         self.cpu0 = proc_times(self.pid)
         self.net0 = net_bytes(self.pid, self.server.dev)
-        self.poller = RSSPoller(self.pid)
-        self.poller.start()
+        self.peaks = PeakRSS(self.pid).start()
         return self
+
+    def watch(self, client):
+        """Samples the client's peak RSS too (see PeakRSS)."""
+        self.peaks.watch(client.proc.pid)
 
     def __exit__(self, *exc):
         try:
             if exc[0] is None:
                 self.settle()
         finally:
-            self.poller.stop()
+            self.peaks.stop()
         if exc[0] is not None:
             return
         self.cpu = proc_times(self.pid) - self.cpu0
         net1 = net_bytes(self.pid, self.server.dev)
         self.wire = net1 - self.net0 if self.net0 is not None and net1 is not None else None
-        self.rss = max(self.poller.peak_process, status_kib(self.pid, "VmHWM"))
-        self.rss_total = self.poller.peak_total
+        peak_process, self.rss_total = self.peaks.peak(self.pid)
+        self.rss = max(peak_process, status_kib(self.pid, "VmHWM"))
+
+    def client_rss(self, client):
+        self.peaks.retire(client.proc.pid)
+        return self.peaks.peak(client.proc.pid)[0]
 
     def settle(self):
         """Waits (at most 2 s) until the rsync daemon has reaped its per-connection children, so

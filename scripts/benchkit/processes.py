@@ -2,8 +2,8 @@
 them all on a normal exit, on an exception and on SIGINT/SIGTERM/SIGHUP; every wait is bounded.
 
 Clients are timed exactly: their exit is seen through a pidfd (no polling interval added to the
-wall time) and their CPU time and peak RSS come from wait4's rusage, which includes the children
-they waited for (rsync's forked receiver)."""
+wall time; Popen.wait(timeout) sleeps in steps of up to 50 ms) and their CPU time comes from
+wait4's rusage, which includes the children they waited for (rsync's forked receiver)."""
 
 import contextlib
 import os
@@ -162,7 +162,7 @@ def wait_for_line(path, pattern, proc, timeout):
 
 
 class Client:
-    """A client run: started now, its end seen exactly, its rusage from wait4."""
+    """A client run: started now, its end seen exactly, its CPU time from wait4."""
 
     def __init__(self, args, ns, stdout, stderr):
         self.started = time.monotonic()
@@ -170,7 +170,6 @@ class Client:
         self.ended = None
         self.status = None
         self.cpu = 0.0  # user + system seconds, waited-for children included
-        self.rss_kib = 0  # peak resident set of the client or any child it waited for
         try:
             self._pidfd = os.pidfd_open(self.proc.pid)
         except (AttributeError, OSError):  # kernel < 5.3 or Python < 3.9: poll wait4 every ms
@@ -196,9 +195,11 @@ class Client:
             else:
                 exited, ended, flags = True, time.monotonic(), os.WNOHANG
             if exited:
-                pid, status, usage = os.wait4(self.proc.pid, flags)
+                with shielded():  # reaped and marked reaped together: its PID is never signalled after
+                    pid, status, usage = os.wait4(self.proc.pid, flags)
+                    if pid == self.proc.pid:
+                        self._reaped(ended, status, usage)
                 if pid == self.proc.pid:
-                    self._reaped(ended, status, usage)
                     return True
             if remaining <= 0:
                 return False
@@ -210,7 +211,6 @@ class Client:
         self.status = os.waitstatus_to_exitcode(status)
         self.proc.returncode = self.status  # reaped here, not by Popen
         self.cpu = usage.ru_utime + usage.ru_stime
-        self.rss_kib = usage.ru_maxrss
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None

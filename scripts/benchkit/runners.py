@@ -148,7 +148,10 @@ def received_bytes(kind, stdout):
 def build_ferry():
     log("building ferry (release, --scratch-path .build-bench)")
     build = ["swift", "build", "-c", "release", "--scratch-path", ".build-bench"]
-    subprocess.run(build + ["--product", "ferry"], cwd=REPO, check=True, stdout=sys.stderr, timeout=3600)
+    swift = CLEANUP.spawn(build + ["--product", "ferry"], cwd=REPO, stdout=sys.stderr)
+    if swift.wait(timeout=3600) != 0:
+        raise RuntimeError("swift build failed (exit status %d)" % swift.returncode)
+    CLEANUP.forget(swift)
     return os.path.join(sh(build + ["--show-bin-path"], cwd=REPO, timeout=120).stdout.strip(), "ferry")
 
 

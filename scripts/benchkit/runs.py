@@ -65,6 +65,7 @@ class Bench:
             killed = False
             with ServerWindow(server) as window:
                 client = Client(args, link.client_ns, out, err)
+                window.watch(client)
                 if kill_when is not None:
                     deadline = time.monotonic() + RUN_TIMEOUT
                     while not client.wait(0.002) and time.monotonic() < deadline:
@@ -73,12 +74,13 @@ class Bench:
                             killed = True
                             break
                 client.finish()
+                client_rss = window.client_rss(client)
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
         if client.status != 0 and not killed:
             raise RuntimeError("client failed (%d): %s\n%s" % (client.status, " ".join(args), stderr[-2000:]))
-        return Measurement(wall=client.wall, client_cpu=client.cpu, client_rss=client.rss_kib,
+        return Measurement(wall=client.wall, client_cpu=client.cpu, client_rss=client_rss,
                            server_cpu=window.cpu, server_rss=window.rss, server_rss_total=window.rss_total,
                            wire=window.wire, app_wire=received_bytes(kind, stdout), stdout=stdout, killed=killed)
 
@@ -244,11 +246,14 @@ class Bench:
                     os.makedirs(dest)
                     clients.append(Client(sync_args(t, server, self.ferry, "mixed", dest), link.client_ns,
                                           subprocess.DEVNULL, subprocess.DEVNULL))
+                    window.watch(clients[-1])
+                client_rss = 0
                 for c in clients:
                     c.finish(max(0.0, t0 + RUN_TIMEOUT - time.monotonic()))
+                    client_rss = max(client_rss, window.client_rss(c))
             wall = max(c.ended for c in clients) - t0
             r = Measurement(wall=wall, client_cpu=sum(c.cpu for c in clients),
-                            client_rss=max(c.rss_kib for c in clients), server_cpu=window.cpu,
+                            client_rss=client_rss, server_cpu=window.cpu,
                             server_rss=window.rss, server_rss_total=window.rss_total, wire=window.wire)
             self.record("concurrent", "mixed x%d" % n, t, [r],
                         {"throughput": n * per_client / wall, "failures": sum(c.status != 0 for c in clients)})
