@@ -93,17 +93,14 @@ def run(opts):
     bench = Bench(opts, sizes, ferry, features, namespaces, tmp)
     started = time.monotonic()
     bench.prime()
-    group = None
     for scenario in scenarios(opts.codecs):
         if scenario.group not in only:
             continue
-        if scenario.group != group:  # a scenario group's servers live until the next group
-            bench.stop_servers()
-            group = scenario.group
+        bench.stop_servers(keep={(tool, scenario.link) for tool in scenario.tools})
         if isinstance(scenario, FullSync):
             bench.full_sync(scenario)
         else:
-            getattr(bench, scenario.group)()
+            getattr(bench, scenario.group)(scenario)
     bench.stop_servers()
     print()
     print("ferry vs rsync: medians of %d run(s) (%s data), %.0f s in all" % (

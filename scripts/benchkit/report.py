@@ -77,4 +77,5 @@ def details(rows):
 def report(rows, notes, namespaces):
     wire_note = ("wire = IP bytes both directions on the link (interface counters of the benchmark's own namespace)"
                  if namespaces else "wire = the tools' own counts of received payload bytes (no namespaces: not root)")
-    return "\n".join(table(rows) + [""] + details(rows) + [""] + notes + [wire_note])
+    sections = [table(rows), details(rows), notes + [wire_note]]
+    return "\n\n".join("\n".join(lines) for lines in sections if lines)

@@ -70,11 +70,14 @@ class RsyncDaemon:
     def __init__(self, link, src, tmp):
         self.dev = link.dev
         conf = os.path.join(tmp, "rsyncd-%s.conf" % (link.server_ns or "default"))
+        # As root the daemon would switch to nobody unless told to stay; as anyone else it cannot
+        # switch at all (and fails on setgroups if asked to).
+        stay = "uid = %d\ngid = %d\n" % (os.getuid(), os.getgid()) if os.geteuid() == 0 else ""
         with open(conf, "w") as f:
-            f.write("use chroot = no\nmax connections = 0\nlog file = %s\npid file = %s\n"
-                    "uid = %d\ngid = %d\n[src]\npath = %s\nread only = yes\n" % (
+            f.write("use chroot = no\nmax connections = 0\nlog file = %s\npid file = %s\n%s"
+                    "[src]\npath = %s\nread only = yes\n" % (
                         os.path.join(tmp, "rsyncd.log"), os.path.join(tmp, "rsyncd-%d.pid" % time.time_ns()),
-                        os.getuid(), os.getgid(), src))
+                        stay, src))
         for _ in range(20):  # a free port can be taken between probing and binding: retry
             port = free_port()
             self.proc = CLEANUP.spawn(ns_prefix(link.server_ns) + [

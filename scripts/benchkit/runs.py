@@ -19,7 +19,7 @@ from .data import KiB, MiB, tree_bytes
 from .measure import Measurement, ServerWindow, descendants
 from .processes import RUN_TIMEOUT, Client, flush, log
 from .runners import get_file_args, received_bytes, start_server, sync_args
-from .scenarios import FERRY, RSYNC
+from .scenarios import FERRY
 
 FIGURES = ("wall", "client_cpu", "server_cpu", "client_rss", "server_rss", "server_rss_total", "wire", "app_wire")
 
@@ -53,10 +53,10 @@ class Bench:
                                               self.tmp)
         return self._servers[key]
 
-    def stop_servers(self):
-        while self._servers:
-            _, server = self._servers.popitem()
-            server.stop()
+    def stop_servers(self, keep=()):
+        """Stops the servers but those of `keep`, a set of (tool, link name)."""
+        for key in [k for k in self._servers if k not in keep]:
+            self._servers.pop(key).stop()
 
     def measure(self, kind, args, server, link, kill_when=None):
         """One client run against `server`, with the server's share of the figures. With
@@ -141,7 +141,7 @@ class Bench:
                 self.sync(t, scenario.link, ds, dest)
                 shutil.rmtree(dest, ignore_errors=True)
             flush()
-            time.sleep(2)
+            time.sleep(0.5)
         results = {t: [] for t in tools}
         for _, order in alternating(tools, self.opts.slow_reps if scenario.slow else self.opts.reps):
             for t in order:
@@ -156,24 +156,24 @@ class Bench:
 
     # 3: no-op re-sync --------------------------------------------------------------------------
 
-    def noop(self):
-        tools = [FERRY, RSYNC]
+    def noop(self, scenario):
+        tools = list(scenario.tools)
         for t in tools:
             fresh_dir(self.dest(t, "small"))
-            self.sync(t, "loopback", "small", self.dest(t, "small"))
+            self.sync(t, scenario.link, "small", self.dest(t, "small"))
         flush()
         results = {t: [] for t in tools}
         for _, order in alternating(tools, max(self.opts.reps, 3)):
             for t in order:
-                results[t].append(self.sync(t, "loopback", "small", self.dest(t, "small")))
+                results[t].append(self.sync(t, scenario.link, "small", self.dest(t, "small")))
         for t in tools:
             self.record("noop", "small", t, results[t])
             shutil.rmtree(self.dest(t, "small"), ignore_errors=True)
 
     # 4: delta ------------------------------------------------------------------------------------
 
-    def delta(self):
-        tools = [FERRY, RSYNC]
+    def delta(self, scenario):
+        tools = list(scenario.tools)
         base = os.path.join(self.opts.data, "base", "delta.bin")
         results = {t: [] for t in tools}
         for rep, order in alternating(tools, self.opts.reps + 1):  # the first round is a warm-up
@@ -182,7 +182,7 @@ class Bench:
                 fresh_dir(dest)
                 shutil.copy2(base, os.path.join(dest, "delta.bin"))
                 flush()
-                r = self.sync(t, "loopback", "delta", dest)
+                r = self.sync(t, scenario.link, "delta", dest)
                 if rep > 0:
                     results[t].append(r)
         for t in tools:
@@ -191,14 +191,14 @@ class Bench:
 
     # 5: resume -----------------------------------------------------------------------------------
 
-    def resume(self):
-        tools = [FERRY, RSYNC]
+    def resume(self, scenario):
+        tools = list(scenario.tools)
         size = self.sizes.random
-        link = self.link("loopback")
+        link = self.link(scenario.link)
         results = {t: [] for t in tools}
         for _, order in alternating(tools, self.opts.reps):
             for t in order:
-                server = self.server(t, "loopback")
+                server = self.server(t, scenario.link)
                 dest = self.dest(t, "resume")
                 fresh_dir(dest)
                 flush()
@@ -223,21 +223,21 @@ class Bench:
 
     # 6: concurrent clients -----------------------------------------------------------------------
 
-    def concurrent(self):
+    def concurrent(self, scenario):
         n = self.sizes.concurrent_clients
-        tools = [FERRY, RSYNC]
-        link = self.link("loopback")
+        tools = list(scenario.tools)
+        link = self.link(scenario.link)
         per_client = tree_bytes(os.path.join(self.src, "mixed"))
         for t in tools:  # warm-up
             dest = self.dest(t, "conc-warm")
             fresh_dir(dest)
-            self.sync(t, "loopback", "mixed", dest)
+            self.sync(t, scenario.link, "mixed", dest)
             shutil.rmtree(dest, ignore_errors=True)
         for t in tools:
             base = self.dest(t, "conc")
             fresh_dir(base)
             flush()
-            server = self.server(t, "loopback")
+            server = self.server(t, scenario.link)
             with ServerWindow(server) as window:
                 t0 = time.monotonic()
                 clients = []

@@ -61,10 +61,11 @@ class FullSync:
 
 @dataclasses.dataclass(frozen=True)
 class Special:
-    """A scenario with a procedure of its own: runs.Bench.<group>(), ferry against rsync on
-    loopback."""
+    """A scenario with a procedure of its own, runs.Bench.<group>(scenario)."""
     group: str
     what: str
+    link: str = "loopback"
+    tools: tuple = (FERRY, RSYNC)
 
 
 def scenarios(codecs=CODECS):
