@@ -181,30 +181,30 @@ class Client:
 
     def wait(self, timeout):
         """True once the client has exited (and is reaped), False after `timeout` seconds."""
-        if self.ended is not None:
-            return True
         deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if self._pidfd is not None:
-                poller = select.poll()
-                poller.register(self._pidfd, select.POLLIN)
-                exited = bool(poller.poll(max(0.0, remaining) * 1000))
-                ended = time.monotonic()
-                flags = 0
-            else:
-                exited, ended, flags = True, time.monotonic(), os.WNOHANG
-            if exited:
-                with shielded():  # reaped and marked reaped together: its PID is never signalled after
-                    pid, status, usage = os.wait4(self.proc.pid, flags)
-                    if pid == self.proc.pid:
-                        self._reaped(ended, status, usage)
-                if pid == self.proc.pid:
-                    return True
-            if remaining <= 0:
+        while self.ended is None and not self._reap_within(deadline - time.monotonic()):
+            if time.monotonic() >= deadline:
                 return False
-            if self._pidfd is None:
-                time.sleep(0.001)
+        return True
+
+    def _reap_within(self, timeout):
+        """Reaps the client if it exits within `timeout` seconds: a poll on its pidfd, or without
+        pidfds one WNOHANG check after 1 ms."""
+        if self._pidfd is not None:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if not poller.poll(max(0.0, timeout) * 1000):
+                return False
+            ended, flags = time.monotonic(), 0
+        else:
+            time.sleep(0.001)
+            ended, flags = time.monotonic(), os.WNOHANG
+        with shielded():  # reaped and marked reaped together: its PID is never signalled after
+            pid, status, usage = os.wait4(self.proc.pid, flags)
+            if pid != self.proc.pid:
+                return False
+            self._reaped(ended, status, usage)
+        return True
 
     def _reaped(self, ended, status, usage):
         self.ended = ended

@@ -133,6 +133,9 @@ class Bench:
             if t not in tools:
                 self.note("%s rows skipped: `ferry serve --help` does not mention `%s:` (this ferry has no %s codec)"
                           % (t.name, t.codec, t.codec))
+        if any(t.codec == "zstd" for t in tools):
+            self.note("ferry-zstd rows: a server sends zstd only to clients that enable it; one that does not "
+                      "gets zlib (then the rows' wire bytes are those of zlib, not zstd's)")
         ds = scenario.dataset
         if scenario.link == "loopback":  # one untimed round (on the slow links the cache is warm already)
             for t in tools:
