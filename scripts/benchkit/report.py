@@ -1,0 +1,81 @@
+"""The Markdown table of docs/BENCHMARKS.md: one row per scenario, data set and tool (ferry rows,
+then rsync, then rsync -z), each ratio ferry / rsync from the same run; a `ferry / rsync -z` row
+where rsync -z ran; then the resume and concurrent details and the notes."""
+
+from .data import KiB, MiB
+
+HEADER = ["| scenario | data | tool | wall s | ratio | CPU s (cli+srv) | ratio | RSS MiB cli / srv | wire MiB | ratio |",
+          "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+
+
+def mib(n):
+    if n is None:
+        return "?"
+    return "%.1f" % (n / MiB) if n < 100 * MiB else "%.0f" % (n / MiB)
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0:
+        return "?"
+    return "%.2f" % (a / b)
+
+
+def wire(row):
+    """IP bytes on the link, or without namespaces the tool's own count."""
+    return row["wire"] if row["wire"] is not None else row["app_wire"]
+
+
+def tool_order(name):
+    return (name.startswith("rsync"), name != "ferry", name != "rsync")
+
+
+def row_line(scenario, dataset, r, ref):
+    is_ref = r["tool"] == "rsync"
+    srv_rss = mib((r["server_rss"] or 0) * KiB)
+    if scenario == "concurrent" and r["tool"] == "rsync":
+        srv_rss += " (sum %s)" % mib((r["server_rss_total"] or 0) * KiB)
+    return "| %s | %s | %s | %.2f | %s | %.2f | %s | %s / %s | %s | %s |" % (
+        scenario, dataset, r["tool"], r["wall"], "" if is_ref else ratio(r["wall"], ref and ref["wall"]),
+        r["cpu"], "" if is_ref else ratio(r["cpu"], ref and ref["cpu"]),
+        mib((r["client_rss"] or 0) * KiB), srv_rss, mib(wire(r)), "" if is_ref else ratio(wire(r), ref and wire(ref)))
+
+
+def table(rows):
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["scenario"], r["dataset"]), {})[r["tool"]] = r
+    lines = list(HEADER)
+    for (scenario, dataset), tools in groups.items():
+        ref = tools.get("rsync")
+        for name in sorted(tools, key=tool_order):
+            lines.append(row_line(scenario, dataset, tools[name], ref))
+        if "rsync-z" in tools and "ferry" in tools:
+            f, z = tools["ferry"], tools["rsync-z"]
+            lines.append("| %s | %s | ferry / rsync -z | | %s | | %s | | | %s |" % (
+                scenario, dataset, ratio(f["wall"], z["wall"]), ratio(f["cpu"], z["cpu"]), ratio(wire(f), wire(z))))
+    return lines
+
+
+def details(rows):
+    lines = []
+    for r in rows:
+        if r["scenario"] == "resume":
+            app = r["app_wire"]
+            lines.append("resume %s: the resuming run received %s payload bytes (%s IP bytes) for %d bytes remaining: "
+                         "%s KiB more than remaining (median of runs; %.2f s)" % (
+                             r["tool"], "?" if app is None else "%d" % app,
+                             "?" if r["wire"] is None else "%d" % r["wire"], r["remaining"],
+                             "?" if r.get("excess") is None else "%.0f" % (r["excess"] / KiB), r["wall"]))
+        if r["scenario"] == "concurrent":
+            lines.append("concurrent %s: aggregate %.0f MiB/s, server peak RSS %s MiB (process) %s, %d failures" % (
+                r["tool"], r["throughput"] / MiB, mib((r["server_rss"] or 0) * KiB),
+                "/ %s MiB (all processes)" % mib((r["server_rss_total"] or 0) * KiB) if r["tool"] == "rsync" else "",
+                r["failures"]))
+    return lines
+
+
+def report(rows, notes, namespaces):
+    wire_note = ("wire = IP bytes both directions on the link (interface counters of the benchmark's own namespace)"
+                 if namespaces else "wire = the tools' own counts of received payload bytes (no namespaces: not root)")
+    sections = [table(rows), details(rows), notes + [wire_note]]
+    return "\n\n".join("\n".join(lines) for lines in sections if lines)

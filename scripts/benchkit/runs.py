@@ -1,0 +1,323 @@
+"""HOW each kind of scenario runs (docs/BENCHMARKS.md, "Method"): every repetition runs each
+tool once, the order alternating; before each run DEST is new and `sync` has flushed the previous
+run's writes; the page cache holds the source; on loopback one untimed round runs first. Used
+destinations are moved aside and deleted only after all runs of a data set (deleting thousands of
+files just before a run makes ext4 scan for inodes that were not recently deleted, which timed the
+file system, not the tools). Each row is the median of its repetitions."""
+
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import tempfile
+import time
+
+from . import links
+from .data import KiB, MiB, tree_bytes
+from .measure import Measurement, ServerWindow, descendants
+from .processes import RUN_TIMEOUT, Client, flush, log
+from .runners import get_file_args, received_bytes, start_server, sync_args
+from .scenarios import FERRY
+
+FIGURES = ("wall", "client_cpu", "server_cpu", "client_rss", "server_rss", "server_rss_total", "wire", "app_wire")
+
+
+def alternating(tools, reps):
+    """The tools' order in each repetition: as listed, then reversed, and so on."""
+    for rep in range(reps):
+        yield rep, tools if rep % 2 == 0 else tools[::-1]
+
+
+class Bench:
+    def __init__(self, opts, sizes, ferry, features, namespaces, tmp):
+        self.opts, self.sizes, self.ferry, self.features = opts, sizes, ferry, features
+        self.namespaces, self.tmp = namespaces, tmp
+        self.src = os.path.join(opts.data, "src")
+        self.dst = os.path.join(opts.data, "dst")
+        self.trash = os.path.join(self.dst, "trash")
+        self.rows = []
+        self.notes = []
+        self._servers = {}  # (tool, link) -> a running server, until stop_servers()
+
+    # Servers and single runs ----------------------------------------------------------------
+
+    def link(self, name):
+        return links.link(name, self.namespaces)
+
+    def server(self, tool, link_name):
+        key = (tool, link_name)
+        if key not in self._servers:
+            self._servers[key] = start_server(tool, self.link(link_name), self.src, self.ferry, self.features,
+                                              self.tmp)
+        return self._servers[key]
+
+    def stop_servers(self, keep=()):
+        """Stops the servers but those of `keep`, a set of (tool, link name)."""
+        for key in [k for k in self._servers if k not in keep]:
+            self._servers.pop(key).stop()
+
+    def measure(self, kind, args, server, link, kill_when=None):
+        """One client run against `server`, with the server's share of the figures. With
+        `kill_when`, the client (and its children) get SIGKILL as soon as it returns True."""
+        with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as err:
+            killed = False
+            with ServerWindow(server) as window:
+                client = Client(args, link.client_ns, out, err)
+                window.watch(client)
+                if kill_when is not None:
+                    deadline = time.monotonic() + RUN_TIMEOUT
+                    while not client.wait(0.002) and time.monotonic() < deadline:
+                        if kill_when():
+                            kill_tree(client.proc.pid)
+                            killed = True
+                            break
+                client.finish()
+                client_rss = window.client_rss(client)
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read(), err.read()
+        if client.status != 0 and not killed:
+            raise RuntimeError("client failed (%d): %s\n%s" % (client.status, " ".join(args), stderr[-2000:]))
+        return Measurement(wall=client.wall, client_cpu=client.cpu, client_rss=client_rss,
+                           server_cpu=window.cpu, server_rss=window.rss, server_rss_total=window.rss_total,
+                           wire=window.wire, app_wire=received_bytes(kind, stdout), stdout=stdout, killed=killed)
+
+    def sync(self, tool, link_name, subpath, dest):
+        server = self.server(tool, link_name)
+        args = sync_args(tool, server, self.ferry, subpath, dest)
+        return self.measure(tool.kind, args, server, self.link(link_name))
+
+    def dest(self, tool, what):
+        return os.path.join(self.dst, tool.name.replace(":", "-"), what)
+
+    def record(self, scenario, dataset, tool, results, extra=None):
+        row = {"scenario": scenario, "dataset": dataset, "tool": tool.name, "n": len(results)}
+        for key in FIGURES:
+            values = [getattr(r, key) for r in results if getattr(r, key) is not None]
+            row[key] = statistics.median(values) if values else None
+        row["cpu"] = (row["client_cpu"] or 0) + (row["server_cpu"] or 0)
+        row["walls"] = [round(r.wall, 3) for r in results]
+        row.update(extra or {})
+        self.rows.append(row)
+        log("%-12s %-10s %-13s wall %s  cpu %.2f s  rss c/s %.1f/%.1f MiB  wire %s" % (
+            scenario, dataset, tool.name, row["walls"], row["cpu"], (row["client_rss"] or 0) / KiB,
+            (row["server_rss"] or 0) / KiB, "?" if row["wire"] is None else "%.1f MiB" % (row["wire"] / MiB)))
+        return row
+
+    # Before everything -------------------------------------------------------------------------
+
+    def prime(self):
+        """Reads all source data once (page cache) and lets a ferry server hash it once (its hash
+        cache, shared by every ferry server of the run: the steady state of a server after its
+        first sync). rsync has no such cache and needs none for a full sync."""
+        for root, _, files in os.walk(self.src):
+            for name in files:
+                with open(os.path.join(root, name), "rb") as f:
+                    while f.read(4 * MiB):
+                        pass
+        dest = self.dest(FERRY, "prime")
+        fresh_dir(dest)
+        server = self.server(FERRY, "loopback")
+        self.measure("ferry", [self.ferry, "sync", server.address, dest, "--dry-run", "--quiet"], server,
+                     self.link("loopback"))
+        self.stop_servers()
+        shutil.rmtree(dest, ignore_errors=True)
+
+    # 1 and 2: full syncs ----------------------------------------------------------------------
+
+    def full_sync(self, scenario):
+        tools = [t for t in scenario.tools if self.features.supports(t)]
+        for t in scenario.tools:
+            if t not in tools:
+                self.note("%s rows skipped: `ferry serve --help` does not mention `%s:` (this ferry has no %s codec)"
+                          % (t.name, t.codec, t.codec))
+        if any(t.codec == "zstd" for t in tools):
+            self.note("ferry-zstd rows: a server sends zstd only to clients that enable it; one that does not "
+                      "gets zlib (then the rows' wire bytes are those of zlib, not zstd's)")
+        ds = scenario.dataset
+        if scenario.link == "loopback":  # one untimed round (on the slow links the cache is warm already)
+            for t in tools:
+                dest = self.dest(t, ds)
+                fresh_dir(dest)
+                self.sync(t, scenario.link, ds, dest)
+                shutil.rmtree(dest, ignore_errors=True)
+            flush()
+            time.sleep(0.5)
+        results = {t: [] for t in tools}
+        for _, order in alternating(tools, self.opts.slow_reps if scenario.slow else self.opts.reps):
+            for t in order:
+                dest = self.dest(t, ds)
+                fresh_dir(dest)
+                flush()
+                results[t].append(self.sync(t, scenario.link, ds, dest))
+                retire(dest, self.trash)
+        for t in tools:
+            self.record(scenario.link, ds, t, results[t])
+        empty_trash(self.trash)
+
+    # 3: no-op re-sync --------------------------------------------------------------------------
+
+    def noop(self, scenario):
+        tools = list(scenario.tools)
+        for t in tools:
+            fresh_dir(self.dest(t, "small"))
+            self.sync(t, scenario.link, "small", self.dest(t, "small"))
+        flush()
+        results = {t: [] for t in tools}
+        for _, order in alternating(tools, max(self.opts.reps, 3)):
+            for t in order:
+                results[t].append(self.sync(t, scenario.link, "small", self.dest(t, "small")))
+        for t in tools:
+            self.record("noop", "small", t, results[t])
+            shutil.rmtree(self.dest(t, "small"), ignore_errors=True)
+
+    # 4: delta ------------------------------------------------------------------------------------
+
+    def delta(self, scenario):
+        tools = list(scenario.tools)
+        base = os.path.join(self.opts.data, "base", "delta.bin")
+        results = {t: [] for t in tools}
+        for rep, order in alternating(tools, self.opts.reps + 1):  # the first round is a warm-up
+            for t in order:
+                dest = self.dest(t, "delta")
+                fresh_dir(dest)
+                shutil.copy2(base, os.path.join(dest, "delta.bin"))
+                flush()
+                r = self.sync(t, scenario.link, "delta", dest)
+                if rep > 0:
+                    results[t].append(r)
+        for t in tools:
+            self.record("delta", "%dMiB" % (self.sizes.delta // MiB), t, results[t])
+            shutil.rmtree(self.dest(t, "delta"), ignore_errors=True)
+
+    # 5: resume -----------------------------------------------------------------------------------
+
+    def resume(self, scenario):
+        tools = list(scenario.tools)
+        size = self.sizes.random
+        link = self.link(scenario.link)
+        results = {t: [] for t in tools}
+        for _, order in alternating(tools, self.opts.reps):
+            for t in order:
+                server = self.server(t, scenario.link)
+                dest = self.dest(t, "resume")
+                fresh_dir(dest)
+                flush()
+                args = get_file_args(t, server, self.ferry, "random/big.bin", os.path.join(dest, "big.bin"))
+                first = self.measure(t.kind, args, server, link, kill_when=lambda: largest_file(dest) >= size // 2)
+                if not first.killed:
+                    log("resume: the %s client finished before it could be cut; skipping this round" % t.name)
+                    continue
+                time.sleep(0.2)
+                on_disk = partial_bytes(dest)
+                flush()
+                r = self.measure(t.kind, args, server, link)
+                r.remaining = size - on_disk
+                results[t].append(r)
+        for t in tools:
+            if results[t]:
+                excess = [r.app_wire - r.remaining for r in results[t] if r.app_wire is not None]
+                self.record("resume", "random-half", t, results[t],
+                            {"remaining": statistics.median([r.remaining for r in results[t]]),
+                             "excess": statistics.median(excess) if excess else None})
+            shutil.rmtree(self.dest(t, "resume"), ignore_errors=True)
+
+    # 6: concurrent clients -----------------------------------------------------------------------
+
+    def concurrent(self, scenario):
+        n = self.sizes.concurrent_clients
+        tools = list(scenario.tools)
+        link = self.link(scenario.link)
+        per_client = tree_bytes(os.path.join(self.src, "mixed"))
+        for t in tools:  # warm-up
+            dest = self.dest(t, "conc-warm")
+            fresh_dir(dest)
+            self.sync(t, scenario.link, "mixed", dest)
+            shutil.rmtree(dest, ignore_errors=True)
+        for t in tools:
+            base = self.dest(t, "conc")
+            fresh_dir(base)
+            flush()
+            server = self.server(t, scenario.link)
+            with ServerWindow(server) as window:
+                t0 = time.monotonic()
+                clients = []
+                for i in range(n):
+                    dest = os.path.join(base, "c%02d" % i)
+                    os.makedirs(dest)
+                    clients.append(Client(sync_args(t, server, self.ferry, "mixed", dest), link.client_ns,
+                                          subprocess.DEVNULL, subprocess.DEVNULL))
+                    window.watch(clients[-1])
+                client_rss = 0
+                for c in clients:
+                    c.finish(max(0.0, t0 + RUN_TIMEOUT - time.monotonic()))
+                    client_rss = max(client_rss, window.client_rss(c))
+            wall = max(c.ended for c in clients) - t0
+            r = Measurement(wall=wall, client_cpu=sum(c.cpu for c in clients),
+                            client_rss=client_rss, server_cpu=window.cpu,
+                            server_rss=window.rss, server_rss_total=window.rss_total, wire=window.wire)
+            self.record("concurrent", "mixed x%d" % n, t, [r],
+                        {"throughput": n * per_client / wall, "failures": sum(c.status != 0 for c in clients)})
+            retire(base, self.trash)
+        empty_trash(self.trash)
+
+    def note(self, text):
+        if text not in self.notes:
+            self.notes.append(text)
+            log(text)
+
+
+def kill_tree(pid):
+    """SIGKILL to a client and its children (rsync's forked receiver)."""
+    for p in descendants(pid) + [pid]:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def largest_file(dest_dir):
+    """Bytes of the largest file in `dest_dir` (ferry's .NAME.ferry-partial, rsync's file written
+    --inplace)."""
+    best = 0
+    try:
+        for name in os.listdir(dest_dir):
+            if not name.endswith(".meta"):
+                try:
+                    best = max(best, os.lstat(os.path.join(dest_dir, name)).st_size)
+                except OSError:
+                    pass
+    except OSError:
+        pass
+    return best
+
+
+def partial_bytes(dest):
+    """Bytes already in DEST after an interrupted run: ferry's verified prefix (its sidecar), or
+    the size of the file rsync was writing in place."""
+    for name in os.listdir(dest):
+        if name.endswith(".ferry-partial.meta"):
+            with open(os.path.join(dest, name)) as f:
+                m = re.search(r"verified=\s*(\d+)", f.read())
+                if m:
+                    return int(m.group(1))
+    return largest_file(dest)
+
+
+def retire(path, trash):
+    """Moves a used destination aside; `empty_trash` deletes it after the data set's runs."""
+    if os.path.exists(path):
+        os.makedirs(trash, exist_ok=True)
+        os.rename(path, os.path.join(trash, "%d" % time.monotonic_ns()))
+
+
+def empty_trash(trash):
+    shutil.rmtree(trash, ignore_errors=True)
+    flush()
+
+
+def fresh_dir(path):
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)

@@ -1,0 +1,98 @@
+"""WHAT the benchmark measures. To add a row, add a Tool or a line to `scenarios` below; the
+procedures are in runs.py, the table is printed in this order (ferry rows first, then rsync).
+
+A *tool* is a server configuration plus its client: `ferry serve --compress MODE` with
+`ferry sync`, or `rsync --daemon` with `rsync -a [OPTIONS] rsync://...`. The table names it
+("ferry", "ferry-off", "ferry-zstd:3", "rsync", "rsync-z") and every ratio is against the
+"rsync" row of the same scenario and data set.
+"""
+
+import dataclasses
+import re
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    name: str
+    kind: str  # "ferry" or "rsync"
+    compress: str = "auto"  # ferry serve --compress
+    rsync_options: tuple = ()
+
+    @property
+    def codec(self):
+        """The codec family a ferry server needs for this tool ("zlib", "zstd"), or None."""
+        m = re.match(r"(zlib|zstd):", self.compress)
+        return m.group(1) if self.kind == "ferry" and m else None
+
+
+FERRY = Tool("ferry", "ferry")  # --compress auto, the default: the codec and level ferry chooses
+RSYNC = Tool("rsync", "rsync")
+RSYNC_Z = Tool("rsync-z", "rsync", rsync_options=("-z",))  # rsync 3.5 negotiates zstd
+
+
+def ferry_compress(mode):
+    """ferry with a fixed `--compress MODE` (off, zlib:N, zstd:N)."""
+    return Tool("ferry-" + mode, "ferry", compress=mode)
+
+
+FERRY_OFF = ferry_compress("off")
+
+# The codec rows: ferry with a fixed codec beside `auto` on the text, over every link
+# (`--codecs` replaces this list). zstd rows need a ferry whose `serve --help` mentions `zstd:`.
+# Each mode costs a few runs per link (zlib:1 of 256 MiB over loopback: 2 s on a quiet machine,
+# 8 s on a busy one): keep the list short, the default run's time is part of its usefulness.
+CODECS = ("zlib:1", "zstd:3")
+COMPRESS_MODE = re.compile(r"^(off|zlib:[1-9]|zstd:-?[0-9]{1,2})$")
+
+DATASETS = ("random", "text", "small", "mixed")
+
+
+@dataclasses.dataclass(frozen=True)
+class FullSync:
+    """A full sync of `dataset` into an empty DEST over `link`, once per tool in every
+    repetition (the order alternating). `slow`: repeated --slow-reps times, not --reps."""
+    link: str
+    dataset: str
+    tools: tuple
+    slow: bool = False
+
+    @property
+    def group(self):  # the name --only selects it by
+        return self.link
+
+
+@dataclasses.dataclass(frozen=True)
+class Special:
+    """A scenario with a procedure of its own, runs.Bench.<group>(scenario)."""
+    group: str
+    what: str
+    link: str = "loopback"
+    tools: tuple = (FERRY, RSYNC)
+
+
+def scenarios(codecs=CODECS):
+    """Every scenario of a full run, in the order they run and are printed."""
+    codec_rows = tuple(ferry_compress(mode) for mode in codecs)
+    return [
+        # link        data set  tools (alternating within each repetition)
+        FullSync("loopback", "random", (FERRY, RSYNC)),
+        FullSync("loopback", "text", (FERRY, FERRY_OFF, RSYNC) + codec_rows),
+        FullSync("loopback", "small", (FERRY, RSYNC)),
+        FullSync("loopback", "mixed", (FERRY, RSYNC)),
+        FullSync("lan1g", "random", (FERRY, RSYNC)),
+        FullSync("lan1g", "text", (FERRY, RSYNC) + codec_rows),
+        FullSync("lan1g", "small", (FERRY, RSYNC)),
+        FullSync("lan1g", "mixed", (FERRY, RSYNC)),
+        FullSync("lan100m", "text", (FERRY, RSYNC, RSYNC_Z) + codec_rows),
+        FullSync("lan100m", "small", (FERRY, RSYNC)),
+        FullSync("lan100m", "mixed", (FERRY, RSYNC)),
+        FullSync("lan100m", "random", (FERRY, RSYNC), slow=True),  # 45 s a run at full size
+        Special("noop", "no-op re-sync of the small files (DEST already up to date)"),
+        Special("delta", "the delta file, DEST holding its old version"),
+        Special("resume", "the random file, client killed (SIGKILL) at half, then run again"),
+        Special("concurrent", "many clients syncing mixed/ from one server at once"),
+    ]
+
+
+# The names --only takes, in order.
+GROUPS = tuple(dict.fromkeys(scenario.group for scenario in scenarios()))
