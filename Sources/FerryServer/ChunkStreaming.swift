@@ -19,6 +19,8 @@ struct ChunkPipeline {
     var serverRate: ServerRateMeter? = nil
     /// Chunk buffers to reuse (file reads and compressed output); fresh ones when nil.
     var buffers: ChunkBufferPool? = nil
+    /// The server's share-out of chunks held ahead of the socket; `window` when nil.
+    var budget: StreamBudget? = nil
     static let window = 4
     /// Encoders that can really run at once.
     static var encoders: Int { max(1, min(window, System.coreCount)) }
@@ -59,6 +61,12 @@ struct ChunkPipeline {
         let policy = self.policy
         let buffers = self.buffers
         controller.beginStream(chunks: count)
+        let budget = self.budget
+        budget?.enter()
+        defer { budget?.leave() }
+        // Chunks read and encoded ahead of the socket: `window`, or this stream's share of the
+        // server's budget when many streams run (a client that stops reading holds at most that).
+        func ahead() -> Int { budget?.window ?? Self.window }
         try await withThrowingTaskGroup(of: (Int, Encoded).self) { group in
             var next = 0
             var ready: [Int: Encoded] = [:]
@@ -71,16 +79,19 @@ struct ChunkPipeline {
                                             allocator: allocator, buffers: buffers))
                 }
             }
-            for i in 0..<min(Self.window, count) { launch(i) }
-            var launched = min(Self.window, count)
+            var launched = min(ahead(), count)
+            for i in 0..<launched { launch(i) }
             var lastWritten = ContinuousClock.now
             while next < count {
                 guard let (index, encoded) = try await group.next() else { break }
                 controller.record(encoded.chunk.report)
                 ready[index] = encoded
-                while let item = ready.removeValue(forKey: next) {
+                while var item = ready.removeValue(forKey: next) {
                     if item.chunk.header.codec != .stored { compressed += 1 }
                     onRaw(item.raw)
+                    // A compressed chunk's raw bytes are done with: back to the pool before the
+                    // write, which may wait long for a client that reads slowly or not at all.
+                    if item.chunk.header.codec != .stored, item.rawIsOwned { buffers?.recycle(item.raw); item.rawIsOwned = false }
                     let start = ContinuousClock.now
                     try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
                     let end = ContinuousClock.now
@@ -91,7 +102,7 @@ struct ChunkPipeline {
                     item.recycle(into: buffers)
                     next += 1
                     if let rate = serverRate?.add(bytes) { controller.recordServerRate(rate) }
-                    if launched < count {
+                    while launched < count && launched - next < ahead() {
                         launch(launched)
                         launched += 1
                     }
@@ -131,6 +142,26 @@ struct ChunkPipeline {
         let chunk = encoder.encode(raw, offset: offset, allocator: allocator, output: &output)
         if let output { buffers?.recycle(output) }
         return Encoded(chunk: chunk, raw: raw, rawIsOwned: owned)
+    }
+}
+
+/// Shares out how many chunks the server's streams may hold read and encoded ahead of their
+/// sockets: each running stream gets an equal share of `chunks`, at least one and at most
+/// `ChunkPipeline.window`. One client gets the full window (both cores encode); 256 clients that
+/// stop reading hold one chunk each instead of four (issue 17: 255 unread GETs took ~900 MB).
+final class StreamBudget: Sendable {
+    let chunks: Int
+    private let active = NIOLockedValueBox(0)
+
+    init(chunks: Int = 32) { self.chunks = chunks }
+
+    func enter() { active.withLockedValue { $0 += 1 } }
+    func leave() { active.withLockedValue { $0 -= 1 } }
+
+    /// This stream's share now.
+    var window: Int {
+        let streams = active.withLockedValue { max(1, $0) }
+        return max(1, min(ChunkPipeline.window, chunks / streams))
     }
 }
 
@@ -176,7 +207,8 @@ struct FileSender {
         do {
             hasher = try trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
             let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
-                                         chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers)
+                                         chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
+                                         budget: context.streamBudget)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
                 raw.withUnsafeReadableBytes { hasher?.update($0) }

@@ -24,6 +24,8 @@ struct ConnectionContext: Sendable {
     let capabilities: [Capability]
     /// Hashing of ranges and block maps, off the cooperative threads.
     let heavyWork: HeavyWork
+    /// How many chunks each running stream may hold ahead of its socket.
+    let streamBudget: StreamBudget
 
     /// The greeting every connection starts with.
     func greeting(nonce: [UInt8]?) -> Greeting {

@@ -96,6 +96,10 @@ public final class FerryServer: Service, Sendable {
     let authThrottle = AuthThrottle()
     /// Hashing of ranges and block maps, off the cooperative threads (see `HeavyWork`).
     let heavyWork = HeavyWork()
+    /// Chunks held ahead of the sockets, shared out among the running streams.
+    let streamBudget = StreamBudget()
+    /// Gives memory that connections used back to the system once they have closed.
+    let trimmer = MemoryTrimmer()
     /// What `auto` compression learned, the server's total rate and its chunk buffers.
     let compressionMemory = CompressionMemory()
 
@@ -127,13 +131,16 @@ public final class FerryServer: Service, Sendable {
     public static func start(_ configuration: ServerConfiguration, logger: Logger) async throws -> FerryServer {
         let root: ServedRoot
         do { root = try ServedRoot(path: configuration.root) } catch { throw ServerError.cannotServe(configuration.root, error) }
+        MemoryTrimmer.giveLargeBuffersBack()
         let channel: NIOAsyncChannel<Accepted, Never>
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
+                // What a connection may queue beyond the kernel's socket buffer: a client that stops
+                // reading holds this much, plus one chunk (issue 17).
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
                 .bind(host: configuration.bindHost, port: configuration.port) { child in
                     child.eventLoop.makeCompletedFuture {
                         let activity = ConnectionActivity()
@@ -181,7 +188,7 @@ public final class FerryServer: Service, Sendable {
         ConnectionContext(root: root, hashCache: hashCache, logger: logger, compression: configuration.compression,
                           compressionMemory: compressionMemory, chunkSize: configuration.chunkSize,
                           token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id,
-                          capabilities: configuration.capabilities, heavyWork: heavyWork)
+                          capabilities: configuration.capabilities, heavyWork: heavyWork, streamBudget: streamBudget)
     }
 
     /// Accepts and serves connections until `shutdown()` is called, or the group it runs in
@@ -216,6 +223,7 @@ public final class FerryServer: Service, Sendable {
                         } else {
                             await ConnectionHandler(context: context, connection: connection, activity: accepted.activity).run()
                             self.connections.withLockedValue { $0.remove(connection.channel, address: address) }
+                            self.trimmer.connectionClosed()
                         }
                     }
                 }
