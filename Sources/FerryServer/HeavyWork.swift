@@ -20,7 +20,9 @@ final class HeavyWork: Sendable {
 
     private let pool: NIOThreadPool
 
-    init(threads: Int = max(2, System.coreCount)) {
+    /// One thread fewer than cores (at least one): expensive work never has every core, so
+    /// requests that cost little are answered however many expensive ones wait.
+    init(threads: Int = max(1, System.coreCount - 1)) {
         pool = NIOThreadPool(numberOfThreads: threads)
         pool.start()
     }

@@ -88,7 +88,7 @@ final class ExpensiveRequestTests: XCTestCase {
         let loaded = try innocentTimes(server)
         let busy = ProcessStats.cpuSeconds(pid) - cpuBefore
         print("innocent client: ls \(unloaded.ls) → \(loaded.ls) s, get 10 MiB \(unloaded.get) → \(loaded.get) s; server CPU during the attack \(busy) s")
-        XCTAssertGreaterThan(busy, 0.2, "the attack did not load the server; the test shows nothing")
+        XCTAssertGreaterThan(busy, 0.05, "the server did no hashing; the test shows nothing")
         XCTAssertLessThanOrEqual(loaded.ls, 2 * unloaded.ls, "ferry ls was starved")
         XCTAssertLessThanOrEqual(loaded.get, 2 * unloaded.get, "ferry get was starved")
         attackers.removeAll()
