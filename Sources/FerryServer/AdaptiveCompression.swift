@@ -6,25 +6,6 @@ import Glibc
 import Darwin
 #endif
 
-/// What the kernel says about one TCP connection (Linux `TCP_INFO`), read now and then by the
-/// sender. Cumulative values, like the kernel's.
-public struct TransportSample: Sendable, Hashable {
-    /// When it was read (any monotonic clock), in seconds.
-    public var time: Double
-    /// Total seconds the sender has been held back by the receiver's window
-    /// (`tcpi_rwnd_limited`): the receiver, not the network, was the bottleneck.
-    public var receiverLimited: Double
-    /// The latest delivery-rate sample in bytes per second (`tcpi_delivery_rate`), nil when
-    /// that sample was application-limited and so says nothing about the link.
-    public var deliveryRate: Double?
-
-    public init(time: Double, receiverLimited: Double, deliveryRate: Double?) {
-        self.time = time
-        self.receiverLimited = receiverLimited
-        self.deliveryRate = deliveryRate
-    }
-}
-
 /// The `--compress auto` policy: decides, chunk by chunk, whether compressing pays on this link,
 /// with which codec and at which level (`decide`).
 ///
@@ -47,13 +28,8 @@ public struct TransportSample: Sendable, Hashable {
 /// - the ratio `r`: wire/raw bytes of recent attempts (1 for a chunk that did not shrink);
 /// - the server's total rate over all its connections (`recordServerRate`): the encoders serve
 ///   them all, so fifty connections that each look slow can together outrun the encoders;
-/// - when the connection's `TCP_INFO` is available (`recordTransport`): the share of time the
-///   receiver's window held the sender back, and the kernel's delivery rate, which replaces `D`
-///   (it measures the link even while it is not saturated).
 ///
 /// It decides, when a chunk's encoding is started:
-/// 0. the receiver held the sender back more than a quarter of the recent time: **store** (the
-///    receiver is the bottleneck, as on loopback with a busy client; compressing would add work to both);
 /// 1. `D`, or the server's total rate, is at least `2·C·n`: the data leaves twice as fast as the
 ///    encoders could produce it at the base level: **store** (this keeps loopback, where client and server share the CPU,
 ///    and many clients at once, stored);
@@ -95,10 +71,6 @@ public struct AdaptiveCompression: Sendable {
         /// Other connections count as busy while the server's total rate is more than this
         /// multiple of this connection's own rate.
         public var sharedServerFactor = 2.0
-        /// Store while the receiver's window held the sender back more than this share of the time.
-        public var receiverLimitedShare = 0.25
-        /// Weight kept by the transport estimates per new sample.
-        public var transportDecay = 0.75
         /// A write that waited at least this long was held back by the socket (its buffer was
         /// full: NIO suspends writes above the high watermark until it drains to the low one).
         public var blockedSend = 0.001
@@ -209,9 +181,6 @@ public struct AdaptiveCompression: Sendable {
     private var sinceProbe = 0
     private var probeNext = false
     private var credit = 0.0
-    private var lastTransport: TransportSample?
-    private var receiverShareEstimate: Double?
-    private var deliveryRateEstimate: Double?
     private var serverRateEstimate: Double?
 
     public init(encoders: Int, tuning: Tuning = Tuning()) {
@@ -220,9 +189,9 @@ public struct AdaptiveCompression: Sendable {
         ratioEstimate = tuning.priorRatio
     }
 
-    /// Wire bytes per second the link drains: the kernel's delivery rate when known, else the
-    /// wall-clock throughput once `trustBytes` have been observed; nil before.
-    public var linkRate: Double? { deliveryRateEstimate ?? throughput }
+    /// Wire bytes per second the link drains: the wall-clock throughput once `trustBytes` have
+    /// been observed; nil before.
+    public var linkRate: Double? { throughput }
 
     /// Raw bytes per second all encoders together compress with `codec` at its base level.
     public func compressRate(_ codec: ChunkCodec) -> Double {
@@ -242,9 +211,6 @@ public struct AdaptiveCompression: Sendable {
 
     /// Recent share of chunks written while the socket's send buffer kept filling up.
     public var networkPressure: Double { pressure }
-
-    /// Share of recent time the receiver's window held the sender back; nil without transport samples.
-    public var receiverLimitedShare: Double? { receiverShareEstimate }
 
     /// Wire bytes per second actually written, by the wall clock (recent chunks); nil until
     /// `trustBytes` have been written.
@@ -287,20 +253,6 @@ public struct AdaptiveCompression: Sendable {
     /// The server's total rate over all its connections, measured just now.
     public mutating func recordServerRate(_ bytesPerSecond: Double) {
         serverRateEstimate = max(0, bytesPerSecond)
-    }
-
-    /// The kernel's view of the connection, read now (cumulative values).
-    public mutating func recordTransport(_ sample: TransportSample) {
-        defer { lastTransport = sample }
-        guard let last = lastTransport else { return }
-        let elapsed = sample.time - last.time
-        guard elapsed > 0 else { return }
-        let a = tuning.transportDecay
-        let share = min(1, max(0, (sample.receiverLimited - last.receiverLimited) / elapsed))
-        receiverShareEstimate = receiverShareEstimate.map { $0 * a + share * (1 - a) } ?? share
-        if let rate = sample.deliveryRate, rate > 0 {
-            deliveryRateEstimate = deliveryRateEstimate.map { $0 * a + rate * (1 - a) } ?? rate
-        }
     }
 
     /// A new stream (one `GET` or manifest) of `chunks` chunks begins: its first chunk is
@@ -367,9 +319,6 @@ public struct AdaptiveCompression: Sendable {
     public mutating func shouldCompress(_ codec: ChunkCodec = .zlib) -> Bool {
         let probe = probeNext
         probeNext = false
-        if let share = receiverShareEstimate, share > tuning.receiverLimitedShare {
-            return false
-        }
         if let rate = [linkRate, serverRateEstimate].compactMap({ $0 }).max(), rate >= tuning.fastLinkFactor * compressRate(codec) {
             return false
         }

@@ -217,7 +217,6 @@ struct FileSender {
                 let codec = AdaptiveCompression.codec(for: peerCodecs)
                 context.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
-                    "receiver-limited": "\(controller.receiverLimitedShare.map { Int($0 * 100) } ?? -1)%",
                     "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
                     "\(codec) MB/s": "\(Int(controller.compressRate(codec) / 1e6))",
                     "pressure": "\(Int(controller.networkPressure * 100))%",

@@ -364,66 +364,6 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 64), 4, "one probe in 16 chunks")
     }
 
-    // MARK: - The kernel's view (TCP_INFO)
-
-    /// Feeds transport samples 10 ms apart: the receiver's window held the sender back for
-    /// `receiverShare` of the time; the kernel measured `rate` bytes/s (nil: app-limited).
-    private func transport(_ c: inout AdaptiveCompression, receiverShare: Double, rate: Double?, count: Int = 20,
-                           from start: inout Double, limited: inout Double) {
-        for _ in 0..<count {
-            start += 0.01
-            limited += 0.01 * receiverShare
-            c.recordTransport(TransportSample(time: start, receiverLimited: limited, deliveryRate: rate))
-        }
-    }
-
-    func testSlowReceiverIsNotHelpedByCompression() {
-        // Loopback with a busy client: the socket backs up at 40 MB/s (a slow link, by timing),
-        // but the kernel says the receiver's window is what holds the sender back.
-        var c = AdaptiveCompression(encoders: 2)
-        compressed(&c, rate: 90 * MB, ratio: 0.3)
-        writes(&c, rate: 40 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(decisions(&c, 10), 10, "by timing alone this looks like a slow link")
-        var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0.6, rate: 40 * MB, from: &t, limited: &limited)
-        XCTAssertEqual(c.receiverLimitedShare ?? 0, 0.6, accuracy: 0.01)
-        XCTAssertEqual(decisions(&c, 50), 0)
-        transport(&c, receiverShare: 0, rate: 40 * MB, from: &t, limited: &limited)
-        XCTAssertLessThan(c.receiverLimitedShare ?? 1, 0.01)
-        XCTAssertEqual(decisions(&c, 10), 10, "once the receiver keeps up, the slow link is compressed for again")
-    }
-
-    func testKernelDeliveryRateReplacesTheWallClockRate() {
-        // By the wall clock 400 MB/s went out (≥ 2 × 180: store); the kernel measured the link
-        // at 100 MB/s (socket buffers absorbed the rest), slow enough that two encoders save
-        // more link time than they spend (100 < 0.7 × 180): compress.
-        var c = AdaptiveCompression(encoders: 2)
-        compressed(&c, rate: 90 * MB, ratio: 0.3)
-        writes(&c, rate: 400 * MB, total: 8 << 20, blocked: true)
-        XCTAssertEqual(decisions(&c, 10), 0)
-        var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0, rate: 100 * MB, from: &t, limited: &limited)
-        XCTAssertEqual(c.linkRate ?? 0, 100 * MB, accuracy: MB)
-        XCTAssertEqual(decisions(&c, 10), 10)
-    }
-
-    func testAppLimitedSamplesSayNothingAboutTheLink() {
-        var c = AdaptiveCompression(encoders: 2)
-        var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0, rate: nil, from: &t, limited: &limited)
-        XCTAssertNil(c.linkRate, "no delivery-rate sample and no writes yet")
-        XCTAssertEqual(c.receiverLimitedShare, 0)
-        XCTAssertTrue(c.shouldCompress(), "still unknown: compress")
-    }
-
-    func testWithTheKernelsRateAFastLinkStillStores() {
-        var c = AdaptiveCompression(encoders: 2)
-        compressed(&c, rate: 90 * MB, ratio: 0.3)
-        var t = 0.0, limited = 0.0
-        transport(&c, receiverShare: 0, rate: 400 * MB, from: &t, limited: &limited)
-        XCTAssertEqual(decisions(&c, 20), 0, "400 MB/s ≥ 2 × 180 MB/s")
-    }
-
     // MARK: - Encoder reports
 
     private let allocator = ByteBufferAllocator()
