@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import FerryFiles
+import FerryProtocol
+import NIOCore
 import FerryTestSupport
 import Foundation
 import XCTest
@@ -287,6 +289,29 @@ final class HostileServerTests: XCTestCase {
             XCTAssertTrue(r.stderr.contains("f.txt"), "\(name): \(r.stderr)")
             XCTAssertFalse(Files.exists(dest.appendingPathComponent("f.txt")), name)
         }
+    }
+}
+
+extension HostileServerTests {
+    /// A 1.0 server (no `caps=` in its greeting, so the client enables nothing) that sends a
+    /// well-formed zstd chunk: the client refuses it as a protocol violation instead of decoding
+    /// a codec it never agreed to, and nothing lands under the file's name.
+    func testAZstdChunkOnAConnectionThatDidNotEnableZstdIsRefused() throws {
+        let text = Array(String(repeating: "ferry text that compresses well ", count: 400).utf8)
+        var encoder = ChunkEncoder(.compress(.zstd(3)))
+        let (header, wire) = text.withUnsafeBytes { encoder.encode(raw: $0, offset: 0, allocator: ByteBufferAllocator()) }
+        XCTAssertEqual(header.codec, .zstd, "the fixture must really be a zstd chunk")
+        let reply = Array("OK \(text.count) \(FakeServer.mtime) -\n\(header.line)\n".utf8) + Array(wire.readableBytesView)
+            + Array("END \(FakeServer.sha256Hex(text))\n".utf8)
+        let base = FakeServer.treeResponder(manifest: ["f 0644 \(text.count) \(mt) - t.txt"], files: ["t.txt": text])
+        let fake = try FakeServer { line in line.hasPrefix("GET ") ? reply : base(line) }
+        defer { fake.stop() }
+        XCTAssertFalse(fake.requests.contains { $0.hasPrefix("CAPS") })
+        let out = work.appendingPathComponent("t.txt")
+        let g = try TestSupport.ferry(["get", "\(fake.address)/t.txt", out.path, "--retries", "0", "--timeout", "3"], timeout: 60)
+        XCTAssertNotEqual(g.status, 0, g.stderr)
+        XCTAssertTrue(g.stderr.contains("did not enable zstd"), g.stderr)
+        XCTAssertFalse(Files.exists(out))
     }
 }
 
