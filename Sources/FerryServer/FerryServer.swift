@@ -139,8 +139,12 @@ public final class FerryServer: Service, Sendable {
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
                 // What a connection may queue beyond the kernel's socket buffer: a client that stops
-                // reading holds this much, plus one chunk (issue 17).
-                .childChannelOption(.writeBufferWaterMark, value: .init(low: 64 * 1024, high: 256 * 1024))
+                // reading holds up to this, plus a chunk. 256 KiB halves what 96 stalled readers
+                // cost (docs/SECURITY.md, "Memory under load"), but `AdaptiveCompression` reads
+                // the network's pressure from writes held back between these marks and was
+                // tuned and benchmarked with them: lowering them waits for a re-tuned, re-run
+                // benchmark.
+                .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .bind(host: configuration.bindHost, port: configuration.port) { child in
                     child.eventLoop.makeCompletedFuture {
                         let activity = ConnectionActivity()

@@ -136,7 +136,7 @@ final class ExpensiveRequestTests: XCTestCase {
 
     /// 96 connections (from three addresses) each GET a 1 GiB file and read nothing. Each
     /// stream holds at most its share of the server's chunk budget (one chunk with this many)
-    /// plus what its channel queues, so the server grows by 1.2-1.6 MiB per connection (seen;
+    /// plus what its channel queues, so the server grows by about 1.6 MiB per connection (seen;
     /// the bound checked is 2 MiB) where it grew by about 3.7 MiB (255 such GETs took it from 27
     /// to 670 MB); once they close, the memory goes back to the system (before: 660 MB kept).
     func testUnreadGetsHoldBoundedMemoryThatIsGivenBack() throws {
