@@ -28,18 +28,26 @@ public enum FileHashing {
     /// SHA-256 of `length` bytes of an open file from `offset`, read in 1 MiB steps.
     public static func sha256(of file: FileHandle, offset: Int64 = 0, length: Int64) throws(SystemError) -> String {
         var hasher = SHA256Hasher()
+        _ = try read(file, from: offset, to: offset + length) { hasher.update($0) }
+        return hasher.finalizeHex()
+    }
+
+    /// Reads bytes `[from, to)` of `file` in 1 MiB steps through one buffer, handing each step
+    /// to `body`. Returns where it stopped: `to`, or the end of a file that is shorter.
+    public static func read(_ file: FileHandle, from: Int64, to: Int64,
+                            _ body: (UnsafeRawBufferPointer) -> Void) throws(SystemError) -> Int64 {
+        guard from < to else { return from }
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: readSize, alignment: 64)
         defer { buffer.deallocate() }
-        var position = offset
-        let end = offset + length
-        while position < end {
-            let want = Int(min(Int64(readSize), end - position))
+        var position = from
+        while position < to {
+            let want = Int(min(Int64(readSize), to - position))
             let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
             if n == 0 { break }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+            body(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
             position += Int64(n)
         }
-        return hasher.finalizeHex()
+        return position
     }
 }
 
@@ -71,17 +79,12 @@ public final class RangeHash: @unchecked Sendable {
     public func advance(by maxBytes: Int) throws(SystemError) {
         guard !isDone else { return }
         let stop = min(end, position + Int64(maxBytes))
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: FileHashing.readSize, alignment: 64)
-        defer { buffer.deallocate() }
-        while position < stop {
-            let want = Int(min(Int64(FileHashing.readSize), stop - position))
-            let n = try file.read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<want]), at: position)
-            if n == 0 { isDone = true; return }
-            hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            continued?.update(UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-            position += Int64(n)
+        let reached = try FileHashing.read(file, from: position, to: stop) { bytes in
+            hasher.update(bytes)
+            continued?.update(bytes)
         }
-        if position >= end { isDone = true }
+        isDone = reached < stop || reached >= end
+        position = reached
     }
 
     public func finalizeHex() -> String { hasher.finalizeHex() }

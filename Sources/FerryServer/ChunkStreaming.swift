@@ -315,14 +315,9 @@ struct FileSender {
     }
 
     private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
-        let step = 1 << 20
-        var position = from
-        while position < to {
-            let bytes = try file.read(count: Int(min(Int64(step), to - position)), at: position)
-            if bytes.isEmpty { break }
-            hasher?.update(bytes)
-            position += Int64(bytes.count)
-        }
+        guard var state = hasher else { return }
+        _ = try FileHashing.read(file, from: from, to: to) { state.update($0) }
+        hasher = state
     }
 }
 
