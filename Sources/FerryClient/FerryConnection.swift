@@ -73,7 +73,11 @@ public final class FerryConnection {
     public let greeting: Greeting
     /// The extensions in use on this connection: what `CAPS` enabled; none on a server whose
     /// greeting offered none (protocol 1.0).
-    public private(set) var enabled: [Capability] = []
+    public private(set) var enabled: [Capability] = [] {
+        didSet { codecs = ChunkCodec.usable(with: enabled) }
+    }
+    /// The chunk codecs the server may use on this connection (checked for every chunk).
+    private var codecs = ChunkCodec.baseline
     let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     var inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator
     let counter: ByteCounter
@@ -302,7 +306,7 @@ public final class FerryConnection {
         switch try await nextFrame() {
         case .chunk(let h, let b):
             // Only the codecs of protocol 1.0 unless this connection enabled another.
-            guard ChunkCodec.baseline.contains(h.codec) || enabled.contains(where: { $0.name == h.codec.rawValue }) else {
+            guard codecs.contains(h.codec) else {
                 throw violation("a \(h.codec.rawValue) chunk on a connection that did not enable \(h.codec.rawValue)")
             }
             return .chunk(h, b)

@@ -7,6 +7,20 @@ public enum ChunkCodec: String, Sendable, Hashable, CaseIterable {
 
     /// What every peer decodes, 1.0 ones included.
     public static let baseline: Set<ChunkCodec> = [.stored, .zlib]
+
+    /// The capability a connection must enable before this codec may be sent on it; nil for
+    /// the codecs of protocol 1.0.
+    public var capability: Capability? {
+        switch self {
+        case .zlib, .stored: return nil
+        case .zstd: return .zstd
+        }
+    }
+
+    /// The codecs that may be sent on a connection that enabled `enabled`.
+    public static func usable(with enabled: [Capability]) -> Set<ChunkCodec> {
+        Set(allCases.filter { codec in codec.capability.map(enabled.contains) ?? true })
+    }
 }
 
 /// The line that announces a chunk: `CHUNK offset raw-length wire-length codec crc32`.

@@ -131,7 +131,7 @@ struct ConnectionHandler {
                 entry.special = nil  // STAT has no `kinds` option
                 try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
-                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: Self.peerCodecs(enabled))
+                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: ChunkCodec.usable(with: enabled))
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
@@ -174,7 +174,7 @@ struct ConnectionHandler {
                     throw BrokenReply(why: "BLOCKS \(path): \(error)")
                 }
             case .manifest(let path, let hashes, let report):
-                try await ManifestSender(context: context, writer: writer, peerCodecs: Self.peerCodecs(enabled)).send(path: path, hashes: hashes, report: report)
+                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled)).send(path: path, hashes: hashes, report: report)
             case .auth, .caps, .quit:
                 break  // handled by the caller
             }
@@ -193,11 +193,6 @@ struct ConnectionHandler {
         } catch let error as SystemError {
             throw ServeError.io(error)
         }
-    }
-
-    /// The codecs a peer decodes: protocol 1.0's, plus each codec whose capability it enabled.
-    static func peerCodecs(_ enabled: [Capability]) -> Set<ChunkCodec> {
-        ChunkCodec.baseline.union(ChunkCodec.allCases.filter { codec in enabled.contains { $0.name == codec.rawValue } })
     }
 
     /// A reply that failed after its head was written: the connection must close.
