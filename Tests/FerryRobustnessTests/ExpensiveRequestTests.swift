@@ -54,15 +54,24 @@ final class ExpensiveRequestTests: XCTestCase {
         return (ls.sorted()[1], get.sorted()[1])
     }
 
-    /// Opens `connections` connections that each pipeline `requests` copies of `line` and read
-    /// nothing.
-    func attack(_ server: ServerProcess, connections: Int, requests: Int, line: String) throws -> [RawClient] {
-        try (0..<connections).map { _ in
-            let client = try RawClient(port: server.port, timeout: 5)
+    /// Opens `connections` connections (the i-th from `source(i)`, a loopback address, when
+    /// given) that each pipeline `requests` copies of `line` and read nothing.
+    func attack(_ server: ServerProcess, connections: Int, requests: Int, line: String,
+                source: (Int) -> String? = { _ in nil }) throws -> [RawClient] {
+        try (0..<connections).map { i in
+            let client = try RawClient(port: server.port, source: source(i), timeout: 5)
             _ = try client.readLine()
             try client.send(String(repeating: line, count: requests))
             return client
         }
+    }
+
+    /// A fresh connection gets a `STAT` answered while the attack goes on.
+    func assertAnotherClientIsServed(_ server: ServerProcess, file: StaticString = #filePath, line: UInt = #line) throws {
+        let probe = try RawClient(port: server.port)
+        _ = try probe.readLine()
+        try probe.send("STAT ten.bin\n")
+        XCTAssertTrue(try probe.readLine()?.hasPrefix("OK f ") ?? false, "another client was not served", file: file, line: line)
     }
 
     /// CPU the server uses over `seconds`, after its attackers have gone.
@@ -109,11 +118,7 @@ final class ExpensiveRequestTests: XCTestCase {
         var attackers = try attack(server, connections: 6, requests: 1, line: "BLOCKS huge.sparse 8192\n")
         Thread.sleep(forTimeInterval: 4)
         let loaded = ProcessStats.residentKiB(pid)
-        let probe = try RawClient(port: server.port)
-        _ = try probe.readLine()
-        try probe.send("STAT ten.bin\n")
-        XCTAssertTrue(try probe.readLine()?.hasPrefix("OK f ") ?? false, "another client was not served")
-        // One attacker reads its map to the end: it is complete and well-formed.
+        try assertAnotherClientIsServed(server)
         print("BLOCKS attack: server RSS \(baseline) KiB → \(loaded) KiB after 4 s")
         XCTAssertLessThan(loaded - baseline, 64 << 10, "six unread block maps cost \((loaded - baseline) >> 10) MiB")
         attackers.removeAll()
@@ -127,10 +132,7 @@ final class ExpensiveRequestTests: XCTestCase {
         defer { server.stop() }
         let attackers = try attack(server, connections: 4, requests: 8, line: "HASH huge.sparse 0 \((8 << 30) - 1)\n")
         usleep(1_000_000)
-        let signalled = Date()
-        kill(server.process.processIdentifier, SIGTERM)
-        while server.process.isRunning && Date().timeIntervalSince(signalled) < 5 { usleep(20_000) }
-        XCTAssertFalse(server.process.isRunning, "the server ignored SIGTERM for 5 s while hashing")
+        XCTAssertTrue(server.stopsOnSIGTERM(within: 5), "the server ignored SIGTERM for 5 s while hashing")
         XCTAssertEqual(attackers.count, 4)
     }
 
@@ -145,19 +147,10 @@ final class ExpensiveRequestTests: XCTestCase {
         let pid = server.process.processIdentifier
         _ = try innocentTimes(server)
         let baseline = ProcessStats.residentKiB(pid)
-        var attackers: [RawClient] = []
-        for i in 0..<96 {
-            let client = try RawClient(port: server.port, source: "127.0.9.\(1 + i / 32)", timeout: 5)
-            _ = try client.readLine()
-            try client.send("GET huge.sparse 0 *\n")
-            attackers.append(client)
-        }
+        var attackers = try attack(server, connections: 96, requests: 1, line: "GET huge.sparse 0 *\n") { "127.0.9.\(1 + $0 / 32)" }
         Thread.sleep(forTimeInterval: 4)
         let loaded = ProcessStats.residentKiB(pid)
-        let probe = try RawClient(port: server.port)
-        _ = try probe.readLine()
-        try probe.send("STAT ten.bin\n")
-        XCTAssertTrue(try probe.readLine()?.hasPrefix("OK f ") ?? false, "another client was not served")
+        try assertAnotherClientIsServed(server)
         attackers.removeAll()
         let settled = ProcessStats.eventually(timeout: 10) { ProcessStats.residentKiB(pid) <= baseline + (16 << 10) }
         let after = ProcessStats.residentKiB(pid)

@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import FerryTestSupport
 import Foundation
 
 /// A blocking TCP client on loopback for sending arbitrary bytes to a server and reading its
@@ -19,13 +20,7 @@ final class RawClient {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw Failure(description: "socket: errno \(errno)") }
         if let source {
-            var local = sockaddr_in()
-            local.sin_family = sa_family_t(AF_INET)
-            inet_pton(AF_INET, source, &local.sin_addr)
-            let bound = withUnsafePointer(to: &local) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-            }
-            guard bound == 0 else {
+            guard Self.call(bind, fd, source, port: 0) == 0 else {
                 let e = errno
                 close(fd)
                 throw Failure(description: "bind to \(source): errno \(e)")
@@ -34,13 +29,7 @@ final class RawClient {
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - floor(timeout)) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = in_port_t(UInt16(port).bigEndian)
-        inet_pton(AF_INET, host, &addr.sin_addr)
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
+        let rc = Self.call(connect, fd, host, port: port)
         guard rc == 0 else {
             let e = errno
             close(fd)
@@ -49,6 +38,18 @@ final class RawClient {
     }
 
     deinit { close(fd) }
+
+    /// Calls `bind` or `connect` on `fd` with the IPv4 address `host`:`port`.
+    private static func call(_ function: (Int32, UnsafePointer<sockaddr>?, socklen_t) -> Int32,
+                             _ fd: Int32, _ host: String, port: Int) -> Int32 {
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        inet_pton(AF_INET, host, &addr.sin_addr)
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { function(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+    }
 
     func send(_ bytes: [UInt8]) throws {
         var sent = 0
@@ -149,5 +150,15 @@ enum ProcessStats {
             usleep(50_000)
         }
         return condition()
+    }
+}
+
+extension ServerProcess {
+    /// Sends SIGTERM and waits up to `seconds` for the process to exit; whether it did.
+    func stopsOnSIGTERM(within seconds: TimeInterval) -> Bool {
+        let signalled = Date()
+        kill(process.processIdentifier, SIGTERM)
+        while process.isRunning && Date().timeIntervalSince(signalled) < seconds { usleep(20_000) }
+        return !process.isRunning
     }
 }

@@ -75,45 +75,36 @@ final class ServedTreeRaceTests: XCTestCase {
             }
             stop.set()
         }
-        let results = Results()
-        let clients = (0..<2).map { index in
-            Thread {
-                do {
-                    let client = try RawClient(port: server.port, timeout: 10)
-                    _ = try client.readLine()
-                    var request = 0
-                    while !stop.isSet && request < 5_000 {
-                        let line = request % 4 == 3 ? "MANIFEST flip\n" : "GET flip/x.bin 0 *\n"
-                        try client.send(line)
-                        try Self.readWholeReply(client, for: line)
-                        request += 1
-                    }
-                    results.add(requests: request)
-                } catch {
-                    results.fail("client \(index): \(error)")
+        swapper.start()
+        // Each client stops when the flag is set; a hung reply ends by its 10 s receive timeout.
+        let clients = (0..<2).map { _ in
+            Background.run { () throws -> Int in
+                let client = try RawClient(port: server.port, timeout: 10)
+                _ = try client.readLine()
+                var request = 0
+                while !stop.isSet && request < 5_000 {
+                    let line = request % 4 == 3 ? "MANIFEST flip\n" : "GET flip/x.bin 0 *\n"
+                    try client.send(line)
+                    try Self.readWholeReply(client, for: line)
+                    request += 1
                 }
+                return request
             }
         }
-        let started = Date()
-        swapper.start()
-        clients.forEach { $0.start() }
         Thread.sleep(forTimeInterval: 4)
         stop.set()
-        // Every client thread finishes (a hung reply ends by the client's 10 s receive timeout).
-        while results.finished < 2 && Date().timeIntervalSince(started) < 30 { usleep(50_000) }
-        XCTAssertEqual(results.finished, 2, "client threads did not finish")
-        XCTAssertEqual(results.failures, [], "some replies never came or were cut")
-        XCTAssertGreaterThan(results.requests, 20, "too few requests to have raced anything")
+        var requests = 0
+        for (index, client) in clients.enumerated() {
+            do { requests += try client.value() } catch { XCTFail("client \(index): a reply never came or was cut: \(error)") }
+        }
+        XCTAssertGreaterThan(requests, 20, "too few requests to have raced anything")
 
         let fresh = try RawClient(port: server.port, timeout: 5)
         XCTAssertNotNil(try fresh.readLine())
         try fresh.send("STAT a.txt\n")
         XCTAssertTrue(try fresh.readLine()?.hasPrefix("OK f ") ?? false, "the server no longer answers")
 
-        let signalled = Date()
-        kill(server.process.processIdentifier, SIGTERM)
-        while server.process.isRunning && Date().timeIntervalSince(signalled) < 5 { usleep(20_000) }
-        XCTAssertFalse(server.process.isRunning, "the server ignored SIGTERM for 5 s")
+        XCTAssertTrue(server.stopsOnSIGTERM(within: 5), "the server ignored SIGTERM for 5 s")
     }
 
     /// Reads one reply to its end: a status line, then (for an `OK` of GET or MANIFEST) chunks
@@ -135,17 +126,5 @@ final class ServedTreeRaceTests: XCTestCase {
         private var value = false
         var isSet: Bool { lock.withLock { value } }
         func set() { lock.withLock { value = true } }
-    }
-
-    final class Results: @unchecked Sendable {
-        private let lock = NSLock()
-        private var _failures: [String] = []
-        private var _requests = 0
-        private var _finished = 0
-        func add(requests: Int) { lock.withLock { _requests += requests; _finished += 1 } }
-        func fail(_ why: String) { lock.withLock { _failures.append(why); _finished += 1 } }
-        var failures: [String] { lock.withLock { _failures } }
-        var requests: Int { lock.withLock { _requests } }
-        var finished: Int { lock.withLock { _finished } }
     }
 }
