@@ -138,17 +138,19 @@ public final class FileTransfer {
     /// covers everything before `offset`).
     private func localHash(_ offset: Int64, _ length: Int64, continuing running: inout SHA256Hasher) throws(ClientError) -> String {
         var piece = SHA256Hasher()
-        var position = offset
-        while position < offset + length {
-            let bytes: [UInt8]
-            do { bytes = try partial.read(count: Int(min(1 << 20, offset + length - position)), at: position) } catch { throw .local(error) }
-            if bytes.isEmpty { break }
-            piece.update(bytes)
-            running.update(bytes)
-            position += Int64(bytes.count)
+        var prefix = running
+        let reached: Int64
+        do {
+            reached = try FileHashing.read(partial.fileHandle, from: offset, to: offset + length) { bytes in
+                piece.update(bytes)
+                prefix.update(bytes)
+            }
+        } catch {
+            throw .local(error)
         }
+        running = prefix
         // A partial shorter than its sidecar says cannot match: an impossible hash says so.
-        return position == offset + length ? piece.finalizeHex() : "short"
+        return reached == offset + length ? piece.finalizeHex() : "short"
     }
 
     /// The request for the rest of the file, or for the bytes up to `end`.
