@@ -172,11 +172,7 @@ public final class PartialFile {
         try writeMeta()
     }
 
-    /// Reads bytes back (for verification and block reuse).
-    public func read(count: Int, at offset: Int64) throws(SystemError) -> [UInt8] {
-        try handle.read(count: count, at: offset)
-    }
-
+    /// The data file, for reading back what was written (verification of kept data).
     public var fileHandle: FileHandle { handle }
 
     /// Writes the sidecar. The verified length is written with a fixed width, so updates
