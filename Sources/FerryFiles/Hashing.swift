@@ -63,14 +63,21 @@ public final class RangeHash: @unchecked Sendable {
     private var hasher = SHA256Hasher()
 
     /// A second hasher fed the same bytes: the state of a longer prefix being continued.
-    public private(set) var continued: SHA256Hasher?
+    private var continued: SHA256Hasher?
+    private let startsAtZero: Bool
 
+    /// `continuing`: the state of the file's bytes before `offset`, to be carried on too.
     public init(file: FileHandle, offset: Int64, length: Int64, continuing: SHA256Hasher? = nil) {
         self.file = file
         self.position = offset
         self.end = offset + length
         self.continued = continuing
+        self.startsAtZero = offset == 0 && continuing == nil
     }
+
+    /// The state of the file's bytes from 0 to where the range ends, when known: the continued
+    /// prefix, or the range's own state when it starts at 0 (no second hasher needed then).
+    public var prefix: SHA256Hasher? { continued ?? (startsAtZero ? hasher : nil) }
 
     /// True once the whole range (or everything up to the end of a file that became shorter) is in.
     public private(set) var isDone = false

@@ -308,7 +308,7 @@ struct FileSender {
     private func trailerHasher(_ file: FileHandle, upTo offset: Int64, known: String?, canonical: RemotePath,
                                key: HashKey) throws(SystemError) -> SHA256Hasher? {
         guard known == nil else { return nil }
-        if offset > 0, let state = prefix?.state(for: canonical, key, at: offset) { return state }
+        if let state = prefix?.state(for: canonical, key, at: offset) { return state }
         var hasher: SHA256Hasher? = SHA256Hasher()
         if offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
         return hasher

@@ -30,9 +30,9 @@ final class HeavyWork: Sendable {
     /// The client went away before the work was done.
     struct Abandoned: Error {}
 
-    /// SHA-256 of `length` bytes of `file` from `offset`. With `prefix` (the state of the
-    /// file's bytes before `offset`), the same bytes also continue it, and its new state is
-    /// returned too.
+    /// SHA-256 of `length` bytes of `file` from `offset`, and the state of the file's bytes from
+    /// 0 to the range's end when it is known: the range starts at 0, or `prefix` (the state of
+    /// the bytes before `offset`) was given and the same bytes continued it.
     func sha256(of file: FileHandle, offset: Int64, length: Int64, continuing prefix: SHA256Hasher? = nil,
                 stillWanted: @escaping @Sendable () -> Bool) async throws -> (sha256: String, continued: SHA256Hasher?) {
         let hash = RangeHash(file: file, offset: offset, length: length, continuing: prefix)
@@ -43,7 +43,7 @@ final class HeavyWork: Sendable {
                 try hash.advance(by: Self.sliceBytes)
             }
         }
-        return (hash.finalizeHex(), hash.continued)
+        return (hash.finalizeHex(), hash.prefix)
     }
 
     /// The block map of a file (PROTOCOL.md `BLOCKS`): `count` hashes of `blockSize`-byte
@@ -101,10 +101,9 @@ final class PrefixHash: @unchecked Sendable {
     private var hasher = SHA256Hasher()
 
     /// The state to continue when a range of `file` (as `key` describes it) starts at `offset`:
-    /// a fresh one at 0, the kept one when it covers exactly up to `offset`, else nil.
+    /// the kept one when it covers exactly up to `offset`, else nil (a range from 0 needs none).
     func state(for file: RemotePath, _ key: HashKey, at offset: Int64) -> SHA256Hasher? {
-        if offset == 0 { return SHA256Hasher() }
-        guard self.file == file, self.key == key, covered == offset else { return nil }
+        guard offset > 0, self.file == file, self.key == key, covered == offset else { return nil }
         return hasher
     }
 
