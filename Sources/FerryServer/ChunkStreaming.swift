@@ -94,6 +94,9 @@ struct ChunkPipeline {
                     if item.chunk.header.codec != .stored, item.rawIsOwned { buffers?.recycle(item.raw); item.rawIsOwned = false }
                     let start = ContinuousClock.now
                     try await writer.send(chunk: item.chunk.header, wire: item.chunk.wire)
+                    // The next chunk is read only once the connection has room to queue it: a
+                    // client that reads slowly (or not at all) holds no chunks read ahead.
+                    if launched < count { await writer.waitForRoom(chunkSize) }
                     let end = ContinuousClock.now
                     let bytes = item.chunk.wire.readableBytes + 64
                     controller.recordChunkWritten(wireBytes: bytes, sendSeconds: (end - start).seconds,

@@ -11,6 +11,12 @@ import NIOCore
 final class ConnectionActivity: Sendable {
     private let busy = NIOLockedValueBox(false)
     private let decoded = NIOLockedValueBox(0)
+    /// What the connection has queued for its socket.
+    let output: OutputGate
+
+    init(output: OutputGate = OutputGate(budget: OutputBudget())) {
+        self.output = output
+    }
 
     /// Requests parsed off the socket so far (a `FrameCounter` counts them as they are passed
     /// on). More than the connection has taken means the next one is already waiting.
@@ -54,9 +60,10 @@ final class IdleCloser: ChannelInboundHandler, Sendable {
         let seconds = timeout.nanoseconds / 1_000_000_000
         let peer = context.remoteAddress.map { "\($0.ipAddress ?? "?"):\($0.port ?? 0)" } ?? "?"
         if activity.isBusy {
-            // Busy and writable: working. Busy and not writable for the whole timeout: the reply
-            // waits for a client that does not read it; that holds buffers, so the client goes.
-            guard !context.channel.isWritable else { return }
+            // Busy with nothing waiting to be written: working. Busy with output that no write
+            // has taken for the whole timeout: the reply waits for a client that does not read
+            // it; that holds buffers, so the client goes.
+            guard !context.channel.isWritable || activity.output.queued > 0 else { return }
             logger.info("closing a connection that does not read its reply", metadata: ["peer": "\(peer)"])
             context.close(promise: nil)
             return

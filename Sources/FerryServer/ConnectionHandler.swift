@@ -31,7 +31,7 @@ struct ConnectionHandler {
         logger.debug("connection opened", metadata: ["peer": "\(peer)"])
         do {
             try await connection.executeThenClose { inbound, outbound in
-                let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator)
+                let writer = ReplyWriter(outbound: outbound, allocator: connection.channel.allocator, gate: activity.output)
                 let nonce = context.token.map { _ in SystemRandomNumberGenerator.bytes(32) }
                 var authenticated = nonce == nil
                 // What this connection's client enabled with `CAPS` (nil until it sends one).
@@ -206,8 +206,9 @@ struct ConnectionHandler {
     }
 }
 
-/// Writes reply lines and chunk frames to a connection. Every write waits while the socket
-/// is backed up (NIO's writability), which is what bounds a connection's memory.
+/// Writes reply lines and chunk frames to a connection. Every write waits while the connection
+/// holds its share of the server's output budget unwritten (`OutputGate`), which is what bounds
+/// a connection's memory, and while the socket is backed up (NIO's writability).
 ///
 /// While `holding` (the client has pipelined more requests), writes are collected and go out
 /// together once `holdLimit` bytes are waiting or holding stops, so a stream of small replies
@@ -215,6 +216,8 @@ struct ConnectionHandler {
 final class ReplyWriter: Sendable {
     private let outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>
     let allocator: ByteBufferAllocator
+    /// Counts what this connection has queued and not yet written to its socket.
+    private let gate: OutputGate
     private struct Held {
         var holding = false
         var buffers: [ByteBuffer] = []
@@ -223,9 +226,28 @@ final class ReplyWriter: Sendable {
     private let held = NIOLockedValueBox(Held())
     static let holdLimit = 256 * 1024
 
-    init(outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, allocator: ByteBufferAllocator) {
+    init(outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, allocator: ByteBufferAllocator, gate: OutputGate) {
         self.outbound = outbound
         self.allocator = allocator
+        self.gate = gate
+    }
+
+    /// Waits until the connection's share of the output budget has room for `bytes` more.
+    func waitForRoom(_ bytes: Int) async {
+        await gate.waitForRoom(bytes)
+    }
+
+    /// Writes `buffers` once the connection's share of the output budget has room for them.
+    private func deliver(_ buffers: [ByteBuffer]) async throws {
+        let bytes = buffers.reduce(0) { $0 + $1.readableBytes }
+        await gate.reserve(bytes)
+        do {
+            if buffers.count == 1, let only = buffers.first { try await outbound.write(only) } else { try await outbound.write(contentsOf: buffers) }
+        } catch {
+            // Never handed to the channel, so the counter will not see them.
+            gate.release(bytes)
+            throw error
+        }
     }
 
     /// Starts or stops holding writes back; stopping writes what was held.
@@ -236,7 +258,7 @@ final class ReplyWriter: Sendable {
             defer { h.buffers.removeAll(); h.bytes = 0 }
             return h.buffers
         }
-        if !release.isEmpty { try await outbound.write(contentsOf: release) }
+        if !release.isEmpty { try await deliver(release) }
     }
 
     /// Forgets held writes (the connection is closing).
@@ -254,7 +276,7 @@ final class ReplyWriter: Sendable {
             return h.buffers
         }
         guard !out.isEmpty else { return }
-        if out.count == 1, let only = out.first { try await outbound.write(only) } else { try await outbound.write(contentsOf: out) }
+        try await deliver(out)
     }
 
     func send(line: String) async throws {

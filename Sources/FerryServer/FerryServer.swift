@@ -98,6 +98,8 @@ public final class FerryServer: Service, Sendable {
     let heavyWork = HeavyWork()
     /// Chunks held ahead of the sockets, shared out among the running streams.
     let streamBudget = StreamBudget()
+    /// Reply bytes queued for the sockets, shared out among the connections holding any.
+    let outputBudget: OutputBudget
     /// Gives memory that connections used back to the system once they have closed.
     let trimmer = MemoryTrimmer()
     /// What `auto` compression learned, the server's total rate and its chunk buffers.
@@ -132,28 +134,26 @@ public final class FerryServer: Service, Sendable {
         let root: ServedRoot
         do { root = try ServedRoot(path: configuration.root) } catch { throw ServerError.cannotServe(configuration.root, error) }
         MemoryTrimmer.giveLargeBuffersBack()
+        let outputBudget = OutputBudget()
         let channel: NIOAsyncChannel<Accepted, Never>
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .serverChannelOption(.backlog, value: 256)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                 .childChannelOption(.tcpOption(.tcp_nodelay), value: 1)
-                // What a connection may queue beyond the kernel's socket buffer: a client that stops
-                // reading holds up to this, plus a chunk. 256 KiB halves what 96 stalled readers
-                // cost (docs/SECURITY.md, "Memory under load"), but `AdaptiveCompression` reads
-                // the network's pressure from writes held back between these marks and was
-                // tuned and benchmarked with them: lowering them waits for a re-tuned, re-run
-                // benchmark.
+                // NIO's own marks; what a connection may queue is bounded by its share of the
+                // output budget (`OutputGate`), which counts writes before the event loop does.
                 .childChannelOption(.writeBufferWaterMark, value: .init(low: 256 * 1024, high: 1024 * 1024))
                 .bind(host: configuration.bindHost, port: configuration.port) { child in
                     child.eventLoop.makeCompletedFuture {
-                        let activity = ConnectionActivity()
+                        let activity = ConnectionActivity(output: OutputGate(budget: outputBudget))
                         let sync = child.pipeline.syncOperations
                         try sync.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
                         try sync.addHandler(IdleCloser(activity: activity, timeout: configuration.idleTimeout, logger: logger))
                         try sync.addHandler(RequestLineDeadline(limit: configuration.requestLineTimeout, logger: logger))
                         try sync.addHandler(ByteToMessageHandler(RequestLineDecoder()))
                         try sync.addHandler(FrameCounter<RequestFrame> { activity.requestDecoded() })
+                        try sync.addHandler(WrittenBytesCounter(gate: activity.output))
                         // At most `maxPipelined` parsed requests wait per connection; beyond that
                         // the server stops reading the socket (TCP back-pressure).
                         let channel = try NIOAsyncChannel<RequestFrame, ByteBuffer>(
@@ -170,13 +170,15 @@ public final class FerryServer: Service, Sendable {
         guard let address = channel.channel.localAddress else {
             throw ServerError.cannotBind(configuration.bindHost, configuration.port, errno: nil, "no local address")
         }
-        return FerryServer(configuration: configuration, root: root, channel: channel, address: address, logger: logger)
+        return FerryServer(configuration: configuration, root: root, channel: channel, address: address,
+                           outputBudget: outputBudget, logger: logger)
     }
 
     private init(configuration: ServerConfiguration, root: ServedRoot,
                  channel: NIOAsyncChannel<Accepted, Never>,
-                 address: SocketAddress, logger: Logger) {
+                 address: SocketAddress, outputBudget: OutputBudget, logger: Logger) {
         self.configuration = configuration
+        self.outputBudget = outputBudget
         self.root = root
         self.serverChannel = channel
         self.localAddress = address
@@ -226,6 +228,7 @@ public final class FerryServer: Service, Sendable {
                             await ConnectionHandler.refuse(connection, refusal)
                         } else {
                             await ConnectionHandler(context: context, connection: connection, activity: accepted.activity).run()
+                            accepted.activity.output.close()
                             self.connections.withLockedValue { $0.remove(connection.channel, address: address) }
                             self.trimmer.connectionClosed()
                         }
