@@ -245,13 +245,16 @@ public enum POSIX {
                 if errno != 0 { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
                 break
             }
-            let name: [UInt8]? = withUnsafePointer(to: ent.pointee.d_name) { p in
-                p.withMemoryRebound(to: UInt8.self, capacity: 256) { c in
-                    let length = strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))
-                    if c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E)) { return nil }  // `.`, `..`
-                    return Array(UnsafeBufferPointer(start: c, count: length))
-                }
-            }
+            // The name is read in place: glibc packs entries by `d_reclen`, so the last one
+            // in its buffer can end well before `sizeof(dirent)`, and copying the whole struct
+            // (`ent.pointee`) read past the buffer and crashed on a page boundary (a walk of
+            // 1000 directories of 999 files each hit it).
+            // The offset exists: `d_name` is a stored field of `dirent`.
+            let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
+            let c = (UnsafeRawPointer(ent) + nameOffset).assumingMemoryBound(to: UInt8.self)
+            let length = strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))
+            let isDotOrDotDot = c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E))
+            let name: [UInt8]? = isDotOrDotDot ? nil : Array(UnsafeBufferPointer(start: c, count: length))
             if let name { names.append(name) }
         }
         return names
