@@ -181,74 +181,29 @@ public enum TreeWalker {
                                      visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in })
         throws(WalkError) -> (entries: [Entry], notes: [ManifestNote]) {
         var out: [Entry] = []
-        var notes: [ManifestNote] = []
-        try walk(fd: fd, prefix: .root, options: options, into: &out, notes: &notes, visitFile: visitFile)
+        let notes = try walkStreaming(directory: fd, options: options, visitFile: visitFile) { entry throws(WalkError) in
+            out.append(entry)
+        }
         return (out, notes)
+    }
+
+    /// `walkReporting` without holding the tree: each entry goes to `emit` in manifest order as
+    /// it is found (a server streams a manifest of millions of entries this way, issue 17). Only
+    /// the notes, and the sorted names of the directories being walked, are held. An error
+    /// thrown by `emit` ends the walk.
+    public static func walkStreaming(directory fd: Int32, options: Options = Options(),
+                                     visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in },
+                                     emit: (Entry) throws(WalkError) -> Void) throws(WalkError) -> [ManifestNote] {
+        let cursor = TreeCursor(directory: fd, options: options)
+        while try cursor.advance(entries: Int.max, visitFile: visitFile, emit: emit) {}
+        return cursor.notes
     }
 
     /// Siblings share `prefix/`, and a name holds no `/`, so ordering the names orders the
     /// paths: no path comparisons over the shared prefix, no path built for a sort.
-    private static func sortNames(_ names: inout [[UInt8]]) {
+    static func sortNames(_ names: inout [[UInt8]]) {
         names.sort { a, b in
             a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in RemotePath.manifestOrder(x, y) < 0 } }
-        }
-    }
-
-    private static func walk(fd: Int32, prefix: RemotePath, options: Options, into out: inout [Entry],
-                             notes: inout [ManifestNote],
-                             visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void) throws(WalkError) {
-        var names: [[UInt8]]
-        do { names = try POSIX.readDirectoryNames(fd) } catch {
-            if prefix.isRoot { throw .io(error) }
-            notes.append(.unreadable(prefix))
-            return
-        }
-        sortNames(&names)
-        var incomplete = false
-        for name in names {
-            guard let path = try? prefix.appending(name: name) else {
-                notes.append(.tooLong(parent: prefix, name: name))
-                continue
-            }
-            let (infoOrNil, err) = POSIX.statAt(fd, name)
-            guard let info = infoOrNil else {
-                // Vanished since it was listed: nothing to say. Anything else (a directory
-                // that may be listed but not searched): its entries cannot be described.
-                if err != ENOENT && !incomplete {
-                    incomplete = true
-                    notes.append(.unreadable(prefix))
-                }
-                continue
-            }
-            if options.exclude(path, info.type) { continue }
-            if info.type == .other {
-                notes.append(.special(path))
-                continue
-            }
-            if out.count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
-            switch info.type {
-            case .file:
-                var entry = Entry(info: info, path: path, target: nil)
-                visitFile(fd, name, &entry, info)
-                out.append(entry)
-            case .symlink:
-                guard let target = POSIX.readlinkAt(fd, name), !target.isEmpty else { continue }
-                out.append(Entry(info: info, path: path, target: target))
-            case .directory:
-                out.append(Entry(info: info, path: path, target: nil))
-                let child = POSIX.openAt(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-                guard child >= 0 else {
-                    // Swapped for something else since the stat: left as listed. Otherwise
-                    // (permission denied, an I/O error) its contents are unknown, not empty.
-                    let e = errno
-                    if e != ENOENT && e != ENOTDIR && e != ELOOP { notes.append(.unreadable(path)) }
-                    continue
-                }
-                let handle = FileHandle(fd: child)
-                try walk(fd: handle.fd, prefix: path, options: options, into: &out, notes: &notes, visitFile: visitFile)
-            case .other:
-                continue
-            }
         }
     }
 
@@ -262,6 +217,117 @@ public enum TreeWalker {
               let after = try? handle.stat(), HashKey(after) == key else { return nil }
         cache?.store(cachePath, key, sha256: sha)
         return sha
+    }
+}
+
+/// A walk of a tree in manifest order that can stop after any number of entries and go on
+/// later (`TreeWalker` walks with it in one go): a server walks a huge tree in slices on its
+/// pool for expensive work, so one `MANIFEST` neither holds a thread for minutes nor the tree
+/// in memory. It holds the sorted names of each directory on the current path, no more.
+/// Used by one task at a time (hence `@unchecked Sendable`: it moves between threads, never
+/// shared).
+public final class TreeCursor: @unchecked Sendable {
+    private struct Level {
+        let handle: FileHandle?
+        let fd: Int32
+        let prefix: RemotePath
+        var names: [[UInt8]]
+        var next = 0
+        /// A note saying the directory could not be read completely was written.
+        var incomplete = false
+    }
+
+    public let options: TreeWalker.Options
+    /// What the walk left out so far (PROTOCOL.md section 8.4).
+    public private(set) var notes: [ManifestNote] = []
+    /// Entries emitted so far.
+    public private(set) var count = 0
+    private var levels: [Level] = []
+    private var started = false
+    private let rootFD: Int32
+
+    /// A walk of the tree below the open directory `fd` (which must stay open meanwhile).
+    public init(directory fd: Int32, options: TreeWalker.Options = TreeWalker.Options()) {
+        self.rootFD = fd
+        self.options = options
+    }
+
+    /// Emits up to `entries` more entries; false once the walk is complete. Only the root's own
+    /// listing failing, too many entries, or an error from `emit` ends it with an error.
+    public func advance(entries limit: Int, visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void,
+                        emit: (Entry) throws(TreeWalker.WalkError) -> Void) throws(TreeWalker.WalkError) -> Bool {
+        if !started {
+            started = true
+            do { levels.append(Level(handle: nil, fd: rootFD, prefix: .root, names: try Self.sortedNames(rootFD))) } catch {
+                throw .io(error)
+            }
+        }
+        var emitted = 0
+        while emitted < limit, let top = levels.indices.last {
+            guard levels[top].next < levels[top].names.count else {
+                levels.removeLast()
+                continue
+            }
+            let name = levels[top].names[levels[top].next]
+            levels[top].next += 1
+            let (fd, prefix) = (levels[top].fd, levels[top].prefix)
+            guard let path = try? prefix.appending(name: name) else {
+                notes.append(.tooLong(parent: prefix, name: name))
+                continue
+            }
+            let (infoOrNil, err) = POSIX.statAt(fd, name)
+            guard let info = infoOrNil else {
+                // Vanished since it was listed: nothing to say. Anything else (a directory
+                // that may be listed but not searched): its entries cannot be described.
+                if err != ENOENT && !levels[top].incomplete {
+                    levels[top].incomplete = true
+                    notes.append(.unreadable(prefix))
+                }
+                continue
+            }
+            if options.exclude(path, info.type) { continue }
+            if info.type == .other {
+                notes.append(.special(path))
+                continue
+            }
+            if count >= options.maxEntries { throw .tooManyEntries(options.maxEntries) }
+            switch info.type {
+            case .file:
+                var entry = Entry(info: info, path: path, target: nil)
+                visitFile(fd, name, &entry, info)
+                try emit(entry)
+            case .symlink:
+                guard let target = POSIX.readlinkAt(fd, name), !target.isEmpty else { continue }
+                try emit(Entry(info: info, path: path, target: target))
+            case .directory:
+                try emit(Entry(info: info, path: path, target: nil))
+                let child = POSIX.openAt(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+                guard child >= 0 else {
+                    // Swapped for something else since the stat: left as listed. Otherwise
+                    // (permission denied, an I/O error) its contents are unknown, not empty.
+                    let e = errno
+                    if e != ENOENT && e != ENOTDIR && e != ELOOP { notes.append(.unreadable(path)) }
+                    break
+                }
+                let handle = FileHandle(fd: child)
+                do {
+                    levels.append(Level(handle: handle, fd: child, prefix: path, names: try Self.sortedNames(child)))
+                } catch {
+                    notes.append(.unreadable(path))
+                }
+            case .other:
+                continue
+            }
+            count += 1
+            emitted += 1
+        }
+        return !levels.isEmpty
+    }
+
+    private static func sortedNames(_ fd: Int32) throws(SystemError) -> [[UInt8]] {
+        var names = try POSIX.readDirectoryNames(fd)
+        TreeWalker.sortNames(&names)
+        return names
     }
 }
 

@@ -334,40 +334,82 @@ struct ManifestSender {
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
 
+    /// Entries walked per slice of work on the pool (a few milliseconds without hashing).
+    static let entriesPerSlice = 2048
+
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
-    func send(path: RemotePath, hashes: Bool, report: Bool = false) async throws {
+    /// The tree is walked in slices on the pool for expensive work and its text spooled (to a
+    /// temporary file once it outgrows 4 MiB), so neither the walk nor the manifest holds a
+    /// thread or memory in proportion to the tree; `stillWanted` stops the walk when the client
+    /// has gone.
+    func send(path: RemotePath, hashes: Bool, report: Bool = false,
+              stillWanted: @escaping @Sendable () -> Bool = { true }) async throws {
         let (dir, canonical) = try context.root.openDirectory(path)
         let cache = context.hashCache
-        let entries: [Entry]
-        let notes: [ManifestNote]
+        let cursor = TreeCursor(directory: dir.fd)
+        let spool = Spool(directory: context.spoolDirectory)
         do {
-            (entries, notes) = try TreeWalker.walkReporting(directory: dir.fd) { dirFD, name, entry, info in
-                let cachePath = canonical.appending(entry.path)
-                if hashes {
-                    entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
-                } else {
-                    entry.sha256 = cache.lookup(cachePath, HashKey(info))
+            try spool.append { $0.append(contentsOf: Manifest.header.utf8); $0.append(0x0A) }
+            var more = true
+            while more {
+                guard stillWanted() else { throw HeavyWork.Abandoned() }
+                more = try await context.heavyWork.run {
+                    try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
+                        let cachePath = canonical.appending(entry.path)
+                        if hashes {
+                            entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
+                        } else {
+                            entry.sha256 = cache.lookup(cachePath, HashKey(info))
+                        }
+                    }, emit: { entry throws(TreeWalker.WalkError) in
+                        do throws(SystemError) {
+                            try spool.append { entry.appendLine(to: &$0, manifest: true); $0.append(0x0A) }
+                        } catch {
+                            throw .io(error)
+                        }
+                    })
                 }
             }
-        } catch {
+            if report {
+                for note in cursor.notes { try spool.append { $0.append(contentsOf: note.bytes); $0.append(0x0A) } }
+            }
+        } catch let error as TreeWalker.WalkError {
             switch error {
             case .io(let e): throw ServeError.io(e)
             case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
             }
+        } catch let error as SystemError {
+            throw ServeError.io(error)
         }
+        withExtendedLifetime(dir) {}
         context.saveCache()
-        let text = Manifest(entries: entries, notes: report ? notes : []).text
-        let buffer = ByteBuffer(string: text)
+        let source: ChunkPipeline.Source
+        let length: Int64
+        switch try spool.finish() {
+        case .memory(let bytes):
+            source = .memory(ByteBuffer(bytes: bytes))
+            length = Int64(bytes.count)
+        case .file(let handle, let size):
+            source = .file(handle)
+            length = size
+        }
         var hasher = SHA256Hasher()
         let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
         defer { memory.store(controller) }
-        try await writer.send(ManifestHead(count: entries.count))
+        try await writer.send(ManifestHead(count: cursor.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
         let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
-                                     chunkSize: context.chunkSize, serverRate: memory.serverRate)
-        try await pipeline.stream(.memory(buffer), from: 0, to: Int64(buffer.readableBytes), controller: &controller) { raw in
-            raw.withUnsafeReadableBytes { hasher.update($0) }
+                                     chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
+                                     budget: context.streamBudget)
+        do {
+            try await pipeline.stream(source, from: 0, to: length, controller: &controller) { raw in
+                raw.withUnsafeReadableBytes { hasher.update($0) }
+            }
+        } catch let error as SystemError {
+            // The spool could not be read back: an `ERR` in place of the next chunk (section 7).
+            try await writer.send(ServeError.reply(for: error))
+            return
         }
         try await writer.send(Trailer(sha256: hasher.finalizeHex()))
     }

@@ -26,6 +26,9 @@ struct ConnectionContext: Sendable {
     let heavyWork: HeavyWork
     /// How many chunks each running stream may hold ahead of its socket.
     let streamBudget: StreamBudget
+    /// Where a manifest too large to hold in memory is spooled (the state folder, or the
+    /// temporary folder when the server keeps no state); never inside the served tree.
+    let spoolDirectory: String
 
     /// The greeting every connection starts with.
     func greeting(nonce: [UInt8]?) -> Greeting {

@@ -174,7 +174,9 @@ struct ConnectionHandler {
                     throw BrokenReply(why: "BLOCKS \(path): \(error)")
                 }
             case .manifest(let path, let hashes, let report):
-                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled)).send(path: path, hashes: hashes, report: report)
+                let channel = connection.channel
+                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled))
+                    .send(path: path, hashes: hashes, report: report, stillWanted: { channel.isActive })
             case .auth, .caps, .quit:
                 break  // handled by the caller
             }

@@ -189,12 +189,22 @@ public final class FerryServer: Service, Sendable {
 
     public var port: Int { localAddress.port ?? configuration.port }
 
+    /// The state folder (where the hash cache lives), else `$TMPDIR` or `/tmp`.
+    var spoolDirectory: String {
+        if let cache = configuration.hashCachePath, let slash = cache.lastIndex(of: "/") {
+            return slash == cache.startIndex ? "/" : String(cache[..<slash])
+        }
+        if let tmp = getenv("TMPDIR"), tmp.pointee != 0 { return String(cString: tmp) }
+        return "/tmp"
+    }
+
     /// What each connection's handler is given of the server.
     var connectionContext: ConnectionContext {
         ConnectionContext(root: root, hashCache: hashCache, logger: logger, compression: configuration.compression,
                           compressionMemory: compressionMemory, chunkSize: configuration.chunkSize,
                           token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id,
-                          capabilities: configuration.capabilities, heavyWork: heavyWork, streamBudget: streamBudget)
+                          capabilities: configuration.capabilities, heavyWork: heavyWork, streamBudget: streamBudget,
+                          spoolDirectory: spoolDirectory)
     }
 
     /// Accepts and serves connections until `shutdown()` is called, or the group it runs in

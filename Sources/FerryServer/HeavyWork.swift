@@ -75,6 +75,15 @@ final class HeavyWork: Sendable {
         }
     }
 
+    /// Runs `body` on the pool at its lower priority: one slice of work that the caller cut
+    /// (a slice of a tree walk).
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await pool.runIfActive {
+            Self.lowerPriority()
+            return try body()
+        }
+    }
+
     func shutdown() async {
         try? await pool.shutdownGracefully()
     }

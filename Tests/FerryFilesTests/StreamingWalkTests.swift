@@ -1,0 +1,101 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FerryFiles
+import FerryProtocol
+import Foundation
+import XCTest
+
+/// The pieces a server streams a huge manifest with: a walk that stops and goes on (`TreeCursor`)
+/// and a spool that moves to a temporary file when it outgrows memory.
+final class StreamingWalkTests: XCTestCase {
+    private var work: URL!
+
+    override func setUpWithError() throws {
+        work = FileManager.default.temporaryDirectory.appendingPathComponent("walk-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: work, withIntermediateDirectories: true)
+    }
+
+    override func tearDownWithError() throws {
+        try? FileManager.default.removeItem(at: work)
+    }
+
+    /// A tree with nested directories, a symlink, a FIFO and names that sort unusually.
+    private func makeTree() throws -> URL {
+        let root = work.appendingPathComponent("tree")
+        let fm = FileManager.default
+        for d in ["a", "a/b", "a/b/c", "B", "z z"] {
+            try fm.createDirectory(at: root.appendingPathComponent(d), withIntermediateDirectories: true)
+        }
+        for (i, f) in ["a/1", "a/b/2", "a/b/c/3", "B/4", "z z/5 five", "top", "a/b/c/%x"].enumerated() {
+            try Data(repeating: UInt8(i), count: i * 10).write(to: root.appendingPathComponent(f))
+        }
+        try fm.createSymbolicLink(atPath: root.appendingPathComponent("link").path, withDestinationPath: "top")
+        XCTAssertEqual(mkfifo(root.appendingPathComponent("a/fifo").path, 0o644), 0)
+        return root
+    }
+
+    func testAWalkInSlicesOfAnySizeEqualsTheWalkInOneGo() throws {
+        let root = try makeTree()
+        let fd = open(root.path, O_RDONLY | O_DIRECTORY)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        let whole = try TreeWalker.walkReporting(directory: fd)
+        XCTAssertEqual(whole.entries.count, 13)
+        XCTAssertEqual(whole.notes, [.special(try RemotePath(validating: "a/fifo"))])
+        for slice in [1, 2, 3, 5, 100] {
+            let cursor = TreeCursor(directory: fd)
+            var entries: [Entry] = []
+            var slices = 0
+            while try cursor.advance(entries: slice, visitFile: { _, _, _, _ in }, emit: { entries.append($0) }) {
+                slices += 1
+                XCTAssertLessThanOrEqual(entries.count, slices * slice, "a slice emits at most its size")
+            }
+            XCTAssertEqual(entries, whole.entries, "slices of \(slice)")
+            XCTAssertEqual(cursor.notes, whole.notes)
+            XCTAssertEqual(cursor.count, whole.entries.count)
+        }
+    }
+
+    func testTooManyEntriesEndsTheWalk() throws {
+        let root = try makeTree()
+        let fd = open(root.path, O_RDONLY | O_DIRECTORY)
+        defer { close(fd) }
+        let cursor = TreeCursor(directory: fd, options: .init(maxEntries: 4))
+        var emitted = 0
+        XCTAssertThrowsError(try { while try cursor.advance(entries: 2, visitFile: { _, _, _, _ in }, emit: { _ in emitted += 1 }) {} }()) { error in
+            guard case TreeWalker.WalkError.tooManyEntries(4) = error else { return XCTFail("\(error)") }
+        }
+        XCTAssertEqual(emitted, 4)
+    }
+
+    func testASmallSpoolStaysInMemory() throws {
+        let spool = Spool(directory: work.path, memoryLimit: 1024)
+        try spool.append { $0.append(contentsOf: Array("hello\n".utf8)) }
+        guard case .memory(let bytes) = try spool.finish() else { return XCTFail("spilled 6 bytes") }
+        XCTAssertEqual(bytes, Array("hello\n".utf8))
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: work.path), [])
+    }
+
+    func testALargeSpoolGoesToAnUnnamedFileAndReadsBackExactly() throws {
+        let spool = Spool(directory: work.path, memoryLimit: 1000)
+        var expected: [UInt8] = []
+        for i in 0..<5000 {
+            let line = Array("line \(i) \(String(repeating: "x", count: i % 300))\n".utf8)
+            expected += line
+            try spool.append { $0.append(contentsOf: line) }
+        }
+        XCTAssertEqual(spool.count, Int64(expected.count))
+        guard case .file(let handle, let length) = try spool.finish() else { return XCTFail("\(expected.count) bytes stayed in memory") }
+        XCTAssertEqual(length, Int64(expected.count))
+        XCTAssertEqual(try handle.read(count: expected.count, at: 0), expected)
+        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: work.path), [], "the spool file has no name")
+    }
+
+    func testASpoolInAFolderItCannotWriteSaysWhere() throws {
+        let spool = Spool(directory: work.appendingPathComponent("missing").path, memoryLimit: 10)
+        XCTAssertThrowsError(try spool.append { $0.append(contentsOf: [UInt8](repeating: 1, count: 20)) }) { error in
+            XCTAssertTrue("\(error)".contains("missing"), "\(error)")
+        }
+    }
+}
