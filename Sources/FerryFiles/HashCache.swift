@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Crypto
 import FerryProtocol
 import NIOConcurrencyHelpers
 
@@ -29,28 +30,18 @@ public struct HashKey: Hashable, Sendable {
 /// SHA-256 of files keyed by path + `HashKey`, kept in memory and optionally persisted to a
 /// file in the server's state folder (never inside the served tree). The file is a simple
 /// text table, rewritten atomically (temp file + rename) by `save()`.
+///
+/// Compact, because a served tree may hold millions of files (issue 17: a manifest of
+/// 1,000,000 entries in ≤ 128 MiB): an entry is 48 bytes — 64 bits of the path's SHA-256, 64
+/// bits of its `HashKey`'s, and the file's digest — in a table of its own (`CompactTable`)
+/// that grows by halves, a shard at a time. Before, each entry held its path, its key and its
+/// hex digest as separate allocations: about 400 bytes, and a 1,000,000-file manifest took the
+/// server to 700 MB. A lookup finds an entry only when both fingerprints match, so a wrong
+/// answer needs two paths whose 64-bit fingerprints collide *and* a changed file whose key
+/// fingerprint collides with the old one: about 2⁻⁶⁴.
 public final class HashCache: Sendable {
-    /// A path's raw bytes as a dictionary key. The hash is computed once, in one go (an array
-    /// of bytes feeds the hasher byte by byte), and kept beside the bytes: a dictionary compares
-    /// the key of every bucket it probes, and comparing the stored hashes first spares a visit
-    /// to each other key's bytes (a cache miss each, in a table of every file served).
-    private struct PathKey: Hashable {
-        let hash: Int
-        let bytes: [UInt8]
-
-        init(bytes: [UInt8]) {
-            self.bytes = bytes
-            var hasher = Hasher()
-            bytes.withUnsafeBytes { hasher.combine(bytes: $0) }
-            self.hash = hasher.finalize()
-        }
-
-        func hash(into hasher: inout Hasher) { hasher.combine(hash) }
-        static func == (a: PathKey, b: PathKey) -> Bool { a.hash == b.hash && a.bytes == b.bytes }
-    }
-
     private struct State {
-        var entries: [PathKey: (HashKey, String)] = [:]
+        var table = CompactTable()
         var dirty = false
     }
 
@@ -58,63 +49,198 @@ public final class HashCache: Sendable {
     /// Where the cache is persisted; nil keeps it in memory only.
     public let fileURLPath: String?
 
-    static let header = "ferry-hash-cache 2"
+    static let header = "ferry-hash-cache 3"
+    /// The format before fingerprints (a line per file with its key and path); still read.
+    static let headerWithPaths = "ferry-hash-cache 2"
     /// The cache never grows without bound: beyond this many entries it is cleared.
-    static let maxEntries = 2_000_000
+    static let maxEntries = 4_000_000
 
     public init(persistingTo path: String?) {
         self.fileURLPath = path
         if let path { load(path) }
     }
 
-    public var count: Int { state.withLockedValue { $0.entries.count } }
+    public var count: Int { state.withLockedValue { $0.table.count } }
 
     public func lookup(_ path: RemotePath, _ key: HashKey) -> String? {
-        state.withLockedValue { s in
-            guard let (k, sha) = s.entries[PathKey(bytes: path.bytes)], k == key else { return nil }
-            return sha
-        }
+        let (p, k) = (Self.fingerprint(path), Self.fingerprint(key))
+        return state.withLockedValue { s in s.table.find(p, validator: k) }.map(\.hex)
     }
 
     public func store(_ path: RemotePath, _ key: HashKey, sha256: String) {
+        guard let digest = Digest(hex: Substring(sha256)) else { return }
+        let (p, k) = (Self.fingerprint(path), Self.fingerprint(key))
         state.withLockedValue { s in
-            if s.entries.count >= Self.maxEntries { s.entries.removeAll() }
-            s.entries[PathKey(bytes: path.bytes)] = (key, sha256)
+            if s.table.count >= Self.maxEntries { s.table = CompactTable() }
+            s.table.insert(p, validator: k, digest: digest)
             s.dirty = true
         }
     }
 
-    /// Writes the cache to its file if it changed since the last save.
+    /// Writes the cache to its file if it changed since the last save. The table is written
+    /// in 1 MiB pieces while the lock is held (about 50 ms per 100,000 entries in a debug
+    /// build), not copied: a copy of a large table would double the memory it takes.
     public func save() throws(SystemError) {
         guard let path = fileURLPath else { return }
-        let snapshot: [PathKey: (HashKey, String)]? = state.withLockedValue { s in
+        let failure: SystemError? = state.withLockedValue { s in
             guard s.dirty else { return nil }
+            do throws(SystemError) {
+                try AtomicFile.write(to: path) { (emit: (inout [UInt8]) throws(SystemError) -> Void) throws(SystemError) in
+                    var out = Array((Self.header + "\n").utf8)
+                    out.reserveCapacity(1 << 20)
+                    try s.table.forEach { (p: UInt64, k: UInt64, digest: Digest) throws(SystemError) in
+                        Hex.append(p, to: &out)
+                        out.append(0x20)
+                        Hex.append(k, to: &out)
+                        out.append(0x20)
+                        out.append(contentsOf: digest.hex.utf8)
+                        out.append(0x0A)
+                        if out.count >= 1 << 20 { try emit(&out) }
+                    }
+                    try emit(&out)
+                }
+            } catch {
+                return error
+            }
             s.dirty = false
-            return s.entries
+            return nil
         }
-        guard let snapshot else { return }
-        var text = Self.header + "\n"
-        for (p, (k, sha)) in snapshot {
-            text += "\(k.size) \(k.mtime) \(k.inode) \(k.ctime) \(sha) \(PercentEncoding.encode(p.bytes))\n"
-        }
-        try AtomicFile.write(Array(text.utf8), to: path)
+        if let failure { throw failure }
     }
 
+    /// Reads the file a line at a time (a cache of millions of files is read in 1 MiB pieces,
+    /// never whole); a line that does not parse is skipped, a file of another format ignored.
     private func load(_ path: String) {
-        guard let bytes = try? AtomicFile.read(path, limit: 1 << 30) else { return }
-        let text = String(decoding: bytes, as: UTF8.self)
-        var lines = text.split(separator: "\n")
-        guard lines.first.map(String.init) == Self.header else { return }
-        lines.removeFirst()
-        var entries: [PathKey: (HashKey, String)] = [:]
-        for line in lines {
-            let f = line.split(separator: " ")
-            guard f.count == 6, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
-                  let inode = UInt64(f[2]), let ctime = Timestamp(f[3]), isSHA256Hex(f[4]),
-                  let p = PercentEncoding.decode(f[5]) else { continue }
-            entries[PathKey(bytes: p)] = (HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime), String(f[4]))
+        var table = CompactTable()
+        var format: Substring?
+        try? AtomicFile.forEachLine(of: path) { line in
+            let text = Substring(decoding: line, as: UTF8.self)
+            guard let known = format else {
+                guard text == Self.header || text == Self.headerWithPaths else { return false }
+                format = text
+                return true
+            }
+            let f = text.split(separator: " ")
+            if known == Self.header {
+                guard f.count == 3, f[0].utf8.count == 16, f[1].utf8.count == 16,
+                      let p = UInt64(f[0], radix: 16), let k = UInt64(f[1], radix: 16), let digest = Digest(hex: f[2]) else { return true }
+                table.insert(p, validator: k, digest: digest)
+            } else {
+                guard f.count == 6, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
+                      let inode = UInt64(f[2]), let ctime = Timestamp(f[3]), let digest = Digest(hex: f[4]),
+                      let p = PercentEncoding.decode(f[5]) else { return true }
+                let key = HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime)
+                table.insert(Self.fingerprint(bytes: p), validator: Self.fingerprint(key), digest: digest)
+            }
+            return table.count < Self.maxEntries
         }
-        state.withLockedValue { $0.entries = entries }
+        state.withLockedValue { $0.table = table }
+    }
+
+    /// The first 64 bits of the SHA-256 of a path's bytes.
+    static func fingerprint(_ path: RemotePath) -> UInt64 { fingerprint(bytes: path.bytes) }
+
+    static func fingerprint(bytes: [UInt8]) -> UInt64 {
+        var hasher = SHA256()
+        hasher.update(data: bytes)
+        return hasher.finalize().withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).bigEndian }
+    }
+
+    /// The first 64 bits of the SHA-256 of a `HashKey`'s fields, in a fixed byte order.
+    static func fingerprint(_ key: HashKey) -> UInt64 {
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(48)
+        for field in [UInt64(bitPattern: key.size), UInt64(bitPattern: key.mtime.seconds), UInt64(key.mtime.nanoseconds),
+                      key.inode, UInt64(bitPattern: key.ctime.seconds), UInt64(key.ctime.nanoseconds)] {
+            withUnsafeBytes(of: field.bigEndian) { bytes.append(contentsOf: $0) }
+        }
+        return fingerprint(bytes: bytes)
+    }
+
+    /// A SHA-256 digest held as four words instead of 64 hex characters.
+    struct Digest: Equatable {
+        var words: (UInt64, UInt64, UInt64, UInt64)
+
+        init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
+
+        init?(hex: Substring) {
+            guard isSHA256Hex(hex), let bytes = Hex.decode(hex), bytes.count == 32 else { return nil }
+            func word(_ i: Int) -> UInt64 { bytes[(i * 8)..<(i * 8 + 8)].reduce(0) { $0 << 8 | UInt64($1) } }
+            words = (word(0), word(1), word(2), word(3))
+        }
+
+        var hex: String {
+            var out: [UInt8] = []
+            out.reserveCapacity(64)
+            for word in [words.0, words.1, words.2, words.3] { Hex.append(word, to: &out) }
+            return String(decoding: out, as: UTF8.self)
+        }
+
+        static func == (a: Digest, b: Digest) -> Bool { a.words == b.words }
+    }
+}
+
+/// An open-addressing table of cache entries, split into 256 shards by the path fingerprint's
+/// top byte. Each shard probes linearly, fills to 90% and grows by half, one shard at a time,
+/// so the table holds about 1.3 × 48 bytes per entry and never twice its size while growing.
+struct CompactTable {
+    struct Slot {
+        /// 0 marks an empty slot (a fingerprint of 0 is stored as 1).
+        var path: UInt64 = 0
+        var validator: UInt64 = 0
+        var digest = HashCache.Digest(words: (0, 0, 0, 0))
+    }
+
+    private var shards = [[Slot]](repeating: [], count: 256)
+    private var counts = [Int](repeating: 0, count: 256)
+    private(set) var count = 0
+
+    private static func stored(_ path: UInt64) -> UInt64 { path == 0 ? 1 : path }
+
+    func find(_ path: UInt64, validator: UInt64) -> HashCache.Digest? {
+        let p = Self.stored(path)
+        let shard = shards[Int(p >> 56)]
+        guard !shard.isEmpty else { return nil }
+        var i = Int(p % UInt64(shard.count))
+        while shard[i].path != 0 {
+            if shard[i].path == p { return shard[i].validator == validator ? shard[i].digest : nil }
+            i = i + 1 == shard.count ? 0 : i + 1
+        }
+        return nil
+    }
+
+    mutating func insert(_ path: UInt64, validator: UInt64, digest: HashCache.Digest) {
+        let p = Self.stored(path)
+        let s = Int(p >> 56)
+        if (counts[s] + 1) * 10 > shards[s].count * 9 { grow(s) }
+        let capacity = shards[s].count
+        var i = Int(p % UInt64(capacity))
+        while shards[s][i].path != 0 && shards[s][i].path != p {
+            i = i + 1 == capacity ? 0 : i + 1
+        }
+        if shards[s][i].path == 0 {
+            counts[s] += 1
+            count += 1
+        }
+        shards[s][i] = Slot(path: p, validator: validator, digest: digest)
+    }
+
+    private mutating func grow(_ s: Int) {
+        let old = shards[s]
+        let capacity = max(16, old.count + old.count / 2)
+        var fresh = [Slot](repeating: Slot(), count: capacity)
+        for slot in old where slot.path != 0 {
+            var i = Int(slot.path % UInt64(capacity))
+            while fresh[i].path != 0 { i = i + 1 == capacity ? 0 : i + 1 }
+            fresh[i] = slot
+        }
+        shards[s] = fresh
+    }
+
+    func forEach(_ body: (UInt64, UInt64, HashCache.Digest) throws(SystemError) -> Void) throws(SystemError) {
+        for shard in shards {
+            for slot in shard where slot.path != 0 { try body(slot.path, slot.validator, slot.digest) }
+        }
     }
 }
 
@@ -129,13 +255,53 @@ public enum AtomicFile {
         return try handle.read(count: Int(info.size), at: 0)
     }
 
+    /// Hands each line of the file at `path` (without its LF) to `body`, reading 1 MiB at a
+    /// time, until `body` returns false. A line longer than 64 KiB ends the reading.
+    public static func forEachLine(of path: String, _ body: (ArraySlice<UInt8>) -> Bool) throws(SystemError) {
+        let fd = retryingEINTR { open(path, O_RDONLY | O_CLOEXEC) }
+        guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: path) }
+        let handle = FileHandle(fd: fd)
+        var pending: [UInt8] = []
+        var offset: Int64 = 0
+        while true {
+            let piece = try handle.read(count: 1 << 20, at: offset)
+            if piece.isEmpty { break }
+            offset += Int64(piece.count)
+            pending += piece
+            var start = pending.startIndex
+            while let lf = pending[start...].firstIndex(of: 0x0A) {
+                guard body(pending[start..<lf]) else { return }
+                start = lf + 1
+            }
+            pending.removeSubrange(..<start)
+            if pending.count > 64 << 10 { return }
+        }
+        if !pending.isEmpty { _ = body(pending[...]) }
+    }
+
     public static func write(_ bytes: [UInt8], to path: String, mode: mode_t = 0o600) throws(SystemError) {
+        try write(to: path, mode: mode) { (emit: (inout [UInt8]) throws(SystemError) -> Void) throws(SystemError) in
+            var copy = bytes
+            try emit(&copy)
+        }
+    }
+
+    /// Writes what `produce` hands to its `emit` (which empties the array it is given), in
+    /// order, to a temporary file that then replaces `path`: a large file is written in pieces
+    /// instead of from one array.
+    public static func write(to path: String, mode: mode_t = 0o600,
+                             _ produce: ((inout [UInt8]) throws(SystemError) -> Void) throws(SystemError) -> Void) throws(SystemError) {
         let temp = path + ".tmp-\(getpid())"
         let fd = retryingEINTR { open(temp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode) }
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "create", path: temp) }
         let handle = FileHandle(fd: fd)
         do throws(SystemError) {
-            try handle.write(bytes, at: 0, path: temp)
+            var offset: Int64 = 0
+            try produce { (piece: inout [UInt8]) throws(SystemError) in
+                try handle.write(piece, at: offset, path: temp)
+                offset += Int64(piece.count)
+                piece.removeAll(keepingCapacity: true)
+            }
             guard fsync(fd) == 0 else { throw SystemError(errno: errno, operation: "fsync", path: temp) }
             guard rename(temp, path) == 0 else { throw SystemError(errno: errno, operation: "rename", path: path) }
         } catch {

@@ -194,6 +194,11 @@ public enum Hex {
         return String(decoding: out, as: UTF8.self)
     }
 
+    /// Appends `word` as 16 lowercase hex digits, most significant first.
+    public static func append(_ word: UInt64, to out: inout [UInt8]) {
+        for shift in stride(from: 60, through: 0, by: -4) { out.append(digits[Int((word >> UInt64(shift)) & 0xF)]) }
+    }
+
     public static func decode<S: StringProtocol>(_ text: S) -> [UInt8]? {
         let u = Array(text.utf8)
         guard u.count % 2 == 0 else { return nil }
