@@ -186,6 +186,8 @@ struct FileSender {
     var prefix: PrefixHash? = nil
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
+    /// False once the client has gone: hashing for the trailer stops then.
+    var stillWanted: @Sendable () -> Bool = { true }
 
     func send(path: RemotePath, offset: Int64, length: Int64?, validator: Validator?) async throws {
         let (file, info, canonical) = try context.root.openFileCanonical(path)
@@ -208,7 +210,7 @@ struct FileSender {
 
         var hasher: SHA256Hasher?
         do {
-            hasher = try trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
+            hasher = try await trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
             let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
                                          chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
                                          budget: context.streamBudget)
@@ -227,7 +229,7 @@ struct FileSender {
                     "ratio": "\(Int(controller.expectedRatio * 100))%",
                 ])
             }
-            if hasher != nil && end < info.size { try hashRange(file, end, info.size, into: &hasher) }
+            if hasher != nil && end < info.size { try await hashRange(file, end, info.size, into: &hasher) }
         } catch {
             guard let reply = Self.readFailure(error, path: path) else { throw error }
             try await writer.send(reply)
@@ -278,7 +280,7 @@ struct FileSender {
         var failure: ErrorReply?
         var sent: ChunkPipeline.Encoded?
         do {
-            hasher = try trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
+            hasher = try await trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
                 controller.beginStream(chunks: 1)
                 let decision = context.compressionPolicy(peerCodecs: peerCodecs).decide(&controller)
@@ -290,7 +292,7 @@ struct FileSender {
                 out.append(line(encoded.chunk.header.line))
                 out.append(encoded.chunk.wire)
             }
-            if hasher != nil && range.upperBound < info.size { try hashRange(file, range.upperBound, info.size, into: &hasher) }
+            if hasher != nil && range.upperBound < info.size { try await hashRange(file, range.upperBound, info.size, into: &hasher) }
         } catch {
             guard let reply = Self.readFailure(error, path: path) else { throw error }
             failure = reply
@@ -309,18 +311,24 @@ struct FileSender {
     /// The hasher for the trailer, already covering the bytes before `offset`: nil when the
     /// hash is known, the connection's prefix state when it reaches `offset`, else hashed here.
     private func trailerHasher(_ file: FileHandle, upTo offset: Int64, known: String?, canonical: RemotePath,
-                               key: HashKey) throws(SystemError) -> SHA256Hasher? {
+                               key: HashKey) async throws -> SHA256Hasher? {
         guard known == nil else { return nil }
         if let state = prefix?.state(for: canonical, key, at: offset) { return state }
         var hasher: SHA256Hasher? = SHA256Hasher()
-        if offset > 0 { try hashRange(file, 0, offset, into: &hasher) }
+        if offset > 0 { try await hashRange(file, 0, offset, into: &hasher) }
         return hasher
     }
 
-    private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) throws(SystemError) {
-        guard var state = hasher else { return }
-        _ = try FileHashing.read(file, from: from, to: to) { state.update($0) }
-        hasher = state
+    /// Feeds bytes `[from, to)` of `file` to `hasher`, on the pool for expensive work (a resumed
+    /// `GET` of a huge file hashes its whole prefix for the trailer), in slices that stop when
+    /// the client has gone.
+    private func hashRange(_ file: FileHandle, _ from: Int64, _ to: Int64, into hasher: inout SHA256Hasher?) async throws {
+        guard let state = hasher else { return }
+        // From 0 the hasher holds nothing yet: the range's own state is the one to keep (no
+        // second hasher fed the same bytes).
+        let (_, continued) = try await context.heavyWork.sha256(of: file, offset: from, length: to - from,
+                                                                continuing: from == 0 ? nil : state, stillWanted: stillWanted)
+        hasher = continued
     }
 }
 

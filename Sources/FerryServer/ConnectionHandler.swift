@@ -131,7 +131,9 @@ struct ConnectionHandler {
                 entry.special = nil  // STAT has no `kinds` option
                 try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
-                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: ChunkCodec.usable(with: enabled))
+                let channel = connection.channel
+                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: ChunkCodec.usable(with: enabled),
+                                     stillWanted: { channel.isActive })
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
