@@ -151,6 +151,7 @@ let package = Package(
             name: "FerryChannelTests",
             dependencies: [
                 "FerryClient", "FerryServer", "FerryProtocol",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
                 .product(name: "NIOTestUtils", package: "swift-nio"),

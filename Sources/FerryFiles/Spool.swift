@@ -44,6 +44,7 @@ public final class Spool: @unchecked Sendable {
     public func finish() throws(SystemError) -> Contents {
         guard let file else { return .memory(buffer) }
         try flush()
+        buffer = []
         return .file(file, length: written)
     }
 

@@ -344,50 +344,55 @@ struct ManifestSender {
 
     /// Entries walked per slice of work on the pool (a few milliseconds without hashing).
     static let entriesPerSlice = 2048
+    /// Manifest text held in memory before it goes to a temporary file (about 1,200 entries):
+    /// 256 connections streaming manifests hold at most 32 MiB of text this way.
+    static let spoolMemory = 128 << 10
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
     /// The tree is walked in slices on the pool for expensive work and its text spooled (to a
-    /// temporary file once it outgrows 4 MiB), so neither the walk nor the manifest holds a
-    /// thread or memory in proportion to the tree; `stillWanted` stops the walk when the client
-    /// has gone.
+    /// temporary file once it outgrows `spoolMemory`), so neither the walk nor the manifest holds
+    /// a thread or memory in proportion to the tree; at most `WalkTurns.limit` walks run at
+    /// once; `stillWanted` stops the walk when the client has gone.
     func send(path: RemotePath, hashes: Bool, report: Bool = false,
               stillWanted: @escaping @Sendable () -> Bool = { true }) async throws {
         let (dir, canonical) = try context.root.openDirectory(path)
         let cache = context.hashCache
         let cursor = TreeCursor(directory: dir.fd)
-        let spool = Spool(directory: context.spoolDirectory)
-        do {
-            try spool.append { $0.append(contentsOf: Manifest.header.utf8); $0.append(0x0A) }
-            var more = true
-            while more {
-                guard stillWanted() else { throw HeavyWork.Abandoned() }
-                more = try await context.heavyWork.run {
-                    try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
-                        let cachePath = canonical.appending(entry.path)
-                        if hashes {
-                            entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
-                        } else {
-                            entry.sha256 = cache.lookup(cachePath, HashKey(info))
-                        }
-                    }, emit: { entry throws(TreeWalker.WalkError) in
-                        do throws(SystemError) {
-                            try spool.append { entry.appendLine(to: &$0, manifest: true); $0.append(0x0A) }
-                        } catch {
-                            throw .io(error)
-                        }
-                    })
+        let spool = Spool(directory: context.spoolDirectory, memoryLimit: Self.spoolMemory)
+        try await context.walkTurns.run {
+            do {
+                try spool.append { $0.append(contentsOf: Manifest.header.utf8); $0.append(0x0A) }
+                var more = true
+                while more {
+                    guard stillWanted() else { throw HeavyWork.Abandoned() }
+                    more = try await context.heavyWork.run {
+                        try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
+                            let cachePath = canonical.appending(entry.path)
+                            if hashes {
+                                entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
+                            } else {
+                                entry.sha256 = cache.lookup(cachePath, HashKey(info))
+                            }
+                        }, emit: { entry throws(TreeWalker.WalkError) in
+                            do throws(SystemError) {
+                                try spool.append { entry.appendLine(to: &$0, manifest: true); $0.append(0x0A) }
+                            } catch {
+                                throw .io(error)
+                            }
+                        })
+                    }
                 }
+                if report {
+                    for note in cursor.notes { try spool.append { $0.append(contentsOf: note.bytes); $0.append(0x0A) } }
+                }
+            } catch let error as TreeWalker.WalkError {
+                switch error {
+                case .io(let e): throw ServeError.io(e)
+                case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
+                }
+            } catch let error as SystemError {
+                throw ServeError.io(error)
             }
-            if report {
-                for note in cursor.notes { try spool.append { $0.append(contentsOf: note.bytes); $0.append(0x0A) } }
-            }
-        } catch let error as TreeWalker.WalkError {
-            switch error {
-            case .io(let e): throw ServeError.io(e)
-            case .tooManyEntries(let n): throw ServeError.tooLarge("the tree has more than \(n) entries")
-            }
-        } catch let error as SystemError {
-            throw ServeError.io(error)
         }
         withExtendedLifetime(dir) {}
         context.saveCache()

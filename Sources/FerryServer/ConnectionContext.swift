@@ -29,6 +29,8 @@ struct ConnectionContext: Sendable {
     /// Where a manifest too large to hold in memory is spooled (the state folder, or the
     /// temporary folder when the server keeps no state); never inside the served tree.
     let spoolDirectory: String
+    /// Tree walks running at once, server-wide.
+    let walkTurns: WalkTurns
 
     /// The greeting every connection starts with.
     func greeting(nonce: [UInt8]?) -> Greeting {

@@ -98,6 +98,8 @@ public final class FerryServer: Service, Sendable {
     let heavyWork = HeavyWork()
     /// Chunks held ahead of the sockets, shared out among the running streams.
     let streamBudget = StreamBudget()
+    /// Tree walks (`MANIFEST`) running at once.
+    let walkTurns = WalkTurns()
     /// Reply bytes queued for the sockets, shared out among the connections holding any.
     let outputBudget: OutputBudget
     /// Gives memory that connections used back to the system once they have closed.
@@ -204,7 +206,7 @@ public final class FerryServer: Service, Sendable {
                           compressionMemory: compressionMemory, chunkSize: configuration.chunkSize,
                           token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id,
                           capabilities: configuration.capabilities, heavyWork: heavyWork, streamBudget: streamBudget,
-                          spoolDirectory: spoolDirectory)
+                          spoolDirectory: spoolDirectory, walkTurns: walkTurns)
     }
 
     /// Accepts and serves connections until `shutdown()` is called, or the group it runs in

@@ -1,4 +1,5 @@
 @testable import FerryServer
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOEmbedded
 import XCTest
@@ -119,5 +120,49 @@ final class OutputGateTests: XCTestCase {
         await gate.reserve(5)
         channel.writeAndFlush(ByteBuffer(string: "hello"), promise: nil)
         XCTAssertEqual(gate.queued, 0, "a write that failed (the peer went) no longer counts")
+    }
+}
+
+/// Turns for tree walks: at most `limit` at once, the rest in order.
+final class WalkTurnsTests: XCTestCase {
+    func testAtMostTheLimitRunAtOnceAndTheRestGoInOrder() async throws {
+        let turns = WalkTurns(limit: 2)
+        let log = NIOLockedValueBox<[Int]>([])
+        let peak = NIOLockedValueBox(0)
+        let release = NIOLockedValueBox(false)
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for i in 0..<6 {
+                group.addTask {
+                    try await turns.run {
+                        log.withLockedValue { $0.append(i) }
+                        peak.withLockedValue { $0 = max($0, turns.running) }
+                        while !release.withLockedValue({ $0 }) { try await Task.sleep(for: .milliseconds(5)) }
+                    }
+                }
+                // Each task queues before the next is started, so the order is known.
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            XCTAssertEqual(turns.running, 2)
+            XCTAssertEqual(log.withLockedValue { $0 }, [0, 1], "two run, four wait")
+            release.withLockedValue { $0 = true }
+            try await group.waitForAll()
+        }
+        XCTAssertEqual(peak.withLockedValue { $0 }, 2)
+        XCTAssertEqual(log.withLockedValue { $0 }, [0, 1, 2, 3, 4, 5])
+        XCTAssertEqual(turns.running, 0)
+    }
+
+    func testACancelledWaiterStopsWaiting() async throws {
+        let turns = WalkTurns(limit: 1)
+        let hold = Task { try await turns.run { try await Task.sleep(for: .seconds(30)) } }
+        try await Task.sleep(for: .milliseconds(50))
+        let waiter = Task { try await turns.run { Task.isCancelled } }
+        try await Task.sleep(for: .milliseconds(50))
+        waiter.cancel()
+        let ranCancelled = try await waiter.value
+        XCTAssertTrue(ranCancelled, "the cancelled waiter ran at once instead of waiting 30 s")
+        hold.cancel()
+        _ = try? await hold.value
+        XCTAssertEqual(turns.running, 0)
     }
 }
