@@ -95,7 +95,7 @@ public enum RequestFuzzChecks {
         case .blocks(let p, _, let blockSize):
             if let bs = blockSize { try expect(bs >= 4096 && bs <= 64 << 20 && bs & (bs - 1) == 0, "block size \(bs)") }
             try checkPath(p)
-        case .list(let p, _), .stat(let p), .manifest(let p, _, _):
+        case .list(let p, _), .stat(let p), .manifest(let p, _, _), .chunks(let p, _):
             try checkPath(p)
         case .auth(let hex):
             try expect(isSHA256Hex(hex), "AUTH with \(hex)")
