@@ -17,6 +17,8 @@ final class SyncTransfer: Sendable {
     struct Job: Sendable {
         var entry: Entry
         var delta: Bool
+        /// May be built from chunks already in DEST (`CHUNKS`, when the server speaks `cdc`).
+        var reuse = false
         /// The manifest's identity is stale: STAT again before fetching.
         var restat = false
         var changes = 0
@@ -67,9 +69,15 @@ final class SyncTransfer: Sendable {
     private let keptEstimates = NIOLockedValueBox([RemotePath: Int64]())
     /// Recently used directories of DEST, open, for temporaries beside their targets.
     private let directories: DirectoryCache
+    /// The chunks already in DEST (nil: nothing to reuse).
+    private let index: LocalChunkIndex?
+    /// Files smaller than this are fetched whole: their chunk map would cost more than a few
+    /// percent of them.
+    static let reuseMinimumSize = Int64(ContentChunker.minSize)
 
     init(endpoint: Endpoint, tree: LocalTree, options: Syncer.Options, logger: Logger, base: RemotePath,
-         onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
+         index: LocalChunkIndex? = nil, onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
+        self.index = index.flatMap { $0.isEmpty ? nil : $0 }
         self.endpoint = endpoint
         self.tree = tree
         self.options = options
@@ -88,7 +96,10 @@ final class SyncTransfer: Sendable {
         let names = (try? POSIX.readDirectoryNames(partialDir.fd)) ?? []
         partialNames.withLockedValue { $0 = Set(names.map { String(decoding: $0, as: UTF8.self) }) }
         announceKeptData(fetches)
-        queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
+        let reusing = index != nil
+        queue.withLockedValue {
+            $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta, reuse: reusing && $0.entry.size >= Self.reuseMinimumSize) }
+        }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<workers {
@@ -201,6 +212,9 @@ final class SyncTransfer: Sendable {
             case .retryFile(let attempt, let of, let delay):
                 var again = job
                 again.failures += 1
+                // Tried again the plain way: the failure may have come from reused data (a
+                // local file that changed, a chunk map whose hashes lied).
+                again.reuse = false
                 again.notBefore = .now + delay
                 onEvent(.retrying("\(job.entry.path): \(message); trying it again in \(delay) (attempt \(attempt) of \(of))"))
                 queue.withLockedValue { $0.delayed.append(again) }
@@ -288,7 +302,7 @@ final class SyncTransfer: Sendable {
             // (one write for many) rather than one write per reply.
             let refill = state.pending.count <= options.window / 2
             while refill, state.pending.count < options.window, let job = nextJob() {
-                if job.delta || job.restat || hasKeptData(job.entry.path) {
+                if job.delta || job.restat || hasKeptData(job.entry.path) || (job.reuse && connection.enabled.contains(.cdc)) {
                     special = job
                     break
                 }
@@ -471,7 +485,11 @@ final class SyncTransfer: Sendable {
             onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size, announced: announced))
         }
         let useDelta = current.delta && !current.restat
-        try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {
+        let reuse = current.reuse && !current.restat && connection.enabled.contains(.cdc)
+        try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta || reuse) {
+            if reuse, let sha = try await self.reuseFetch(current, transfer, connection, state) {
+                return sha
+            }
             if useDelta {
                 return try await self.deltaFetch(current, transfer, connection, state)
             }
@@ -554,6 +572,106 @@ final class SyncTransfer: Sendable {
         if let sha { return sha }
         if let known = transfer.identity.sha256 { return known }
         return try await connection.hash(serverPath, offset: 0, length: size, validator: transfer.identity.validator)
+    }
+}
+
+extension SyncTransfer {
+    /// Builds a file from chunks already in DEST and ranged `GET`s of the others, after the
+    /// server's chunk map (`CHUNKS`). Returns nil when there is no usable map (the server
+    /// refused it, or the map broke the protocol's rules: said as a warning), so the caller
+    /// fetches the file another way.
+    fileprivate func reuseFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection,
+                                _ state: WorkerState) async throws -> String? {
+        guard let index else { return nil }
+        let serverPath = transfer.path
+        let identity = transfer.identity
+        let answer: FerryConnection.ChunkMapAnswer
+        do {
+            answer = try await connection.chunkMap(serverPath, validator: identity.validator)
+        } catch let ClientError.server(_, _, reply) {
+            if reply.knownCode == .changed {
+                transfer.partial.discard()
+                throw FileTransfer.Changed(path: serverPath, now: reply.current)
+            }
+            logger.info("\(serverPath): no chunk map (\(reply)); fetching it another way")
+            return nil
+        }
+        let chunks: [ChunkRecord], sha: String
+        switch answer {
+        case .refused(let why):
+            onEvent(.warning("\(serverPath): refused the server's chunk map (\(why)); fetching the file without it"))
+            return nil
+        case .map(let head, let map, let whole):
+            guard head.size == identity.size, head.mtime == identity.mtime else {
+                throw connection.violation("CHUNKS \(serverPath) answered for a different version of the file than the validator named")
+            }
+            (chunks, sha) = (map, whole)
+        }
+        let plan = ReusePlan.make(chunks, from: transfer.partial.verified, index: index)
+        let ranges = plan.remoteRanges
+        try await connection.send(ranges.map { .get(serverPath, offset: $0.start, length: $0.end - $0.start, validator: identity.validator) })
+        // Replies to the ranged GETs not read yet: after a failure with any left, the
+        // connection cannot carry another reply.
+        var unread = ranges.count
+        var sources = LocalSources(tree: tree)
+        do {
+            for run in plan.runs {
+                switch run {
+                case .remote(_, let end):
+                    do { _ = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) } } catch {
+                        if transfer.replyConsumed { unread -= 1 }
+                        throw error
+                    }
+                    unread -= 1
+                case .local(let chunk, let candidates):
+                    if let bytes = sources.read(chunk, from: candidates) {
+                        try await transfer.appendVerified(bytes)
+                        result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
+                    } else if unread == 0 {
+                        // Changed in DEST since it was indexed, and nothing is in flight: fetch it now.
+                        let end = chunk.offset + Int64(chunk.length)
+                        try await connection.send(transfer.request(upTo: end))
+                        _ = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) }
+                    } else {
+                        throw ClientError.integrity(path: serverPath.description,
+                                                    "a chunk of DEST changed while it was being reused; trying the file again")
+                    }
+                }
+            }
+        } catch {
+            if unread > 0 { transfer.markReplyUnfinished() }
+            throw error
+        }
+        return sha
+    }
+}
+
+/// The files of DEST that chunks are reused from, opened the safe way (one component at a
+/// time, no symlink followed) and kept open while one file is built.
+struct LocalSources {
+    let tree: LocalTree
+    private var open: [RemotePath: FileHandle] = [:]
+
+    init(tree: LocalTree) { self.tree = tree }
+
+    /// The bytes of `chunk` from the first candidate whose bytes have the chunk's SHA-256; nil
+    /// when none has (a file changed or went away since it was indexed).
+    mutating func read(_ chunk: ChunkRecord, from candidates: [LocalChunkIndex.Location]) -> [UInt8]? {
+        for place in candidates {
+            let handle: FileHandle
+            if let known = open[place.path] {
+                handle = known
+            } else {
+                guard let opened = try? tree.openFile(place.path) else { continue }
+                if open.count >= 64 { open.removeAll() }
+                open[place.path] = opened
+                handle = opened
+            }
+            guard let bytes = try? handle.read(count: place.length, at: place.offset), bytes.count == chunk.length else { continue }
+            let digest = bytes.withUnsafeBytes { ChunkDigest.sha256($0) }
+            if digest == chunk.digest { return bytes }
+        }
+        return nil
     }
 }
 

@@ -22,11 +22,15 @@ public struct Syncer: Sendable {
         public var window: Int
         /// Changed files at least this big reuse the matching blocks of the old local copy.
         public var deltaMinimumSize: Int64
+        /// Where the index of the chunks in DEST is kept between runs (`LocalChunkIndex`); nil
+        /// builds it afresh each run. `false` in `reuseLocalData` turns reuse off altogether.
+        public var chunkIndexPath: String?
+        public var reuseLocalData: Bool
 
         public init(connection: ConnectionOptions = ConnectionOptions(), retry: RetryPolicy = RetryPolicy(),
                     resume: Bool = true, delete: Bool = false, dryRun: Bool = false, checksum: Bool = false,
                     excludes: ExcludeList = ExcludeList([]), parallel: Int = 2, window: Int = 32,
-                    deltaMinimumSize: Int64 = 256 * 1024) {
+                    deltaMinimumSize: Int64 = 256 * 1024, chunkIndexPath: String? = nil, reuseLocalData: Bool = true) {
             self.connection = connection
             self.retry = retry
             self.resume = resume
@@ -37,6 +41,8 @@ public struct Syncer: Sendable {
             self.parallel = parallel
             self.window = window
             self.deltaMinimumSize = deltaMinimumSize
+            self.chunkIndexPath = chunkIndexPath
+            self.reuseLocalData = reuseLocalData
         }
     }
 
@@ -127,8 +133,9 @@ public struct Syncer: Sendable {
         apply.removeReplacedEntries(&outcome)
         apply.createDirectories(&outcome)
         let fetches = apply.fetchable()
+        let index = chunkIndex(tree, local: startUp.local, fetches: fetches, onEvent: onEvent)
         let transfer = SyncTransfer(endpoint: endpoint, tree: tree, options: options, logger: logger,
-                                    base: remotePath, onEvent: onEvent)
+                                    base: remotePath, index: index, onEvent: onEvent)
         let result = try await transfer.run(fetches)
         outcome.summary.filesFetched = result.fetched
         outcome.summary.deltaFiles = result.delta
@@ -145,6 +152,33 @@ public struct Syncer: Sendable {
         if DestinationLock.tryExclusive(tree) == true { Self.cleanPartialFolder(in: tree, keeping: keep, logger: logger) }
         transfer.removePartialFolderIfEmpty()
         return outcome.finished(since: start)
+    }
+
+    /// The index of the chunks already in DEST (its files and the data in its partial folder),
+    /// when some file to fetch is big enough to be built from them: last run's index, brought
+    /// up to date (only new or changed files are read), and saved for the next run.
+    private func chunkIndex(_ tree: LocalTree, local: LocalScan, fetches: [SyncPlan.Fetch],
+                            onEvent: @escaping @Sendable (Event) -> Void) -> LocalChunkIndex? {
+        guard options.reuseLocalData, fetches.contains(where: { $0.entry.size >= SyncTransfer.reuseMinimumSize }) else { return nil }
+        var paths = local.entries.values.filter { $0.type == .file && $0.size > 0 }.map(\.path)
+        if let folder = try? RemotePath(validating: SyncPlan.partialFolder), let dir = try? tree.openDirectory(folder), let names = try? POSIX.readDirectoryNames(dir.fd) {
+            paths += names.filter { $0.starts(with: Array(".".utf8)) == false && String(decoding: $0, as: UTF8.self).hasSuffix(".part") }
+                .compactMap { try? folder.appending(name: $0) }
+        }
+        guard !paths.isEmpty else { return nil }
+        paths.sort { $0.bytes.lexicographicallyPrecedes($1.bytes) }
+        let previous = options.chunkIndexPath.flatMap(LocalChunkIndex.load)
+        let (index, read) = LocalChunkIndex.build(paths.map { path in
+            (path, {
+                guard let file = try? tree.openFile(path), let info = try? file.stat() else { return nil }
+                return (file, info)
+            })
+        }, previous: previous)
+        logger.debug("chunk index of DEST: \(index.files.count) files, \(index.chunkCount) chunks, \(read) bytes read")
+        if let path = options.chunkIndexPath, read > 0 || previous?.files.count != index.files.count {
+            do { try index.save(to: path) } catch { onEvent(.warning("could not save the chunk index \(path): \(error)")) }
+        }
+        return index
     }
 
     /// What the start-up phase found: the manifest, DEST (nil when a dry run's DEST does not
