@@ -88,9 +88,11 @@ public struct LocalChunkIndex: Sendable {
 
     /// The index of `candidates` (path → an opener that gives the file open and its status,
     /// or nil when it cannot be read), reusing `previous`'s entry of every file whose key is
-    /// unchanged. Returns the index and the bytes that had to be read.
+    /// unchanged. A file that must be read is left out once reading it would pass `readBudget`
+    /// bytes (in the candidates' order: the caller puts the likeliest sources first). Returns
+    /// the index and the bytes that had to be read.
     public static func build(_ candidates: [(RemotePath, () -> (FileHandle, FileInfo)?)],
-                             previous: LocalChunkIndex?) -> (LocalChunkIndex, readBytes: Int64) {
+                             previous: LocalChunkIndex?, readBudget: Int64 = .max) -> (LocalChunkIndex, readBytes: Int64) {
         var known: [RemotePath: File] = [:]
         for f in previous?.files ?? [] { known[f.path] = f }
         var files: [File] = []
@@ -101,6 +103,7 @@ public struct LocalChunkIndex: Sendable {
                 files.append(old)
                 continue
             }
+            guard info.size <= readBudget - read else { continue }
             guard let entry = try? entry(path: path, file: handle, info: info),
                   let after = try? handle.stat(), HashKey(after) == entry.key else { continue }
             read += info.size

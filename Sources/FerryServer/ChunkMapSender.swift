@@ -22,7 +22,11 @@ struct ChunkMapSender {
         let cache = context.hashCache
         try await writer.send(ChunksHead(size: info.size, mtime: info.mtime))
         if let map = cache.chunkMaps.lookup(canonical, key) {
-            try await writer.send(lines: map.chunks.map(ChunksHead.chunkLine) + [Trailer(sha256: map.sha256).line])
+            // In batches: the lines of a million chunks are never all in memory at once.
+            for start in stride(from: 0, to: map.chunks.count, by: 4096) {
+                try await writer.send(lines: map.chunks[start..<min(map.chunks.count, start + 4096)].map(ChunksHead.chunkLine))
+            }
+            try await writer.send(Trailer(sha256: map.sha256))
             return
         }
         let known = cache.lookup(canonical, key)

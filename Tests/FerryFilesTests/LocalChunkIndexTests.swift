@@ -68,6 +68,18 @@ final class LocalChunkIndexTests: XCTestCase {
         XCTAssertNotEqual(changed.files[1], index.files[1])
     }
 
+    func testAReadBudgetLeavesOutFilesThatWouldPassIt() throws {
+        try Data(random(300_000, seed: 5)).write(to: directory.appendingPathComponent("first"))
+        try Data(random(300_000, seed: 6)).write(to: directory.appendingPathComponent("second"))
+        let (partial, read) = LocalChunkIndex.build([opener("first"), opener("second")], previous: nil, readBudget: 500_000)
+        XCTAssertEqual(partial.files.map(\.path.description), ["first"])
+        XCTAssertEqual(read, 300_000)
+        // The next run reads what the last one left out; what it knows costs nothing.
+        let (whole, more) = LocalChunkIndex.build([opener("first"), opener("second")], previous: partial, readBudget: 500_000)
+        XCTAssertEqual(whole.files.map(\.path.description), ["first", "second"])
+        XCTAssertEqual(more, 300_000)
+    }
+
     func testSavedIndexRoundTripsAndDamageIsRefused() throws {
         try Data(random(700_000, seed: 4)).write(to: directory.appendingPathComponent("x y"))
         let (index, _) = LocalChunkIndex.build([opener("x y")], previous: nil)
