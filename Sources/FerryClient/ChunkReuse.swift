@@ -15,6 +15,11 @@ extension FerryConnection {
     /// too. A map that does not end within the protocol's limits breaks the connection.
     public func chunkMap(_ path: RemotePath, validator: Validator?) async throws -> ChunkMapAnswer {
         try await send(.chunks(path, validator: validator))
+        return try await readChunkMap(path)
+    }
+
+    /// Reads the reply to a `CHUNKS` request sent before (see `chunkMap`).
+    public func readChunkMap(_ path: RemotePath) async throws -> ChunkMapAnswer {
         let head = try await expect(ChunksHead.self, for: "CHUNKS \(path)")
         var reader = ChunkMapReader(head: head)
         var refusal: String? = head.parameters == ContentChunker.parameters

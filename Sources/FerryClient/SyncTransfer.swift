@@ -176,7 +176,7 @@ final class SyncTransfer: Sendable {
     }
 
     /// The next job that may run now (not one still waiting out its backoff).
-    private func nextJob() -> Job? {
+    fileprivate func nextJob() -> Job? {
         queue.withLockedValue { q in
             if q.fatal != nil { return nil }
             if !q.requeued.isEmpty { return q.requeued.removeFirst() }
@@ -281,16 +281,28 @@ final class SyncTransfer: Sendable {
         /// Jobs whose `GET` is sent and whose reply has not been read yet.
         var pending: [Job] = []
         var current: Job?
+        /// Jobs this worker took and runs next, before any other (see `prefetchChunkMaps`).
+        var ready: [Job] = []
+        /// Chunk maps read ahead on the current connection, by path (or the error that was
+        /// the answer); used once by `reuseFetch`.
+        var maps: [RemotePath: Swift.Result<FerryConnection.ChunkMapAnswer, Error>] = [:]
         var completed = 0
         /// Verified bytes written by this worker.
         var bytes: Int64 = 0
 
         func takeAll() -> [Job] {
-            var jobs = pending
+            var jobs = pending + ready
             if let current { jobs.insert(current, at: 0) }
             pending.removeAll()
+            ready.removeAll()
+            maps.removeAll()
             current = nil
             return jobs
+        }
+
+        /// The next job: one this worker already took, or the queue's.
+        func next(_ transfer: SyncTransfer) -> Job? {
+            ready.isEmpty ? transfer.nextJob() : ready.removeFirst()
         }
     }
 
@@ -301,7 +313,7 @@ final class SyncTransfer: Sendable {
             // Refill the pipeline once half of it has drained, so requests go out in batches
             // (one write for many) rather than one write per reply.
             let refill = state.pending.count <= options.window / 2
-            while refill, state.pending.count < options.window, let job = nextJob() {
+            while refill, state.pending.count < options.window, let job = state.next(self) {
                 if job.delta || job.restat || hasKeptData(job.entry.path) || (job.reuse && connection.enabled.contains(.cdc)) {
                     special = job
                     break
@@ -328,7 +340,9 @@ final class SyncTransfer: Sendable {
                     continue
                 }
                 state.current = job
+                try await prefetchChunkMaps(for: job, connection, state: state)
                 try await runInteractive(job, connection, state: state, partialDir: partialDir)
+                state.maps[job.entry.path] = nil  // unused when the job went another way
                 state.current = nil
                 continue
             }
@@ -576,6 +590,45 @@ final class SyncTransfer: Sendable {
 }
 
 extension SyncTransfer {
+    /// Chunk maps asked for together: one request per file costs a round trip and a few packets
+    /// each, which for a renamed folder of small files is most of the wire bytes. With `job`
+    /// (which needs a map) up to `mapBatch` of the jobs that follow it and need one too are
+    /// taken, their `CHUNKS` sent in one write and the maps read and kept for `reuseFetch`;
+    /// the other jobs taken meanwhile wait in `state.ready`, in order.
+    fileprivate func prefetchChunkMaps(for job: Job, _ connection: FerryConnection, state: WorkerState) async throws {
+        guard wantsMap(job, connection), state.maps[job.entry.path] == nil else { return }
+        var batch = [job]
+        var others: [Job] = []
+        while batch.count < Self.mapBatch, let next = state.next(self) {
+            if wantsMap(next, connection) && next.entry.size <= Self.mapBatchFileSize {
+                batch.append(next)
+            } else {
+                others.append(next)
+                if others.count >= Self.mapBatch { break }
+            }
+        }
+        // Before anything is sent: a dropped connection gives them back (`takeAll`).
+        state.ready = Array(batch.dropFirst()) + others + state.ready
+        guard batch.count > 1 else { return }
+        try await connection.send(batch.map { .chunks(base.appending($0.entry.path), validator: identity(of: $0.entry).validator) })
+        for b in batch {
+            do {
+                state.maps[b.entry.path] = .success(try await connection.readChunkMap(base.appending(b.entry.path)))
+            } catch let error as ClientError {
+                guard case .server = error else { throw error }
+                state.maps[b.entry.path] = .failure(error)
+            }
+        }
+    }
+
+    static let mapBatch = 32
+    /// Larger files ask for their map alone (a batch holds every map in memory at once).
+    static let mapBatchFileSize: Int64 = 64 << 20
+
+    private func wantsMap(_ job: Job, _ connection: FerryConnection) -> Bool {
+        index != nil && job.reuse && !job.restat && connection.enabled.contains(.cdc)
+    }
+
     /// Builds a file from chunks already in DEST and ranged `GET`s of the others, after the
     /// server's chunk map (`CHUNKS`). Returns nil when there is no usable map (the server
     /// refused it, or the map broke the protocol's rules: said as a warning), so the caller
@@ -587,7 +640,11 @@ extension SyncTransfer {
         let identity = transfer.identity
         let answer: FerryConnection.ChunkMapAnswer
         do {
-            answer = try await connection.chunkMap(serverPath, validator: identity.validator)
+            if let known = state.maps.removeValue(forKey: job.entry.path) {
+                answer = try known.get()
+            } else {
+                answer = try await connection.chunkMap(serverPath, validator: identity.validator)
+            }
         } catch let ClientError.server(_, _, reply) {
             if reply.knownCode == .changed {
                 transfer.partial.discard()

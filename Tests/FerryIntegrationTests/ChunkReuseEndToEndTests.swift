@@ -92,6 +92,24 @@ final class ChunkReuseEndToEndTests: XCTestCase {
         XCTAssertFalse(Files.exists(dest.appendingPathComponent("dir/a.bin")), "--delete removed the old name after it was reused")
     }
 
+    func testARenamedFolderOfManyFilesCostsLittle() throws {
+        var total = 0
+        var g = SplitMix64(seed: 15)
+        for i in 0..<300 {
+            let size = 16 * 1024 + Int(g.next() % (96 * 1024))
+            total += size
+            try write("photos/IMG_\(i).jpg", try Files.randomBytes(size))
+        }
+        _ = try sync()
+        try FileManager.default.moveItem(at: src.appendingPathComponent("photos"), to: src.appendingPathComponent("photos-2024"))
+        let s = try sync(["--delete"])
+        let wire = JSONLines.int(s, "wireBytes") ?? -1
+        print("folder of 300 files (\(total >> 20) MiB) renamed: wireBytes=\(wire) (\(Double(wire) * 100 / Double(total))%)")
+        XCTAssertEqual(JSONLines.int(s, "filesFetched"), 300)
+        XCTAssertLessThan(wire, total / 100, "a renamed folder costs its manifest and chunk maps, under 1% of its bytes")
+        try assertSameTree()
+    }
+
     /// Where `ferry sync` keeps the chunk index of DEST (in the tests' throwaway state folder).
     private var indexPath: String {
         let state = TestSupport.isolatedVariables["XDG_STATE_HOME"] ?? ""

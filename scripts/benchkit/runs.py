@@ -212,7 +212,9 @@ class Bench:
                     flush()
                     server = self.server(t, scenario.link)
                     args = sync_args(t, server, self.ferry, "reuse/" + case, dest)
-                    args = args + ["--delete"] if t.kind == "ferry" else args[:1] + ["--delete"] + args[1:]
+                    # rsync: --delete-after, or the deletion may take a renamed file away before
+                    # --fuzzy can use it as a basis (rsync(1), --fuzzy).
+                    args = args + ["--delete"] if t.kind == "ferry" else args[:1] + ["--delete-after"] + args[1:]
                     r = self.measure(t.kind, args, server, self.link(scenario.link))
                     different = differences(os.path.join(self.src, "reuse", case), dest)
                     if different:
