@@ -97,9 +97,13 @@ final class SyncTransfer: Sendable {
         partialNames.withLockedValue { $0 = Set(names.map { String(decoding: $0, as: UTF8.self) }) }
         announceKeptData(fetches)
         let reusing = index != nil
-        queue.withLockedValue {
-            $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta, reuse: reusing && $0.entry.size >= Self.reuseMinimumSize) }
+        let jobs = fetches.map { f in
+            // An old copy of the same size was most likely overwritten in place: the aligned
+            // `BLOCKS` delta costs less there (exact block edges, a smaller map) than a chunk map.
+            let inPlace = f.delta && tree.lstat(f.entry.path)?.size == f.entry.size
+            return Job(entry: f.entry, delta: f.delta, reuse: reusing && f.entry.size >= Self.reuseMinimumSize && !inPlace)
         }
+        queue.withLockedValue { $0.jobs = jobs }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<workers {
