@@ -505,6 +505,9 @@ final class SyncTransfer: Sendable {
         let useDelta = current.delta && !current.restat
         let reuse = current.reuse && !current.restat && connection.enabled.contains(.cdc)
         try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta || reuse) {
+            if reuse, let sha = try await self.appendFetch(current, transfer, connection, state) {
+                return sha
+            }
             if reuse, let sha = try await self.reuseFetch(current, transfer, connection, state) {
                 return sha
             }
@@ -600,11 +603,12 @@ extension SyncTransfer {
     /// taken, their `CHUNKS` sent in one write and the maps read and kept for `reuseFetch`;
     /// the other jobs taken meanwhile wait in `state.ready`, in order.
     fileprivate func prefetchChunkMaps(for job: Job, _ connection: FerryConnection, state: WorkerState) async throws {
-        guard wantsMap(job, connection), state.maps[job.entry.path] == nil else { return }
+        // A file with an old copy may be an append (`appendFetch`), which needs no map.
+        guard wantsMap(job, connection), !job.delta, state.maps[job.entry.path] == nil else { return }
         var batch = [job]
         var others: [Job] = []
         while batch.count < Self.mapBatch, let next = state.next(self) {
-            if wantsMap(next, connection) && next.entry.size <= Self.mapBatchFileSize {
+            if wantsMap(next, connection) && !next.delta && next.entry.size <= Self.mapBatchFileSize {
                 batch.append(next)
             } else {
                 others.append(next)
@@ -631,6 +635,49 @@ extension SyncTransfer {
 
     private func wantsMap(_ job: Job, _ connection: FerryConnection) -> Bool {
         index != nil && job.reuse && !job.restat && connection.enabled.contains(.cdc)
+    }
+
+    /// An old copy shorter than the new file is most often its start (an append: a log, a
+    /// growing archive). One `HASH` of that prefix, compared with the old copy's SHA-256
+    /// (computed meanwhile), decides: then the old copy is copied and only the new end is
+    /// fetched — less than any map. Returns nil, having written nothing, when it is not an append.
+    fileprivate func appendFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection,
+                                 _ state: WorkerState) async throws -> String? {
+        guard job.delta, transfer.partial.verified == 0, let old = try? tree.openFile(job.entry.path),
+              let info = try? old.stat(), info.type == .file, info.size >= Self.reuseMinimumSize,
+              info.size < transfer.identity.size else { return nil }
+        try await connection.send(.hash(transfer.path, offset: 0, length: info.size, validator: transfer.identity.validator))
+        let local: String
+        do {
+            local = try FileHashing.sha256(of: old, length: info.size)
+        } catch {
+            transfer.markReplyUnfinished()
+            throw ClientError.local(error)
+        }
+        let remote: String
+        do {
+            remote = try await connection.expect(HashReply.self, for: "HASH \(transfer.path)").sha256
+        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
+            transfer.partial.discard()
+            throw FileTransfer.Changed(path: transfer.path, now: reply.current)
+        }
+        guard local == remote else { return nil }
+        // Copied after the check: if the old copy changes in between, the file's SHA-256 fails
+        // and it is fetched again without reuse.
+        var position: Int64 = 0
+        while position < info.size {
+            let n = Int(min(Int64(1 << 20), info.size - position))
+            let bytes: [UInt8]
+            do { bytes = try old.read(count: n, at: position) } catch { throw ClientError.local(error) }
+            guard bytes.count == n else {
+                throw ClientError.integrity(path: transfer.path.description, "the old copy became shorter while it was reused")
+            }
+            try await transfer.appendVerified(bytes)
+            result.withLockedValue { $0.bytesWritten += Int64(n) }
+            position += Int64(n)
+        }
+        try await connection.send(transfer.request())
+        return try await transfer.receive(on: connection) { self.onBytes($0, state) }
     }
 
     /// Builds a file from chunks already in DEST and ranged `GET`s of the others, after the

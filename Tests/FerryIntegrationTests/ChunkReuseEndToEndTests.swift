@@ -57,9 +57,20 @@ final class ChunkReuseEndToEndTests: XCTestCase {
         try Files.write(url, bytes)
     }
 
+    /// Random bytes from a seed: the chunk boundaries, and so the figures, are the same every run.
+    private func seeded(_ count: Int, seed: UInt64) -> [UInt8] {
+        var g = SplitMix64(seed: seed)
+        var out = [UInt8](repeating: 0, count: count)
+        for i in stride(from: 0, to: count, by: 8) {
+            let v = g.next()
+            for j in 0..<min(8, count - i) { out[i + j] = UInt8(truncatingIfNeeded: v >> (8 * j)) }
+        }
+        return out
+    }
+
     func testInsertionNearTheStartCostsOnlyTheNewChunks() throws {
         let size = 16 << 20
-        var bytes = try Files.randomBytes(size)
+        var bytes = seeded(size, seed: 42)
         try write("big.bin", bytes)
         _ = try sync()
         bytes.insert(contentsOf: Array("hello".utf8), at: 1000)
@@ -70,6 +81,22 @@ final class ChunkReuseEndToEndTests: XCTestCase {
         print("5 bytes inserted at 1000 in \(size >> 20) MiB: fileWireBytes=\(wire) (\(Double(wire) * 100 / Double(size))%)")
         XCTAssertEqual(JSONLines.int(s, "filesDelta"), 1)
         XCTAssertLessThan(wire, size / 100, "an insertion costs its chunk and the map, not the rest of the file")
+        try assertSameTree()
+    }
+
+    func testAnAppendCostsOnlyTheNewBytes() throws {
+        let size = 8 << 20
+        var bytes = try Files.randomBytes(size)
+        try write("log.bin", bytes)
+        _ = try sync()
+        let tail = try Files.randomBytes(100_000)
+        bytes += tail
+        try write("log.bin", bytes)
+        try Files.setMtime(src.appendingPathComponent("log.bin"), seconds: Int(Date().timeIntervalSince1970) + 60)
+        let s = try sync()
+        let wire = fileWire(s)
+        print("100,000 bytes appended to \(size >> 20) MiB: fileWireBytes=\(wire)")
+        XCTAssertLessThan(wire, tail.count + 4096, "an append costs the new bytes and one HASH, no map")
         try assertSameTree()
     }
 
