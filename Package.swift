@@ -104,6 +104,8 @@ let package = Package(
                 .product(name: "UnixSignals", package: "swift-service-lifecycle"),
             ]
         ),
+        // Micro-benchmark of content-defined chunking (`swift run -c release ferry-chunkbench`).
+        .executableTarget(name: "ferry-chunkbench", dependencies: ["FerryFiles", "FerryProtocol"]),
         // Helpers shared by the test targets (fixtures, the built executable, child processes).
         .target(
             name: "FerryTestSupport",

@@ -23,7 +23,7 @@ public struct ConnectionOptions: Sendable {
     public var capabilities: [Capability]
 
     /// The extensions this client implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
 
     public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60),
                 capabilities: [Capability] = ConnectionOptions.implementedCapabilities) {

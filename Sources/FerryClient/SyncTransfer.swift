@@ -17,6 +17,8 @@ final class SyncTransfer: Sendable {
     struct Job: Sendable {
         var entry: Entry
         var delta: Bool
+        /// May be built from chunks already in DEST (`CHUNKS`, when the server speaks `cdc`).
+        var reuse = false
         /// The manifest's identity is stale: STAT again before fetching.
         var restat = false
         var changes = 0
@@ -67,9 +69,15 @@ final class SyncTransfer: Sendable {
     private let keptEstimates = NIOLockedValueBox([RemotePath: Int64]())
     /// Recently used directories of DEST, open, for temporaries beside their targets.
     private let directories: DirectoryCache
+    /// The chunks already in DEST (nil: nothing to reuse).
+    private let index: LocalChunkIndex?
+    /// Files smaller than this are fetched whole: their chunk map would cost more than a few
+    /// percent of them.
+    static let reuseMinimumSize = Int64(ContentChunker.minSize)
 
     init(endpoint: Endpoint, tree: LocalTree, options: Syncer.Options, logger: Logger, base: RemotePath,
-         onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
+         index: LocalChunkIndex? = nil, onEvent: @escaping @Sendable (Syncer.Event) -> Void) {
+        self.index = index.flatMap { $0.isEmpty ? nil : $0 }
         self.endpoint = endpoint
         self.tree = tree
         self.options = options
@@ -88,7 +96,14 @@ final class SyncTransfer: Sendable {
         let names = (try? POSIX.readDirectoryNames(partialDir.fd)) ?? []
         partialNames.withLockedValue { $0 = Set(names.map { String(decoding: $0, as: UTF8.self) }) }
         announceKeptData(fetches)
-        queue.withLockedValue { $0.jobs = fetches.map { Job(entry: $0.entry, delta: $0.delta) } }
+        let reusing = index != nil
+        let jobs = fetches.map { f in
+            // An old copy of the same size was most likely overwritten in place: the aligned
+            // `BLOCKS` delta costs less there (exact block edges, a smaller map) than a chunk map.
+            let inPlace = f.delta && tree.lstat(f.entry.path)?.size == f.entry.size
+            return Job(entry: f.entry, delta: f.delta, reuse: reusing && f.entry.size >= Self.reuseMinimumSize && !inPlace)
+        }
+        queue.withLockedValue { $0.jobs = jobs }
         let workers = max(1, min(options.parallel, fetches.count))
         try await withThrowingTaskGroup(of: Void.self) { group in
             for _ in 0..<workers {
@@ -165,7 +180,7 @@ final class SyncTransfer: Sendable {
     }
 
     /// The next job that may run now (not one still waiting out its backoff).
-    private func nextJob() -> Job? {
+    fileprivate func nextJob() -> Job? {
         queue.withLockedValue { q in
             if q.fatal != nil { return nil }
             if !q.requeued.isEmpty { return q.requeued.removeFirst() }
@@ -201,6 +216,9 @@ final class SyncTransfer: Sendable {
             case .retryFile(let attempt, let of, let delay):
                 var again = job
                 again.failures += 1
+                // Tried again the plain way: the failure may have come from reused data (a
+                // local file that changed, a chunk map whose hashes lied).
+                again.reuse = false
                 again.notBefore = .now + delay
                 onEvent(.retrying("\(job.entry.path): \(message); trying it again in \(delay) (attempt \(attempt) of \(of))"))
                 queue.withLockedValue { $0.delayed.append(again) }
@@ -267,16 +285,28 @@ final class SyncTransfer: Sendable {
         /// Jobs whose `GET` is sent and whose reply has not been read yet.
         var pending: [Job] = []
         var current: Job?
+        /// Jobs this worker took and runs next, before any other (see `prefetchChunkMaps`).
+        var ready: [Job] = []
+        /// Chunk maps read ahead on the current connection, by path (or the error that was
+        /// the answer); used once by `reuseFetch`.
+        var maps: [RemotePath: Swift.Result<FerryConnection.ChunkMapAnswer, Error>] = [:]
         var completed = 0
         /// Verified bytes written by this worker.
         var bytes: Int64 = 0
 
         func takeAll() -> [Job] {
-            var jobs = pending
+            var jobs = pending + ready
             if let current { jobs.insert(current, at: 0) }
             pending.removeAll()
+            ready.removeAll()
+            maps.removeAll()
             current = nil
             return jobs
+        }
+
+        /// The next job: one this worker already took, or the queue's.
+        func next(_ transfer: SyncTransfer) -> Job? {
+            ready.isEmpty ? transfer.nextJob() : ready.removeFirst()
         }
     }
 
@@ -287,8 +317,8 @@ final class SyncTransfer: Sendable {
             // Refill the pipeline once half of it has drained, so requests go out in batches
             // (one write for many) rather than one write per reply.
             let refill = state.pending.count <= options.window / 2
-            while refill, state.pending.count < options.window, let job = nextJob() {
-                if job.delta || job.restat || hasKeptData(job.entry.path) {
+            while refill, state.pending.count < options.window, let job = state.next(self) {
+                if job.delta || job.restat || hasKeptData(job.entry.path) || (job.reuse && connection.enabled.contains(.cdc)) {
                     special = job
                     break
                 }
@@ -314,7 +344,9 @@ final class SyncTransfer: Sendable {
                     continue
                 }
                 state.current = job
+                try await prefetchChunkMaps(for: job, connection, state: state)
                 try await runInteractive(job, connection, state: state, partialDir: partialDir)
+                state.maps[job.entry.path] = nil  // unused when the job went another way
                 state.current = nil
                 continue
             }
@@ -471,7 +503,14 @@ final class SyncTransfer: Sendable {
             onEvent(.resuming(entry.path, from: transfer.resumedFrom, size: entry.size, announced: announced))
         }
         let useDelta = current.delta && !current.restat
-        try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta) {
+        let reuse = current.reuse && !current.restat && connection.enabled.contains(.cdc)
+        try await receive(current, transfer, connection, partialDir: partialDir, delta: useDelta || reuse) {
+            if reuse, let sha = try await self.appendFetch(current, transfer, connection, state) {
+                return sha
+            }
+            if reuse, let sha = try await self.reuseFetch(current, transfer, connection, state) {
+                return sha
+            }
             if useDelta {
                 return try await self.deltaFetch(current, transfer, connection, state)
             }
@@ -554,6 +593,193 @@ final class SyncTransfer: Sendable {
         if let sha { return sha }
         if let known = transfer.identity.sha256 { return known }
         return try await connection.hash(serverPath, offset: 0, length: size, validator: transfer.identity.validator)
+    }
+}
+
+extension SyncTransfer {
+    /// Chunk maps asked for together: one request per file costs a round trip and a few packets
+    /// each, which for a renamed folder of small files is most of the wire bytes. With `job`
+    /// (which needs a map) up to `mapBatch` of the jobs that follow it and need one too are
+    /// taken, their `CHUNKS` sent in one write and the maps read and kept for `reuseFetch`;
+    /// the other jobs taken meanwhile wait in `state.ready`, in order.
+    fileprivate func prefetchChunkMaps(for job: Job, _ connection: FerryConnection, state: WorkerState) async throws {
+        // A file with an old copy may be an append (`appendFetch`), which needs no map.
+        guard wantsMap(job, connection), !job.delta, state.maps[job.entry.path] == nil else { return }
+        var batch = [job]
+        var others: [Job] = []
+        while batch.count < Self.mapBatch, let next = state.next(self) {
+            if wantsMap(next, connection) && !next.delta && next.entry.size <= Self.mapBatchFileSize {
+                batch.append(next)
+            } else {
+                others.append(next)
+                if others.count >= Self.mapBatch { break }
+            }
+        }
+        // Before anything is sent: a dropped connection gives them back (`takeAll`).
+        state.ready = Array(batch.dropFirst()) + others + state.ready
+        guard batch.count > 1 else { return }
+        try await connection.send(batch.map { .chunks(base.appending($0.entry.path), validator: identity(of: $0.entry).validator) })
+        for b in batch {
+            do {
+                state.maps[b.entry.path] = .success(try await connection.readChunkMap(base.appending(b.entry.path)))
+            } catch let error as ClientError {
+                guard case .server = error else { throw error }
+                state.maps[b.entry.path] = .failure(error)
+            }
+        }
+    }
+
+    static let mapBatch = 32
+    /// Larger files ask for their map alone (a batch holds every map in memory at once).
+    static let mapBatchFileSize: Int64 = 64 << 20
+
+    private func wantsMap(_ job: Job, _ connection: FerryConnection) -> Bool {
+        index != nil && job.reuse && !job.restat && connection.enabled.contains(.cdc)
+    }
+
+    /// An old copy shorter than the new file is most often its start (an append: a log, a
+    /// growing archive). One `HASH` of that prefix, compared with the old copy's SHA-256
+    /// (computed meanwhile), decides: then the old copy is copied and only the new end is
+    /// fetched — less than any map. Returns nil, having written nothing, when it is not an append.
+    fileprivate func appendFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection,
+                                 _ state: WorkerState) async throws -> String? {
+        guard job.delta, transfer.partial.verified == 0, let old = try? tree.openFile(job.entry.path),
+              let info = try? old.stat(), info.type == .file, info.size >= Self.reuseMinimumSize,
+              info.size < transfer.identity.size else { return nil }
+        try await connection.send(.hash(transfer.path, offset: 0, length: info.size, validator: transfer.identity.validator))
+        let local: String
+        do {
+            local = try FileHashing.sha256(of: old, length: info.size)
+        } catch {
+            transfer.markReplyUnfinished()
+            throw ClientError.local(error)
+        }
+        let remote: String
+        do {
+            remote = try await connection.expect(HashReply.self, for: "HASH \(transfer.path)").sha256
+        } catch let ClientError.server(_, _, reply) where reply.knownCode == .changed {
+            transfer.partial.discard()
+            throw FileTransfer.Changed(path: transfer.path, now: reply.current)
+        }
+        guard local == remote else { return nil }
+        // Copied after the check: if the old copy changes in between, the file's SHA-256 fails
+        // and it is fetched again without reuse.
+        var position: Int64 = 0
+        while position < info.size {
+            let n = Int(min(Int64(1 << 20), info.size - position))
+            let bytes: [UInt8]
+            do { bytes = try old.read(count: n, at: position) } catch { throw ClientError.local(error) }
+            guard bytes.count == n else {
+                throw ClientError.integrity(path: transfer.path.description, "the old copy became shorter while it was reused")
+            }
+            try await transfer.appendVerified(bytes)
+            result.withLockedValue { $0.bytesWritten += Int64(n) }
+            position += Int64(n)
+        }
+        try await connection.send(transfer.request())
+        return try await transfer.receive(on: connection) { self.onBytes($0, state) }
+    }
+
+    /// Builds a file from chunks already in DEST and ranged `GET`s of the others, after the
+    /// server's chunk map (`CHUNKS`). Returns nil when there is no usable map (the server
+    /// refused it, or the map broke the protocol's rules: said as a warning), so the caller
+    /// fetches the file another way.
+    fileprivate func reuseFetch(_ job: Job, _ transfer: FileTransfer, _ connection: FerryConnection,
+                                _ state: WorkerState) async throws -> String? {
+        guard let index else { return nil }
+        let serverPath = transfer.path
+        let identity = transfer.identity
+        let answer: FerryConnection.ChunkMapAnswer
+        do {
+            if let known = state.maps.removeValue(forKey: job.entry.path) {
+                answer = try known.get()
+            } else {
+                answer = try await connection.chunkMap(serverPath, validator: identity.validator)
+            }
+        } catch let ClientError.server(_, _, reply) {
+            if reply.knownCode == .changed {
+                transfer.partial.discard()
+                throw FileTransfer.Changed(path: serverPath, now: reply.current)
+            }
+            logger.info("\(serverPath): no chunk map (\(reply)); fetching it another way")
+            return nil
+        }
+        let chunks: [ChunkRecord], sha: String
+        switch answer {
+        case .refused(let why):
+            onEvent(.warning("\(serverPath): refused the server's chunk map (\(why)); fetching the file without it"))
+            return nil
+        case .map(let head, let map, let whole):
+            guard head.size == identity.size, head.mtime == identity.mtime else {
+                throw connection.violation("CHUNKS \(serverPath) answered for a different version of the file than the validator named")
+            }
+            (chunks, sha) = (map, whole)
+        }
+        let plan = ReusePlan.make(chunks, from: transfer.partial.verified, index: index)
+        let ranges = plan.remoteRanges
+        try await connection.send(ranges.map { .get(serverPath, offset: $0.start, length: $0.end - $0.start, validator: identity.validator) })
+        // Replies to the ranged GETs not read yet: after a failure with any left, the
+        // connection cannot carry another reply.
+        var unread = ranges.count
+        var sources = LocalSources(tree: tree)
+        do {
+            for run in plan.runs {
+                switch run {
+                case .remote(_, let end):
+                    do { _ = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) } } catch {
+                        if transfer.replyConsumed { unread -= 1 }
+                        throw error
+                    }
+                    unread -= 1
+                case .local(let chunk, let candidates):
+                    if let bytes = sources.read(chunk, from: candidates) {
+                        try await transfer.appendVerified(bytes)
+                        result.withLockedValue { $0.bytesWritten += Int64(bytes.count) }
+                    } else if unread == 0 {
+                        // Changed in DEST since it was indexed, and nothing is in flight: fetch it now.
+                        let end = chunk.offset + Int64(chunk.length)
+                        try await connection.send(transfer.request(upTo: end))
+                        _ = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) }
+                    } else {
+                        throw ClientError.integrity(path: serverPath.description,
+                                                    "a chunk of DEST changed while it was being reused; trying the file again")
+                    }
+                }
+            }
+        } catch {
+            if unread > 0 { transfer.markReplyUnfinished() }
+            throw error
+        }
+        return sha
+    }
+}
+
+/// The files of DEST that chunks are reused from, opened the safe way (one component at a
+/// time, no symlink followed) and kept open while one file is built.
+struct LocalSources {
+    let tree: LocalTree
+    private var open: [RemotePath: FileHandle] = [:]
+
+    init(tree: LocalTree) { self.tree = tree }
+
+    /// The bytes of `chunk` from the first candidate whose bytes have the chunk's SHA-256; nil
+    /// when none has (a file changed or went away since it was indexed).
+    mutating func read(_ chunk: ChunkRecord, from candidates: [LocalChunkIndex.Location]) -> [UInt8]? {
+        for place in candidates {
+            let handle: FileHandle
+            if let known = open[place.path] {
+                handle = known
+            } else {
+                guard let opened = try? tree.openFile(place.path) else { continue }
+                if open.count >= 64 { open.removeAll() }
+                open[place.path] = opened
+                handle = opened
+            }
+            guard let bytes = try? handle.read(count: place.length, at: place.offset), bytes.count == chunk.length else { continue }
+            let digest = bytes.withUnsafeBytes { ChunkDigest.sha256($0) }
+            if digest == chunk.digest { return bytes }
+        }
+        return nil
     }
 }
 

@@ -55,8 +55,12 @@ public final class HashCache: Sendable {
     /// The cache never grows without bound: beyond this many entries it is cleared.
     static let maxEntries = 4_000_000
 
+    /// The chunk maps of `CHUNKS`, kept beside this cache (`PATH.chunks/`) and keyed alike.
+    public let chunkMaps: ChunkMapCache
+
     public init(persistingTo path: String?) {
         self.fileURLPath = path
+        self.chunkMaps = ChunkMapCache(directory: path.map { $0 + ".chunks" })
         if let path { load(path) }
     }
 

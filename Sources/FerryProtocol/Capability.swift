@@ -9,17 +9,20 @@ public enum Capability: Hashable, Sendable, CustomStringConvertible {
     case manifestReport
     /// The `zstd` chunk codec.
     case zstd
+    /// The `CHUNKS` request: a file's content-defined chunk map.
+    case cdc
     /// A name this build does not know, kept as received (for display; never enabled).
     case unknown(String)
 
     /// The names this build knows, in the order a server lists them.
-    public static let known: [Capability] = [.listKinds, .manifestReport, .zstd]
+    public static let known: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
 
     public init(name: Substring) {
         switch name {
         case "list-kinds": self = .listKinds
         case "manifest-report": self = .manifestReport
         case "zstd": self = .zstd
+        case "cdc": self = .cdc
         default: self = .unknown(String(name))
         }
     }
@@ -29,6 +32,7 @@ public enum Capability: Hashable, Sendable, CustomStringConvertible {
         case .listKinds: return "list-kinds"
         case .manifestReport: return "manifest-report"
         case .zstd: return "zstd"
+        case .cdc: return "cdc"
         case .unknown(let name): return name
         }
     }

@@ -21,6 +21,9 @@ public enum FerryLimits {
     public static let defaultChunkSize = 256 * 1024
     public static let maxListEntries = 1_000_000
     public static let maxBlockCount = 1_048_576
+    /// Chunks in a `CHUNKS` map: a server maps files of up to this many minimum-size chunks
+    /// (64 GiB) and answers 413 for larger ones (they keep `BLOCKS`).
+    public static let maxChunkCount = 4_194_304
     public static let maxManifestEntries = 10_000_000
     public static let maxDatagram = 512
     /// Parsed requests a server keeps waiting per connection before it stops reading.

@@ -8,6 +8,8 @@ public enum Request: Hashable, Sendable {
     case get(RemotePath, offset: Int64, length: Int64?, validator: Validator?)
     case hash(RemotePath, offset: Int64, length: Int64, validator: Validator?)
     case blocks(RemotePath, validator: Validator?, blockSize: Int?)
+    /// The content-defined chunk map of a file (capability `cdc`).
+    case chunks(RemotePath, validator: Validator?)
     /// `report`: also describe what the manifest leaves out (`ManifestNote` lines after the
     /// entries). Servers of protocol 1.0 refuse the argument with `ERR 400`.
     case manifest(RemotePath, hashes: Bool, report: Bool = false)
@@ -24,6 +26,7 @@ public enum Request: Hashable, Sendable {
         case .get: return "GET"
         case .hash: return "HASH"
         case .blocks: return "BLOCKS"
+        case .chunks: return "CHUNKS"
         case .manifest: return "MANIFEST"
         case .caps: return "CAPS"
         case .quit: return "QUIT"
@@ -49,6 +52,8 @@ public enum Request: Hashable, Sendable {
             if let v { s += " \(v)" }
             if let bs { s += " \(bs)" }
             return s
+        case .chunks(let p, let v):
+            return "CHUNKS \(p.wire)" + (v.map { " \($0)" } ?? "")
         case .manifest(let p, let hashes, let report):
             return "MANIFEST \(p.wire)" + (hashes ? "" : " hashes=no") + (report ? " report=yes" : "")
         case .caps(let list): return "CAPS \(Capability.encode(list))"
@@ -162,6 +167,9 @@ public enum Request: Hashable, Sendable {
                 }
             }
             return .blocks(p, validator: v, blockSize: bs)
+        case "CHUNKS":
+            let (a, _) = try split(1...2, "CHUNKS PATH [SIZE,MTIME]")
+            return .chunks(try path(a[0]), validator: a.count == 2 ? try validator(a[1]) : nil)
         case "MANIFEST":
             let (a, o) = try split(1...1, "MANIFEST PATH [hashes=yes|no] [report=yes|no]",
                                    options: ["hashes": yesNo, "report": yesNo])
@@ -176,7 +184,7 @@ public enum Request: Hashable, Sendable {
             _ = try split(0...0, "QUIT")
             return .quit
         default:
-            throw .malformed("unknown request '\(f[0].prefix(32))' (try LIST, STAT, GET, HASH, BLOCKS, MANIFEST, CAPS, QUIT)")
+            throw .malformed("unknown request '\(f[0].prefix(32))' (try LIST, STAT, GET, HASH, BLOCKS, CHUNKS, MANIFEST, CAPS, QUIT)")
         }
     }
 }

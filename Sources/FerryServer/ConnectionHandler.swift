@@ -175,6 +175,12 @@ struct ConnectionHandler {
                 } catch let error as SystemError {
                     throw BrokenReply(why: "BLOCKS \(path): \(error)")
                 }
+            case .chunks(let path, let validator):
+                guard enabled.contains(.cdc) else {
+                    try await writer.send(ErrorReply(.malformed, "CHUNKS needs the cdc capability (send CAPS cdc first)"))
+                    return
+                }
+                try await ChunkMapSender(context: context, writer: writer, channel: connection.channel).send(path: path, validator: validator)
             case .manifest(let path, let hashes, let report):
                 let channel = connection.channel
                 try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled))

@@ -32,7 +32,7 @@ public struct ServerConfiguration: Sendable {
     public var capabilities: [Capability]
 
     /// The extensions this server implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
                 compression: CompressionMode = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,

@@ -84,6 +84,24 @@ final class HeavyWork: Sendable {
         }
     }
 
+    /// The content-defined chunk map of a file (PROTOCOL.md `CHUNKS`), handed to `emit` a
+    /// slice at a time as it is computed; returns the whole file's SHA-256 when `wholeFileHash`
+    /// (the same read computes it), else nil.
+    func chunkMap(of file: FileHandle, size: Int64, wholeFileHash: Bool,
+                  stillWanted: @escaping @Sendable () -> Bool,
+                  emit: ([ChunkRecord]) async throws -> Void) async throws -> String? {
+        let mapper = ChunkMapper(file: file, size: size, wholeFileHash: wholeFileHash)
+        while !mapper.isDone {
+            guard stillWanted() else { throw Abandoned() }
+            let chunks = try await pool.runIfActive {
+                Self.lowerPriority()
+                return try mapper.advance(by: Self.sliceBytes)
+            }
+            try await emit(chunks)
+        }
+        return mapper.wholeFileSHA256()
+    }
+
     func shutdown() async {
         try? await pool.shutdownGracefully()
     }

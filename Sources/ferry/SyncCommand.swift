@@ -75,6 +75,9 @@ struct SyncCommand: AsyncParsableCommand {
     @Flag(help: "Discard partial data from an interrupted run and fetch those files from the start.")
     var noResume = false
 
+    @Flag(help: "Do not build files from data already in DEST (renamed, copied or shifted chunks); fetch them.")
+    var noReuse = false
+
     @OptionGroup var client: ClientOptions
 
     func validate() throws {
@@ -98,6 +101,16 @@ struct SyncCommand: AsyncParsableCommand {
         if !summary.failures.isEmpty || !summary.conflicts.isEmpty { throw ExitCode(Exit.failed) }
     }
 
+    /// Where the chunk index of DEST is kept between runs: the state folder `ferry serve` uses
+    /// (`$XDG_STATE_HOME/ferry`), one file per DEST named by a hash of its absolute path. Nil
+    /// (the index is then rebuilt each run) when the folder cannot be made.
+    static func chunkIndexPath(for destination: String) -> String? {
+        let dir = ServeCommand.defaultStateDir()
+        guard ServeCommand.makeDirectories(dir) == nil else { return nil }
+        let absolute = URL(fileURLWithPath: destination).standardizedFileURL.path
+        return dir + "/chunks-" + SHA256Hasher.hex(Array(absolute.utf8)).prefix(16) + ".idx"
+    }
+
     private func sync(logger: Logger) async throws -> Syncer.Summary {
         let address = try ServerAddress.parse(source)
         let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
@@ -105,7 +118,8 @@ struct SyncCommand: AsyncParsableCommand {
         let options = Syncer.Options(
             connection: try client.connectionOptions(), retry: RetryPolicy(retries: retries),
             resume: !noResume, delete: delete, dryRun: dryRun, checksum: checksum,
-            excludes: ExcludeList(globs), parallel: parallel)
+            excludes: ExcludeList(globs), parallel: parallel, chunkIndexPath: dryRun ? nil : Self.chunkIndexPath(for: destination),
+            reuseLocalData: !noReuse)
         let syncer = Syncer(endpoint: endpoint, remotePath: address.path, destination: destination,
                             options: options, logger: logger)
         let mode: ProgressDisplay.Mode = json ? .json : (quiet || dryRun || !Output.stderrIsTerminal) ? .quiet : .terminal

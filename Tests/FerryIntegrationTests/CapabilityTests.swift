@@ -32,7 +32,7 @@ final class CapabilityTests: XCTestCase {
         let s = try await server()
         let c = try RawClient(port: s.port)
         let greeting = try c.readLine()
-        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report,zstd"), greeting)
+        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report,zstd,cdc"), greeting)
         // Unknown names are ignored; the answer is in the server's order.
         try c.send("CAPS tls,manifest-report,list-kinds\n")
         XCTAssertEqual(try c.readLine(), "OK list-kinds,manifest-report")
@@ -93,7 +93,7 @@ final class CapabilityTests: XCTestCase {
             _ = try await c.list(.root, kinds: true)
             return c.enabled
         }
-        XCTAssertEqual(enabled, [.listKinds, .manifestReport, .zstd])
+        XCTAssertEqual(enabled, [.listKinds, .manifestReport, .zstd, .cdc])
         let none = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: s.port),
                                                   options: ConnectionOptions(capabilities: [])) { c in c.enabled }
         XCTAssertEqual(none, [])

@@ -95,7 +95,7 @@ public enum RequestFuzzChecks {
         case .blocks(let p, _, let blockSize):
             if let bs = blockSize { try expect(bs >= 4096 && bs <= 64 << 20 && bs & (bs - 1) == 0, "block size \(bs)") }
             try checkPath(p)
-        case .list(let p, _), .stat(let p), .manifest(let p, _, _):
+        case .list(let p, _), .stat(let p), .manifest(let p, _, _), .chunks(let p, _):
             try checkPath(p)
         case .auth(let hex):
             try expect(isSHA256Hex(hex), "AUTH with \(hex)")
@@ -347,8 +347,13 @@ public enum ReplyFuzzChecks {
                        "greeting \(fuzzShow(line.utf8)) does not survive \(fuzzShow(greeting.line.utf8))")
         }
         if line.hasPrefix("CHUNK ") { try checkChunkHeaderLine(line) }
+        if let chunk = try? ChunksHead.parseChunkLine(text) {
+            try expect(chunk.offset >= 0 && (0...FerryLimits.maxChunkRaw).contains(chunk.length), "chunk line out of bounds: \(chunk)")
+            try expect((try? ChunksHead.parseChunkLine(Substring(ChunksHead.chunkLine(chunk)))) == chunk,
+                       "chunk line \(fuzzShow(line.utf8)) does not survive \(ChunksHead.chunkLine(chunk))")
+        }
         for body: any OKReply.Type in [ListHead.self, StatReply.self, GetHead.self, HashReply.self, BlocksHead.self,
-                                       ManifestHead.self, AuthOK.self, QuitOK.self, CapsReply.self] {
+                                       ChunksHead.self, ManifestHead.self, AuthOK.self, QuitOK.self, CapsReply.self] {
             try checkTypedReply(body, text)
         }
         if let end = try? StreamLine.parse(text) {

@@ -111,7 +111,7 @@ final class TypedReplyTests: XCTestCase {
             XCTAssertEqual(Capability(name: Substring(c.name)), c)
             XCTAssertTrue(Capability.isValidName(Substring(c.name)))
         }
-        XCTAssertEqual(Capability.known.map(\.name), ["list-kinds", "manifest-report", "zstd"])
+        XCTAssertEqual(Capability.known.map(\.name), ["list-kinds", "manifest-report", "zstd", "cdc"])
         XCTAssertEqual(Capability(name: "tls"), .unknown("tls"))
         for bad in ["", "Zstd", "a_b", "a b", "é", String(repeating: "a", count: 33)] {
             XCTAssertFalse(Capability.isValidName(Substring(bad)), bad)

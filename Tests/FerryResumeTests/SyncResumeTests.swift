@@ -52,8 +52,10 @@ final class SyncResumeTests: XCTestCase {
         XCTAssertFalse(Files.exists(partialDir), "the partial folder is removed once empty")
         let fetched = h.bytesSince(before)
         XCTAssertEqual(second.int("wireBytes"), fetched)
-        // The rest of big.bin plus at most one chunk, sub/z.bin (and maybe a.txt), the manifest.
-        let allowance = (size - cut) + Wire.chunk + Wire.overhead + 100_000 + (second.int("manifestWireBytes") ?? 0)
+        // The rest of big.bin plus at most one chunk, sub/z.bin (and maybe a.txt), the manifest,
+        // and big.bin's chunk map (DEST holds data, so the rest is looked for in it: about 90
+        // bytes per 64 KiB, under 0.2% of the file).
+        let allowance = (size - cut) + Wire.chunk + Wire.overhead + 100_000 + (second.int("manifestWireBytes") ?? 0) + size / 500
         XCTAssertLessThanOrEqual(fetched, allowance, "the big file must be resumed, not fetched whole")
         print("sync resume: kept \(kept) of \(size), resuming run moved \(fetched) bytes (allowance \(allowance))")
     }

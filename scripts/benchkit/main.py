@@ -81,6 +81,9 @@ def run(opts):
     features = FerryFeatures(ferry)
     generate(opts.data, sizes)
     tmp = CLEANUP.path(tempfile.mkdtemp(prefix="ferry-bench-"))
+    # ferry sync keeps its index of DEST's chunks in $XDG_STATE_HOME/ferry: the run's own, never
+    # the invoking user's (each DEST of a run starts without one, as a first sync does).
+    os.environ["XDG_STATE_HOME"] = os.path.join(tmp, "client-state")
     CLEANUP.path(os.path.join(opts.data, "dst"))
     namespaces = os.geteuid() == 0 and shutil.which("ip") is not None
     only = opts.only

@@ -66,6 +66,10 @@ def details(rows):
                              r["tool"], "?" if app is None else "%d" % app,
                              "?" if r["wire"] is None else "%d" % r["wire"], r["remaining"],
                              "?" if r.get("excess") is None else "%.0f" % (r["excess"] / KiB), r["wall"]))
+        if r["scenario"] == "reuse":
+            lines.append("reuse %s %s: %s wire bytes, %.2f%% of the %s MiB of new or changed files (%.2f s)" % (
+                r["dataset"], r["tool"], "?" if wire(r) is None else "%d" % wire(r),
+                100.0 * (wire(r) or 0) / max(1, r["new_bytes"]), mib(r["new_bytes"]), r["wall"]))
         if r["scenario"] == "concurrent":
             lines.append("concurrent %s: aggregate %.0f MiB/s, server peak RSS %s MiB (process) %s, %d failures" % (
                 r["tool"], r["throughput"] / MiB, mib((r["server_rss"] or 0) * KiB),

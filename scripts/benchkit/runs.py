@@ -5,6 +5,7 @@ destinations are moved aside and deleted only after all runs of a data set (dele
 files just before a run makes ext4 scan for inodes that were not recently deleted, which timed the
 file system, not the tools). Each row is the median of its repetitions."""
 
+import hashlib
 import os
 import re
 import shutil
@@ -15,7 +16,7 @@ import tempfile
 import time
 
 from . import links
-from .data import KiB, MiB, tree_bytes
+from .data import REUSE_CASES, KiB, MiB, generate_reuse, tree_bytes
 from .measure import Measurement, ServerWindow, descendants
 from .processes import RUN_TIMEOUT, Client, flush, log
 from .runners import get_file_args, received_bytes, start_server, sync_args
@@ -192,6 +193,39 @@ class Bench:
             self.record("delta", "%dMiB" % (self.sizes.delta // MiB), t, results[t])
             shutil.rmtree(self.dest(t, "delta"), ignore_errors=True)
 
+    # 4b: reuse of data already in DEST (issue 15) ------------------------------------------------
+
+    def reuse(self, scenario):
+        """Each reuse case: DEST starts as DATA/reuse-base/CASE, then one sync with --delete per
+        tool; the copy must equal the server's tree byte for byte. The first round is a warm-up
+        (ferry's server then has its chunk maps, as after any earlier sync)."""
+        generate_reuse(self.opts.data, self.sizes)
+        tools = list(scenario.tools)
+        for case in REUSE_CASES:
+            base = os.path.join(self.opts.data, "reuse-base", case)
+            results = {t: [] for t in tools}
+            for rep, order in alternating(tools, self.opts.reps + 1):
+                for t in order:
+                    dest = self.dest(t, "reuse-" + case)
+                    fresh_dir(dest)
+                    shutil.copytree(base, dest, dirs_exist_ok=True)
+                    flush()
+                    server = self.server(t, scenario.link)
+                    args = sync_args(t, server, self.ferry, "reuse/" + case, dest)
+                    # rsync: --delete-after, or the deletion may take a renamed file away before
+                    # --fuzzy can use it as a basis (rsync(1), --fuzzy).
+                    args = args + ["--delete"] if t.kind == "ferry" else args[:1] + ["--delete-after"] + args[1:]
+                    r = self.measure(t.kind, args, server, self.link(scenario.link))
+                    different = differences(os.path.join(self.src, "reuse", case), dest)
+                    if different:
+                        raise RuntimeError("reuse %s: %s's copy differs from the server's: %s" % (case, t.name, different[:5]))
+                    if rep > 0:
+                        results[t].append(r)
+            changed = new_bytes(os.path.join(self.src, "reuse", case), base)
+            for t in tools:
+                self.record("reuse", case, t, results[t], {"new_bytes": changed})
+                shutil.rmtree(self.dest(t, "reuse-" + case), ignore_errors=True)
+
     # 5: resume -----------------------------------------------------------------------------------
 
     def resume(self, scenario):
@@ -316,6 +350,30 @@ def retire(path, trash):
 def empty_trash(trash):
     shutil.rmtree(trash, ignore_errors=True)
     flush()
+
+
+def file_hashes(root):
+    """SHA-256 of every regular file below `root` (dot files left out), by relative path."""
+    out = {}
+    for d, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(d, n)
+            if not n.startswith(".") and os.path.isfile(full) and not os.path.islink(full):
+                with open(full, "rb") as f:
+                    out[os.path.relpath(full, root)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
+def new_bytes(src, base):
+    """The bytes of the files of `src` that `base` does not hold under the same path."""
+    before = file_hashes(base)
+    return sum(os.path.getsize(os.path.join(src, rel)) for rel, h in file_hashes(src).items() if before.get(rel) != h)
+
+
+def differences(src, dest):
+    """Relative paths of regular files whose bytes differ between the trees (or exist in one)."""
+    a, b = file_hashes(src), file_hashes(dest)
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
 
 
 def fresh_dir(path):

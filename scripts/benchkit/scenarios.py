@@ -28,6 +28,9 @@ class Tool:
 FERRY = Tool("ferry", "ferry")  # --compress auto, the default: the codec and level ferry chooses
 RSYNC = Tool("rsync", "rsync")
 RSYNC_Z = Tool("rsync-z", "rsync", rsync_options=("-z",))  # rsync 3.5 negotiates zstd
+# --fuzzy: a missing file's basis may be a file of DEST's same directory with the same size and
+# mtime or a similar name (rsync's answer to renames and copies).
+RSYNC_FUZZY = Tool("rsync-fuzzy", "rsync", rsync_options=("--fuzzy",))
 
 
 def ferry_compress(mode):
@@ -89,6 +92,8 @@ def scenarios(codecs=CODECS):
         FullSync("lan100m", "random", (FERRY, RSYNC), slow=True),  # 45 s a run at full size
         Special("noop", "no-op re-sync of the small files (DEST already up to date)"),
         Special("delta", "the delta file, DEST holding its old version"),
+        Special("reuse", "data already in DEST elsewhere: bytes inserted, bytes deleted, a rename, a copy, "
+                "a directory of 1,000 files renamed (issue 15)", tools=(FERRY, RSYNC, RSYNC_FUZZY)),
         Special("resume", "the random file, client killed (SIGKILL) at half, then run again"),
         Special("concurrent", "many clients syncing mixed/ from one server at once"),
     ]
