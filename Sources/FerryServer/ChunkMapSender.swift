@@ -10,6 +10,9 @@ struct ChunkMapSender {
     let context: ConnectionContext
     let writer: ReplyWriter
     let channel: any Channel
+    /// The largest map kept in the cache: 8192 chunks (about 400 KB while it is built; files up
+    /// to about 550 MiB at the average chunk size).
+    static let cacheableChunks = 8192
 
     func send(path: RemotePath, validator: Validator?) async throws {
         let (file, info, canonical) = try context.root.openFileCanonical(path)
@@ -30,12 +33,21 @@ struct ChunkMapSender {
             return
         }
         let known = cache.lookup(canonical, key)
+        // Kept to be cached only while the map is small: 256 connections mapping huge files at
+        // once must not each hold a map of millions of chunks (issue 17). A larger map is
+        // streamed and computed again next time, as a block map is.
         var chunks: [ChunkRecord] = []
+        var cacheable = true
         let sha: String
         do {
             let computed = try await context.heavyWork.chunkMap(of: file, size: info.size, wholeFileHash: known == nil,
                                                                 stillWanted: { [channel] in channel.isActive }) { slice in
-                chunks += slice
+                if cacheable && chunks.count + slice.count <= Self.cacheableChunks {
+                    chunks += slice
+                } else {
+                    cacheable = false
+                    chunks = []
+                }
                 try await writer.send(lines: slice.map(ChunksHead.chunkLine))
             }
             // Invariant: the mapper computes the whole file's hash when none was known.
@@ -47,7 +59,7 @@ struct ChunkMapSender {
         }
         // Remembered only if the file did not change while it was read.
         if let after = try? file.stat(), HashKey(after) == key {
-            cache.chunkMaps.store(canonical, key, ChunkMapCache.Map(chunks: chunks, sha256: sha))
+            if cacheable { cache.chunkMaps.store(canonical, key, ChunkMapCache.Map(chunks: chunks, sha256: sha)) }
             if known == nil { cache.store(canonical, key, sha256: sha) }
         }
         try await writer.send(Trailer(sha256: sha))
