@@ -101,9 +101,10 @@ struct SyncCommand: AsyncParsableCommand {
     private func sync(logger: Logger) async throws -> Syncer.Summary {
         let address = try ServerAddress.parse(source)
         let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
+        let connection = try await client.connectionOptions(for: endpoint, name: address.serverName, logger: logger)
         let globs = try exclude.map { try Glob($0) }
         let options = Syncer.Options(
-            connection: try client.connectionOptions(), retry: RetryPolicy(retries: retries),
+            connection: connection, retry: RetryPolicy(retries: retries),
             resume: !noResume, delete: delete, dryRun: dryRun, checksum: checksum,
             excludes: ExcludeList(globs), parallel: parallel)
         let syncer = Syncer(endpoint: endpoint, remotePath: address.path, destination: destination,
