@@ -62,6 +62,9 @@ public struct Fingerprint: Hashable, Sendable, CustomStringConvertible {
         return String(decoding: grouped, as: UTF8.self)
     }
 
+    /// The grouped form without its dashes (discovery datagrams carry this).
+    public var compact: String { String(description.filter { $0 != "-" }) }
+
     /// The same 20 bytes in hexadecimal: the start of what
     /// `openssl x509 -pubkey -noout | openssl pkey -pubin -outform DER | openssl dgst -sha256` prints.
     public var hex: String { Hex.encode(bytes) }

@@ -160,7 +160,7 @@ struct ServeCommand: AsyncParsableCommand {
         }
 
         let responder = noDiscovery ? nil : await DiscoveryGlue.startResponder(
-            name: serverName.rawValue, id: server.id, tcpPort: server.port, bind: bind,
+            name: serverName.rawValue, id: server.id, tcpPort: server.port, fingerprint: identity?.fingerprint.compact, bind: bind,
             discoveryPort: discoveryPort, announce: announce, logger: logger)
 
         // SIGINT and SIGTERM shut the group down gracefully, in reverse order: the deadline is

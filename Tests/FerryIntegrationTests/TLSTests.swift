@@ -274,6 +274,49 @@ final class TLSTests: XCTestCase {
         XCTAssertEqual(try ferry(["trust", server.address, "--fingerprint", "not-a-fingerprint"]).status, 64)
     }
 
+    // MARK: - Part 3: names that cannot be spoofed
+
+    /// Discovery shows each server's fingerprint; a name pinned on first contact connects only
+    /// to that key; two servers answering to one name are both shown and ferry refuses to
+    /// guess; the other one alone under the pinned name is refused as a changed key. Probes go
+    /// to 127.255.255.255 only, and no server announces.
+    func testNamesResolveOnlyToThePinnedKey() throws {
+        let name = "twin-\(UUID().uuidString.prefix(6).lowercased())"
+        let port = String(Int.random(in: 20_000...40_000))
+        let discovery = ["--to", "127.255.255.255", "--discovery-port", port]
+        func serveNamed(_ state: String) throws -> ServerProcess {
+            let server = try ServerProcess(serving: sample, arguments: ["--bind", "127.0.0.1", "--name", name, "--discovery-port", port,
+                                                                         "--state-dir", work.appendingPathComponent(state).path])
+            for key in [server.address, name] { TestServers.unregister(key) }
+            return server
+        }
+        let first = try serveNamed("first")
+        let firstKey = try XCTUnwrap(first.fingerprint)
+        let shown = try ferry(["discover", "--json", "--timeout", "1"] + discovery)
+        XCTAssertEqual(shown.status, 0, shown.stderr)
+        XCTAssertTrue(shown.stdout.contains("\"fingerprint\":\"\(firstKey)\""), shown.stdout)
+        let table = try ferry(["discover", "--timeout", "1"] + discovery)
+        XCTAssertTrue(table.stdout.contains("FINGERPRINT") && table.stdout.contains(firstKey), table.stdout)
+
+        XCTAssertEqual(try ferry(["ls", name, "--trust-new"] + discovery).status, 0)
+        XCTAssertTrue(try String(contentsOf: knownServers, encoding: .utf8).contains("\(firstKey) name=\(name)"))
+        let pinned = try ferry(["ls", name] + discovery)
+        XCTAssertEqual(pinned.status, 0, pinned.stderr)
+
+        let second = try serveNamed("second")
+        defer { second.stop() }
+        let secondKey = try XCTUnwrap(second.fingerprint)
+        let ambiguous = try ferry(["ls", name] + discovery)
+        XCTAssertEqual(ambiguous.status, 2, ambiguous.stderr)
+        XCTAssertTrue(ambiguous.stderr.contains(firstKey) && ambiguous.stderr.contains(secondKey), ambiguous.stderr)
+        XCTAssertTrue(ambiguous.stderr.contains("will not guess"), ambiguous.stderr)
+
+        first.stop()
+        let impostor = try ferry(["ls", name, "--trust-new"] + discovery)
+        XCTAssertEqual(impostor.status, 6, impostor.stderr)
+        XCTAssertTrue(impostor.stderr.contains(firstKey) && impostor.stderr.contains(secondKey), impostor.stderr)
+    }
+
     // MARK: - Part 4: the token binds the channel, both ways
 
     private func tokenFile() throws -> URL {
