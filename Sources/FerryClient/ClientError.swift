@@ -23,6 +23,8 @@ public enum ClientError: Error, CustomStringConvertible {
     case refusedPath(String)
     /// LOCAL (or what stands at its place) is something ferry must not replace.
     case localTarget(path: String, String)
+    /// TLS failed, or the server is not the one trusted (`SecurityProblem` says which).
+    case security(endpoint: String, SecurityProblem)
 
     public var description: String {
         switch self {
@@ -58,6 +60,8 @@ public enum ClientError: Error, CustomStringConvertible {
             return "refused a path sent by the server: \(why)"
         case .localTarget(let path, let why):
             return "cannot write \(path): \(why)"
+        case .security(let e, let problem):
+            return "\(e): \(problem)"
         }
     }
 
@@ -66,6 +70,7 @@ public enum ClientError: Error, CustomStringConvertible {
         case .notFound?: return " (check the path with `ferry ls`)"
         case .authRequired?, .authFailed?: return " (pass the server's token with --token-file or FERRY_TOKEN_FILE)"
         case .tooMany?, .shuttingDown?: return " (try again later)"
+        case .tlsRequired?: return " (drop --plaintext: ferry speaks TLS to it by default)"
         default: return ""
         }
     }

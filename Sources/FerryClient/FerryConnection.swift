@@ -4,10 +4,12 @@ import Glibc
 import Crypto
 import FerryFiles
 import FerryProtocol
+import FerryTrust
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 
 /// Options for opening a connection.
 public struct ConnectionOptions: Sendable {
@@ -21,13 +23,18 @@ public struct ConnectionOptions: Sendable {
     public var readTimeout: TimeAmount
     /// The extensions to enable with `CAPS` on a server that offers them (protocol 1.1).
     public var capabilities: [Capability]
+    /// TLS (and which server key to accept) or cleartext. The CLI always chooses explicitly:
+    /// TLS unless the person passed `--plaintext`.
+    public var security: ClientSecurity
 
     /// The extensions this client implements.
     public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
 
     public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60),
-                capabilities: [Capability] = ConnectionOptions.implementedCapabilities) {
+                capabilities: [Capability] = ConnectionOptions.implementedCapabilities,
+                security: ClientSecurity = .plaintext) {
         self.token = token
+        self.security = security
         self.connectTimeout = connectTimeout
         self.readTimeout = readTimeout
         self.capabilities = capabilities
@@ -71,6 +78,10 @@ public struct Endpoint: Hashable, Sendable, CustomStringConvertible {
 public final class FerryConnection {
     public let endpoint: Endpoint
     public let greeting: Greeting
+    /// The fingerprint of the server's key; nil on a cleartext connection.
+    public let serverFingerprint: Fingerprint?
+    /// The whole SHA-256 of the server's key, which a channel-bound `AUTH` covers.
+    let serverKeyHash: [UInt8]?
     /// The extensions in use on this connection: what `CAPS` enabled; none on a server whose
     /// greeting offered none (protocol 1.0).
     public private(set) var enabled: [Capability] = [] {
@@ -96,11 +107,13 @@ public final class FerryConnection {
     /// network. Lets a reader finish buffered work before it blocks.
     public var hasBufferedFrame: Bool { framesDecoded.count > framesTaken }
 
-    init(endpoint: Endpoint, greeting: Greeting, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
+    init(endpoint: Endpoint, greeting: Greeting, serverFingerprint: Fingerprint?, serverKeyHash: [UInt8]?, outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>,
          inbound: NIOAsyncChannelInboundStream<ReplyFrame>.AsyncIterator, counter: ByteCounter,
          framesDecoded: ByteCounter, allocator: ByteBufferAllocator, channel: any Channel) {
         self.endpoint = endpoint
         self.greeting = greeting
+        self.serverFingerprint = serverFingerprint
+        self.serverKeyHash = serverKeyHash
         self.outbound = outbound
         self.inbound = inbound
         self.counter = counter
@@ -113,8 +126,33 @@ public final class FerryConnection {
     public static func with<R>(_ endpoint: Endpoint, options: ConnectionOptions = ConnectionOptions(),
                                counter: ByteCounter = ByteCounter(),
                                _ body: (FerryConnection) async throws -> R) async throws -> R {
+        try await connect(endpoint, options: options, counter: counter, opening: true, body)
+    }
+
+    /// The fingerprint of the key a TLS server at `endpoint` presents, read from its greeting's
+    /// connection without `CAPS` or `AUTH` (first contact: the person is shown it and decides).
+    public static func serverFingerprint(at endpoint: Endpoint, options: ConnectionOptions) async throws -> Fingerprint {
+        var probe = options
+        probe.security = .tls(expect: nil)
+        let seen = try await connect(endpoint, options: probe, counter: ByteCounter(), opening: false) { $0.serverFingerprint }
+        guard let seen else { throw ClientError.security(endpoint: endpoint.description, .badCertificate("no certificate")) }
+        return seen
+    }
+
+    private static func connect<R>(_ endpoint: Endpoint, options: ConnectionOptions, counter: ByteCounter, opening: Bool,
+                                   _ body: (FerryConnection) async throws -> R) async throws -> R {
         let channel: NIOAsyncChannel<ReplyFrame, ByteBuffer>
         let framesDecoded = ByteCounter()
+        let keyCheck: ServerKeyCheck?
+        let tls: NIOSSLContext?
+        if case .tls(let expected) = options.security {
+            keyCheck = ServerKeyCheck(expected: expected)
+            do { tls = try ClientTLS.context.get() } catch {
+                throw ClientError.security(endpoint: endpoint.description, .handshakeFailed("cannot set up TLS: \(error)"))
+            }
+        } else {
+            (keyCheck, tls) = (nil, nil)
+        }
         do {
             channel = try await ClientBootstrap(group: MultiThreadedEventLoopGroup.singleton)
                 .connectTimeout(options.connectTimeout)
@@ -126,6 +164,11 @@ public final class FerryConnection {
                                                                                      maximum: 256 * 1024))
                 .connect(host: endpoint.host, port: endpoint.port) { ch in
                     ch.eventLoop.makeCompletedFuture {
+                        if let tls, let keyCheck {
+                            try ch.pipeline.syncOperations.addHandler(ClientTLSGuard(limit: options.connectTimeout, check: keyCheck))
+                            try ch.pipeline.syncOperations.addHandler(
+                                NIOSSLClientHandler(context: tls, serverHostname: nil, customVerificationCallback: keyCheck.verify))
+                        }
                         try ch.pipeline.syncOperations.addHandler(
                             ReplyStreamHandler(policy: WaitPolicy(timeout: options.readTimeout), bytes: counter,
                                                frames: framesDecoded))
@@ -141,7 +184,11 @@ public final class FerryConnection {
         let allocator = channel.channel.allocator
         return try await channel.executeThenClose { inbound, outbound in
             var iterator = inbound.makeAsyncIterator()
-            let first = try await Self.nextFrame(&iterator, endpoint: endpoint)
+            let first: ReplyFrame
+            do { first = try await Self.nextFrame(&iterator, endpoint: endpoint) } catch {
+                if let problem = keyCheck?.problem { throw ClientError.security(endpoint: endpoint.description, problem) }
+                throw error
+            }
             guard case .line(let line) = first else {
                 throw ClientError.protocolViolation(endpoint: endpoint.description, "data before the greeting")
             }
@@ -156,10 +203,11 @@ public final class FerryConnection {
             guard greeting.version == FerryDefaults.protocolVersion else {
                 throw ClientError.versionMismatch(endpoint: endpoint.description, version: greeting.version)
             }
-            let connection = FerryConnection(endpoint: endpoint, greeting: greeting, outbound: outbound,
+            let connection = FerryConnection(endpoint: endpoint, greeting: greeting, serverFingerprint: keyCheck?.fingerprint,
+                                             serverKeyHash: keyCheck?.keyHash, outbound: outbound,
                                              inbound: iterator, counter: counter, framesDecoded: framesDecoded,
                                              allocator: allocator, channel: channel.channel)
-            try await connection.open(options)
+            if opening { try await connection.open(options) }
             return try await body(connection)
         }
     }
@@ -197,13 +245,32 @@ public final class FerryConnection {
         var requests: [Request] = []
         let wanted = greeting.capabilities.map { offered in options.capabilities.filter(offered.contains) } ?? []
         if !wanted.isEmpty { requests.append(.caps(wanted)) }
+        // With a token and no pinned key, the server's proof is what identifies it.
+        let unpinned = options.security == .tls(expect: nil)
+        if unpinned && options.token != nil && greeting.nonce == nil {
+            throw ClientError.security(endpoint: endpoint.description, .noTokenProof("it does not ask for a token"))
+        }
+        var clientNonce: [UInt8]?
         if let nonce = greeting.nonce {
             guard let token = options.token else {
                 throw ClientError.authentication(endpoint: endpoint.description,
                                                  "requires a token (pass it with --token-file or FERRY_TOKEN_FILE)")
             }
-            let mac = HMAC<SHA256>.authenticationCode(for: nonce, using: SymmetricKey(data: token))
-            requests.append(.auth(hmacHex: Hex.encode(Array(mac))))
+            if let keyHash = serverKeyHash {
+                // Over TLS only an answer bound to this channel is sent: a relay holding
+                // another key could hand a plain answer on to the real server.
+                guard greeting.channelBound else {
+                    throw violation("over TLS it asked for a token answer not bound to the channel (auth=hmac-sha256)")
+                }
+                let mine = TokenBinding.makeNonce()
+                clientNonce = mine
+                let mac = TokenBinding.clientProof(token: token, serverNonce: nonce, clientNonce: mine, serverKeyHash: keyHash)
+                requests.append(.boundAuth(hmacHex: Hex.encode(mac), clientNonceHex: Hex.encode(mine)))
+            } else {
+                guard !greeting.channelBound else { throw violation("asked for a channel-bound token answer on a cleartext connection") }
+                let mac = HMAC<SHA256>.authenticationCode(for: nonce, using: SymmetricKey(data: token))
+                requests.append(.auth(hmacHex: Hex.encode(Array(mac))))
+            }
         }
         guard !requests.isEmpty else { return }
         try await send(requests)
@@ -212,9 +279,15 @@ public final class FerryConnection {
             guard agreed.allSatisfy(wanted.contains) else { throw violation("CAPS enabled something ferry did not ask for") }
             enabled = agreed
         }
-        guard greeting.nonce != nil else { return }
+        guard let nonce = greeting.nonce, let token = options.token else { return }
         switch try await read(AuthOK.self, for: "AUTH") {
-        case .ok: return
+        case .ok(let ok):
+            guard let clientNonce, let keyHash = serverKeyHash else { return }
+            let expected = TokenBinding.serverProof(token: token, serverNonce: nonce, clientNonce: clientNonce, serverKeyHash: keyHash)
+            guard let proof = ok.proofHex.flatMap(Hex.decode), TokenBinding.matches(proof, expected) else {
+                throw ClientError.security(endpoint: endpoint.description,
+                                           .noTokenProof(ok.proofHex == nil ? "no proof after OK auth" : "a wrong proof"))
+            }
         case .err(let reply):
             throw ClientError.authentication(endpoint: endpoint.description,
                                              "refused the token (\(reply.reason)); check --token-file or FERRY_TOKEN_FILE")
@@ -252,7 +325,10 @@ public final class FerryConnection {
             throw ClientError.protocolViolation(endpoint: endpoint.description, e.why)
         } catch let e as ReplyTimeout {
             throw ClientError.timeout(endpoint: endpoint.description, e.description)
+        } catch NIOSSLError.handshakeFailed(let e) {
+            throw ClientError.security(endpoint: endpoint.description, .handshakeFailed("\(e)"))
         } catch {
+            // Anything else, NIOSSL's unclean shutdown among them, is a connection that broke.
             throw ClientError.closed(endpoint: endpoint.description)
         }
     }

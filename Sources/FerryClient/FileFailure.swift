@@ -59,7 +59,7 @@ public enum FileFailure: Equatable, Sendable {
             self = serverAnsweredThisRun ? .connection : .fatal
         case .connect, .closed, .timeout, .protocolViolation:
             self = .connection
-        case .notFerry, .versionMismatch, .authentication:
+        case .notFerry, .versionMismatch, .authentication, .security:
             self = .fatal
         }
     }

@@ -67,8 +67,10 @@ public enum DiscoveryError: Error, Sendable, CustomStringConvertible {
                 + " — check the name with `ferry discover`, or give the address as HOST:PORT"
         case .ambiguousName(let name, let matches):
             return "\(matches.count) ferry servers are named '\(name)': "
-                + matches.map { "\($0.endpoint) (id \($0.id))" }.joined(separator: ", ")
-                + " — give the address as HOST:PORT instead, or start the servers with different --name values"
+                + matches.map { "\($0.endpoint) (" + ($0.groupedFingerprint.map { "fingerprint \($0)" } ?? "id \($0.id)") + ")" }
+                    .joined(separator: ", ")
+                + " — ferry will not guess: give the address as HOST:PORT (with --fingerprint, after comparing it with the server), "
+                + "or start the servers with different --name values"
         }
     }
 

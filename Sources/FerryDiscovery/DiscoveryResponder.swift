@@ -65,7 +65,8 @@ public final class DiscoveryResponder: Service, Sendable {
                              logger: Logger) async throws(DiscoveryError) -> DiscoveryResponder {
         let validAdvert: DiscoveryAdvert
         do {
-            validAdvert = try DiscoveryAdvert(name: advert.name, id: advert.id, port: advert.tcpPort, version: advert.version)
+            validAdvert = try DiscoveryAdvert(name: advert.name, id: advert.id, port: advert.tcpPort, version: advert.version,
+                                              fingerprint: advert.fingerprint)
         } catch {
             throw .invalidAdvert(error.description)
         }
@@ -222,7 +223,9 @@ public final class DiscoveryResponder: Service, Sendable {
             logger.debug("rate limit: not answering \(sourceHost)")
             return
         }
-        let answer = DiscoveryDatagram.answer(nonce: nonce, server: advert).encoded
+        // A probe too small for the fingerprint (a client from before it) gets the answer without.
+        let answer = [advert, advert.withoutFingerprint].lazy.map { DiscoveryDatagram.answer(nonce: nonce, server: $0).encoded }
+            .first { $0.count <= envelope.data.readableBytes } ?? DiscoveryDatagram.answer(nonce: nonce, server: advert).encoded
         guard answer.count <= envelope.data.readableBytes else {
             logger.debug("ignored an unpadded probe from \(sourceHost): \(envelope.data.readableBytes) bytes, the answer would be \(answer.count)")
             return

@@ -106,11 +106,14 @@ public enum DiscoveryDatagram: Hashable, Sendable {
     /// The smallest valid probe: `FERRY-PROBE 1 nonce=` and 16 hex digits.
     public static let minProbeBytes = 36
     /// The largest answer this codec can produce (63-character name, 24-character version,
-    /// 5-digit port).
-    public static let maxAnswerBytes = 184
+    /// 5-digit port, a fingerprint).
+    public static let maxAnswerBytes = 220
     /// Probes are padded (`pad=000…`) to this size, and a server answers only a probe at least
-    /// as large as its answer: discovery can never amplify traffic.
-    public static let paddedProbeBytes = 200
+    /// as large as its answer: discovery can never amplify traffic. (Clients before the
+    /// fingerprint padded to 200 bytes; a server answers them without its fingerprint.)
+    public static let paddedProbeBytes = 220
+    /// A fingerprint in discovery: the 32 base32 characters (`A–Z 2–7`) without the dashes.
+    public static let fingerprintLength = 32
 
     /// Why a datagram was refused; only ever logged, never answered.
     public enum Invalid: Error, Hashable, Sendable, CustomStringConvertible {
@@ -184,10 +187,11 @@ public enum DiscoveryDatagram: Hashable, Sendable {
 
         let kind = words[0]
         let required: [String]
+        var optional: [String] = []
         switch kind {
         case probeKind: required = ["nonce"]
-        case answerKind: required = ["nonce", "name", "id", "port", "version"]
-        case announceKind: required = ["name", "id", "port", "version"]
+        case answerKind: (required, optional) = (["nonce", "name", "id", "port", "version"], ["fp"])
+        case announceKind: (required, optional) = (["name", "id", "port", "version"], ["fp"])
         case byeKind: required = ["id"]
         default: throw .unknownKind(kind)
         }
@@ -203,28 +207,29 @@ public enum DiscoveryDatagram: Hashable, Sendable {
                 throw .malformedField(word)
             }
             let name = String(key)
-            guard required.contains(name) else { continue }
+            guard required.contains(name) || optional.contains(name) else { continue }
             guard values[name] == nil else { throw .duplicateField(name) }
             values[name] = value
         }
         for name in required where values[name] == nil { throw .missingField(name) }
 
-        func value(_ name: String) -> Substring { values[name] ?? "" }
+        func value(_ name: String) -> Substring? { values[name] }
 
         switch kind {
         case probeKind:
-            return .probe(nonce: try parseHex(value("nonce"), field: "nonce", length: nonceLength))
+            return .probe(nonce: try parseHex(value("nonce") ?? "", field: "nonce", length: nonceLength))
         case answerKind:
-            let nonce = try parseHex(value("nonce"), field: "nonce", length: nonceLength)
+            let nonce = try parseHex(value("nonce") ?? "", field: "nonce", length: nonceLength)
             return .answer(nonce: nonce, server: try parseAdvert(value))
         case announceKind:
             return .announce(try parseAdvert(value))
         default:
-            return .bye(id: try parseHex(value("id"), field: "id", length: idLength))
+            return .bye(id: try parseHex(value("id") ?? "", field: "id", length: idLength))
         }
     }
 
-    private static func parseAdvert(_ value: (String) -> Substring) throws(Invalid) -> DiscoveryAdvert {
+    private static func parseAdvert(_ optionalValue: (String) -> Substring?) throws(Invalid) -> DiscoveryAdvert {
+        func value(_ name: String) -> Substring { optionalValue(name) ?? "" }
         guard let nameBytes = PercentEncoding.decode(value("name")) else {
             throw .invalidValue(field: "name", why: "bad percent-encoding")
         }
@@ -248,7 +253,11 @@ public enum DiscoveryDatagram: Hashable, Sendable {
         guard DiscoveryAdvert.isValidVersion(version) else {
             throw .invalidValue(field: "version", why: "not 1–\(maxVersionLength) characters from A–Z a–z 0–9 . + - _")
         }
-        return DiscoveryAdvert(validatedName: name, id: id, port: port, version: version)
+        let fingerprint = optionalValue("fp").map(String.init)
+        if let fingerprint, !DiscoveryAdvert.isValidFingerprint(fingerprint) {
+            throw .invalidValue(field: "fp", why: "not \(fingerprintLength) characters from A–Z 2–7")
+        }
+        return DiscoveryAdvert(validatedName: name, id: id, port: port, version: version, fingerprint: fingerprint)
     }
 
     private static func parseHex(_ text: Substring, field: String, length: Int) throws(Invalid) -> String {
@@ -284,12 +293,16 @@ public struct DiscoveryAdvert: Hashable, Sendable {
     /// The server's TCP port.
     public let port: Int
     public let version: String
+    /// The server's fingerprint (`fp=`, 32 base32 characters without dashes); nil from a server
+    /// without TLS or before fingerprints. A hint for people: the TLS handshake checks the key.
+    public let fingerprint: String?
 
     public enum Invalid: Error, Hashable, Sendable, CustomStringConvertible {
         case name(ServerName.Invalid)
         case id(String)
         case port(Int)
         case version(String)
+        case fingerprint(String)
 
         public var description: String {
             switch self {
@@ -298,24 +311,38 @@ public struct DiscoveryAdvert: Hashable, Sendable {
             case .port(let port): return "TCP port \(port) is not between 1 and 65535"
             case .version(let v):
                 return "version '\(v.prefix(40))' is not 1–\(DiscoveryDatagram.maxVersionLength) characters from A–Z a–z 0–9 . + - _"
+            case .fingerprint(let f):
+                return "fingerprint '\(f.prefix(40))' is not \(DiscoveryDatagram.fingerprintLength) characters from A–Z 2–7"
             }
         }
     }
 
-    public init(name: String, id: String, port: Int, version: String) throws(Invalid) {
+    public init(name: String, id: String, port: Int, version: String, fingerprint: String? = nil) throws(Invalid) {
         let validName: ServerName
         do { validName = try ServerName(validating: name) } catch { throw .name(error) }
         guard DiscoveryDatagram.isLowercaseHex(id, length: DiscoveryDatagram.idLength) else { throw .id(id) }
         guard (1...65535).contains(port) else { throw .port(port) }
         guard Self.isValidVersion(version) else { throw .version(version) }
-        self.init(validatedName: validName, id: id, port: port, version: version)
+        if let fingerprint, !Self.isValidFingerprint(fingerprint) { throw .fingerprint(fingerprint) }
+        self.init(validatedName: validName, id: id, port: port, version: version, fingerprint: fingerprint)
     }
 
-    init(validatedName: ServerName, id: String, port: Int, version: String) {
+    init(validatedName: ServerName, id: String, port: Int, version: String, fingerprint: String?) {
         self.name = validatedName
         self.id = id
         self.port = port
         self.version = version
+        self.fingerprint = fingerprint
+    }
+
+    /// The same advert without the fingerprint: the answer to a probe too small for it.
+    public var withoutFingerprint: DiscoveryAdvert {
+        DiscoveryAdvert(validatedName: name, id: id, port: port, version: version, fingerprint: nil)
+    }
+
+    static func isValidFingerprint(_ text: String) -> Bool {
+        text.utf8.count == DiscoveryDatagram.fingerprintLength
+            && text.utf8.allSatisfy { (0x41...0x5A).contains($0) || (0x32...0x37).contains($0) }
     }
 
     static func isValidVersion(_ version: String) -> Bool {
@@ -323,8 +350,8 @@ public struct DiscoveryAdvert: Hashable, Sendable {
             && version.utf8.allSatisfy { ServerName.isAllowed($0) || $0 == UInt8(ascii: "+") }
     }
 
-    /// `name=… id=… port=… version=…`; the name and version alphabets need no escaping.
+    /// `name=… id=… port=… version=… [fp=…]`; these alphabets need no escaping.
     var fields: String {
-        "name=\(name.rawValue) id=\(id) port=\(port) version=\(version)"
+        "name=\(name.rawValue) id=\(id) port=\(port) version=\(version)" + (fingerprint.map { " fp=\($0)" } ?? "")
     }
 }

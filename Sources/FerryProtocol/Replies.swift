@@ -153,12 +153,25 @@ public struct ManifestHead: OKReply {
     }
 }
 
-/// `OK auth`, the answer to a good `AUTH` (and to any `AUTH` on an open server).
+/// `OK auth`, the answer to a good `AUTH` (and to any `AUTH` on an open server); to a
+/// channel-bound `AUTH`, `OK auth PROOF`, the server's own proof that it knows the token.
 public struct AuthOK: OKReply {
-    public init() {}
-    public var detail: String? { "auth" }
+    /// The server's proof (64 lowercase hex digits), after a channel-bound `AUTH` only.
+    public var proofHex: String?
+
+    public init(proofHex: String? = nil) {
+        self.proofHex = proofHex
+    }
+
+    public var detail: String? { proofHex.map { "auth \($0)" } ?? "auth" }
+
     public init(detail: Substring?) throws(MalformedReply) {
-        guard detail == "auth" else { throw MalformedReply("expected OK auth", detail ?? "OK") }
+        let f = detail?.split(separator: " ", omittingEmptySubsequences: false) ?? []
+        guard f.first == "auth", f.count <= 2 else { throw MalformedReply("expected OK auth", detail ?? "OK") }
+        if f.count == 2 {
+            guard isSHA256Hex(f[1]) else { throw MalformedReply("the proof after OK auth is not 64 lowercase hex digits", detail ?? "OK") }
+            proofHex = String(f[1])
+        }
     }
 }
 

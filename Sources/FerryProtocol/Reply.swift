@@ -12,6 +12,8 @@ public enum ErrorCode: Int, Sendable, Hashable, CaseIterable {
     case wrongType = 422
     /// The server may not read the entry (EACCES/EPERM): asking again will not help.
     case permissionDenied = 423
+    /// Sent in cleartext by a TLS server to a client that did not start a TLS handshake.
+    case tlsRequired = 426
     case tooMany = 429
     case serverError = 500
     /// Reading the entry failed on the server (EIO and the like): it may work another time.
@@ -120,22 +122,30 @@ public struct Greeting: ReplyLine {
     public var id: String
     /// The auth nonce, when the server requires a token.
     public var nonce: [UInt8]?
+    /// Whether the answer must be bound to the TLS channel (`auth=hmac-sha256-tls`): a TLS
+    /// server with a token.
+    public var channelBound: Bool
     /// What the server speaks beyond protocol 1.0 (`caps=`); nil for a server that sends no
     /// `caps` field (a 1.0 server), with which a client uses no extension.
     public var capabilities: [Capability]?
 
     public init(version: Int = FerryDefaults.protocolVersion, name: String, id: String, nonce: [UInt8]? = nil,
-                capabilities: [Capability]? = nil) {
+                channelBound: Bool = false, capabilities: [Capability]? = nil) {
         self.version = version
         self.name = name
         self.id = id
         self.nonce = nonce
+        self.channelBound = nonce != nil && channelBound
         self.capabilities = capabilities
     }
 
     public var line: String {
         var s = "FERRY \(version) name=\(PercentEncoding.encode(name)) id=\(id)"
-        if let nonce { s += " auth=hmac-sha256 nonce=\(Hex.encode(nonce))" } else { s += " auth=none" }
+        if let nonce {
+            s += " auth=\(channelBound ? "hmac-sha256-tls" : "hmac-sha256") nonce=\(Hex.encode(nonce))"
+        } else {
+            s += " auth=none"
+        }
         if let capabilities { s += " caps=\(Capability.encode(capabilities))" }
         return s
     }
@@ -173,11 +183,12 @@ public struct Greeting: ReplyLine {
         guard let name, let id else { throw .malformed("greeting lacks name or id") }
         switch auth {
         case "none"?: nonce = nil
-        case "hmac-sha256"?:
-            guard let n = nonce, n.count == 32 else { throw .malformed("auth=hmac-sha256 needs a 32-byte nonce") }
+        case "hmac-sha256"?, "hmac-sha256-tls"?:
+            guard let n = nonce, n.count == 32 else { throw .malformed("auth=\(auth ?? "") needs a 32-byte nonce") }
         default: throw .malformed("unknown auth scheme")
         }
-        return Greeting(version: version, name: name, id: id, nonce: nonce, capabilities: capabilities)
+        return Greeting(version: version, name: name, id: id, nonce: nonce, channelBound: auth == "hmac-sha256-tls",
+                        capabilities: capabilities)
     }
 }
 

@@ -2,6 +2,9 @@
 /// exactly what `parse` accepts.
 public enum Request: Hashable, Sendable {
     case auth(hmacHex: String)
+    /// `AUTH HMAC CLIENT-NONCE`: the answer bound to the TLS channel, for a server whose
+    /// greeting says `auth=hmac-sha256-tls` (PROTOCOL.md section 3, "Channel-bound AUTH").
+    case boundAuth(hmacHex: String, clientNonceHex: String)
     /// `kinds`: the client wants `o` entries to say what they are (`kinds=yes`).
     case list(RemotePath, kinds: Bool = false)
     case stat(RemotePath)
@@ -20,7 +23,7 @@ public enum Request: Hashable, Sendable {
 
     public var verb: String {
         switch self {
-        case .auth: return "AUTH"
+        case .auth, .boundAuth: return "AUTH"
         case .list: return "LIST"
         case .stat: return "STAT"
         case .get: return "GET"
@@ -37,6 +40,7 @@ public enum Request: Hashable, Sendable {
     public var line: String {
         switch self {
         case .auth(let hex): return "AUTH \(hex)"
+        case .boundAuth(let hex, let nonce): return "AUTH \(hex) \(nonce)"
         case .list(let p, let kinds): return "LIST \(p.wire)" + (kinds ? " kinds=yes" : "")
         case .stat(let p): return "STAT \(p.wire)"
         case .get(let p, let offset, let length, let v):
@@ -125,9 +129,9 @@ public enum Request: Hashable, Sendable {
 
         switch verb {
         case "AUTH":
-            let (a, _) = try split(1...1, "AUTH HMAC-HEX")
-            guard isSHA256Hex(a[0]) else { throw .malformed("AUTH takes 64 lowercase hex digits") }
-            return .auth(hmacHex: String(a[0]))
+            let (a, _) = try split(1...2, "AUTH HMAC-HEX [CLIENT-NONCE-HEX]")
+            guard a.allSatisfy(isSHA256Hex) else { throw .malformed("AUTH takes 64 lowercase hex digits (and a client nonce of 64)") }
+            return a.count == 2 ? .boundAuth(hmacHex: String(a[0]), clientNonceHex: String(a[1])) : .auth(hmacHex: String(a[0]))
         case "LIST":
             let (a, o) = try split(1...1, "LIST PATH [kinds=yes|no]", options: ["kinds": yesNo])
             return .list(try path(a[0]), kinds: o["kinds"] == "yes")

@@ -17,6 +17,9 @@ struct ConnectionContext: Sendable {
     let chunkSize: Int
     /// The HMAC token; nil when the server is open.
     let token: [UInt8]?
+    /// The SHA-256 of the server's public key on a TLS server, which `AUTH` answers are then
+    /// bound to (`auth=hmac-sha256-tls`); nil on a cleartext server.
+    let keyHash: [UInt8]?
     let authThrottle: AuthThrottle
     let name: String
     let id: String
@@ -34,7 +37,7 @@ struct ConnectionContext: Sendable {
 
     /// The greeting every connection starts with.
     func greeting(nonce: [UInt8]?) -> Greeting {
-        Greeting(name: name, id: id, nonce: nonce, capabilities: capabilities)
+        Greeting(name: name, id: id, nonce: nonce, channelBound: keyHash != nil, capabilities: capabilities)
     }
 
     /// The policy that turns `--compress` into each chunk's decision for a peer that decodes

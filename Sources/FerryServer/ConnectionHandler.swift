@@ -1,6 +1,7 @@
 import Crypto
 import FerryFiles
 import FerryProtocol
+import FerryTrust
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
@@ -60,14 +61,14 @@ struct ConnectionHandler {
                             try await writer.send(QuitOK())
                             return
                         }
-                        if case .auth(let hex) = request {
+                        if let answer = Authenticator.Answer(request) {
                             guard let nonce, let token = context.token else {
                                 try await writer.send(AuthOK())
                                 continue
                             }
-                            if try await authenticate(hmacHex: hex, token: token, nonce: nonce, peerHost: peerHost) {
+                            if let ok = try await authenticate(answer, token: token, nonce: nonce, peerHost: peerHost) {
                                 authenticated = true
-                                try await writer.send(AuthOK())
+                                try await writer.send(ok)
                                 continue
                             }
                             logger.notice("authentication failed", metadata: ["peer": "\(peer)"])
@@ -101,15 +102,16 @@ struct ConnectionHandler {
     }
 
     /// Checks an `AUTH` answer, waiting first for this address's turn when it failed recently.
-    private func authenticate(hmacHex: String, token: [UInt8], nonce: [UInt8], peerHost: String) async throws -> Bool {
+    /// The reply to a right answer (with the server's own proof when bound), nil for a wrong one.
+    private func authenticate(_ answer: Authenticator.Answer, token: [UInt8], nonce: [UInt8], peerHost: String) async throws -> AuthOK? {
         let wait = context.authThrottle.reserveTurn(for: peerHost)
         if wait > .zero { try await Task.sleep(for: .nanoseconds(wait.nanoseconds)) }
-        guard Authenticator.verify(hmacHex: hmacHex, token: token, nonce: nonce) else {
+        guard let ok = Authenticator.verify(answer, token: token, nonce: nonce, keyHash: context.keyHash) else {
             context.authThrottle.recordFailure(for: peerHost)
-            return false
+            return nil
         }
         context.authThrottle.recordSuccess(for: peerHost)
-        return true
+        return ok
     }
 
     /// Answers one request. `enabled` is what the client enabled with `CAPS`: a reply never
@@ -185,7 +187,7 @@ struct ConnectionHandler {
                 let channel = connection.channel
                 try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled))
                     .send(path: path, hashes: hashes, report: report, stillWanted: { channel.isActive })
-            case .auth, .caps, .quit:
+            case .auth, .boundAuth, .caps, .quit:
                 break  // handled by the caller
             }
         } catch let error as ServeError {
@@ -324,9 +326,39 @@ final class ReplyWriter: Sendable {
 }
 
 enum Authenticator {
-    static func verify(hmacHex: String, token: [UInt8], nonce: [UInt8]) -> Bool {
-        guard let given = Hex.decode(hmacHex) else { return false }
-        let key = SymmetricKey(data: token)
-        return HMAC<SHA256>.isValidAuthenticationCode(given, authenticating: nonce, using: key)
+    /// An `AUTH` request's answer: the HMAC, and the client's nonce when it is channel-bound.
+    struct Answer {
+        let hmac: [UInt8]
+        let clientNonce: [UInt8]?
+
+        init?(_ request: Request) {
+            switch request {
+            case .auth(let hex):
+                guard let mac = Hex.decode(hex) else { return nil }
+                (hmac, clientNonce) = (mac, nil)
+            case .boundAuth(let hex, let nonceHex):
+                guard let mac = Hex.decode(hex), let nonce = Hex.decode(nonceHex) else { return nil }
+                (hmac, clientNonce) = (mac, nonce)
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// Checks an answer. On a TLS server (`keyHash`) only a channel-bound answer is right, and
+    /// the reply carries the server's proof; on a cleartext server only the 1.0 answer is.
+    static func verify(_ answer: Answer, token: [UInt8], nonce: [UInt8], keyHash: [UInt8]?) -> AuthOK? {
+        switch (keyHash, answer.clientNonce) {
+        case (let keyHash?, let clientNonce?):
+            let expected = TokenBinding.clientProof(token: token, serverNonce: nonce, clientNonce: clientNonce, serverKeyHash: keyHash)
+            guard TokenBinding.matches(answer.hmac, expected) else { return nil }
+            let proof = TokenBinding.serverProof(token: token, serverNonce: nonce, clientNonce: clientNonce, serverKeyHash: keyHash)
+            return AuthOK(proofHex: Hex.encode(proof))
+        case (nil, nil):
+            let key = SymmetricKey(data: token)
+            return HMAC<SHA256>.isValidAuthenticationCode(answer.hmac, authenticating: nonce, using: key) ? AuthOK() : nil
+        default:
+            return nil
+        }
     }
 }

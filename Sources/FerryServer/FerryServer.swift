@@ -3,10 +3,12 @@ import Glibc
 #endif
 import FerryFiles
 import FerryProtocol
+import FerryTrust
 import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import NIOSSL
 import ServiceLifecycle
 
 /// How a server is set up; the CLI fills it from `ferry serve`'s options.
@@ -30,6 +32,14 @@ public struct ServerConfiguration: Sendable {
     public var chunkSize: Int
     /// What the greeting offers beyond protocol 1.0 (`caps=`), in this order.
     public var capabilities: [Capability]
+    /// The identity connections are encrypted with (TLS 1.3); nil serves cleartext (`--plaintext`).
+    public var identity: ServerIdentity?
+    /// How long a TLS server waits for a client's first bytes before it tells a cleartext
+    /// client, in cleartext, that it needs TLS (`ERR 426`).
+    public var tlsFirstBytesWait: TimeAmount = .seconds(2)
+    /// A TLS handshake not completed this long after it began is cut off (`ferry serve` uses
+    /// its `--request-timeout`).
+    public var tlsHandshakeLimit: TimeAmount = .seconds(30)
 
     /// The extensions this server implements.
     public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
@@ -39,7 +49,8 @@ public struct ServerConfiguration: Sendable {
                 maxConnections: Int = 256, maxConnectionsPerAddress: Int = 32,
                 requestLineTimeout: TimeAmount = .seconds(30), idleTimeout: TimeAmount = .seconds(300),
                 chunkSize: Int = FerryLimits.defaultChunkSize,
-                capabilities: [Capability] = ServerConfiguration.implementedCapabilities) {
+                capabilities: [Capability] = ServerConfiguration.implementedCapabilities,
+                identity: ServerIdentity? = nil) {
         self.root = root
         self.name = name
         self.bindHost = bindHost
@@ -52,6 +63,7 @@ public struct ServerConfiguration: Sendable {
         self.requestLineTimeout = requestLineTimeout
         self.idleTimeout = idleTimeout
         self.chunkSize = chunkSize
+        self.identity = identity
         // zstd is offered only when this server may send it (`auto` or `zstd:N`).
         self.capabilities = capabilities.filter { $0 != .zstd || compression.mayUse(.zstd) }
     }
@@ -61,9 +73,13 @@ public enum ServerError: Error, CustomStringConvertible {
     case cannotServe(String, SystemError)
     /// The listening socket could not be bound; `errno` when the system said why.
     case cannotBind(String, Int, errno: Int32?, String)
+    /// The identity could not be turned into a TLS configuration.
+    case tls(String)
 
     public var description: String {
         switch self {
+        case .tls(let why):
+            return "cannot set up TLS with the server's identity: \(why) (move identity.pem out of the state folder to make a new one)"
         case .cannotServe(let path, let e):
             return "cannot serve \(path): \(e.message) (check that it exists and is a readable directory)"
         case .cannotBind(let host, let port, let code, let why):
@@ -137,6 +153,10 @@ public final class FerryServer: Service, Sendable {
         do { root = try ServedRoot(path: configuration.root) } catch { throw ServerError.cannotServe(configuration.root, error) }
         MemoryTrimmer.giveLargeBuffersBack()
         let outputBudget = OutputBudget()
+        let tls: NIOSSLContext?
+        do { tls = try configuration.identity.map { try NIOSSLContext(configuration: $0.serverTLSConfiguration()) } } catch {
+            throw ServerError.tls("\(error)")
+        }
         let channel: NIOAsyncChannel<Accepted, Never>
         do {
             channel = try await ServerBootstrap(group: MultiThreadedEventLoopGroup.singleton)
@@ -150,6 +170,11 @@ public final class FerryServer: Service, Sendable {
                     child.eventLoop.makeCompletedFuture {
                         let activity = ConnectionActivity(output: OutputGate(budget: outputBudget))
                         let sync = child.pipeline.syncOperations
+                        // TLS: first in the pipeline, so every handler after it sees cleartext.
+                        if let tls {
+                            try sync.addHandler(TLSGate(context: tls, firstBytesWait: configuration.tlsFirstBytesWait,
+                                                        handshakeLimit: configuration.tlsHandshakeLimit, logger: logger))
+                        }
                         try sync.addHandler(IdleStateHandler(allTimeout: configuration.idleTimeout))
                         try sync.addHandler(IdleCloser(activity: activity, timeout: configuration.idleTimeout, logger: logger))
                         try sync.addHandler(RequestLineDeadline(limit: configuration.requestLineTimeout, logger: logger))
@@ -204,7 +229,7 @@ public final class FerryServer: Service, Sendable {
     var connectionContext: ConnectionContext {
         ConnectionContext(root: root, hashCache: hashCache, logger: logger, compression: configuration.compression,
                           compressionMemory: compressionMemory, chunkSize: configuration.chunkSize,
-                          token: configuration.token, authThrottle: authThrottle, name: configuration.name, id: id,
+                          token: configuration.token, keyHash: configuration.identity?.keyHash, authThrottle: authThrottle, name: configuration.name, id: id,
                           capabilities: configuration.capabilities, heavyWork: heavyWork, streamBudget: streamBudget,
                           spoolDirectory: spoolDirectory, walkTurns: walkTurns)
     }

@@ -9,7 +9,8 @@ struct DiscoverCommand: AsyncParsableCommand {
         abstract: "Find the ferry servers on the local network.",
         discussion: """
         Broadcasts a probe on UDP --discovery-port (7447) and lists every server that \
-        answers: its name, the address the answer came from, its TCP port and its version. \
+        answers: its name, the address the answer came from, its TCP port, its version and \
+        its fingerprint (what `ferry serve` printed; the TLS handshake checks it). \
         By default the probe goes to 255.255.255.255 and to the broadcast address of every \
         up IPv4 interface; --to sends it only to the addresses given (use a broadcast \
         address: a unicast probe reaches only one of several servers sharing a host). Any \
@@ -141,7 +142,10 @@ struct DiscoverCommand: AsyncParsableCommand {
     // MARK: Rendering
 
     static func object(_ server: DiscoveredServer) -> [String: Any] {
-        ["name": server.name, "id": server.id, "host": server.host, "port": server.port, "version": server.version]
+        var o: [String: Any] = ["name": server.name, "id": server.id, "host": server.host, "port": server.port,
+                                "version": server.version]
+        if let fp = server.groupedFingerprint { o["fingerprint"] = fp }
+        return o
     }
 
     static func object(_ event: DiscoveryEvent, names: [String: String]) -> [String: Any] {
@@ -157,24 +161,30 @@ struct DiscoverCommand: AsyncParsableCommand {
         }
     }
 
-    /// Name, version, id and host are validated ASCII, so they print safely as they are.
+    /// Name, version, id, host and fingerprint are validated ASCII, so they print safely as
+    /// they are. A server without TLS has `-` for its fingerprint.
     static func table(_ servers: [DiscoveredServer]) -> String {
-        let rows = [["NAME", "ADDRESS", "PORT", "VERSION"]]
-            + servers.map { [$0.name, $0.host, String($0.port), $0.version] }
-        let widths = (0..<4).map { column in rows.map { $0[column].count }.max() ?? 0 }
+        let rows = [["NAME", "ADDRESS", "PORT", "VERSION", "FINGERPRINT"]]
+            + servers.map { [$0.name, $0.host, String($0.port), $0.version, $0.groupedFingerprint ?? "-"] }
+        let widths = (0..<5).map { column in rows.map { $0[column].count }.max() ?? 0 }
         return rows.map { row in
             row.enumerated().map { column, cell in
-                column == 3 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count)
+                column == 4 ? cell : cell + String(repeating: " ", count: widths[column] - cell.count)
             }.joined(separator: "  ")
         }.joined(separator: "\n")
+    }
+
+    /// `  fingerprint FP`, or nothing for a server without TLS.
+    static func shown(_ server: DiscoveredServer) -> String {
+        server.groupedFingerprint.map { "  fingerprint \($0)" } ?? ""
     }
 
     static func line(_ event: DiscoveryEvent, names: [String: String]) -> String {
         switch event {
         case .found(let server):
-            return "found      \(server.name)  \(server.endpoint)  version \(server.version)"
+            return "found      \(server.name)  \(server.endpoint)  version \(server.version)" + Self.shown(server)
         case .announced(let server):
-            return "announced  \(server.name)  \(server.endpoint)  version \(server.version)"
+            return "announced  \(server.name)  \(server.endpoint)  version \(server.version)" + Self.shown(server)
         case .goodbye(let id, let host):
             return "goodbye    \(names[id] ?? "id \(id)")  \(host)"
         }

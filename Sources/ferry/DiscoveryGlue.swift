@@ -16,9 +16,10 @@ enum DiscoveryGlue {
                                                  timeout: .seconds(2), logger: logger)
     }
 
-    static func startResponder(name: String, id: String, tcpPort: Int, bind: String, discoveryPort: Int,
+    static func startResponder(name: String, id: String, tcpPort: Int, fingerprint: String?, bind: String, discoveryPort: Int,
                                announce: Bool, logger: Logger) async -> DiscoveryResponder? {
-        let advert = ServerAdvert(name: name, id: id, tcpPort: tcpPort, version: FerryDefaults.softwareVersion)
+        let advert = ServerAdvert(name: name, id: id, tcpPort: tcpPort, version: FerryDefaults.softwareVersion,
+                                  fingerprint: fingerprint)
         do {
             return try await DiscoveryResponder.start(advert: advert, bindHost: bind.contains(Character(":")) ? "0.0.0.0" : bind,
                                                       port: discoveryPort, announce: announce, logger: logger)

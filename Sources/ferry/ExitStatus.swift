@@ -9,6 +9,9 @@ enum Exit {
     static let refused: Int32 = 3
     static let integrity: Int32 = 4
     static let local: Int32 = 5
+    /// The server's identity is not the trusted one (changed key, unknown server not accepted,
+    /// expired or unusable certificate).
+    static let identity: Int32 = 6
     static let usage: Int32 = 64
 }
 
@@ -21,6 +24,11 @@ extension ClientError {
         case .server, .authentication, .refusedPath: return Exit.refused
         case .integrity, .corruptChunk: return Exit.integrity
         case .local, .localTarget: return Exit.local
+        case .security(_, let problem):
+            switch problem {
+            case .unexpectedKey, .expiredCertificate, .badCertificate, .noTokenProof: return Exit.identity
+            case .serverSpeaksCleartext, .handshakeFailed, .handshakeTimeout: return Exit.network
+            }
         }
     }
 }

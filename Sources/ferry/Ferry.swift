@@ -20,6 +20,6 @@ struct Ferry: AsyncParsableCommand {
         """,
         version: VersionText.line,
         subcommands: [ServeCommand.self, LsCommand.self, GetCommand.self, SyncCommand.self,
-                      ManifestCommand.self, DiscoverCommand.self]
+                      ManifestCommand.self, DiscoverCommand.self, IdCommand.self, TrustCommand.self, ForgetCommand.self]
     )
 }

@@ -71,8 +71,9 @@ struct GetCommand: AsyncParsableCommand {
         }
         let localPath = Self.localPath(for: address.path, local: local)
         let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
+        let connection = try await client.connectionOptions(for: endpoint, name: address.serverName, logger: logger)
         let downloader = Downloader(endpoint: endpoint,
-                                    options: .init(connection: try client.connectionOptions(),
+                                    options: .init(connection: connection,
                                                    retry: RetryPolicy(retries: max(0, retries)),
                                                    resume: !noResume),
                                     logger: logger)

@@ -34,7 +34,8 @@ struct LsCommand: AsyncParsableCommand {
         do {
             let address = try ServerAddress.parse(target)
             let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
-            let entries = try await FerryConnection.with(endpoint, options: try client.connectionOptions()) { c in
+            let options = try await client.connectionOptions(for: endpoint, name: address.serverName, logger: logger)
+            let entries = try await FerryConnection.with(endpoint, options: options) { c in
                 let list = try await c.list(address.path, kinds: true)
                 await c.quit()
                 return list

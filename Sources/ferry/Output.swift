@@ -6,6 +6,7 @@ import FerryClient
 import FerryDiscovery
 import FerryFiles
 import FerryProtocol
+import FerryTrust
 #if canImport(FoundationEssentials)
 import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
 #else
@@ -30,6 +31,11 @@ enum Output {
     /// Writes a line to stderr, control characters escaped (see `out`).
     static func err(_ text: String) {
         write(STDERR_FILENO, printable(text) + "\n")
+    }
+
+    /// Writes `text` to stderr without a line break (a question before the answer).
+    static func errNoNewline(_ text: String) {
+        write(STDERR_FILENO, printable(text))
     }
 
     /// Writes `text` to stderr as exactly one line: newlines and tabs are escaped too.
@@ -99,6 +105,7 @@ enum Output {
     }
 
     static var stderrIsTerminal: Bool { isatty(STDERR_FILENO) == 1 }
+    static var stdinIsTerminal: Bool { isatty(STDIN_FILENO) == 1 }
     static var stdoutIsTerminal: Bool { isatty(STDOUT_FILENO) == 1 }
 
     /// One JSON object on one line, keys sorted.
@@ -120,6 +127,8 @@ enum Output {
         case let e as ServerAddress.Invalid:
             (message, status) = (e.description, Exit.usage)
         case let e as ServerResolution.Failure:
+            (message, status) = (e.description, e.exitStatus)
+        case let e as TrustFailure:
             (message, status) = (e.description, e.exitStatus)
         case let e as ExitCode:
             return e
@@ -250,7 +259,19 @@ struct ClientOptions: ParsableArguments {
     @Flag(name: .long, help: "Log protocol details to stderr.")
     var verbose = false
 
+    @Flag(name: .long, help: "Speak cleartext, without TLS, to a server started with --plaintext. Never chosen automatically.")
+    var plaintext = false
+
+    @Option(name: .long, help: ArgumentHelp("Accept only the server whose key has this fingerprint (as `ferry serve` prints it).", valueName: "FP"))
+    var fingerprint: Fingerprint?
+
+    @Flag(name: .long, help: "On first contact without a terminal, accept the server's key and remember it.")
+    var trustNew = false
+
     func validate() throws {
+        if plaintext && (fingerprint != nil || trustNew) {
+            throw ValidationError("--plaintext has no server identity to check; drop --fingerprint and --trust-new")
+        }
         guard timeout.isFinite, (0.1...86_400).contains(timeout) else {
             throw ValidationError("--timeout must be between 0.1 and 86400 seconds")
         }

@@ -6,6 +6,7 @@ import Dispatch
 import FerryFiles
 import FerryProtocol
 import FerryServer
+import FerryTrust
 #if canImport(FoundationEssentials)
 import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
 #else
@@ -20,9 +21,12 @@ struct ServeCommand: AsyncParsableCommand {
         commandName: "serve",
         abstract: "Serve a directory, read-only, to ferry clients on the network.",
         discussion: """
-        Prints `listening on HOST:PORT` when ready, then serves until Ctrl-C or SIGTERM \
-        (exit status 0). Anyone who can reach the port can read DIR unless --token-file is \
-        given; there is no encryption on the wire.
+        Prints `listening on HOST:PORT` and `fingerprint FP` when ready, then serves until \
+        Ctrl-C or SIGTERM (exit status 0). Connections are encrypted with TLS 1.3; the \
+        server's identity is a key kept in the state folder (identity.pem, mode 600), and FP, \
+        a hash of it, is what clients compare on first contact. Anyone who can reach the port \
+        can read DIR unless --token-file is given. --plaintext serves cleartext instead (for \
+        debugging with nc; clients must pass --plaintext too).
 
         Discovery: the server answers `ferry discover` probes on UDP --discovery-port \
         (7447); with --announce it also broadcasts its presence. --no-discovery turns this off.
@@ -70,7 +74,7 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Close a connection that sends no request, or does not read its reply, for this long.", valueName: "SECONDS"))
     var idleTimeout: Double = 300
 
-    @Option(help: ArgumentHelp("Close a connection whose request line is not complete this long after it began.", valueName: "SECONDS"))
+    @Option(help: ArgumentHelp("Close a connection whose request line, or TLS handshake, is not complete this long after it began.", valueName: "SECONDS"))
     var requestTimeout: Double = 30
 
     @Option(help: ArgumentHelp("UDP port for discovery.", valueName: "N"))
@@ -84,6 +88,12 @@ struct ServeCommand: AsyncParsableCommand {
 
     @Flag(help: "Log each connection and request to stderr.")
     var verbose = false
+
+    @Flag(help: "Serve cleartext, without TLS (clients must pass --plaintext too). For debugging on a trusted network only.")
+    var plaintext = false
+
+    @Flag(help: "Print the server's fingerprint (made on first use) and exit.")
+    var showFingerprint = false
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be 0-65535") }
@@ -118,24 +128,39 @@ struct ServeCommand: AsyncParsableCommand {
         let serverName = try name.map { try ServerName(validating: $0) }
             ?? ServerName.defaultName(hostname: ProcessInfo.processInfo.hostName)
         let token = try TokenFile.load(path: tokenFile)
-        let cachePath = try hashCachePath(root: root, logger: logger)
-        let configuration = ServerConfiguration(
+        let state = try stateFolder(root: root)
+        if showFingerprint {
+            Output.out(IdentityText.lines(try ServerIdentity.loadOrCreate(in: state)).joined(separator: "\n"))
+            return
+        }
+        let identity = plaintext ? nil : try ServerIdentity.loadOrCreate(in: state)
+        let cachePath = hashCachePath(root: root, state: state, logger: logger)
+        var configuration = ServerConfiguration(
             root: root, name: serverName.rawValue, bindHost: bind, port: port,
             compression: compress, hashCachePath: cachePath, token: token,
             maxConnections: maxConnections, maxConnectionsPerAddress: maxPerAddress,
             requestLineTimeout: .milliseconds(Int64(requestTimeout * 1000)),
-            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)))
+            idleTimeout: .milliseconds(Int64(idleTimeout * 1000)), identity: identity)
+        // A TLS handshake is held to the same bound as a request line.
+        configuration.tlsHandshakeLimit = configuration.requestLineTimeout
         let server = try await FerryServer.start(configuration, logger: logger)
 
         var shown = bind
         if shown.contains(Character(":")) { shown = "[\(shown)]" }
         Output.out("listening on \(shown):\(server.port)")
+        if let identity {
+            Output.out("fingerprint \(identity.fingerprint)")
+            if identity.origin == .created { logger.info("made a new server identity in \(state)/\(ServerIdentity.fileName)") }
+            if identity.origin == .certificateRenewed { logger.info("renewed the server's certificate (same key, same fingerprint)") }
+        } else {
+            logger.warning("serving cleartext (--plaintext): anyone on the path can read and change what is sent")
+        }
         if token == nil {
             logger.info("serving \(root) to anyone who can reach port \(server.port) (no --token-file)")
         }
 
         let responder = noDiscovery ? nil : await DiscoveryGlue.startResponder(
-            name: serverName.rawValue, id: server.id, tcpPort: server.port, bind: bind,
+            name: serverName.rawValue, id: server.id, tcpPort: server.port, fingerprint: identity?.fingerprint.compact, bind: bind,
             discoveryPort: discoveryPort, announce: announce, logger: logger)
 
         // SIGINT and SIGTERM shut the group down gracefully, in reverse order: the deadline is
@@ -182,26 +207,17 @@ struct ServeCommand: AsyncParsableCommand {
         }
     }
 
-    /// `mkdir -p path`, mode 700 for the folders it creates. Returns what went wrong, if anything.
-    static func makeDirectories(_ path: String) -> String? {
-        var prefix = path.hasPrefix("/") ? "" : "."
-        for component in path.split(separator: "/") {
-            prefix += "/" + component
-            if mkdir(prefix, 0o700) != 0 && errno != EEXIST {
-                return "\(prefix): \(String(cString: strerror(errno)))"
-            }
-        }
-        var st = stat()
-        guard stat(path, &st) == 0 else { return String(cString: strerror(errno)) }
-        return st.st_mode & S_IFMT == S_IFDIR ? nil : "not a directory"
-    }
-
-    private func hashCachePath(root: String, logger: Logger) throws -> String? {
+    /// The state folder (`--state-dir` or the default), refused inside the served directory.
+    private func stateFolder(root: String) throws -> String {
         let dir = stateDir.map { URL(fileURLWithPath: $0).standardizedFileURL.path } ?? Self.defaultStateDir()
         if Self.isInside(dir, root) || Self.isInside(Self.resolvingSymlinks(dir), Self.resolvingSymlinks(root)) {
             throw ValidationError("--state-dir \(dir) is inside the served directory; choose a folder outside it")
         }
-        if let problem = Self.makeDirectories(dir) {
+        return dir
+    }
+
+    private func hashCachePath(root: String, state dir: String, logger: Logger) -> String? {
+        if let problem = PrivateFile.makeDirectories(dir) {
             logger.warning("cannot create the state folder \(dir) (\(problem)); the hash cache stays in memory")
             return nil
         }

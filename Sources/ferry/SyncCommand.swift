@@ -2,6 +2,7 @@ import ArgumentParser
 import FerryClient
 import FerryFiles
 import FerryProtocol
+import FerryTrust
 #if canImport(FoundationEssentials)
 import FoundationEssentials  // not all of Foundation: that links ICU into the static binary
 #else
@@ -106,7 +107,7 @@ struct SyncCommand: AsyncParsableCommand {
     /// (the index is then rebuilt each run) when the folder cannot be made.
     static func chunkIndexPath(for destination: String) -> String? {
         let dir = ServeCommand.defaultStateDir()
-        guard ServeCommand.makeDirectories(dir) == nil else { return nil }
+        guard PrivateFile.makeDirectories(dir) == nil else { return nil }
         let absolute = URL(fileURLWithPath: destination).standardizedFileURL.path
         return dir + "/chunks-" + SHA256Hasher.hex(Array(absolute.utf8)).prefix(16) + ".idx"
     }
@@ -114,9 +115,10 @@ struct SyncCommand: AsyncParsableCommand {
     private func sync(logger: Logger) async throws -> Syncer.Summary {
         let address = try ServerAddress.parse(source)
         let endpoint = try await ServerResolution.resolve(address, options: client, logger: logger)
+        let connection = try await client.connectionOptions(for: endpoint, name: address.serverName, logger: logger)
         let globs = try exclude.map { try Glob($0) }
         let options = Syncer.Options(
-            connection: try client.connectionOptions(), retry: RetryPolicy(retries: retries),
+            connection: connection, retry: RetryPolicy(retries: retries),
             resume: !noResume, delete: delete, dryRun: dryRun, checksum: checksum,
             excludes: ExcludeList(globs), parallel: parallel, chunkIndexPath: dryRun ? nil : Self.chunkIndexPath(for: destination),
             reuseLocalData: !noReuse)

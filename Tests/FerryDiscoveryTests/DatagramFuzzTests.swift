@@ -35,10 +35,11 @@ public enum DatagramFuzzChecks {
         let words = bytes.split(separator: 0x20, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
         guard words.count >= 2, !words.contains(where: \.isEmpty), words[1] == "1" else { return nil }
         let required: [String]
+        var optional: [String] = []
         switch words[0] {
         case "FERRY-PROBE": required = ["nonce"]
-        case "FERRY-HERE": required = ["nonce", "name", "id", "port", "version"]
-        case "FERRY-ANNOUNCE": required = ["name", "id", "port", "version"]
+        case "FERRY-HERE": (required, optional) = (["nonce", "name", "id", "port", "version"], ["fp"])
+        case "FERRY-ANNOUNCE": (required, optional) = (["name", "id", "port", "version"], ["fp"])
         case "FERRY-BYE": required = ["id"]
         default: return nil
         }
@@ -47,11 +48,12 @@ public enum DatagramFuzzChecks {
             guard let eq = word.firstIndex(of: "=") else { return nil }
             let key = String(word[..<eq]), value = String(word[word.index(after: eq)...])
             guard !key.isEmpty, !value.isEmpty, key.allSatisfy({ ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }) else { return nil }
-            if required.contains(key) {
+            if required.contains(key) || optional.contains(key) {
                 if values[key] != nil { return nil }
                 values[key] = value
             }
         }
+        for key in required where values[key] == nil { return nil }
         func hex(_ key: String, _ count: Int) -> String? {
             guard let v = values[key], v.count == count, v.allSatisfy({ ("0"..."9").contains($0) || ("a"..."f").contains($0) }) else { return nil }
             return v
@@ -83,12 +85,17 @@ public enum DatagramFuzzChecks {
                   let id = hex("id", 32), let port = values["port"], port.count <= 5, port.first != "0",
                   port.allSatisfy({ ("0"..."9").contains($0) }), let p = Int(port), (1...65535).contains(p),
                   let versionBytes = decoded("version"), let version = text(versionBytes, max: 24, extra: 0x2B) else { return nil }
+            // The fingerprint, when there is one: 32 characters from A–Z 2–7.
+            if let fp = values["fp"] {
+                guard fp.count == 32, fp.allSatisfy({ ("A"..."Z").contains($0) || ("2"..."7").contains($0) }) else { return nil }
+                return "name=\(name) id=\(id) port=\(p) version=\(version) fp=\(fp)"
+            }
             return "name=\(name) id=\(id) port=\(p) version=\(version)"
         }
         switch words[0] {
         case "FERRY-PROBE":
-            // Probes are sent padded to 200 bytes (section 9.1).
-            return hex("nonce", 16).map { "FERRY-PROBE 1 nonce=\($0) pad=" + String(repeating: "0", count: 200 - 41) }
+            // Probes are sent padded to 220 bytes (section 9.1).
+            return hex("nonce", 16).map { "FERRY-PROBE 1 nonce=\($0) pad=" + String(repeating: "0", count: 220 - 41) }
         case "FERRY-HERE":
             guard let nonce = hex("nonce", 16), let a = advert() else { return nil }
             return "FERRY-HERE 1 nonce=\(nonce) \(a)"
@@ -99,7 +106,7 @@ public enum DatagramFuzzChecks {
 
     /// `DiscoveryDatagram.parse` on any bytes. It accepts exactly what the model accepts, never
     /// more than 512 bytes; what it accepts encodes to the model's canonical text (printable
-    /// ASCII; a padded probe of 200 bytes, or an answer no larger) and survives it, with or
+    /// ASCII; a padded probe of 220 bytes, or an answer no larger) and survives it, with or
     /// without a trailing LF or CR LF.
     /// Returns whether the datagram was accepted.
     @discardableResult
@@ -127,7 +134,8 @@ public enum DatagramFuzzChecks {
         }
         switch datagram {
         case .answer(_, let a), .announce(let a):
-            try expect((try? DiscoveryAdvert(name: a.name.rawValue, id: a.id, port: a.port, version: a.version)) == a, "advert \(a)")
+            try expect((try? DiscoveryAdvert(name: a.name.rawValue, id: a.id, port: a.port, version: a.version,
+                                             fingerprint: a.fingerprint)) == a, "advert \(a)")
         case .probe, .bye:
             break
         }

@@ -60,11 +60,29 @@ final class DiscoveryDatagramTests: XCTestCase {
         let probe = DiscoveryDatagram.probe(nonce: nonce).encoded
         XCTAssertEqual(probe.count, DiscoveryDatagram.paddedProbeBytes)
         XCTAssertEqual(Array("FERRY-PROBE 1 nonce=\(nonce)".utf8).count, DiscoveryDatagram.minProbeBytes)
-        let biggest = DiscoveryDatagram.answer(nonce: nonce, server: try advert(
-            name: String(repeating: "x", count: 63), port: 65535, version: String(repeating: "v", count: 24))).encoded
+        let largest = try DiscoveryAdvert(name: String(repeating: "x", count: 63), id: String(repeating: "a", count: 32),
+                                          port: 65535, version: String(repeating: "v", count: 24),
+                                          fingerprint: String(repeating: "A", count: DiscoveryDatagram.fingerprintLength))
+        let biggest = DiscoveryDatagram.answer(nonce: nonce, server: largest).encoded
         XCTAssertEqual(biggest.count, DiscoveryDatagram.maxAnswerBytes)
+        // Without the fingerprint it fits the 200-byte probes of clients from before it.
+        XCTAssertLessThanOrEqual(DiscoveryDatagram.answer(nonce: nonce, server: largest.withoutFingerprint).encoded.count, 200)
         // Even the largest possible answer is smaller than the padded probe that asks for it.
         XCTAssertLessThanOrEqual(biggest.count, probe.count)
+    }
+
+    func testTheFingerprintIsOptionalAndChecked() throws {
+        let id = String(repeating: "a", count: 32), fp = "MFRGGZDFMZTWQ2LKNNWG23TPOBYXE4ZT"
+        let with = "FERRY-ANNOUNCE 1 name=studio id=\(id) port=7446 version=0.1.0 fp=\(fp)"
+        guard case .announce(let advert) = try DiscoveryDatagram.parse(Array(with.utf8)) else { return XCTFail("not an announcement") }
+        XCTAssertEqual(advert.fingerprint, fp)
+        XCTAssertEqual(DiscoveryDatagram.announce(advert).text, with)
+        guard case .announce(let bare) = try DiscoveryDatagram.parse(Array(with.dropLast(fp.count + 4).utf8)) else { return XCTFail() }
+        XCTAssertNil(bare.fingerprint)
+        for bad in [fp.lowercased(), String(fp.dropLast()), fp + "A", String(fp.dropLast()) + "1"] {
+            XCTAssertThrowsError(try DiscoveryDatagram.parse(Array(with.replacingOccurrences(of: fp, with: bad).utf8)), bad)
+        }
+        XCTAssertThrowsError(try DiscoveryDatagram.parse(Array((with + " fp=\(fp)").utf8)), "twice")
     }
 
     func testAcceptsTrailingNewlineAnyFieldOrderAndUnknownFields() throws {

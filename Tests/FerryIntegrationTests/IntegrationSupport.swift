@@ -193,9 +193,11 @@ final class InProcessServer: Sendable {
     init(server: FerryServer) {
         self.server = server
         self.task = Task { try await server.run() }
+        TestServers.register("127.0.0.1:\(server.port)", ["--plaintext"])  // the library's default: cleartext
     }
 
     func stop() async {
+        TestServers.unregister("127.0.0.1:\(server.port)")
         server.shutdown()
         _ = try? await task.value
     }
@@ -232,11 +234,14 @@ final class LoopbackListener: @unchecked Sendable {
         listenFD = fd
         state.withLockedValue { $0.threads += 1 }
         Thread { [self] in acceptLoop() }.start()
+        // What listens here speaks cleartext (fake servers): a client must be told --plaintext.
+        TestServers.register(address, ["--plaintext"])
     }
 
     var address: String { "127.0.0.1:\(port)" }
 
     func stop() {
+        TestServers.unregister(address)
         let first = state.withLockedValue { s -> Bool in
             defer { s.stopped = true }
             for fd in s.fds { shutdown(fd, Int32(SHUT_RDWR)) }  // under the lock: no fd is closed meanwhile

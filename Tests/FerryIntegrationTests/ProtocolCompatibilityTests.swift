@@ -332,7 +332,8 @@ final class ProtocolCompatibilityTests: XCTestCase {
     // MARK: - Opt-in: a real 1.0 binary
 
     /// With `FERRY_V10_BINARY` set to a build of 3ce5aa2: the 1.0 client against the new server,
-    /// and the new client against a 1.0 server, for ls, get, sync and auth.
+    /// and the new client against a 1.0 server, for ls, get, sync and auth. A 1.0 peer speaks
+    /// only cleartext, so the new side is told `--plaintext` (never chosen on its own).
     func testReal10BinaryBothWays() throws {
         guard let v10 = ProcessInfo.processInfo.environment["FERRY_V10_BINARY"] else {
             throw XCTSkip("set FERRY_V10_BINARY to a ferry built from commit 3ce5aa2 to run this")
@@ -349,9 +350,10 @@ final class ProtocolCompatibilityTests: XCTestCase {
                 var args = [serverBinary, "serve", tree.path, "--bind", "127.0.0.1", "--port", "0", "--no-discovery",
                             "--state-dir", state.path]
                 if token { args += ["--token-file", tokenFile.path] }
+                if serverBinary != v10 { args.append("--plaintext") }
                 let server = try ListeningProcess(args)
                 defer { server.stop() }
-                let auth = token ? ["--token-file", tokenFile.path] : []
+                let auth = (token ? ["--token-file", tokenFile.path] : []) + (clientBinary != v10 ? ["--plaintext"] : [])
                 func run(_ a: [String]) throws -> TestSupport.ProcessResult {
                     try TestSupport.run(clientBinary, a + auth + ["--timeout", "10"], timeout: 120, check: false)
                 }

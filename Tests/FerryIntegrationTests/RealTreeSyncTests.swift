@@ -22,8 +22,8 @@ final class RealTreeSyncTests: XCTestCase {
         if let work { TestSupport.removeTemporaryDirectory(work) }
     }
 
-    private func serve(_ dir: URL) throws -> ServerProcess {
-        try ServerProcess(serving: dir, arguments: serveArguments(stateDir: stateDir))
+    private func serve(_ dir: URL, tls: Bool = true) throws -> ServerProcess {
+        try ServerProcess(serving: dir, tls: tls, arguments: serveArguments(stateDir: stateDir))
     }
 
     private func sync(_ address: String, _ dest: URL, _ extra: [String] = [], json: Bool = true)
@@ -268,7 +268,7 @@ final class RealTreeSyncTests: XCTestCase {
         let src = work.appendingPathComponent("src")
         try Files.write(src.appendingPathComponent("a.txt"), "a")
         XCTAssertEqual(mkfifo(src.appendingPathComponent("pipe").path, 0o644), 0)
-        let server = try serve(src)
+        let server = try serve(src, tls: false)
         defer { server.stop() }
         let client = try RawClient(port: server.port)
         _ = try client.readLine()

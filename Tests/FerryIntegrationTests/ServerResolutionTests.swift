@@ -144,11 +144,12 @@ final class ServerResolutionTests: XCTestCase {
     "$ferry" serve "$served" --bind 127.0.0.1 --port 7446 --no-discovery --state-dir "$state" > "$out/serve" 2>&1 &
     server=$!
     trap 'kill $server 2> /dev/null' EXIT
-    for _ in $(seq 100); do grep -q listening "$out/serve" && break; sleep 0.1; done
+    for _ in $(seq 100); do grep -q '^fingerprint ' "$out/serve" && break; sleep 0.1; done
+    fp=$(sed -n 's/^fingerprint //p' "$out/serve")
     run() {
         v0=$(tx fv0); l0=$(tx lo)
         # shellcheck disable=SC2086
-        "$ferry" ls $1 --discovery-port 7999 --timeout 5 > "$out/o" 2> "$out/e"
+        "$ferry" ls $1 --discovery-port 7999 --timeout 5 --fingerprint "$fp" > "$out/o" 2> "$out/e"
         status=$?
         echo "=== $1"
         echo "status $status"

@@ -28,17 +28,17 @@ final class SyncFailureTests: XCTestCase {
 
     /// Runs `ferry serve` as an unprivileged user: as `nobody` through setpriv when the tests
     /// run as root (root reads chmod-000 files, an ordinary user does not), else as ourselves.
-    private func serveUnprivileged(_ dir: URL) throws -> ServerProcess {
+    private func serveUnprivileged(_ dir: URL, tls: Bool = true) throws -> ServerProcess {
         let state = work.appendingPathComponent("state-\(UUID().uuidString.prefix(6))")
         try FileManager.default.createDirectory(at: state, withIntermediateDirectories: true)
         chmod(state.path, 0o777)
         let arguments = ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", state.path]
-        guard geteuid() == 0 else { return try ServerProcess(serving: dir, arguments: arguments) }
+        guard geteuid() == 0 else { return try ServerProcess(serving: dir, tls: tls, arguments: arguments) }
         let setpriv = "/usr/bin/setpriv"
         guard FileManager.default.isExecutableFile(atPath: setpriv) else {
             throw XCTSkip("running as root without \(setpriv): cannot serve as an ordinary user, and root reads chmod-000 files")
         }
-        return try ServerProcess(serving: dir, arguments: arguments,
+        return try ServerProcess(serving: dir, tls: tls, arguments: arguments,
                                  wrapper: [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"])
     }
 
@@ -136,7 +136,7 @@ final class SyncFailureTests: XCTestCase {
         chmod(src.appendingPathComponent("secret.txt").path, 0o000)
         try FileManager.default.createDirectory(at: src.appendingPathComponent("locked"), withIntermediateDirectories: true)
         chmod(src.appendingPathComponent("locked").path, 0o000)
-        let server = try serveUnprivileged(src)
+        let server = try serveUnprivileged(src, tls: false)  // spoken to raw below
         defer { server.stop() }
         let client = try RawClient(port: server.port)
         _ = try client.readLine()

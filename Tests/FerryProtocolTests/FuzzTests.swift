@@ -99,6 +99,8 @@ public enum RequestFuzzChecks {
             try checkPath(p)
         case .auth(let hex):
             try expect(isSHA256Hex(hex), "AUTH with \(hex)")
+        case .boundAuth(let hex, let nonce):
+            try expect(isSHA256Hex(hex) && isSHA256Hex(nonce), "AUTH with \(hex) \(nonce)")
         case .caps(let list):
             try expect(!list.isEmpty && list.allSatisfy { Capability.isValidName(Substring($0.name)) }, "CAPS with \(list)")
         case .quit:

@@ -7,7 +7,7 @@ final class ReplyTests: XCTestCase {
     func testErrorCodesMatchTheSpecTable() {
         let table: [ErrorCode: Int] = [
             .malformed: 400, .authRequired: 401, .authFailed: 403, .notFound: 404, .timeout: 408, .changed: 409, .tooLarge: 413,
-            .badRange: 416, .pathRefused: 421, .wrongType: 422, .permissionDenied: 423, .tooMany: 429, .serverError: 500,
+            .badRange: 416, .pathRefused: 421, .wrongType: 422, .permissionDenied: 423, .tlsRequired: 426, .tooMany: 429, .serverError: 500,
             .shuttingDown: 503, .readError: 520,
         ]
         XCTAssertEqual(ErrorCode.allCases.count, table.count)

@@ -113,10 +113,21 @@ final class RequestTests: XCTestCase {
         assertMalformed("ＬＩＳＴ .")
     }
 
+    /// `AUTH HMAC CLIENT-NONCE`, the channel-bound answer of a TLS connection (PROTOCOL.md 3).
+    func testChannelBoundAuthRoundTrips() throws {
+        let nonce = String(repeating: "fedcba9876543210", count: 4)
+        let bound = Request.boundAuth(hmacHex: hex64, clientNonceHex: nonce)
+        XCTAssertEqual(bound.line, "AUTH \(hex64) \(nonce)")
+        XCTAssertEqual(try Request.parse(Substring(bound.line)), bound)
+        XCTAssertEqual(bound.verb, "AUTH")
+        XCTAssertThrowsError(try Request.parse("AUTH \(hex64) \(nonce.uppercased())"))
+        XCTAssertThrowsError(try Request.parse("AUTH \(hex64) \(nonce.dropLast())"))
+    }
+
     func testWrongArityForEveryVerb() {
         let v = "1,1.000000000"
         for line in [
-            "AUTH", "AUTH \(hex64) x",
+            "AUTH", "AUTH \(hex64) x", "AUTH \(hex64) \(hex64) \(hex64)",
             "LIST", "LIST a b",
             "STAT", "STAT a b",
             "GET", "GET a", "GET a 0", "GET a 0 * \(v) x",

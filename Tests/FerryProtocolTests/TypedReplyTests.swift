@@ -38,6 +38,19 @@ final class TypedReplyTests: XCTestCase {
         roundTrip(CapsReply(enabled: []), "OK")
     }
 
+    /// `OK auth PROOF` after a channel-bound `AUTH`, and the greeting that asks for one.
+    func testChannelBoundAuthReplies() throws {
+        roundTrip(AuthOK(), "OK auth")
+        roundTrip(AuthOK(proofHex: sha), "OK auth \(sha)")
+        refuses(AuthOK.self, ["OK auth x", "OK auth \(sha) \(sha)", "OK auth \(sha.uppercased())", "OK auth ", "OK bye"])
+        let id = String(repeating: "ab", count: 16), nonce = [UInt8](repeating: 7, count: 32)
+        let bound = Greeting(name: "s", id: id, nonce: nonce, channelBound: true, capabilities: [])
+        XCTAssertTrue(bound.line.contains(" auth=hmac-sha256-tls nonce="), bound.line)
+        XCTAssertEqual(try Greeting.parse(Substring(bound.line)), bound)
+        XCTAssertFalse(Greeting(name: "s", id: id, channelBound: true).channelBound, "no nonce, nothing to bind")
+        XCTAssertThrowsError(try Greeting.parse(Substring("FERRY 1 name=s id=\(id) auth=hmac-sha256-tls")))
+    }
+
     func testErrRepliesParseForEveryBody() throws {
         let now = Validator(size: 5, mtime: mtime)
         XCTAssertEqual(try Reply<GetHead>.parse("ERR 409 changed 5,1700000000.250000000"), .err(.changed(now)))

@@ -32,7 +32,7 @@ final class ExpensiveRequestTests: XCTestCase {
     }
 
     func serve(_ extra: [String] = []) throws -> ServerProcess {
-        try ServerProcess(serving: served, arguments: ["--bind", "127.0.0.1", "--no-discovery",
+        try ServerProcess(serving: served, tls: false, arguments: ["--bind", "127.0.0.1", "--no-discovery",
                                                        "--state-dir", work.appendingPathComponent("state").path] + extra)
     }
 

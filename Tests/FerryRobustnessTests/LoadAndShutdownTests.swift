@@ -37,7 +37,7 @@ final class LoadAndShutdownTests: XCTestCase {
     func serve(_ extra: [String] = [], port: Int? = nil, environment: [String: String]? = nil) throws -> ServerProcess {
         var args = ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", work.appendingPathComponent("state").path]
         if let port { args += ["--port", String(port)] }
-        return try ServerProcess(serving: served, arguments: args + extra, environment: environment)
+        return try ServerProcess(serving: served, tls: false, arguments: args + extra, environment: environment)
     }
 
     /// glibc settings under which the server's resident size follows what it has allocated:

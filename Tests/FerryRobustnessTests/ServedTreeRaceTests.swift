@@ -57,7 +57,7 @@ final class ServedTreeRaceTests: XCTestCase {
         let target = flip.appendingPathComponent("x.bin").path
         let content = Data(repeating: 0x61, count: 64 << 10)
         try content.write(to: URL(fileURLWithPath: target))
-        let server = try ServerProcess(serving: served, arguments: ["--bind", "127.0.0.1", "--no-discovery", "--compress", "off"])
+        let server = try ServerProcess(serving: served, tls: false, arguments: ["--bind", "127.0.0.1", "--no-discovery", "--compress", "off"])
         defer { server.stop() }
 
         let stop = Flag()

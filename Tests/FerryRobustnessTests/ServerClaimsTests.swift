@@ -30,7 +30,7 @@ final class ServerClaimsTests: XCTestCase {
     }
 
     func serve(_ extra: [String] = [], environment: [String: String]? = nil) throws -> ServerProcess {
-        try ServerProcess(serving: served, arguments: ["--bind", "127.0.0.1", "--no-discovery"] + extra, environment: environment)
+        try ServerProcess(serving: served, tls: false, arguments: ["--bind", "127.0.0.1", "--no-discovery"] + extra, environment: environment)
     }
 
     // MARK: - DIR is read-only to the server

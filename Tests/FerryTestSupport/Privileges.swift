@@ -114,7 +114,10 @@ extension TestSupport {
 
     /// A `Process` for `command` (program and arguments) in `childEnvironment(environment)`;
     /// for tests that drive a child themselves (signals, streaming output).
+    /// A `ferry` client command in it gets the trust arguments of the test server it names
+    /// (`TestServers.withTrust`).
     public static func process(_ command: [String], environment: [String: String]? = nil) -> Process {
+        let command = TestServers.withTrust(command: command)
         let process = Process()
         process.executableURL = URL(fileURLWithPath: command.first ?? ferryExecutable.path)
         process.arguments = Array(command.dropFirst())

@@ -55,13 +55,16 @@ public enum TestSupport {
     }
 
     /// Runs a program to completion (killed after `timeout` seconds) and captures its output.
-    /// It runs in `childEnvironment(environment)`: never with the invoking user's home.
+    /// It runs in `childEnvironment(environment)`: never with the invoking user's home. A `ferry`
+    /// client command in it (alone or after a wrapper such as setpriv) gets the trust arguments
+    /// of the test server it names (`TestServers.withTrust`).
     @discardableResult
     public static func run(_ program: String, _ arguments: [String], timeout: TimeInterval = 120,
                            environment: [String: String]? = nil, check: Bool = true) throws -> ProcessResult {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: program)
-        process.arguments = arguments
+        let command = TestServers.withTrust(command: [program] + arguments)
+        process.arguments = Array(command.dropFirst())
         process.environment = childEnvironment(environment)
         let outFile = try makeTemporaryDirectory("ferry-proc")
         defer { removeTemporaryDirectory(outFile) }
@@ -88,11 +91,48 @@ public enum TestSupport {
         return result
     }
 
-    /// Runs the built `ferry` with `arguments`.
+    /// Runs the built `ferry` with `arguments` (see `run` for the trust arguments it gets).
     @discardableResult
     public static func ferry(_ arguments: [String], timeout: TimeInterval = 120, check: Bool = false,
                              environment: [String: String]? = nil) throws -> ProcessResult {
         try run(ferryExecutable.path, arguments, timeout: timeout, environment: environment, check: check)
+    }
+}
+
+/// The servers tests run (`ServerProcess`, fake and in-process servers), by the address or
+/// name a client names them with, and what a client passes to trust each: `--fingerprint FP`,
+/// or `--plaintext` for one that speaks cleartext. `TestSupport.ferry` adds them to a client
+/// command (`ls`, `get`, `sync`) that names such a server, unless it chose `--fingerprint`,
+/// `--plaintext` or `--trust-new` itself.
+public enum TestServers {
+    private static let lock = NSLock()
+    nonisolated(unsafe) private static var byKey: [String: [String]] = [:]
+
+    public static func register(_ key: String, _ clientArguments: [String]) {
+        lock.withLock { byKey[key] = clientArguments }
+    }
+
+    public static func unregister(_ key: String) {
+        lock.withLock { _ = byKey.removeValue(forKey: key) }
+    }
+
+    /// `command` (a program and its arguments) with the trust arguments added after the `ferry`
+    /// executable in it, if any.
+    public static func withTrust(command: [String]) -> [String] {
+        guard let ferry = command.firstIndex(of: TestSupport.ferryExecutable.path) else { return command }
+        return Array(command[...ferry]) + withTrust(Array(command[(ferry + 1)...]))
+    }
+
+    public static func withTrust(_ arguments: [String]) -> [String] {
+        guard let command = arguments.first, ["ls", "get", "sync"].contains(command),
+              !arguments.contains(where: { ["--fingerprint", "--plaintext", "--trust-new"].contains($0) }) else { return arguments }
+        let extra: [String]? = lock.withLock {
+            byKey.first { key, _ in
+                arguments.dropFirst().contains { $0 == key || $0.hasPrefix(key + "/") || $0.hasPrefix("ferry://" + key) }
+            }?.value
+        }
+        guard let extra else { return arguments }
+        return [command] + extra + arguments.dropFirst()
     }
 }
 
@@ -102,16 +142,24 @@ public final class ServerProcess: @unchecked Sendable {
     public let process: Process
     public let host: String
     public let port: Int
+    /// The fingerprint the server printed at start; nil for a `--plaintext` server.
+    public let fingerprint: String?
+    /// The names given with `--name`, under which clients may ask for it too.
+    private var names: [String] = []
     private let stdoutPipe: Pipe
     public let stderrURL: URL
 
-    /// Starts `ferry serve DIR --port 0 ARGS...` and waits for its `listening on` line. It runs
-    /// in `TestSupport.childEnvironment(environment)`, so even without `--state-dir` its hash
-    /// cache lands in the tests' throwaway home.
-    public init(serving dir: URL, arguments: [String] = [], wrapper: [String] = [], timeout: TimeInterval = 20,
+    /// What a client passes to trust this server: `--fingerprint FP`, or `--plaintext`.
+    public var clientArguments: [String] { fingerprint.map { ["--fingerprint", $0] } ?? ["--plaintext"] }
+
+    /// Starts `ferry serve DIR --port 0 ARGS...` (with `--plaintext` unless `tls`) and waits
+    /// for its `listening on` line and, with TLS, its `fingerprint` line. It runs in
+    /// `TestSupport.childEnvironment(environment)`, so even without `--state-dir` its hash
+    /// cache and identity land in the tests' throwaway home.
+    public init(serving dir: URL, tls: Bool = true, arguments: [String] = [], wrapper: [String] = [], timeout: TimeInterval = 20,
                 environment: [String: String]? = nil) throws {
         let ferry = TestSupport.ferryExecutable.path
-        let process = TestSupport.process(wrapper + [ferry, "serve", dir.path, "--port", "0"] + arguments,
+        let process = TestSupport.process(wrapper + [ferry, "serve", dir.path, "--port", "0"] + (tls ? [] : ["--plaintext"]) + arguments,
                                           environment: environment)
         let pipe = Pipe()
         process.standardOutput = pipe
@@ -123,10 +171,28 @@ public final class ServerProcess: @unchecked Sendable {
         try process.run()
         self.process = process
         self.stdoutPipe = pipe
-        // Read the first line byte by byte so nothing after it is consumed.
-        var line = [UInt8]()
         let deadline = Date().addingTimeInterval(timeout)
-        let fd = pipe.fileHandleForReading.fileDescriptor
+        let text = Self.readLine(pipe.fileHandleForReading.fileDescriptor, until: deadline)
+        let fingerprintLine = tls ? Self.readLine(pipe.fileHandleForReading.fileDescriptor, until: deadline) : ""
+        guard text.hasPrefix("listening on "), let colon = text.lastIndex(of: ":"),
+              let port = Int(text[text.index(after: colon)...]), !tls || fingerprintLine.hasPrefix("fingerprint ") else {
+            process.terminate()
+            process.waitUntilExit()
+            let err = (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? ""
+            throw TestSupport.ProcessFailed(description: "ferry serve did not start (first lines '\(text)', '\(fingerprintLine)'): \(err)")
+        }
+        var host = String(text.dropFirst("listening on ".count)[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.host = host
+        self.port = port
+        self.fingerprint = tls ? String(fingerprintLine.dropFirst("fingerprint ".count)) : nil
+        names = arguments.indices.filter { arguments[$0] == "--name" && $0 + 1 < arguments.count }.map { arguments[$0 + 1] }
+        for key in [address] + names { TestServers.register(key, clientArguments) }
+    }
+
+    /// One line from `fd`, read byte by byte so nothing after it is consumed.
+    private static func readLine(_ fd: Int32, until deadline: Date) -> String {
+        var line = [UInt8]()
         while Date() < deadline {
             var pfd = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
             if poll(&pfd, 1, 100) <= 0 { continue }
@@ -135,18 +201,7 @@ public final class ServerProcess: @unchecked Sendable {
             if byte == 0x0A { break }
             line.append(byte)
         }
-        let text = String(decoding: line, as: UTF8.self)
-        guard text.hasPrefix("listening on "), let colon = text.lastIndex(of: ":"),
-              let port = Int(text[text.index(after: colon)...]) else {
-            process.terminate()
-            process.waitUntilExit()
-            let err = (try? String(contentsOf: stderrURL, encoding: .utf8)) ?? ""
-            throw TestSupport.ProcessFailed(description: "ferry serve did not start (first line '\(text)'): \(err)")
-        }
-        var host = String(text.dropFirst("listening on ".count)[..<colon])
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
-        self.host = host
-        self.port = port
+        return String(decoding: line, as: UTF8.self)
     }
 
     /// `HOST:PORT` as the CLI accepts it.
@@ -164,6 +219,7 @@ public final class ServerProcess: @unchecked Sendable {
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
         }
         process.waitUntilExit()
+        for key in [address] + names { TestServers.unregister(key) }
         TestSupport.removeTemporaryDirectory(stderrURL.deletingLastPathComponent())
         return process.terminationStatus
     }

@@ -1,7 +1,7 @@
 """The tools' servers and clients:
 
-    ferry serve SRC --bind HOST --port 0 --no-discovery --state-dir TMP/ferry-state --compress MODE
-    ferry sync HOST:PORT/SET DEST --json --quiet
+    ferry serve SRC --bind HOST --port 0 --no-discovery --state-dir TMP/ferry-state --compress MODE [--plaintext]
+    ferry sync HOST:PORT/SET DEST --json --quiet --fingerprint FP (the one the server printed; or --plaintext)
     rsync --daemon --no-detach (one read-only module `src`, use chroot = no)
     rsync -a --stats [OPTIONS] rsync://HOST:PORT/src/SET/ DEST/
 
@@ -21,6 +21,7 @@ from .processes import CLEANUP, log, ns_prefix, sh, wait_for_line
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LISTENING = re.compile(r"listening on .*:(\d+)")
+FINGERPRINT = re.compile(r"fingerprint (\S+)")
 
 
 class FerryFeatures:
@@ -31,9 +32,11 @@ class FerryFeatures:
         help_text = sh([ferry, "serve", "--help"], timeout=30).stdout
         self.zlib_prefix = "zlib:" in help_text
         self.zstd = "zstd:" in help_text
+        # TLS by default arrived with --plaintext (and the fingerprint line after `listening on`).
+        self.tls = "--plaintext" in help_text
 
     def supports(self, tool):
-        return tool.codec != "zstd" or self.zstd
+        return (tool.codec != "zstd" or self.zstd) and (not tool.plaintext or self.tls)
 
     def compress_argument(self, mode):
         if mode.startswith("zlib:") and not self.zlib_prefix:
@@ -44,7 +47,7 @@ class FerryFeatures:
 class FerryServer:
     kind = "ferry"
 
-    def __init__(self, link, src, ferry, compress, tmp):
+    def __init__(self, link, src, ferry, compress, tmp, tls, plaintext):
         self.dev = link.dev
         state = os.path.join(tmp, "ferry-state")  # one hash cache for every ferry server (Bench.prime)
         os.makedirs(state, exist_ok=True)
@@ -52,13 +55,24 @@ class FerryServer:
         with open(out, "w") as f:
             self.proc = CLEANUP.spawn(
                 ns_prefix(link.server_ns) + [ferry, "serve", src, "--bind", link.host, "--port", "0",
-                                             "--no-discovery", "--state-dir", state, "--compress", compress],
+                                             "--no-discovery", "--state-dir", state, "--compress", compress]
+                + (["--plaintext"] if plaintext else []),
                 stdout=f, stderr=subprocess.DEVNULL)
         m = wait_for_line(out, LISTENING, self.proc, timeout=30)
         if not m:
             CLEANUP.stop(self.proc)
             raise RuntimeError("ferry serve --compress %s did not start (see `ferry serve --help`)" % compress)
         self.address = "%s:%s" % (link.host, m.group(1))
+        # What the client passes to trust this server: the fingerprint it printed, or --plaintext.
+        self.trust = []
+        if plaintext:
+            self.trust = ["--plaintext"]
+        elif tls:
+            fp = wait_for_line(out, FINGERPRINT, self.proc, timeout=10)
+            if not fp:
+                CLEANUP.stop(self.proc)
+                raise RuntimeError("ferry serve printed no fingerprint")
+            self.trust = ["--fingerprint", fp.group(1)]
 
     def stop(self):
         CLEANUP.stop(self.proc)
@@ -114,14 +128,14 @@ def free_port():
 
 def start_server(tool, link, src, ferry, features, tmp):
     if tool.kind == "ferry":
-        return FerryServer(link, src, ferry, features.compress_argument(tool.compress), tmp)
+        return FerryServer(link, src, ferry, features.compress_argument(tool.compress), tmp, features.tls, tool.plaintext)
     return RsyncDaemon(link, src, tmp)
 
 
 def sync_args(tool, server, ferry, subpath, dest):
     """The client command line of a full sync of `subpath` into `dest`."""
     if tool.kind == "ferry":
-        return [ferry, "sync", server.address + "/" + subpath, dest, "--json", "--quiet"]
+        return [ferry, "sync", server.address + "/" + subpath, dest, "--json", "--quiet"] + server.trust
     return ["rsync", "-a", "--stats"] + list(tool.rsync_options) + [server.address + "/" + subpath + "/", dest + "/"]
 
 
@@ -129,7 +143,7 @@ def get_file_args(tool, server, ferry, path, dest_file):
     """One file: `ferry get` or `rsync --inplace` (what a SIGKILL leaves behind is then the basis
     of the next run: rsync's own --partial keeps a file only after a gentler signal)."""
     if tool.kind == "ferry":
-        return [ferry, "get", server.address + "/" + path, dest_file, "--json"]
+        return [ferry, "get", server.address + "/" + path, dest_file, "--json"] + server.trust
     return ["rsync", "-a", "--inplace", "--stats", server.address + "/" + path, dest_file]
 
 

@@ -121,7 +121,7 @@ class Bench:
         dest = self.dest(FERRY, "prime")
         fresh_dir(dest)
         server = self.server(FERRY, "loopback")
-        self.measure("ferry", [self.ferry, "sync", server.address, dest, "--dry-run", "--quiet"], server,
+        self.measure("ferry", [self.ferry, "sync", server.address, dest, "--dry-run", "--quiet"] + server.trust, server,
                      self.link("loopback"))
         self.stop_servers()
         shutil.rmtree(dest, ignore_errors=True)

@@ -17,6 +17,7 @@ class Tool:
     kind: str  # "ferry" or "rsync"
     compress: str = "auto"  # ferry serve --compress
     rsync_options: tuple = ()
+    plaintext: bool = False  # ferry serve --plaintext and the client's --plaintext (TLS otherwise)
 
     @property
     def codec(self):
@@ -39,6 +40,8 @@ def ferry_compress(mode):
 
 
 FERRY_OFF = ferry_compress("off")
+# The same ferry without TLS, for the cost of encryption side by side (issue 14, part 7).
+FERRY_PLAIN = Tool("ferry-plaintext", "ferry", plaintext=True)
 
 # The codec rows: ferry with a fixed codec beside `auto` on the text, over every link
 # (`--codecs` replaces this list). zstd rows need a ferry whose `serve --help` mentions `zstd:`.
@@ -78,7 +81,7 @@ def scenarios(codecs=CODECS):
     codec_rows = tuple(ferry_compress(mode) for mode in codecs)
     return [
         # link        data set  tools (alternating within each repetition)
-        FullSync("loopback", "random", (FERRY, RSYNC)),
+        FullSync("loopback", "random", (FERRY, FERRY_PLAIN, RSYNC)),
         FullSync("loopback", "text", (FERRY, FERRY_OFF, RSYNC) + codec_rows),
         FullSync("loopback", "small", (FERRY, RSYNC)),
         FullSync("loopback", "mixed", (FERRY, RSYNC)),
