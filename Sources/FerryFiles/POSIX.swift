@@ -232,13 +232,22 @@ public enum POSIX {
 
     /// Reads all names of an open directory (consumes a dup of `fd`), without `.` and `..`.
     public static func readDirectoryNames(_ fd: Int32) throws(SystemError) -> [[UInt8]] {
+        var names: [[UInt8]] = []
+        try forEachDirectoryName(fd) { names.append(Array($0)) }
+        return names
+    }
+
+    /// Hands each name of an open directory (read through a dup of `fd`), without `.` and `..`,
+    /// to `body`; the buffer is valid only during the call.
+    public static func forEachDirectoryName(_ fd: Int32, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws(SystemError) {
         let dupFD = dup(fd)
         guard dupFD >= 0, let dir = fdopendir(dupFD) else {
             throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)")
         }
         defer { closedir(dir) }
         rewinddir(dir)
-        var names: [[UInt8]] = []
+        // The offset exists: `d_name` is a stored field of `dirent`.
+        let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
         while true {
             errno = 0
             guard let ent = readdir(dir) else {
@@ -249,14 +258,10 @@ public enum POSIX {
             // in its buffer can end well before `sizeof(dirent)`, and copying the whole struct
             // (`ent.pointee`) read past the buffer and crashed on a page boundary (a walk of
             // 1000 directories of 999 files each hit it).
-            // The offset exists: `d_name` is a stored field of `dirent`.
-            let nameOffset = MemoryLayout<dirent>.offset(of: \dirent.d_name)!
             let c = (UnsafeRawPointer(ent) + nameOffset).assumingMemoryBound(to: UInt8.self)
             let length = strlen(UnsafeRawPointer(c).assumingMemoryBound(to: CChar.self))
-            let isDotOrDotDot = c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E))
-            let name: [UInt8]? = isDotOrDotDot ? nil : Array(UnsafeBufferPointer(start: c, count: length))
-            if let name { names.append(name) }
+            if c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E)) { continue }  // `.`, `..`
+            body(UnsafeBufferPointer(start: c, count: length))
         }
-        return names
     }
 }

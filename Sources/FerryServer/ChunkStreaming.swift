@@ -349,7 +349,7 @@ struct ManifestSender {
     static let spoolMemory = 128 << 10
 
     /// With `report`, the manifest ends with notes on what it leaves out (PROTOCOL.md 8.4).
-    /// The tree is walked in slices on the pool for expensive work and its text spooled (to a
+    /// The tree is walked in slices on the walk thread and its text spooled (to a
     /// temporary file once it outgrows `spoolMemory`), so neither the walk nor the manifest holds
     /// a thread or memory in proportion to the tree; at most `WalkTurns.limit` walks run at
     /// once; `stillWanted` stops the walk when the client has gone.
@@ -365,7 +365,7 @@ struct ManifestSender {
                 var more = true
                 while more {
                     guard stillWanted() else { throw HeavyWork.Abandoned() }
-                    more = try await context.heavyWork.run {
+                    more = try await context.heavyWork.walkSlice {
                         try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
                             let cachePath = canonical.appending(entry.path)
                             if hashes {

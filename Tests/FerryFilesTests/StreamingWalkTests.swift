@@ -1,7 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import FerryFiles
+@testable import FerryFiles
 import FerryProtocol
 import Foundation
 import XCTest
@@ -97,5 +97,19 @@ final class StreamingWalkTests: XCTestCase {
         XCTAssertThrowsError(try spool.append { $0.append(contentsOf: [UInt8](repeating: 1, count: 20)) }) { error in
             XCTAssertTrue("\(error)".contains("missing"), "\(error)")
         }
+    }
+
+    func testANameListSortsAsManifestOrderDoes() {
+        var rng = SystemRandomNumberGenerator()
+        let alphabet = Array("aAbB zZ%.-_0129".utf8) + [0xC3, 0xA9, 0xFF, 0x01]
+        // `alphabet` is not empty: `randomElement` always has one.
+        let names = (0..<3000).map { _ in (0..<Int.random(in: 1...12, using: &rng)).map { _ in alphabet.randomElement(using: &rng)! } }
+        var list = NameList()
+        for name in names { name.withUnsafeBufferPointer { list.append($0) } }
+        list.sort()
+        let expected = names.sorted { a, b in
+            a.withUnsafeBufferPointer { x in b.withUnsafeBufferPointer { y in RemotePath.manifestOrder(x, y) < 0 } }
+        }
+        XCTAssertEqual((0..<list.count).map { list[$0] }, expected)
     }
 }
