@@ -45,8 +45,7 @@ public final class OutputGate: Sendable {
     private struct State {
         var queued = 0
         var closed = false
-        var waiters: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-        var nextID: UInt64 = 0
+        var waiters = WaitQueue()
     }
 
     let budget: OutputBudget
@@ -100,8 +99,7 @@ public final class OutputGate: Sendable {
             guard !s.closed, s.queued > 0 else { return [] }
             s.queued = max(0, s.queued - bytes)
             if s.queued == 0 { budget.stopHolding() }
-            defer { s.waiters.removeAll() }
-            return s.waiters.map(\.continuation)
+            return s.waiters.removeAll()
         }
         for waiter in woken { waiter.resume() }
     }
@@ -113,35 +111,15 @@ public final class OutputGate: Sendable {
             s.closed = true
             if s.queued > 0 { budget.stopHolding() }
             s.queued = 0
-            defer { s.waiters.removeAll() }
-            return s.waiters.map(\.continuation)
+            return s.waiters.removeAll()
         }
         for waiter in woken { waiter.resume() }
     }
 
     /// Waits for the next release (or the close, or the task's cancellation).
     private func waitForRelease() async {
-        let id = state.withLockedValue { s -> UInt64 in
-            s.nextID += 1
-            return s.nextID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let resumeNow = state.withLockedValue { s -> Bool in
-                    // Nothing queued (released meanwhile), closed or cancelled: do not wait.
-                    guard !s.closed, s.queued > 0, !Task.isCancelled else { return true }
-                    s.waiters.append((id, continuation))
-                    return false
-                }
-                if resumeNow { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-                guard let index = s.waiters.firstIndex(where: { $0.id == id }) else { return nil }
-                return s.waiters.remove(at: index).continuation
-            }
-            waiter?.resume()
-        }
+        // Nothing queued (released meanwhile), closed or cancelled: do not wait.
+        await WaitQueue.wait(in: state, queue: \.waiters) { s, cancelled in s.closed || s.queued == 0 || cancelled }
     }
 }
 

@@ -7,8 +7,7 @@ import NIOConcurrencyHelpers
 final class WalkTurns: Sendable {
     private struct State {
         var running = 0
-        var waiting: [(id: UInt64, continuation: CheckedContinuation<Void, Never>)] = []
-        var nextID: UInt64 = 0
+        var waiting = WaitQueue()
     }
 
     let limit: Int
@@ -27,40 +26,22 @@ final class WalkTurns: Sendable {
     }
 
     private func take() async {
-        let id = state.withLockedValue { s -> UInt64 in
-            s.nextID += 1
-            return s.nextID
-        }
-        await withTaskCancellationHandler {
-            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-                let now = state.withLockedValue { s -> Bool in
-                    if s.running < limit || Task.isCancelled {
-                        s.running += 1
-                        return true
-                    }
-                    s.waiting.append((id, continuation))
-                    return false
-                }
-                if now { continuation.resume() }
-            }
-        } onCancel: {
-            let waiter = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-                guard let index = s.waiting.firstIndex(where: { $0.id == id }) else { return nil }
-                s.running += 1
-                return s.waiting.remove(at: index).continuation
-            }
-            waiter?.resume()
-        }
+        let limit = self.limit
+        await WaitQueue.wait(in: state, queue: \.waiting, unless: { s, cancelled in
+            guard s.running < limit || cancelled else { return false }
+            s.running += 1
+            return true
+        }, onCancel: { $0.running += 1 })
     }
 
     private func give() {
         let next = state.withLockedValue { s -> CheckedContinuation<Void, Never>? in
-            guard !s.waiting.isEmpty else {
+            // The turn passes straight to the next in line (`running` stays the same).
+            guard let next = s.waiting.removeFirst() else {
                 s.running -= 1
                 return nil
             }
-            // The turn passes straight to the next in line (`running` stays the same).
-            return s.waiting.removeFirst().continuation
+            return next
         }
         next?.resume()
     }
