@@ -147,18 +147,21 @@ public final class HashCache: Sendable {
     static func fingerprint(bytes: [UInt8]) -> UInt64 {
         var hasher = SHA256()
         hasher.update(data: bytes)
-        return hasher.finalize().withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).bigEndian }
+        return first64(hasher)
     }
 
     /// The first 64 bits of the SHA-256 of a `HashKey`'s fields, in a fixed byte order.
     static func fingerprint(_ key: HashKey) -> UInt64 {
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(48)
+        var hasher = SHA256()
         for field in [UInt64(bitPattern: key.size), UInt64(bitPattern: key.mtime.seconds), UInt64(key.mtime.nanoseconds),
                       key.inode, UInt64(bitPattern: key.ctime.seconds), UInt64(key.ctime.nanoseconds)] {
-            withUnsafeBytes(of: field.bigEndian) { bytes.append(contentsOf: $0) }
+            withUnsafeBytes(of: field.bigEndian) { hasher.update(bufferPointer: $0) }
         }
-        return fingerprint(bytes: bytes)
+        return first64(hasher)
+    }
+
+    private static func first64(_ hasher: consuming SHA256) -> UInt64 {
+        hasher.finalize().withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).bigEndian }
     }
 
     /// A SHA-256 digest held as four words instead of 64 hex characters.

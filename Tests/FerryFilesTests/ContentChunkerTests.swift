@@ -9,12 +9,7 @@ import XCTest
 final class ContentChunkerTests: XCTestCase {
     private func random(_ count: Int, seed: UInt64) -> [UInt8] {
         var g = SplitMix64(seed: seed)
-        var out = [UInt8](repeating: 0, count: count)
-        for i in stride(from: 0, to: count, by: 8) {
-            let v = g.next()
-            for j in 0..<min(8, count - i) { out[i + j] = UInt8(truncatingIfNeeded: v >> (8 * j)) }
-        }
-        return out
+        return g.packedBytes(count)
     }
 
     /// Chunk (offset, bytes) pairs of a buffer.

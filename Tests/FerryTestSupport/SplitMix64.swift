@@ -41,6 +41,17 @@ public struct SplitMix64: RandomNumberGenerator {
 
     public mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
 
+    /// `count` random bytes, all eight of each draw (a draw per byte, as `bytes` does, is eight
+    /// times slower for the megabytes of test data a chunking test needs).
+    public mutating func packedBytes(_ count: Int) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        for i in stride(from: 0, to: count, by: 8) {
+            let v = next()
+            for j in 0..<min(8, count - i) { out[i + j] = UInt8(truncatingIfNeeded: v >> (8 * j)) }
+        }
+        return out
+    }
+
     /// `count` lowercase hex digits.
     public mutating func hex(_ count: Int) -> String { String((0..<count).map { _ in pick(Array("0123456789abcdef")) }) }
 
