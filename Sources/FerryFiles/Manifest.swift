@@ -181,22 +181,9 @@ public enum TreeWalker {
                                      visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in })
         throws(WalkError) -> (entries: [Entry], notes: [ManifestNote]) {
         var out: [Entry] = []
-        let notes = try walkStreaming(directory: fd, options: options, visitFile: visitFile) { entry throws(WalkError) in
-            out.append(entry)
-        }
-        return (out, notes)
-    }
-
-    /// `walkReporting` without holding the tree: each entry goes to `emit` in manifest order as
-    /// it is found (a server streams a manifest of millions of entries this way, issue 17). Only
-    /// the notes, and the sorted names of the directories being walked, are held. An error
-    /// thrown by `emit` ends the walk.
-    public static func walkStreaming(directory fd: Int32, options: Options = Options(),
-                                     visitFile: (Int32, [UInt8], inout Entry, FileInfo) -> Void = { _, _, _, _ in },
-                                     emit: (Entry) throws(WalkError) -> Void) throws(WalkError) -> [ManifestNote] {
         let cursor = TreeCursor(directory: fd, options: options)
-        while try cursor.advance(entries: Int.max, visitFile: visitFile, emit: emit) {}
-        return cursor.notes
+        while try cursor.advance(entries: Int.max, visitFile: visitFile, emit: { out.append($0) }) {}
+        return (out, cursor.notes)
     }
 
     /// Hashes the file `name` in directory `dirFD` (opened without following symlinks),
