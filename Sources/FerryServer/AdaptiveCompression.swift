@@ -44,10 +44,12 @@ import Darwin
 ///    nearly as fast as they are still raises the delivered rate (1 Gbit/s text, below);
 /// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
 ///    guess costs most; on a fast one the first MiB or so costs a little CPU);
-/// 4. otherwise compress the share of chunks given by the network pressure, spread evenly: on a
-///    slow link the send buffer is always full and every chunk is compressed; near the crossover
-///    compressing too much lets the buffer drain, the pressure falls and stored chunks mix in,
-///    so that the link and the encoders are both busy.
+/// 4. otherwise, while the network is clearly the bottleneck (pressure at least `levelPressure`),
+///    compress every chunk: a stored chunk of text costs the link about five compressed ones, so
+///    even 1% stored would add 5% to the bytes of a slow link. Below that, compress the share of
+///    chunks given by the network pressure, spread evenly: near the crossover compressing too
+///    much lets the buffer drain, the pressure falls and stored chunks mix in, so that the link
+///    and the encoders are both busy.
 ///
 /// The level (`level(for:)`) climbs the codec's `ladder`: from its base level (1) to a higher
 /// rung while the network is the bottleneck (pressure above 0.9) and the encoders at the base
@@ -106,7 +108,7 @@ public struct AdaptiveCompression: Sendable {
         public var level: Int32
         /// Chosen above the base level when the encoders at the base level could feed the link
         /// this many times over (and the network is the bottleneck). Unused for fast levels.
-        /// (Its level's speed times the headroom is 1.35 to 1.6: the encoders keep a margin over
+        /// (Its level's speed times the headroom is 1.3 to 1.7: the encoders keep a margin over
         /// what the link carries.)
         public var headroom: Double
 
@@ -127,29 +129,32 @@ public struct AdaptiveCompression: Sendable {
             // Levels 2 and 3 gain almost nothing over 1 on chunks of text; 4, 6 and 9 do. At
             // 100 Mbit/s, beating rsync -z (whose zstd streams a whole file) takes level 6.
             return [Rung(level: -4, headroom: 0), Rung(level: -1, headroom: 0), Rung(level: 1, headroom: 0),
-                    Rung(level: 4, headroom: 2.75), Rung(level: 6, headroom: 4.5), Rung(level: 9, headroom: 9)]
+                    Rung(level: 4, headroom: 3.5), Rung(level: 6, headroom: 4.9), Rung(level: 9, headroom: 9.5)]
         }
     }
 
     /// How fast a codec compresses at a level, as a multiple of its speed at level 1, roughly
-    /// (256 KiB chunks of log-like text; docs/BENCHMARKS.md, "Codecs"); used to convert
-    /// measured speeds to base-level terms and back.
+    /// (256 KiB chunks of the benchmark's log text: `zstd -bN -B256K` of zstd 1.5.4 and Python's
+    /// zlib per chunk, docs/BENCHMARKS.md, "Codecs"); used to convert measured speeds to
+    /// base-level terms and back. An estimate too high for a level makes the encoders look
+    /// slower than they are while it is in use, and the ladder stops below where it should.
     public static func relativeSpeed(_ compression: ChunkCompression) -> Double {
         switch (compression.codec, compression.level) {
         case (.zlib, ...1): return 1
-        case (.zlib, 2...3): return 0.8
+        case (.zlib, 2...3): return 0.9
         case (.zlib, 4...5): return 0.6
-        case (.zlib, 6): return 0.4
-        case (.zlib, _): return 0.25
-        case (.zstd, ...(-4)): return 1.45
-        case (.zstd, ...(-1)): return 1.3
+        case (.zlib, 6): return 0.42
+        case (.zlib, _): return 0.24
+        case (.zstd, ...(-4)): return 1.3
+        case (.zstd, ...(-1)): return 1.1
         case (.zstd, ...2): return 1
-        case (.zstd, 3): return 0.8
-        case (.zstd, 4): return 0.55
-        case (.zstd, 5): return 0.42
-        case (.zstd, 6): return 0.3
-        case (.zstd, 7): return 0.25
-        case (.zstd, 8...9): return 0.17
+        case (.zstd, 3): return 0.85
+        case (.zstd, 4): return 0.38
+        case (.zstd, 5): return 0.3
+        case (.zstd, 6): return 0.27
+        case (.zstd, 7): return 0.22
+        case (.zstd, 8): return 0.17
+        case (.zstd, 9): return 0.14
         case (.zstd, 10...12): return 0.07
         case (.zstd, _): return 0.02
         case (.stored, _): return 1
@@ -334,7 +339,7 @@ public struct AdaptiveCompression: Sendable {
             return false
         }
         guard linkRate != nil else { return true }
-        credit += pressure
+        credit += pressure >= tuning.levelPressure ? 1 : pressure
         if credit >= 1 - 1e-9 {
             credit -= 1
             return true

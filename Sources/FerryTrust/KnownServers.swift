@@ -94,9 +94,26 @@ public struct KnownServers: Sendable, Equatable {
         return entries.filter { $0.address == address }
     }
 
+    /// Whether a server asked for as `name` (nil: by address) that presents a key of `sameKey`
+    /// (entries with that fingerprint) is that trusted server: yes when it was asked for by
+    /// address, or an entry has no name or this name. Returns how it is known ("known as
+    /// 'studio'", "known at 10.0.0.2:7446"), nil when the key is known only under other names.
+    public static func hintFor(name: String?, sameKey: [Entry]) -> String? {
+        let fitting = sameKey.filter { e in name == nil || e.name == nil || e.name?.lowercased() == name?.lowercased() }
+        guard let entry = fitting.first else { return nil }
+        if let n = entry.name { return "known as '\(n)'" }
+        return "known at \(entry.address ?? "another address")"
+    }
+
     /// Remembers `entry`, replacing entries with the same name or address (a server trusted
-    /// anew under them).
-    public mutating func trust(_ entry: Entry) {
+    /// anew under them). With `keepingOthers`, only an identical line is replaced: the entry is
+    /// one more hint for a key already trusted.
+    public mutating func trust(_ entry: Entry, keepingOthers: Bool = false) {
+        if keepingOthers {
+            lines.removeAll { $0 == .entry(entry) }
+            lines.append(.entry(entry))
+            return
+        }
         lines.removeAll {
             guard case .entry(let e) = $0 else { return false }
             return (entry.name != nil && e.name?.lowercased() == entry.name?.lowercased())

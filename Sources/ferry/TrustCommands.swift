@@ -71,15 +71,30 @@ extension ClientOptions {
         }
         let seen = try await FerryConnection.serverFingerprint(at: endpoint, options: options)
         let who = name.map { "'\($0)' at \(endpoint)" } ?? endpoint.description
+        let sameKey = known.entries.filter { $0.fingerprint == seen }
+        if !sameKey.isEmpty, let hint = KnownServers.hintFor(name: name, sameKey: sameKey) {
+            // The list is keyed by the key: a server already trusted, met at a new address
+            // (another port, its IPv6 address) is that server. The new name or address is
+            // remembered as one more hint. A key known only under another *name* is still
+            // asked about below: the person asked for this name, not that server.
+            known.trust(.init(fingerprint: seen, name: name, address: endpoint.description), keepingOthers: true)
+            do { try known.save() } catch {
+                throw TrustFailure(description: "cannot remember the server's new address: \(error)", exitStatus: Exit.local)
+            }
+            Output.err("\(who) presents the key of a server you trust (\(seen), \(hint)); remembered this address too")
+            options.security = .tls(expect: seen)
+            return options
+        }
+        let alsoKnown = sameKey.compactMap(\.name).first.map { " (that key is known here as '\($0)')" } ?? ""
         if !trustNew {
             guard Output.stdinIsTerminal && Output.stderrIsTerminal else {
-                throw TrustFailure(description: "ferry has not met the server \(who) before; its fingerprint is \(seen). "
+                throw TrustFailure(description: "ferry has not met the server \(who) before; its fingerprint is \(seen)\(alsoKnown). "
                                    + "There is no terminal to ask you: compare it with the one the server printed "
                                    + "(`ferry serve DIR --show-fingerprint`), then pass --fingerprint \(seen), or "
                                    + "--trust-new to accept and remember it")
             }
             Output.err("ferry has not met the server \(who) before.")
-            Output.err("Its fingerprint is \(seen)")
+            Output.err("Its fingerprint is \(seen)\(alsoKnown)")
             Output.err("Compare it with the one the server printed at start (`ferry serve DIR --show-fingerprint`).")
             Output.errNoNewline("Trust this server and remember it? [y/N] ")
             let answer = readLine(strippingNewline: true)?.lowercased() ?? ""

@@ -264,6 +264,33 @@ final class TLSTests: XCTestCase {
         XCTAssertTrue(list.stdout.contains(new) && !list.stdout.contains(old), list.stdout)
     }
 
+    /// The known-servers list is keyed by the key: the same server (same state folder, so the
+    /// same key) met again on another port is accepted without asking and the new address is
+    /// added as a hint; a server with another key at a new address still goes through first
+    /// contact.
+    func testATrustedKeyAtANewAddressIsTheSameServer() throws {
+        let first = try serve()
+        let key = try XCTUnwrap(first.fingerprint)
+        XCTAssertEqual(try ferry(["ls", first.address, "--trust-new"]).status, 0)
+        let oldAddress = first.address
+        first.stop()
+
+        let moved = try serve()  // the same state folder: the same identity, a new port
+        defer { moved.stop() }
+        XCTAssertEqual(moved.fingerprint, key)
+        XCTAssertNotEqual(moved.address, oldAddress)
+        let again = try ferry(["ls", moved.address])
+        XCTAssertEqual(again.status, 0, "no --trust-new needed for a key already trusted: \(again.stderr)")
+        XCTAssertTrue(again.stderr.contains("remembered this address"), again.stderr)
+        let text = try String(contentsOf: knownServers, encoding: .utf8)
+        XCTAssertTrue(text.contains("\(key) address=\(oldAddress)") && text.contains("\(key) address=\(moved.address)"), text)
+
+        let other = try serve(state: "other")
+        defer { other.stop() }
+        let refused = try ferry(["ls", other.address])
+        XCTAssertEqual(refused.status, 6, "another key at a new address is a first contact: \(refused.stderr)")
+    }
+
     func testTrustRecordsAFingerprintGivenByHand() throws {
         let server = try serve()
         defer { server.stop() }
