@@ -39,16 +39,21 @@ public struct ChunkEncodeReport: Sendable, Hashable {
     public var attempt: Attempt
     public var rawBytes: Int
     public var wireBytes: Int
-    /// Seconds spent inside the codec for this chunk (sample and whole-chunk attempt).
+    /// Seconds spent inside the codec for this chunk (sample and whole-chunk attempt), by the
+    /// wall clock: longer than the CPU time when other work competes for the cores.
     public var codecSeconds: Double
+    /// The CPU seconds of the same work (the encoding thread's clock); nil when not measured.
+    public var codecCPUSeconds: Double?
     /// The codec and level tried; nil when none was.
     public var compression: ChunkCompression?
 
-    public init(attempt: Attempt, rawBytes: Int, wireBytes: Int, codecSeconds: Double, compression: ChunkCompression? = nil) {
+    public init(attempt: Attempt, rawBytes: Int, wireBytes: Int, codecSeconds: Double, codecCPUSeconds: Double? = nil,
+                compression: ChunkCompression? = nil) {
         self.attempt = attempt
         self.rawBytes = rawBytes
         self.wireBytes = wireBytes
         self.codecSeconds = codecSeconds
+        self.codecCPUSeconds = codecCPUSeconds
         self.compression = compression
     }
 }
@@ -100,10 +105,10 @@ public struct ChunkEncoder: Sendable {
                                 output: inout ByteBuffer?) -> EncodedChunk {
         raw.withUnsafeReadableBytes { bytes in
             let crc = CRC32.checksum(bytes)
-            let (outcome, seconds) = attempt(bytes, allocator: allocator, output: &output)
+            let (outcome, seconds, cpuSeconds) = attempt(bytes, allocator: allocator, output: &output)
             var header = ChunkHeader(offset: offset, rawLength: bytes.count, wireLength: bytes.count, codec: .stored, crc32: crc)
             var report = ChunkEncodeReport(attempt: .none, rawBytes: bytes.count, wireBytes: bytes.count, codecSeconds: seconds,
-                                           compression: decision.compression)
+                                           codecCPUSeconds: cpuSeconds, compression: decision.compression)
             var wire = raw
             switch outcome {
             case .compressed(let compressed, let codec):
@@ -125,21 +130,27 @@ public struct ChunkEncoder: Sendable {
         case compressed(ByteBuffer, ChunkCodec)
     }
 
-    /// Tries the decision's codec; also returns the seconds spent in it.
+    /// Tries the decision's codec; also returns the seconds spent in it, by the wall clock and
+    /// in CPU time (nil without a thread CPU clock).
     private mutating func attempt(_ raw: UnsafeRawBufferPointer, allocator: ByteBufferAllocator,
-                                  output: inout ByteBuffer?) -> (outcome: Outcome, seconds: Double) {
-        guard let compression = decision.compression else { return (.notTried, 0) }
+                                  output: inout ByteBuffer?) -> (outcome: Outcome, seconds: Double, cpuSeconds: Double?) {
+        guard let compression = decision.compression else { return (.notTried, 0, nil) }
         let start = ContinuousClock.now
+        let cpuStart = POSIX.threadCPUSeconds()
+        func elapsed(_ outcome: Outcome) -> (outcome: Outcome, seconds: Double, cpuSeconds: Double?) {
+            let cpu = cpuStart.flatMap { start in POSIX.threadCPUSeconds().map { max(0, $0 - start) } }
+            return (outcome, (ContinuousClock.now - start).seconds, cpu)
+        }
         guard shouldTry(raw, compression) else {
             lastWasIncompressible = true
-            return (.sampleRejected, (ContinuousClock.now - start).seconds)
+            return elapsed(.sampleRejected)
         }
         guard let wire = Self.compress(raw, compression, allocator: allocator, output: &output) else {
             lastWasIncompressible = true
-            return (.rejected, (ContinuousClock.now - start).seconds)
+            return elapsed(.rejected)
         }
         lastWasIncompressible = false
-        return (.compressed(wire, compression.codec), (ContinuousClock.now - start).seconds)
+        return elapsed(.compressed(wire, compression.codec))
     }
 
     /// Whether the whole chunk is worth an attempt: with `sampleThenCompress`, or after a miss,

@@ -186,6 +186,15 @@ public struct FileInfo: Hashable, Sendable {
 private func followingStat(_ path: String, _ st: inout Glibc.stat) -> Int32 { stat(path, &st) }
 
 public enum POSIX {
+    /// CPU seconds the calling thread has used (`CLOCK_THREAD_CPUTIME_ID`); nil where the
+    /// clock is not available. The difference of two readings on one thread is the CPU time
+    /// of what ran between them, whatever else competed for the cores meanwhile.
+    public static func threadCPUSeconds() -> Double? {
+        var t = timespec()
+        guard clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t) == 0 else { return nil }
+        return Double(t.tv_sec) + Double(t.tv_nsec) / 1e9
+    }
+
     public static func lstat(_ path: String) throws(SystemError) -> FileInfo {
         var st = Glibc.stat()
         guard Glibc.lstat(path, &st) == 0 else { throw SystemError(errno: errno, operation: "stat", path: path) }

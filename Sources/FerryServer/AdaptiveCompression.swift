@@ -45,19 +45,21 @@ import Darwin
 /// 3. link not known yet (less than 4 MiB observed): **compress** (a slow link is where a wrong
 ///    guess costs most; on a fast one the first MiB or so costs a little CPU);
 /// 4. otherwise, while the network is clearly the bottleneck (pressure at least `levelPressure`),
-///    compress every chunk: a stored chunk of text costs the link about five compressed ones, so
-///    even 1% stored would add 5% to the bytes of a slow link. Below that, compress the share of
-///    chunks given by the network pressure, spread evenly: near the crossover compressing too
-///    much lets the buffer drain, the pressure falls and stored chunks mix in, so that the link
-///    and the encoders are both busy.
+///    or the level chosen is above 1, compress every chunk: a stored chunk of text costs the link
+///    about five compressed ones, so even 1% stored would add 5% to the bytes of a slow link.
+///    Else compress the share of chunks given by the network pressure, spread evenly: near the
+///    crossover compressing too much lets the buffer drain, the pressure falls and stored chunks
+///    mix in, so that the link and the encoders are both busy.
 ///
 /// The level (`level(for:)`) climbs the codec's `ladder`: from its base level (1) to a higher
 /// rung while the network is the bottleneck (pressure above 0.9) and the encoders at the base
-/// level could feed the link the rung's `headroom` times over (zlib: 3 at 1.75×, 6 at 4×, a
+/// level (by CPU time, `capacity`) could feed the link the rung's `headroom` times over (zlib: 3 at 1.75×, 6 at 4×, a
 /// 100 Mbit/s link and a few cores): spare CPU buys a better ratio. If the higher level makes
-/// the encoders the bottleneck, the pressure drops and the level with it. Where even the base
-/// level cannot keep up with the link (`C·n` below the raw rate the link carries), zstd drops to
-/// the slowest of its fast (negative) levels that can, or its fastest: every chunk compressed a
+/// the encoders the bottleneck, the pressure drops and the level with it, to the rung the
+/// encoders' wall-clock speed (what they deliver on the loaded machine) can feed. Where even the base
+/// level cannot keep up with the link (its capacity below `keepUpMargin` (1.3) times the raw
+/// rate the link carries), zstd drops to the slowest of its fast (negative) levels that can, or
+/// its fastest: every chunk compressed a
 /// little beats a mix of stored and compressed ones.
 /// Whatever it decides, a chunk that does not shrink by 3% is sent stored (`ChunkEncoder`).
 /// It is a pure value: the caller feeds it measured seconds, so tests drive it deterministically.
@@ -99,6 +101,10 @@ public struct AdaptiveCompression: Sendable {
         /// A higher rung of the ladder is climbed only while the network is the bottleneck:
         /// pressure above this.
         public var levelPressure = 0.9
+        /// A level counts as keeping up with the link when the encoders at it could feed the
+        /// link this many times over (the rungs' headrooms keep the same margin): level 1 gives
+        /// way to a fast level below it.
+        public var keepUpMargin = 1.3
 
         public init() {}
     }
@@ -180,6 +186,8 @@ public struct AdaptiveCompression: Sendable {
     private var deliveredBytes = 0.0
     private var deliveredSeconds = 0.0
     private var speeds: [ChunkCodec: Speed] = [:]
+    /// The same attempts timed by the encoding thread's CPU clock.
+    private var cpuSpeeds: [ChunkCodec: Speed] = [:]
     private var ratioEstimate: Double
     private var pressure = 1.0
     private var bytesSinceBlocked = 0.0
@@ -198,9 +206,21 @@ public struct AdaptiveCompression: Sendable {
     /// been observed; nil before.
     public var linkRate: Double? { throughput }
 
-    /// Raw bytes per second all encoders together compress with `codec` at its base level.
+    /// Raw bytes per second all encoders together compress with `codec` at its base level, by
+    /// the wall clock: what they deliver on this machine as loaded as it is (the store/compress
+    /// decisions use it: on a saturated machine compressing costs more than it seems).
     public func compressRate(_ codec: ChunkCodec) -> Double {
         let speed = speeds[codec] ?? prior(codec)
+        return speed.bytes / speed.seconds * Double(encoders)
+    }
+
+    /// Raw bytes per second all encoders together could compress with `codec` at its base level,
+    /// by CPU time (the wall-clock `compressRate` until CPU times were reported). The level is
+    /// chosen by it: with more chunks in flight than cores, each chunk's wall time counts the
+    /// others' turns too (4 chunks on 2 cores: twice the CPU time), which made the encoders
+    /// look 3–4 times slower than they are on a 100 Mbit/s link and kept the level low.
+    public func capacity(_ codec: ChunkCodec) -> Double {
+        guard let speed = cpuSpeeds[codec], speed.seconds > 0 else { return compressRate(codec) }
         return speed.bytes / speed.seconds * Double(encoders)
     }
 
@@ -230,16 +250,22 @@ public struct AdaptiveCompression: Sendable {
         guard let rate = linkRate, rate > 0 else { return 1 }
         // Raw bytes per second the link carries at the current ratio.
         let needed = rate / max(ratioEstimate, 0.05)
-        let base = compressRate(codec)
+        let base = capacity(codec)
         let fast = ladder.filter { $0.level < 1 }
-        if base < needed, let fastest = fast.first {
+        let keepUp = tuning.keepUpMargin * needed
+        if base < keepUp, let fastest = fast.first {
             // The slowest fast level that keeps up with the link, else the fastest there is.
             return fast.last { rung in
-                ChunkCompression(codec: codec, level: rung.level).map { base * Self.relativeSpeed($0) >= needed } ?? false
+                ChunkCompression(codec: codec, level: rung.level).map { base * Self.relativeSpeed($0) >= keepUp } ?? false
             }?.level ?? fastest.level
         }
-        guard pressure >= tuning.levelPressure else { return 1 }
-        return ladder.last { $0.level >= 1 && base >= $0.headroom * needed }?.level ?? 1
+        // While the network is clearly the bottleneck, the highest rung the encoders' CPU time
+        // says they can feed. When the send buffer drains now and then, the encoders fell
+        // behind: the rung that what they deliver by the wall clock (on this machine, as loaded
+        // as it is) can feed — a step down, usually not all the way to level 1, whose chunks
+        // cost a slow link a fifth more.
+        let delivering = pressure >= tuning.levelPressure ? base : min(base, compressRate(codec))
+        return ladder.last { $0.level >= 1 && delivering >= $0.headroom * needed }?.level ?? 1
     }
 
     /// The rate (wire bytes per second, of this link or of the whole server) from which
@@ -305,9 +331,15 @@ public struct AdaptiveCompression: Sendable {
         let a = tuning.attemptDecay
         var speed = speeds[compression.codec] ?? prior(compression.codec)
         speed.bytes = speed.bytes * a + Double(report.rawBytes)
-        // In base-level terms: a zlib-6 chunk that took 4 ms counts as a zlib-1 chunk of 1.6 ms.
+        // In base-level terms: a zlib-6 chunk that took 4 ms counts as a zlib-1 chunk of 1.7 ms.
         speed.seconds = speed.seconds * a + report.codecSeconds * Self.relativeSpeed(compression)
         speeds[compression.codec] = speed
+        if let cpu = report.codecCPUSeconds, cpu > 0 {
+            var cpuSpeed = cpuSpeeds[compression.codec] ?? Speed(bytes: 0, seconds: 0)
+            cpuSpeed.bytes = cpuSpeed.bytes * a + Double(report.rawBytes)
+            cpuSpeed.seconds = cpuSpeed.seconds * a + cpu * Self.relativeSpeed(compression)
+            cpuSpeeds[compression.codec] = cpuSpeed
+        }
     }
 
     /// The decision for the next chunk of a stream to a peer that decodes `codecs`: store it,
@@ -339,7 +371,10 @@ public struct AdaptiveCompression: Sendable {
             return false
         }
         guard linkRate != nil else { return true }
-        credit += pressure >= tuning.levelPressure ? 1 : pressure
+        // Stored chunks mix in only where compressing at level 1 is all the encoders can do:
+        // above it, a dip in the pressure is the encoders falling behind at a higher level, and
+        // `level(for:)` steps down instead.
+        credit += pressure >= tuning.levelPressure || level(for: codec) > 1 ? 1 : pressure
         if credit >= 1 - 1e-9 {
             credit -= 1
             return true

@@ -120,6 +120,23 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(c.level(for: .zstd), 6)
     }
 
+    func testTheLevelFollowsCPUTimeAndTheStoreDecisionTheWallClock() {
+        // Four chunks in flight on two busy cores: each chunk's wall time is four times its
+        // CPU time. Level 1 by CPU: 300 MB/s per encoder; by the wall clock: 75.
+        var c = AdaptiveCompression(encoders: 2)
+        for _ in 0..<40 {
+            c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: chunk / 5,
+                                       codecSeconds: Double(chunk) / (75 * MB), codecCPUSeconds: Double(chunk) / (300 * MB),
+                                       compression: .zstd(1)))
+        }
+        XCTAssertEqual(c.compressRate(.zstd) / MB, 150, accuracy: 1)
+        XCTAssertEqual(c.capacity(.zstd) / MB, 600, accuracy: 1)
+        writes(&c, rate: 14 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), 6, "14 MB/s carries 70 MB/s raw: 600 ≥ 4.9 × 70 by CPU (150 by the wall clock would give level 1)")
+        writes(&c, rate: 400 * MB, total: 32 << 20, blocked: true)
+        XCTAssertFalse(c.shouldCompress(.zstd), "400 MB/s ≥ 2 × 150 MB/s delivered by the wall clock: store")
+    }
+
     func testMixIsSpreadEvenly() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
@@ -207,9 +224,9 @@ final class AdaptiveCompressionTests: XCTestCase {
         writes(&c, rate: 20 * MB, total: 32 << 20, blocked: true)
         XCTAssertEqual(c.level(for: .zstd), 4, "20 MB/s carries 100 MB/s raw: 400 ≥ 3.5 × 100, < 4.9 ×")
         writes(&c, rate: 60 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level(for: .zstd), 1, "60 MB/s carries 300 MB/s raw: level 1 keeps up, no more")
-        writes(&c, rate: 85 * MB, total: 32 << 20, blocked: true)
-        XCTAssertEqual(c.level(for: .zstd), -1, "85 MB/s carries 425 MB/s raw: level -1 does 440")
+        XCTAssertEqual(c.level(for: .zstd), 1, "60 MB/s carries 300 MB/s raw: level 1 keeps up (400 ≥ 1.3 × 300), no more")
+        writes(&c, rate: 65 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zstd), -1, "65 MB/s carries 325 MB/s raw: level -1 does 440 ≥ 1.3 × 325")
         writes(&c, rate: 117 * MB, total: 32 << 20, blocked: true)
         XCTAssertEqual(c.level(for: .zstd), -4, "1 Gbit/s carries 585 MB/s raw: only level -4 (580) comes close")
         XCTAssertEqual(c.decide(peerCodecs: [.stored, .zlib, .zstd]).compression?.level, -4)
@@ -219,7 +236,9 @@ final class AdaptiveCompressionTests: XCTestCase {
         writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
         XCTAssertEqual(c.level(for: .zstd), 6)
         writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
-        XCTAssertEqual(c.level(for: .zstd), 1, "when the socket stops backing up, back to level 1")
+        XCTAssertEqual(c.level(for: .zstd), 6, "the socket stops backing up, but the encoders deliver 400 MB/s ≥ 4.9 × 60")
+        writes(&c, rate: 40 * MB, total: 16 << 20, blocked: false, bytes: 64 * 1024)
+        XCTAssertEqual(c.level(for: .zstd), 1, "a faster link that no longer backs up: 200 MB/s raw, level 1 (400 < 3.5 × 200)")
     }
 
     func testEveryRungIsALevelTheCodecAccepts() {
@@ -255,7 +274,17 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(c.compressRate(.zlib) / MB, 180, accuracy: 1)
         XCTAssertEqual(c.level(for: .zlib), 6)
         writes(&c, rate: 12 * MB, total: 8 << 20, blocked: false, bytes: 64 * 1024)
-        XCTAssertEqual(c.level(for: .zlib), 1, "when the socket stops backing up, back to level 1")
+        XCTAssertEqual(c.level(for: .zlib), 6, "the socket stops backing up, but the encoders still deliver 180 MB/s ≥ 4 × 40")
+        // Other work takes the cores: the encoders still need the same CPU time per chunk but
+        // deliver a third of it by the wall clock.
+        for _ in 0..<20 {
+            c.record(ChunkEncodeReport(attempt: .compressed, rawBytes: chunk, wireBytes: Int(Double(chunk) * 0.3),
+                                       codecSeconds: Double(chunk) / (30 * MB) / 0.42, codecCPUSeconds: Double(chunk) / (90 * MB) / 0.42,
+                                       compression: .zlib(6)))
+        }
+        XCTAssertEqual(c.level(for: .zlib), 1, "they deliver ~60 MB/s at level-1 terms, < 1.75 × 40: down to level 1")
+        writes(&c, rate: 12 * MB, total: 32 << 20, blocked: true)
+        XCTAssertEqual(c.level(for: .zlib), 6, "the link backs up again: the CPU time says level 6 is affordable")
     }
 
     func testIncompressibleDataIsOnlyProbed() {
