@@ -197,6 +197,10 @@ class SshServer:
 
 
 # Only what the benchmark needs: key login of the user running it, from the link's address.
+# SetEnv SHLVL=1: Debian's bash sources ~/.bashrc for a command run by sshd when SHLVL is not yet
+# set (root's here runs `pyenv init`: +240 ms a connection), which would time the account, not
+# rsync; with it set, `bash -c 'rsync --server ...'` starts as it does from any shell. PermitUserRC
+# no: no ~/.ssh/rc either.
 SSHD_CONFIG = """\
 Port %(port)d
 ListenAddress %(host)s
@@ -217,6 +221,8 @@ AllowAgentForwarding no
 PermitTunnel no
 PrintMotd no
 UseDNS no
+SetEnv SHLVL=1
+PermitUserRC no
 LogLevel INFO
 """
 

@@ -317,7 +317,7 @@ class Bench:
     # 7: the TLS handshake ------------------------------------------------------------------------
 
     PROBES = 100  # connections to each server from one process (handshake.probe_main)
-    LS_RUNS = 25  # `ferry ls` processes of each kind
+    LS_RUNS = 40  # `ferry ls` processes of each kind
 
     def handshake(self, scenario):
         """handshake.py's in-process probe against a TLS and a --plaintext server, then whole
@@ -355,6 +355,7 @@ class Bench:
                "probe": {name: handshake.summary(t) for name, t in times.items()},
                "server_cpu_ms": {"tls": server_cpu[tls], "plaintext": server_cpu[plain]},
                "ls_ms": {name: 1000 * statistics.median(w) for name, w in walls.items()},
+               "ls_min_ms": {name: 1000 * min(w) for name, w in walls.items()},
                "ls_walls": {name: [round(x, 4) for x in w] for name, w in walls.items()}}
         self.rows.append(row)
         p = row["probe"]
