@@ -128,7 +128,7 @@ class SshServer:
     """The run's own sshd on the link's address (ListenAddress HOST only, a free port), started
     in the foreground (`-D`) as a child the run stops by PID like every server; `rsync -e ssh`
     connects to it. Keys are made once per run in TMP/ssh (ssh_keys). The cipher is ssh's
-    default (what the client and server negotiate; `negotiated` reads it from `ssh -v`)."""
+    default (what the client and server negotiate; `check` reads it from `ssh -v`)."""
 
     kind = "rsync"
     READY = re.compile(r"Server listening on")
@@ -180,17 +180,27 @@ class SshServer:
         """The `rsync -e` value (rsync splits it on spaces; no path of the run has one)."""
         return " ".join(self._ssh + ["-o", "LogLevel=ERROR"])
 
-    def negotiated(self):
-        """What `ssh -v` reports for this server: 'kex ..., cipher ..., MAC ...', or None."""
+    def check(self):
+        """Logs in once with `ssh -v ... true` and returns what was negotiated ('kex ..., cipher
+        ..., MAC ...'); RuntimeError (the server stopped) if the login fails, e.g. for a user
+        whose shell is nologin."""
         args = ns_prefix(self.link.client_ns) + self._ssh + ["-v", self.link.host, "true"]
         run = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                              text=True, timeout=30)
         kex = re.search(r"kex: algorithm: (\S+)", run.stderr)
         cipher = re.search(r"kex: server->client cipher: (\S+) MAC: (\S+) compression: (\S+)", run.stderr)
-        if run.returncode != 0 or not cipher:
-            return None
+        if run.returncode != 0:
+            self.stop()
+            user = pwd.getpwuid(os.geteuid())
+            why = ("ssh could not log in: " + " / ".join(
+                line for line in run.stderr.splitlines() if not line.startswith("debug"))[-300:]
+                if run.returncode == 255 else
+                "the login worked, `true` did not run (exit status %d): %s's shell is %s" % (
+                    run.returncode, user.pw_name, user.pw_shell))
+            raise RuntimeError("`ssh ... true` to the run's own sshd failed: " + why)
         return "kex %s, cipher %s, MAC %s, compression %s" % (
-            kex.group(1) if kex else "?", cipher.group(1), cipher.group(2), cipher.group(3))
+            kex.group(1) if kex else "?", cipher.group(1) if cipher else "?", cipher.group(2) if cipher else "?",
+            cipher.group(3) if cipher else "?")
 
     def stop(self):
         CLEANUP.stop(self.proc)

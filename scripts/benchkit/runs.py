@@ -56,18 +56,32 @@ class Bench:
         if key not in self._servers:
             self._servers[key] = start_server(tool, self.link(link_name), self.src, self.ferry, self.features,
                                               self.tmp, self.sshd)
-            if tool.ssh:
-                self.note("rsync-ssh (%s): `rsync -a -e ssh` to the run's own sshd on %s, ssh's defaults negotiated "
-                          "%s (read from `ssh -v`)" % (link_name, self.link(link_name).host,
-                                                       self._servers[key].negotiated() or "? (ssh -v said nothing)"))
         return self._servers[key]
 
-    def usable(self, tools):
-        """The tools this run can measure (a note says why any other is skipped)."""
+    def ssh_usable(self, tool, link_name):
+        """Starts the sshd of `tool` on the link and logs in once; False (and no more rsync-ssh rows
+        in this run, with a note why) if that fails."""
+        if not self.sshd:
+            return False  # main.run noted why
+        if (tool, link_name) in self._servers:
+            return True
+        try:
+            negotiated = self.server(tool, link_name).check()
+        except RuntimeError as e:
+            self._servers.pop((tool, link_name), None)
+            self.note("rsync-ssh rows skipped: %s" % e)
+            self.sshd = None
+            return False
+        self.note("rsync-ssh (%s): `rsync -a -e ssh` to the run's own sshd on %s; ssh's defaults negotiated %s "
+                  "(read from `ssh -v`)" % (link_name, self.link(link_name).host, negotiated))
+        return True
+
+    def usable(self, tools, link_name):
+        """The tools this run can measure on the link (a note says why any other is skipped)."""
         out = []
         for t in tools:
-            if t.ssh and not self.sshd:
-                continue  # main.run noted why
+            if t.ssh and not self.ssh_usable(t, link_name):
+                continue
             if not self.features.supports(t):
                 self.note("%s rows skipped: `ferry serve --help` does not mention `%s`" % (
                     t.name, "%s:" % t.codec if t.codec else "--plaintext"))
@@ -150,7 +164,7 @@ class Bench:
     # 1 and 2: full syncs ----------------------------------------------------------------------
 
     def full_sync(self, scenario):
-        tools = self.usable(scenario.tools)
+        tools = self.usable(scenario.tools, scenario.link)
         if any(t.codec == "zstd" for t in tools):
             self.note("ferry-zstd rows: a server sends zstd only to clients that enable it; one that does not "
                       "gets zlib (then the rows' wire bytes are those of zlib, not zstd's)")
@@ -178,7 +192,7 @@ class Bench:
     # 3: no-op re-sync --------------------------------------------------------------------------
 
     def noop(self, scenario):
-        tools = self.usable(scenario.tools)
+        tools = self.usable(scenario.tools, scenario.link)
         for t in tools:
             fresh_dir(self.dest(t, "small"))
             self.sync(t, scenario.link, "small", self.dest(t, "small"))
