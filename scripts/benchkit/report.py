@@ -1,7 +1,7 @@
 """The Markdown table of docs/BENCHMARKS.md: one row per scenario, data set and tool (ferry rows,
 then rsync, then rsync -z and rsync-ssh), each ratio against the rsync daemon from the same run;
-below a data set's rows, a line of ratios `ferry / X` for each partner X that ran there besides the
-daemon (rsync -z, rsync-ssh, ferry-plaintext); then the details (resume, reuse, concurrent, the
+below a data set's rows, a line of ratios for each pair of PAIRS that ran there (ferry against
+rsync -z, rsync-ssh and ferry-plaintext; ferry-off against ferry-off-plaintext); then the details (resume, reuse, concurrent, the
 TLS handshake) and the notes."""
 
 from .data import KiB, MiB
@@ -42,9 +42,10 @@ def row_line(scenario, dataset, r, ref):
         mib((r["client_rss"] or 0) * KiB), srv_rss, mib(wire(r)), "" if is_ref else ratio(wire(r), ref and wire(ref)))
 
 
-# The lines of ratios under a data set's rows: ferry (TLS) against each of these partners.
-PARTNERS = (("rsync-z", "ferry / rsync -z"), ("rsync-ssh", "ferry / rsync-ssh"),
-            ("ferry-plaintext", "ferry / ferry-plaintext"))
+# The lines of ratios under a data set's rows, where both tools ran: (tool, partner, label).
+PAIRS = (("ferry", "rsync-z", "ferry / rsync -z"), ("ferry", "rsync-ssh", "ferry / rsync-ssh"),
+         ("ferry", "ferry-plaintext", "ferry / ferry-plaintext"),
+         ("ferry-off", "ferry-off-plaintext", "ferry-off / ferry-off-plaintext"))
 
 
 def table(rows):
@@ -57,9 +58,9 @@ def table(rows):
         ref = tools.get("rsync")
         for name in sorted(tools, key=tool_order):
             lines.append(row_line(scenario, dataset, tools[name], ref))
-        for partner, label in PARTNERS:
-            if partner in tools and "ferry" in tools:
-                f, p = tools["ferry"], tools[partner]
+        for tool, partner, label in PAIRS:
+            if tool in tools and partner in tools:
+                f, p = tools[tool], tools[partner]
                 lines.append("| %s | %s | %s | | %s | | %s | | | %s |" % (
                     scenario, dataset, label, ratio(f["wall"], p["wall"]), ratio(f["cpu"], p["cpu"]),
                     ratio(wire(f), wire(p))))
