@@ -49,8 +49,8 @@ FERRY_OFF = ferry_compress("off")
 # The same ferry without TLS, for the cost of encryption side by side (issue 14, part 7) and for
 # issue 16's targets of --plaintext against the rsync daemon.
 FERRY_PLAIN = Tool("ferry-plaintext", "ferry", plaintext=True)
-# `auto` may choose differently for two servers (it stored the text over TLS and compressed a
-# third of it in cleartext in one run), so on the text the cost of TLS alone is ferry-off against this.
+# `auto` may choose differently for two servers (in one run it sent the text stored over TLS and
+# compressed it to a third in cleartext), so on the text the cost of TLS alone is ferry-off against this.
 FERRY_OFF_PLAIN = Tool("ferry-off-plaintext", "ferry", compress="off", plaintext=True)
 
 # The codec rows: ferry with a fixed codec beside `auto` on the text, over every link
