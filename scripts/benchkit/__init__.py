@@ -5,8 +5,9 @@
     links.py       the network namespaces, the 1 Gbit/s veth and the 100 Mbit/s + 2 ms relay
     processes.py   starting, timing, interrupting and cleaning up every process and temp path
     measure.py     the figures of one run: wall, CPU, peak RSS, wire bytes
-    runners.py     `ferry serve` / `rsync --daemon` and their clients' command lines
+    runners.py     `ferry serve` / `rsync --daemon` / the run's own sshd and their clients' command lines
     runs.py        HOW each kind of scenario runs: alternating repetitions, medians
+    handshake.py   the in-process TLS/plaintext connection probe of the handshake scenario
     report.py      the Markdown table
     main.py        the options and the order of a run
 """

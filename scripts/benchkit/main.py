@@ -13,7 +13,8 @@ from . import links
 from .data import Sizes, generate
 from .processes import CLEANUP, Interrupted, catch_signals, ignore_signals_while_cleaning, log
 from .report import report
-from .runners import REPO, FerryFeatures, build_ferry, ensure_rsync
+from .handshake import probe_main
+from .runners import REPO, FerryFeatures, build_ferry, ensure_rsync, ensure_sshd
 from .runs import Bench
 from .scenarios import CODECS, COMPRESS_MODE, GROUPS, FullSync, scenarios
 
@@ -58,6 +59,9 @@ def main(argv):
     if len(argv) == 3 and argv[0] == "--relay":  # internal: the 100 Mbit/s link (links.py)
         links.relay_main(argv[1], argv[2])
         return 0
+    if len(argv) == 5 and argv[0] == "--handshake-probe":  # internal: the handshake scenario (handshake.py)
+        probe_main(*argv[1:])
+        return 0
     opts = parse_options(argv)
     catch_signals()
     try:
@@ -93,7 +97,11 @@ def run(opts):
         log("WARNING: not root, so no network namespaces: loopback scenarios run on 127.0.0.1 in this "
             "namespace, wire bytes are the tools' own counts, and the shaped-LAN scenarios are SKIPPED")
         only = [s for s in only if s not in SHAPED]
-    bench = Bench(opts, sizes, ferry, features, namespaces, tmp)
+    wants_ssh = any(t.ssh for s in scenarios(opts.codecs) if s.group in only for t in s.tools)
+    sshd, why_not = ensure_sshd() if wants_ssh else (None, None)
+    bench = Bench(opts, sizes, ferry, features, namespaces, tmp, sshd)
+    if why_not:
+        bench.note(why_not)
     started = time.monotonic()
     bench.prime()
     for scenario in scenarios(opts.codecs):

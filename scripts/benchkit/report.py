@@ -1,6 +1,8 @@
 """The Markdown table of docs/BENCHMARKS.md: one row per scenario, data set and tool (ferry rows,
-then rsync, then rsync -z), each ratio ferry / rsync from the same run; a `ferry / rsync -z` row
-where rsync -z ran; then the resume and concurrent details and the notes."""
+then rsync, then rsync -z and rsync-ssh), each ratio against the rsync daemon from the same run;
+below a data set's rows, a line of ratios for each pair of PAIRS that ran there (ferry against
+rsync -z, rsync-ssh and ferry-plaintext; ferry-off against ferry-off-plaintext); then the details (resume, reuse, concurrent, the
+TLS handshake) and the notes."""
 
 from .data import KiB, MiB
 
@@ -40,19 +42,28 @@ def row_line(scenario, dataset, r, ref):
         mib((r["client_rss"] or 0) * KiB), srv_rss, mib(wire(r)), "" if is_ref else ratio(wire(r), ref and wire(ref)))
 
 
+# The lines of ratios under a data set's rows, where both tools ran: (tool, partner, label).
+PAIRS = (("ferry", "rsync-z", "ferry / rsync -z"), ("ferry", "rsync-ssh", "ferry / rsync-ssh"),
+         ("ferry", "ferry-plaintext", "ferry / ferry-plaintext"),
+         ("ferry-off", "ferry-off-plaintext", "ferry-off / ferry-off-plaintext"))
+
+
 def table(rows):
     groups = {}
     for r in rows:
-        groups.setdefault((r["scenario"], r["dataset"]), {})[r["tool"]] = r
+        if r["scenario"] != "handshake":  # in details()
+            groups.setdefault((r["scenario"], r["dataset"]), {})[r["tool"]] = r
     lines = list(HEADER)
     for (scenario, dataset), tools in groups.items():
         ref = tools.get("rsync")
         for name in sorted(tools, key=tool_order):
             lines.append(row_line(scenario, dataset, tools[name], ref))
-        if "rsync-z" in tools and "ferry" in tools:
-            f, z = tools["ferry"], tools["rsync-z"]
-            lines.append("| %s | %s | ferry / rsync -z | | %s | | %s | | | %s |" % (
-                scenario, dataset, ratio(f["wall"], z["wall"]), ratio(f["cpu"], z["cpu"]), ratio(wire(f), wire(z))))
+        for tool, partner, label in PAIRS:
+            if tool in tools and partner in tools:
+                f, p = tools[tool], tools[partner]
+                lines.append("| %s | %s | %s | | %s | | %s | | | %s |" % (
+                    scenario, dataset, label, ratio(f["wall"], p["wall"]), ratio(f["cpu"], p["cpu"]),
+                    ratio(wire(f), wire(p))))
     return lines
 
 
@@ -75,7 +86,32 @@ def details(rows):
                 r["tool"], r["throughput"] / MiB, mib((r["server_rss"] or 0) * KiB),
                 "/ %s MiB (all processes)" % mib((r["server_rss_total"] or 0) * KiB) if r["tool"] == "rsync" else "",
                 r["failures"]))
+        if r["scenario"] == "handshake":
+            lines.extend(handshake_lines(r))
     return lines
+
+
+def handshake_lines(r):
+    tls, plain = r["probe"]["tls"], r["probe"]["plaintext"]
+    ls, low = r["ls_ms"], r["ls_min_ms"]
+    return [
+        "handshake, in one process (no process start; medians of %d connections to each server, alternating): "
+        "connect + TLS 1.3 handshake + greeting + `LIST` %.2f ms with TLS, %.2f ms with --plaintext: "
+        "**TLS costs %.2f ms a connection** (the handshake step alone %.2f ms; TCP connect %.2f / %.2f ms; "
+        "greeting after the handshake %.2f / %.2f ms; the LIST %.2f / %.2f ms). Server CPU a connection: "
+        "%.2f ms TLS, %.2f ms plaintext" % (
+            r["n"], tls["total"], plain["total"], tls["total"] - plain["total"], tls["handshake"],
+            tls["connect"], plain["connect"], tls["greeting"], plain["greeting"], tls["list"], plain["list"],
+            r["server_cpu_ms"]["tls"], r["server_cpu_ms"]["plaintext"]),
+        "handshake, whole `ferry ls` processes (%d of each, alternating; median, and fastest in brackets): "
+        "%.1f (%.1f) ms with TLS, %.1f (%.1f) ms with --plaintext, TLS − plaintext %.1f (%.1f) ms; `ferry --version`, "
+        "a start and exit without a connection: %.1f (%.1f) ms, so connection + handshake + LIST in the ferry "
+        "client: %.1f (%.1f) ms TLS, %.1f (%.1f) ms plaintext" % (
+            len(r["ls_walls"]["tls"]), ls["tls"], low["tls"], ls["plaintext"], low["plaintext"],
+            ls["tls"] - ls["plaintext"], low["tls"] - low["plaintext"], ls["start"], low["start"],
+            ls["tls"] - ls["start"], low["tls"] - low["start"], ls["plaintext"] - ls["start"],
+            low["plaintext"] - low["start"]),
+    ]
 
 
 def report(rows, notes, namespaces):

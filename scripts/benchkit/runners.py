@@ -4,12 +4,16 @@
     ferry sync HOST:PORT/SET DEST --json --quiet --fingerprint FP (the one the server printed; or --plaintext)
     rsync --daemon --no-detach (one read-only module `src`, use chroot = no)
     rsync -a --stats [OPTIONS] rsync://HOST:PORT/src/SET/ DEST/
+    sshd -D -e -f TMP/ssh/sshd-NS.conf (the run's own: ListenAddress HOST, a private port, its own
+        host key and authorized key; never the system's sshd, its config or its service)
+    rsync -a --stats -e "ssh -F /dev/null -p PORT -i KEY -o UserKnownHostsFile=... ..." HOST:SRC/SET/ DEST/
 
 No server is ever given a name to look up or `--announce`: they bind the link's own address.
 """
 
 import json
 import os
+import pwd
 import re
 import shutil
 import socket
@@ -120,23 +124,167 @@ class RsyncDaemon:
         CLEANUP.stop(self.proc)
 
 
+class SshServer:
+    """The run's own sshd on the link's address (ListenAddress HOST only, a free port), started
+    in the foreground (`-D`) as a child the run stops by PID like every server; `rsync -e ssh`
+    connects to it. Keys are made once per run in TMP/ssh (ssh_keys). The cipher is ssh's
+    default (what the client and server negotiate; `check` reads it from `ssh -v`)."""
+
+    kind = "rsync"
+    READY = re.compile(r"Server listening on")
+    PRIVSEP = re.compile(r"Missing privilege separation directory: (/\S+)")
+
+    def __init__(self, link, src, sshd, tmp):
+        self.dev = link.dev
+        self.link = link
+        keys = ssh_keys(tmp)
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        tag = link.server_ns or "default"
+        for _ in range(20):  # a free port can be taken between probing and binding: retry
+            port = free_port()
+            conf = os.path.join(keys.dir, "sshd-%s.conf" % tag)
+            with open(conf, "w") as f:
+                f.write(SSHD_CONFIG % dict(port=port, host=link.host, host_key=keys.host_key,
+                                           authorized=keys.authorized, user=user,
+                                           pid=os.path.join(keys.dir, "sshd-%s.pid" % tag)))
+            log_file = os.path.join(keys.dir, "sshd-%s-%d.log" % (tag, port))
+            with open(log_file, "w") as f:
+                self.proc = CLEANUP.spawn(ns_prefix(link.server_ns) + [sshd, "-D", "-e", "-f", conf],
+                                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=f)
+            if wait_for_line(log_file, self.READY, self.proc, timeout=10):
+                break
+            CLEANUP.stop(self.proc)
+            missing = wait_for_line(log_file, self.PRIVSEP, self.proc, timeout=0.1)
+            if missing and os.geteuid() == 0 and not os.path.exists(missing.group(1)):
+                # sshd started by root needs its privilege separation directory (an empty
+                # directory the packaged service makes when it starts); made here, removed at the end.
+                os.mkdir(CLEANUP.path(missing.group(1)), 0o755)
+        else:
+            with open(log_file, errors="replace") as f:
+                raise RuntimeError("sshd did not start: %s" % f.read()[-1000:])
+        with open(keys.host_key + ".pub") as f:
+            host_public = " ".join(f.read().split()[:2])
+        known_hosts = os.path.join(keys.dir, "known_hosts-%s-%d" % (tag, port))
+        with open(known_hosts, "w") as f:
+            f.write("[%s]:%d %s\n" % (link.host, port, host_public))
+        # -F /dev/null: neither ~/.ssh/config nor /etc/ssh/ssh_config; the host key is known in
+        # advance (StrictHostKeyChecking=yes), nothing is asked or written.
+        self._ssh = ["ssh", "-F", "/dev/null", "-p", str(port), "-i", keys.client_key, "-l", user,
+                     "-o", "UserKnownHostsFile=" + known_hosts, "-o", "GlobalKnownHostsFile=/dev/null",
+                     "-o", "StrictHostKeyChecking=yes", "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+                     "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        self.address = "%s:%s" % (link.host, src)
+
+    @property
+    def rsh(self):
+        """The `rsync -e` value (rsync splits it on spaces; no path of the run has one)."""
+        return " ".join(self._ssh + ["-o", "LogLevel=ERROR"])
+
+    def check(self):
+        """Logs in once with `ssh -v ... true` and returns what was negotiated ('kex ..., cipher
+        ..., MAC ...'); RuntimeError (the server stopped) if the login fails, e.g. for a user
+        whose shell is nologin."""
+        args = ns_prefix(self.link.client_ns) + self._ssh + ["-v", self.link.host, "true"]
+        run = subprocess.run(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True, timeout=30)
+        kex = re.search(r"kex: algorithm: (\S+)", run.stderr)
+        cipher = re.search(r"kex: server->client cipher: (\S+) MAC: (\S+) compression: (\S+)", run.stderr)
+        if run.returncode != 0:
+            self.stop()
+            user = pwd.getpwuid(os.geteuid())
+            why = ("ssh could not log in: " + " / ".join(
+                line for line in run.stderr.splitlines() if not line.startswith("debug"))[-300:]
+                if run.returncode == 255 else
+                "the login worked, `true` did not run (exit status %d): %s's shell is %s" % (
+                    run.returncode, user.pw_name, user.pw_shell))
+            raise RuntimeError("`ssh ... true` to the run's own sshd failed: " + why)
+        return "kex %s, cipher %s, MAC %s, compression %s" % (
+            kex.group(1) if kex else "?", cipher.group(1) if cipher else "?", cipher.group(2) if cipher else "?",
+            cipher.group(3) if cipher else "?")
+
+    def stop(self):
+        CLEANUP.stop(self.proc)
+
+
+# Only what the benchmark needs: key login of the user running it, from the link's address.
+# SetEnv SHLVL=1: Debian's bash sources ~/.bashrc for a command run by sshd when SHLVL is not yet
+# set (root's here runs `pyenv init`: +240 ms a connection), which would time the account, not
+# rsync; with it set, `bash -c 'rsync --server ...'` starts as it does from any shell. PermitUserRC
+# no: no ~/.ssh/rc either.
+SSHD_CONFIG = """\
+Port %(port)d
+ListenAddress %(host)s
+AddressFamily inet
+HostKey %(host_key)s
+PidFile %(pid)s
+AuthorizedKeysFile %(authorized)s
+AllowUsers %(user)s
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin prohibit-password
+UsePAM no
+StrictModes no
+X11Forwarding no
+AllowTcpForwarding no
+AllowAgentForwarding no
+PermitTunnel no
+PrintMotd no
+UseDNS no
+SetEnv SHLVL=1
+PermitUserRC no
+LogLevel INFO
+"""
+
+
+class SshKeys:
+    def __init__(self, directory):
+        self.dir = directory
+        self.host_key = os.path.join(directory, "host_ed25519")
+        self.client_key = os.path.join(directory, "client_ed25519")
+        self.authorized = os.path.join(directory, "authorized_keys")
+
+
+_ssh_keys = {}
+
+
+def ssh_keys(tmp):
+    """The run's host key, client key and authorized_keys (ed25519, no passphrase), in TMP/ssh
+    (mode 700; TMP is removed at the end of the run)."""
+    if tmp not in _ssh_keys:
+        keys = SshKeys(os.path.join(tmp, "ssh"))
+        os.makedirs(keys.dir, mode=0o700)
+        for key in (keys.host_key, keys.client_key):
+            sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ferry-bench", "-f", key])
+        shutil.copyfile(keys.client_key + ".pub", keys.authorized)
+        _ssh_keys[tmp] = keys
+    return _ssh_keys[tmp]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(tool, link, src, ferry, features, tmp):
+def start_server(tool, link, src, ferry, features, tmp, sshd=None):
     if tool.kind == "ferry":
         return FerryServer(link, src, ferry, features.compress_argument(tool.compress), tmp, features.tls, tool.plaintext)
+    if tool.ssh:
+        return SshServer(link, src, sshd, tmp)
     return RsyncDaemon(link, src, tmp)
+
+
+def rsync_args(tool, server):
+    """`rsync -a --stats [OPTIONS]`, and `-e SSH` for rsync over ssh."""
+    return ["rsync", "-a", "--stats"] + (["-e", server.rsh] if tool.ssh else []) + list(tool.rsync_options)
 
 
 def sync_args(tool, server, ferry, subpath, dest):
     """The client command line of a full sync of `subpath` into `dest`."""
     if tool.kind == "ferry":
         return [ferry, "sync", server.address + "/" + subpath, dest, "--json", "--quiet"] + server.trust
-    return ["rsync", "-a", "--stats"] + list(tool.rsync_options) + [server.address + "/" + subpath + "/", dest + "/"]
+    return rsync_args(tool, server) + [server.address + "/" + subpath + "/", dest + "/"]
 
 
 def get_file_args(tool, server, ferry, path, dest_file):
@@ -144,7 +292,7 @@ def get_file_args(tool, server, ferry, path, dest_file):
     of the next run: rsync's own --partial keeps a file only after a gentler signal)."""
     if tool.kind == "ferry":
         return [ferry, "get", server.address + "/" + path, dest_file, "--json"] + server.trust
-    return ["rsync", "-a", "--inplace", "--stats", server.address + "/" + path, dest_file]
+    return rsync_args(tool, server) + ["--inplace", server.address + "/" + path, dest_file]
 
 
 def received_bytes(kind, stdout):
@@ -172,14 +320,51 @@ def build_ferry():
     return os.path.join(sh(build + ["--show-bin-path"], cwd=REPO, timeout=120).stdout.strip(), "ferry")
 
 
-def ensure_rsync():
-    """rsync, installed with apt-get when missing."""
-    if shutil.which("rsync"):
-        return
-    log("installing rsync with apt-get")
+def apt_install(package):
+    """`apt-get install -y PACKAGE` (noninteractive), after `apt-get update` if the first try fails;
+    its output goes to stderr."""
+    log("installing %s with apt-get" % package)
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    install = sudo + ["apt-get", "install", "-y", "rsync"]
-    if subprocess.run(install, env=env, timeout=900).returncode != 0:
-        subprocess.run(sudo + ["apt-get", "update"], env=env, check=True, timeout=900)
-        subprocess.run(install, env=env, check=True, timeout=900)
+    install = sudo + ["apt-get", "install", "-y", package]
+    quiet = dict(env=env, stdout=sys.stderr, timeout=900)  # stdout is the table's
+    if subprocess.run(install, **quiet).returncode != 0:
+        subprocess.run(sudo + ["apt-get", "update"], check=True, **quiet)
+        subprocess.run(install, check=True, **quiet)
+
+
+def ensure_rsync():
+    """rsync, installed with apt-get when missing."""
+    if not shutil.which("rsync"):
+        apt_install("rsync")
+
+
+SBIN_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
+POLICY_RC_D = "/usr/sbin/policy-rc.d"
+
+
+def ensure_sshd():
+    """(the absolute path of sshd, None), installing openssh-server with apt-get when it is missing;
+    or (None, why) when it is missing and cannot be installed safely.
+
+    Debian's openssh-server starts the system's ssh service (port 22, every address) when it is
+    installed, unless /usr/sbin/policy-rc.d forbids starting services (exit status 101, as in
+    containers). The benchmark never starts a listener beyond its link, so it installs the
+    package only where that service will not start; elsewhere it says how to install it."""
+    found = shutil.which("sshd", path=SBIN_PATH)
+    if found:
+        return os.path.abspath(found), None
+    if not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        apt_install("openssh-client")
+    policy = subprocess.run([POLICY_RC_D, "ssh", "start"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, timeout=30).returncode if os.access(POLICY_RC_D, os.X_OK) else None
+    if policy != 101:
+        return None, ("rsync-ssh rows skipped: sshd is not installed, and installing openssh-server here would start "
+                      "the system's ssh service on port 22 (no %s forbids it). Install it yourself (apt-get install "
+                      "openssh-server) and run again: the benchmark starts its own sshd on the link's address only"
+                      % POLICY_RC_D)
+    apt_install("openssh-server")
+    found = shutil.which("sshd", path=SBIN_PATH)
+    if not found:
+        return None, "rsync-ssh rows skipped: openssh-server was installed but no sshd was found"
+    return os.path.abspath(found), None

@@ -6,21 +6,24 @@ files just before a run makes ext4 scan for inodes that were not recently delete
 file system, not the tools). Each row is the median of its repetitions."""
 
 import hashlib
+import json
 import os
 import re
 import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 
-from . import links
+from . import handshake, links
+from .links import BENCH
 from .data import REUSE_CASES, KiB, MiB, generate_reuse, tree_bytes
-from .measure import Measurement, ServerWindow, descendants
-from .processes import RUN_TIMEOUT, Client, flush, log
+from .measure import Measurement, ServerWindow, descendants, proc_times
+from .processes import RUN_TIMEOUT, Client, flush, log, ns_prefix
 from .runners import get_file_args, received_bytes, start_server, sync_args
-from .scenarios import FERRY
+from .scenarios import FERRY, FERRY_PLAIN
 
 FIGURES = ("wall", "client_cpu", "server_cpu", "client_rss", "server_rss", "server_rss_total", "wire", "app_wire")
 
@@ -32,9 +35,10 @@ def alternating(tools, reps):
 
 
 class Bench:
-    def __init__(self, opts, sizes, ferry, features, namespaces, tmp):
+    def __init__(self, opts, sizes, ferry, features, namespaces, tmp, sshd=None):
         self.opts, self.sizes, self.ferry, self.features = opts, sizes, ferry, features
         self.namespaces, self.tmp = namespaces, tmp
+        self.sshd = sshd  # the path of sshd for the rsync-ssh rows, or None (they are skipped)
         self.src = os.path.join(opts.data, "src")
         self.dst = os.path.join(opts.data, "dst")
         self.trash = os.path.join(self.dst, "trash")
@@ -51,8 +55,39 @@ class Bench:
         key = (tool, link_name)
         if key not in self._servers:
             self._servers[key] = start_server(tool, self.link(link_name), self.src, self.ferry, self.features,
-                                              self.tmp)
+                                              self.tmp, self.sshd)
         return self._servers[key]
+
+    def ssh_usable(self, tool, link_name):
+        """Starts the sshd of `tool` on the link and logs in once; False (and no more rsync-ssh rows
+        in this run, with a note why) if that fails."""
+        if not self.sshd:
+            return False  # main.run noted why
+        if (tool, link_name) in self._servers:
+            return True
+        try:
+            negotiated = self.server(tool, link_name).check()
+        except RuntimeError as e:
+            self._servers.pop((tool, link_name), None)
+            self.note("rsync-ssh rows skipped: %s" % e)
+            self.sshd = None
+            return False
+        self.note("rsync-ssh (%s): `rsync -a -e ssh` to the run's own sshd on %s; ssh's defaults negotiated %s "
+                  "(read from `ssh -v`)" % (link_name, self.link(link_name).host, negotiated))
+        return True
+
+    def usable(self, tools, link_name):
+        """The tools this run can measure on the link (a note says why any other is skipped)."""
+        out = []
+        for t in tools:
+            if t.ssh and not self.ssh_usable(t, link_name):
+                continue
+            if not self.features.supports(t):
+                self.note("%s rows skipped: `ferry serve --help` does not mention `%s`" % (
+                    t.name, "%s:" % t.codec if t.codec else "--plaintext"))
+                continue
+            out.append(t)
+        return out
 
     def stop_servers(self, keep=()):
         """Stops the servers but those of `keep`, a set of (tool, link name)."""
@@ -129,11 +164,7 @@ class Bench:
     # 1 and 2: full syncs ----------------------------------------------------------------------
 
     def full_sync(self, scenario):
-        tools = [t for t in scenario.tools if self.features.supports(t)]
-        for t in scenario.tools:
-            if t not in tools:
-                self.note("%s rows skipped: `ferry serve --help` does not mention `%s:` (this ferry has no %s codec)"
-                          % (t.name, t.codec, t.codec))
+        tools = self.usable(scenario.tools, scenario.link)
         if any(t.codec == "zstd" for t in tools):
             self.note("ferry-zstd rows: a server sends zstd only to clients that enable it; one that does not "
                       "gets zlib (then the rows' wire bytes are those of zlib, not zstd's)")
@@ -161,7 +192,7 @@ class Bench:
     # 3: no-op re-sync --------------------------------------------------------------------------
 
     def noop(self, scenario):
-        tools = list(scenario.tools)
+        tools = self.usable(scenario.tools, scenario.link)
         for t in tools:
             fresh_dir(self.dest(t, "small"))
             self.sync(t, scenario.link, "small", self.dest(t, "small"))
@@ -296,6 +327,55 @@ class Bench:
                         {"throughput": n * per_client / wall, "failures": sum(c.status != 0 for c in clients)})
             retire(base, self.trash)
         empty_trash(self.trash)
+
+    # 7: the TLS handshake ------------------------------------------------------------------------
+
+    PROBES = 100  # connections to each server from one process (handshake.probe_main)
+    LS_RUNS = 40  # `ferry ls` processes of each kind
+
+    def handshake(self, scenario):
+        """handshake.py's in-process probe against a TLS and a --plaintext server, then whole
+        `ferry ls` processes of each (and `ferry --version`, a process that starts and exits
+        without connecting), alternating. The servers' CPU over the probe is divided by its
+        connections."""
+        if not self.features.tls:
+            self.note("handshake skipped: this ferry has no TLS (`ferry serve --help` does not mention --plaintext)")
+            return
+        link = self.link(scenario.link)
+        tls, plain = self.server(FERRY, scenario.link), self.server(FERRY_PLAIN, scenario.link)
+        port = {s: s.address.rsplit(":", 1)[1] for s in (tls, plain)}
+        cpu0 = {s: proc_times(s.proc.pid) for s in (tls, plain)}
+        probe = subprocess.run(ns_prefix(link.client_ns) + [
+            sys.executable, BENCH, "--handshake-probe", link.host, port[tls], port[plain], str(self.PROBES)],
+            check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=300)
+        server_cpu = {s: 1000 * (proc_times(s.proc.pid) - cpu0[s]) / (self.PROBES + handshake.WARM_UP)
+                      for s in (tls, plain)}
+        times = json.loads(probe.stdout)
+        commands = {
+            "tls": [self.ferry, "ls", tls.address + "/random", "--json"] + tls.trust,
+            "plaintext": [self.ferry, "ls", plain.address + "/random", "--json"] + plain.trust,
+            "start": [self.ferry, "--version"],
+        }
+        walls = {name: [] for name in commands}
+        for rep, order in alternating(list(commands), self.LS_RUNS + 1):  # the first round is a warm-up
+            for name in order:
+                client = Client(commands[name], link.client_ns, subprocess.DEVNULL, subprocess.DEVNULL)
+                client.finish(60)
+                if client.status != 0:
+                    raise RuntimeError("failed (%d): %s" % (client.status, " ".join(commands[name])))
+                if rep > 0:
+                    walls[name].append(client.wall)
+        row = {"scenario": "handshake", "dataset": "LIST random", "tool": "ferry", "n": self.PROBES,
+               "probe": {name: handshake.summary(t) for name, t in times.items()},
+               "server_cpu_ms": {"tls": server_cpu[tls], "plaintext": server_cpu[plain]},
+               "ls_ms": {name: 1000 * statistics.median(w) for name, w in walls.items()},
+               "ls_min_ms": {name: 1000 * min(w) for name, w in walls.items()},
+               "ls_walls": {name: [round(x, 4) for x in w] for name, w in walls.items()}}
+        self.rows.append(row)
+        p = row["probe"]
+        log("handshake: probe TLS %.2f ms, plaintext %.2f ms; ferry ls TLS %.1f ms, plaintext %.1f ms, --version %.1f ms"
+            % (p["tls"]["total"], p["plaintext"]["total"], row["ls_ms"]["tls"], row["ls_ms"]["plaintext"],
+               row["ls_ms"]["start"]))
 
     def note(self, text):
         if text not in self.notes:

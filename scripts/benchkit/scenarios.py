@@ -2,9 +2,11 @@
 procedures are in runs.py, the table is printed in this order (ferry rows first, then rsync).
 
 A *tool* is a server configuration plus its client: `ferry serve --compress MODE` with
-`ferry sync`, or `rsync --daemon` with `rsync -a [OPTIONS] rsync://...`. The table names it
-("ferry", "ferry-off", "ferry-zstd:3", "rsync", "rsync-z") and every ratio is against the
-"rsync" row of the same scenario and data set.
+`ferry sync`, `rsync --daemon` with `rsync -a [OPTIONS] rsync://...`, or the run's own sshd with
+`rsync -a -e "ssh ..." HOST:PATH`. The table names it ("ferry", "ferry-off", "ferry-zstd:3",
+"rsync", "rsync-z", "rsync-ssh") and every ratio is against the "rsync" row of the same scenario
+and data set (report.py adds ferry / rsync-ssh, ferry / ferry-plaintext and ferry / rsync -z
+lines where those ran).
 """
 
 import dataclasses
@@ -18,6 +20,7 @@ class Tool:
     compress: str = "auto"  # ferry serve --compress
     rsync_options: tuple = ()
     plaintext: bool = False  # ferry serve --plaintext and the client's --plaintext (TLS otherwise)
+    ssh: bool = False  # rsync over ssh to the run's own sshd (runners.SshServer), not the daemon
 
     @property
     def codec(self):
@@ -32,6 +35,9 @@ RSYNC_Z = Tool("rsync-z", "rsync", rsync_options=("-z",))  # rsync 3.5 negotiate
 # --fuzzy: a missing file's basis may be a file of DEST's same directory with the same size and
 # mtime or a similar name (rsync's answer to renames and copies).
 RSYNC_FUZZY = Tool("rsync-fuzzy", "rsync", rsync_options=("--fuzzy",))
+# rsync over SSH, the encrypted tool ferry with TLS is held against (issue 14 part 7, issue 16):
+# `rsync -a -e ssh` to an sshd the run starts itself on the link's address, default cipher.
+RSYNC_SSH = Tool("rsync-ssh", "rsync", ssh=True)
 
 
 def ferry_compress(mode):
@@ -40,8 +46,12 @@ def ferry_compress(mode):
 
 
 FERRY_OFF = ferry_compress("off")
-# The same ferry without TLS, for the cost of encryption side by side (issue 14, part 7).
+# The same ferry without TLS, for the cost of encryption side by side (issue 14, part 7) and for
+# issue 16's targets of --plaintext against the rsync daemon.
 FERRY_PLAIN = Tool("ferry-plaintext", "ferry", plaintext=True)
+# `auto` may choose differently for two servers (in one run it sent the text stored over TLS and
+# compressed it to a third in cleartext), so on the text the cost of TLS alone is ferry-off against this.
+FERRY_OFF_PLAIN = Tool("ferry-off-plaintext", "ferry", compress="off", plaintext=True)
 
 # The codec rows: ferry with a fixed codec beside `auto` on the text, over every link
 # (`--codecs` replaces this list). zstd rows need a ferry whose `serve --help` mentions `zstd:`.
@@ -81,10 +91,10 @@ def scenarios(codecs=CODECS):
     codec_rows = tuple(ferry_compress(mode) for mode in codecs)
     return [
         # link        data set  tools (alternating within each repetition)
-        FullSync("loopback", "random", (FERRY, FERRY_PLAIN, RSYNC)),
-        FullSync("loopback", "text", (FERRY, FERRY_OFF, RSYNC) + codec_rows),
-        FullSync("loopback", "small", (FERRY, RSYNC)),
-        FullSync("loopback", "mixed", (FERRY, RSYNC)),
+        FullSync("loopback", "random", (FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
+        FullSync("loopback", "text", (FERRY, FERRY_PLAIN, FERRY_OFF, FERRY_OFF_PLAIN, RSYNC, RSYNC_SSH) + codec_rows),
+        FullSync("loopback", "small", (FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
+        FullSync("loopback", "mixed", (FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
         FullSync("lan1g", "random", (FERRY, RSYNC)),
         FullSync("lan1g", "text", (FERRY, RSYNC) + codec_rows),
         FullSync("lan1g", "small", (FERRY, RSYNC)),
@@ -93,7 +103,10 @@ def scenarios(codecs=CODECS):
         FullSync("lan100m", "small", (FERRY, RSYNC)),
         FullSync("lan100m", "mixed", (FERRY, RSYNC)),
         FullSync("lan100m", "random", (FERRY, RSYNC), slow=True),  # 45 s a run at full size
-        Special("noop", "no-op re-sync of the small files (DEST already up to date)"),
+        Special("noop", "no-op re-sync of the small files (DEST already up to date)",
+                tools=(FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
+        Special("handshake", "connection + TLS handshake + one LIST on loopback, TLS against --plaintext",
+                tools=(FERRY, FERRY_PLAIN)),
         Special("delta", "the delta file, DEST holding its old version"),
         Special("reuse", "data already in DEST elsewhere: bytes inserted, bytes deleted, a rename, a copy, "
                 "a directory of 1,000 files renamed (issue 15)", tools=(FERRY, RSYNC, RSYNC_FUZZY)),
