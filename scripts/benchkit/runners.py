@@ -349,21 +349,34 @@ def ensure_sshd():
 
     Debian's openssh-server starts the system's ssh service (port 22, every address) when it is
     installed, unless /usr/sbin/policy-rc.d forbids starting services (exit status 101, as in
-    containers). The benchmark never starts a listener beyond its link, so it installs the
-    package only where that service will not start; elsewhere it says how to install it."""
+    containers). The benchmark never starts a listener beyond its link: where there is no such
+    file it writes one for the length of the install and removes it after; where one exists
+    that allows starting services, it leaves it alone and says how to install the package."""
     found = shutil.which("sshd", path=SBIN_PATH)
     if found:
         return os.path.abspath(found), None
     if not shutil.which("ssh") or not shutil.which("ssh-keygen"):
         apt_install("openssh-client")
+    exists = os.path.lexists(POLICY_RC_D)
     policy = subprocess.run([POLICY_RC_D, "ssh", "start"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, timeout=30).returncode if os.access(POLICY_RC_D, os.X_OK) else None
-    if policy != 101:
+    if exists and policy != 101:
         return None, ("rsync-ssh rows skipped: sshd is not installed, and installing openssh-server here would start "
-                      "the system's ssh service on port 22 (no %s forbids it). Install it yourself (apt-get install "
-                      "openssh-server) and run again: the benchmark starts its own sshd on the link's address only"
-                      % POLICY_RC_D)
-    apt_install("openssh-server")
+                      "the system's ssh service on port 22 (%s, which is not the benchmark's to change, allows it). "
+                      "Install it yourself (apt-get install openssh-server) and run again: the benchmark starts its "
+                      "own sshd on the link's address only" % POLICY_RC_D)
+    if not exists:
+        # No policy yet: forbid starting services for the length of the install only (the
+        # Debian way, as in containers), so the package's ssh service is installed but not
+        # started; the file is removed right after, whatever happens.
+        with open(POLICY_RC_D, "x") as f:
+            f.write("#!/bin/sh\n# written by ferry's scripts/bench while it installs openssh-server; removed after\nexit 101\n")
+        os.chmod(POLICY_RC_D, 0o755)
+    try:
+        apt_install("openssh-server")
+    finally:
+        if not exists:
+            os.unlink(POLICY_RC_D)
     found = shutil.which("sshd", path=SBIN_PATH)
     if not found:
         return None, "rsync-ssh rows skipped: openssh-server was installed but no sshd was found"
