@@ -185,6 +185,11 @@ public struct AdaptiveCompression: Sendable {
     private var observedBytes = 0.0
     private var deliveredBytes = 0.0
     private var deliveredSeconds = 0.0
+    /// The same, counting only chunks written while the network was the bottleneck: the
+    /// link's own rate, which the delivered rate understates while the encoders fall behind.
+    private var boundBytes = 0.0
+    private var boundSeconds = 0.0
+    private var boundObserved = 0.0
     private var speeds: [ChunkCodec: Speed] = [:]
     /// The same attempts timed by the encoding thread's CPU clock.
     private var cpuSpeeds: [ChunkCodec: Speed] = [:]
@@ -244,10 +249,21 @@ public struct AdaptiveCompression: Sendable {
         return deliveredSeconds > 0 ? deliveredBytes / deliveredSeconds : .infinity
     }
 
+    /// Wire bytes per second the link carried while it was the bottleneck (chunks written
+    /// while the send buffer kept filling); nil until `trustBytes` of those were written.
+    public var linkCapacity: Double? {
+        guard boundObserved >= Double(tuning.trustBytes), boundSeconds > 0 else { return nil }
+        return boundBytes / boundSeconds
+    }
+
     /// The level for chunks compressed with `codec`: a rung of its `ladder`.
     public func level(for codec: ChunkCodec) -> Int32 {
         let ladder = Self.ladder(for: codec)
-        guard let rate = linkRate, rate > 0 else { return 1 }
+        guard let delivered = linkRate, delivered > 0 else { return 1 }
+        // The link's rate as seen while it was the bottleneck, if that is more: while the
+        // encoders fall behind (1 Gbit/s text on two busy cores), the delivered rate falls with
+        // them and would make level 1 look fast enough for a link it cannot keep busy.
+        let rate = max(delivered, linkCapacity ?? 0)
         // Raw bytes per second the link carries at the current ratio.
         let needed = rate / max(ratioEstimate, 0.05)
         let base = capacity(codec)
@@ -306,6 +322,11 @@ public struct AdaptiveCompression: Sendable {
         let keep = pow(0.5, Double(wireBytes) / Double(tuning.linkHalfLife))
         deliveredBytes = deliveredBytes * keep + Double(wireBytes)
         deliveredSeconds = deliveredSeconds * keep + max(0, intervalSeconds)
+        if networkBound > 0 {
+            boundBytes = boundBytes * keep + Double(wireBytes)
+            boundSeconds = boundSeconds * keep + max(0, intervalSeconds)
+            boundObserved = min(boundObserved + Double(wireBytes), 1e15)
+        }
         observedBytes = min(observedBytes + Double(wireBytes), 1e15)
     }
 

@@ -137,6 +137,22 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertFalse(c.shouldCompress(.zstd), "400 MB/s ≥ 2 × 150 MB/s delivered by the wall clock: store")
     }
 
+    func testEncodersFallingBehindDoNotHideTheLinksRate() throws {
+        // 1 Gbit/s text on two busy cores: the link carried 120 MB/s while it was the
+        // bottleneck; then the encoders fell behind and only 60 MB/s left.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 300 * MB, ratio: 0.2, with: .zstd(1))  // 600 MB/s with two encoders
+        writes(&c, rate: 120 * MB, total: 16 << 20, blocked: true)
+        writes(&c, rate: 60 * MB, total: 16 << 20, blocked: false)
+        XCTAssertEqual(try XCTUnwrap(c.linkRate) / MB, 60, accuracy: 10, "the delivered rate follows the encoders")
+        // (The first 1.5 MiB after the last held-back write still count as the link's.)
+        let capacity = try XCTUnwrap(c.linkCapacity) / MB
+        XCTAssertTrue((95...121).contains(capacity), "the link's own rate is remembered: \(capacity)")
+        XCTAssertLessThan(c.level(for: .zstd), 1,
+                          "the link carries ~500 MB/s of raw text: level 1 (600) has too little margin, a fast level has 1.3x "
+                          + "(by the delivered 60 MB/s it would be level 1)")
+    }
+
     func testMixIsSpreadEvenly() {
         var c = AdaptiveCompression(encoders: 2)
         compressed(&c, rate: 90 * MB, ratio: 0.3)
