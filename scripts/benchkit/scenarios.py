@@ -96,7 +96,7 @@ def scenarios(codecs=CODECS):
         FullSync("loopback", "small", (FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
         FullSync("loopback", "mixed", (FERRY, FERRY_PLAIN, RSYNC, RSYNC_SSH)),
         FullSync("lan1g", "random", (FERRY, RSYNC)),
-        FullSync("lan1g", "text", (FERRY, RSYNC) + codec_rows),
+        FullSync("lan1g", "text", (FERRY, FERRY_PLAIN, RSYNC) + codec_rows),  # issue 13 predates TLS: both
         FullSync("lan1g", "small", (FERRY, RSYNC)),
         FullSync("lan1g", "mixed", (FERRY, RSYNC)),
         FullSync("lan100m", "text", (FERRY, RSYNC, RSYNC_Z) + codec_rows),
