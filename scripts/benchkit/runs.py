@@ -21,7 +21,7 @@ from . import handshake, links
 from .links import BENCH
 from .data import REUSE_CASES, KiB, MiB, generate_reuse, tree_bytes
 from .measure import Measurement, ServerWindow, descendants, proc_times
-from .processes import RUN_TIMEOUT, Client, flush, log, ns_prefix
+from .processes import RUN_TIMEOUT, Client, flush, log, ns_prefix, warm
 from .runners import get_file_args, received_bytes, start_server, sync_args
 from .scenarios import FERRY, FERRY_PLAIN
 
@@ -183,6 +183,7 @@ class Bench:
                 dest = self.dest(t, ds)
                 fresh_dir(dest)
                 flush()
+                warm(os.path.join(self.src, ds))
                 results[t].append(self.sync(t, scenario.link, ds, dest))
                 retire(dest, self.trash)
         for t in tools:
