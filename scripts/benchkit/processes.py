@@ -146,10 +146,10 @@ def flush():
 
 
 def warm(path):
-    """Reads every file under `path` once, so the page cache holds the source when a run starts
-    (the method says it does; on the build VM, whose page cache gives way after a few GB of
-    destinations were written, the later repetitions otherwise read the source from disk and
-    only the tool that reads faster than the link carries pays for it). Cheap when cached."""
+    """Reads every file under `path` once, so the page cache holds the source when a run starts,
+    as the method says, whatever the runs before it wrote (a tool that reads faster than the
+    link carries would otherwise be the only one to pay for a source read from disk). Cheap
+    when cached: 256 MiB in ~35 ms here."""
     for root, _, files in os.walk(path):
         for name in files:
             try:
