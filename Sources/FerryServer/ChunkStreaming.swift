@@ -186,6 +186,9 @@ struct FileSender {
     var prefix: PrefixHash? = nil
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
+    /// The client is on this machine: `auto` stores, and what its stream measures is not
+    /// remembered for the links of other clients.
+    var localPeer = false
     /// False once the client has gone: hashing for the trailer stops then.
     var stillWanted: @Sendable () -> Bool = { true }
 
@@ -201,7 +204,7 @@ struct FileSender {
         let head = GetHead(size: info.size, mtime: info.mtime, sha256: known)
         let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
-        defer { memory.store(controller) }
+        defer { if !localPeer { memory.store(controller) } }
         if end - offset <= Int64(context.chunkSize) {
             return try await sendInOneWrite(file: file, head: head, info: info, path: path, range: offset..<end, known: known,
                                             key: key, canonical: canonical, memory: memory, controller: &controller)
@@ -211,7 +214,7 @@ struct FileSender {
         var hasher: SHA256Hasher?
         do {
             hasher = try await trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
-            let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
+            let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer),
                                          chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
                                          budget: context.streamBudget)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
@@ -283,7 +286,7 @@ struct FileSender {
             hasher = try await trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
                 controller.beginStream(chunks: 1)
-                let decision = context.compressionPolicy(peerCodecs: peerCodecs).decide(&controller)
+                let decision = context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer).decide(&controller)
                 let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
                                                        decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
@@ -341,6 +344,8 @@ struct ManifestSender {
     var memory: CompressionMemory? = nil
     /// The codecs the peer decodes (zstd only once its connection enabled the capability).
     var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
+    /// The client is on this machine (see `FileSender.localPeer`).
+    var localPeer = false
 
     /// Entries walked per slice of work on the pool (a few milliseconds without hashing).
     static let entriesPerSlice = 2048
@@ -409,10 +414,10 @@ struct ManifestSender {
         var hasher = SHA256Hasher()
         let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
-        defer { memory.store(controller) }
+        defer { if !localPeer { memory.store(controller) } }
         try await writer.send(ManifestHead(count: cursor.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs),
+        let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer),
                                      chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
                                      budget: context.streamBudget)
         do {

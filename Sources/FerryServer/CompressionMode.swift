@@ -71,10 +71,14 @@ struct ChunkCompressionPolicy: Sendable {
     /// The codecs the peer decodes: `ChunkCodec.baseline` for every 1.0 peer; `zstd` only on a
     /// connection that enabled that capability.
     let peerCodecs: Set<ChunkCodec>
+    /// The peer is on this machine (a loopback address): there is no link to save, and the
+    /// client decompresses on the same cores the server compresses on, so `auto` stores.
+    let localPeer: Bool
 
-    init(mode: CompressionMode, peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline) {
+    init(mode: CompressionMode, peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline, localPeer: Bool = false) {
         self.mode = mode
         self.peerCodecs = peerCodecs
+        self.localPeer = localPeer
     }
 
     /// Whether decisions depend on what the controller measures.
@@ -84,7 +88,7 @@ struct ChunkCompressionPolicy: Sendable {
         switch mode {
         case .off: return .store
         case .fixed(let compression): return .compress(CompressionMode.fallback(compression, peerCodecs: peerCodecs))
-        case .auto: return controller.decide(peerCodecs: peerCodecs)
+        case .auto: return localPeer ? .store : controller.decide(peerCodecs: peerCodecs)
         }
     }
 }

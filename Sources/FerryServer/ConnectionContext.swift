@@ -42,8 +42,8 @@ struct ConnectionContext: Sendable {
 
     /// The policy that turns `--compress` into each chunk's decision for a peer that decodes
     /// `peerCodecs`.
-    func compressionPolicy(peerCodecs: Set<ChunkCodec>) -> ChunkCompressionPolicy {
-        ChunkCompressionPolicy(mode: compression, peerCodecs: peerCodecs)
+    func compressionPolicy(peerCodecs: Set<ChunkCodec>, localPeer: Bool) -> ChunkCompressionPolicy {
+        ChunkCompressionPolicy(mode: compression, peerCodecs: peerCodecs, localPeer: localPeer)
     }
 
     /// Persists the hash cache (after a manifest, which may have hashed many files).

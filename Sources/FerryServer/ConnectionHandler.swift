@@ -17,6 +17,25 @@ struct ConnectionHandler {
 
     var logger: Logger { context.logger }
     var root: ServedRoot { context.root }
+    /// The client is on this machine (see `isLoopback`).
+    var localPeer: Bool { connection.channel.remoteAddress.map(Self.isLoopback) ?? false }
+
+    /// Whether `address` is this machine's loopback (127.0.0.0/8, ::1, or an IPv4-mapped
+    /// 127.x): the "link" is memory, and compressing would only cost both ends CPU on the same
+    /// cores. (A client in another network namespace of the same machine, or on a VM, is not
+    /// seen as local: its address is an ordinary one.)
+    static func isLoopback(_ address: SocketAddress) -> Bool {
+        switch address {
+        case .v4(let a):
+            return UInt32(bigEndian: a.address.sin_addr.s_addr) >> 24 == 127
+        case .v6(let a):
+            let bytes = withUnsafeBytes(of: a.address.sin6_addr) { Array($0) }
+            if bytes == [UInt8](repeating: 0, count: 15) + [1] { return true }
+            return bytes[0..<10].allSatisfy { $0 == 0 } && bytes[10] == 0xFF && bytes[11] == 0xFF && bytes[12] == 127
+        case .unixDomainSocket:
+            return true
+        }
+    }
 
     /// Sends one error line to a connection that is not admitted, then closes it.
     static func refuse(_ connection: NIOAsyncChannel<RequestFrame, ByteBuffer>, _ reply: ErrorReply) async {
@@ -135,7 +154,7 @@ struct ConnectionHandler {
             case .get(let path, let offset, let length, let validator):
                 let channel = connection.channel
                 try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: ChunkCodec.usable(with: enabled),
-                                     stillWanted: { channel.isActive })
+                                     localPeer: localPeer, stillWanted: { channel.isActive })
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
@@ -185,7 +204,8 @@ struct ConnectionHandler {
                 try await ChunkMapSender(context: context, writer: writer, channel: connection.channel).send(path: path, validator: validator)
             case .manifest(let path, let hashes, let report):
                 let channel = connection.channel
-                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled))
+                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled),
+                                         localPeer: localPeer)
                     .send(path: path, hashes: hashes, report: report, stillWanted: { channel.isActive })
             case .auth, .boundAuth, .caps, .quit:
                 break  // handled by the caller

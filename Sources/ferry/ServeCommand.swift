@@ -52,7 +52,7 @@ struct ServeCommand: AsyncParsableCommand {
     var name: String?
 
     @Option(help: ArgumentHelp("""
-        Chunk compression: auto (codec and level chosen from the link and the CPU), off, \
+        Chunk compression: auto (codec and level chosen from the link and the CPU; stored for a client on this machine), off, \
         zlib:N (1-9), zstd:N (-7 to 19; negative levels are the fast ones), or a bare zlib \
         level 1-9. zstd goes only to clients that enable it; others get zlib (zstd:N as \
         zlib 1 up to level 3, 6 up to 9, 9 above).

@@ -85,4 +85,20 @@ final class CompressionPolicyTests: XCTestCase {
             XCTAssertEqual(chunk.header.codec, mode == .off ? ChunkCodec.stored : .zstd, "\(mode) to a peer that decodes zstd")
         }
     }
+
+    /// `auto` stores for a client on this machine; a fixed mode is what the person asked for.
+    func testAutoStoresForALoopbackPeerAndFixedModesDoNot() throws {
+        var controller = AdaptiveCompression(encoders: 2)  // link unknown: it would compress
+        XCTAssertNotEqual(ChunkCompressionPolicy(mode: .auto, peerCodecs: zstdPeer).decide(&controller), .store)
+        XCTAssertEqual(ChunkCompressionPolicy(mode: .auto, peerCodecs: zstdPeer, localPeer: true).decide(&controller), .store)
+        let fixed = ChunkCompressionPolicy(mode: .fixed(.zstd(3)), peerCodecs: zstdPeer, localPeer: true)
+        XCTAssertEqual(fixed.decide(&controller), .compress(.zstd(3)))
+
+        for local in ["127.0.0.1", "127.9.8.7", "::1", "::ffff:127.0.0.1"] {
+            XCTAssertTrue(ConnectionHandler.isLoopback(try SocketAddress(ipAddress: local, port: 7446)), local)
+        }
+        for remote in ["10.213.90.2", "192.168.1.20", "128.0.0.1", "::2", "fe80::1", "::ffff:10.0.0.1"] {
+            XCTAssertFalse(ConnectionHandler.isLoopback(try SocketAddress(ipAddress: remote, port: 7446)), remote)
+        }
+    }
 }
