@@ -23,7 +23,9 @@ final class ResumeHarness {
     let server: ServerProcess
     let proxy: FaultProxy
 
-    init(_ label: String) throws {
+    /// `serverArguments` are added to `ferry serve`'s (e.g. a fixed `--compress`: `auto` stores
+    /// for a client on this machine, which every client of these tests is).
+    init(_ label: String, serverArguments: [String] = []) throws {
         work = try TestSupport.makeTemporaryDirectory(label)
         served = work.appendingPathComponent("served")
         local = work.appendingPathComponent("local")
@@ -32,7 +34,7 @@ final class ResumeHarness {
         // Cleartext: these tests count and corrupt the bytes between client and server, which
         // TLS would both pad and refuse to pass on (its own tests are TLSTests).
         server = try ServerProcess(serving: served, tls: false,
-                                   arguments: ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", state.path])
+                                   arguments: ["--bind", "127.0.0.1", "--no-discovery", "--state-dir", state.path] + serverArguments)
         proxy = try FaultProxy(upstreamPort: server.port)
         TestServers.register(proxy.address, server.clientArguments)
     }
