@@ -23,6 +23,19 @@ final class TrustValuesTests: XCTestCase {
         XCTAssertNotEqual(Fingerprint(publicKeyDER: Array("another key".utf8)), fp)
     }
 
+    /// A key already trusted is the same server at a new address, or under the name it was
+    /// trusted by (or when its line has no name); under another name it is not (`hintFor`).
+    func testAKnownKeyIsTheSameServerExceptUnderAnotherName() {
+        let fp = Fingerprint(publicKeyDER: Array("studio's key".utf8))
+        let named = KnownServers.Entry(fingerprint: fp, name: "studio", address: "10.0.0.2:7446")
+        let unnamed = KnownServers.Entry(fingerprint: fp, name: nil, address: "10.0.0.2:7446")
+        XCTAssertEqual(KnownServers.hintFor(name: nil, sameKey: [named]), "known as 'studio'", "asked for by address")
+        XCTAssertEqual(KnownServers.hintFor(name: "STUDIO", sameKey: [named]), "known as 'studio'", "names are case-blind")
+        XCTAssertNil(KnownServers.hintFor(name: "laptop", sameKey: [named]), "another name: first contact")
+        XCTAssertEqual(KnownServers.hintFor(name: "laptop", sameKey: [unnamed]), "known at 10.0.0.2:7446")
+        XCTAssertNil(KnownServers.hintFor(name: nil, sameKey: []))
+    }
+
     func testKnownServersKeepCommentsReplaceByNameOrAddressAndForget() throws {
         let dir = try TestSupport.makeTemporaryDirectory("ferry-known")
         defer { TestSupport.removeTemporaryDirectory(dir) }
