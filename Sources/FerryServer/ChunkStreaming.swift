@@ -184,11 +184,10 @@ struct FileSender {
     /// What the connection's `HASH` requests covered of a file's start: a resumed `GET` whose
     /// offset it reaches continues it instead of hashing the prefix again.
     var prefix: PrefixHash? = nil
-    /// The codecs the peer decodes (zstd only once its connection enabled the capability).
-    var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
-    /// The client is on this machine: `auto` stores, and what its stream measures is not
-    /// remembered for the links of other clients.
-    var localPeer = false
+    /// How chunks are compressed for this peer: `--compress`, the codecs it decodes, whether
+    /// it is on this machine (`auto` then stores, and what its stream measures is not
+    /// remembered for the links of other clients).
+    var policy: ChunkCompressionPolicy
     /// False once the client has gone: hashing for the trailer stops then.
     var stillWanted: @Sendable () -> Bool = { true }
 
@@ -204,7 +203,7 @@ struct FileSender {
         let head = GetHead(size: info.size, mtime: info.mtime, sha256: known)
         let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
-        defer { if !localPeer { memory.store(controller) } }
+        defer { if !policy.localPeer { memory.store(controller) } }
         if end - offset <= Int64(context.chunkSize) {
             return try await sendInOneWrite(file: file, head: head, info: info, path: path, range: offset..<end, known: known,
                                             key: key, canonical: canonical, memory: memory, controller: &controller)
@@ -214,7 +213,7 @@ struct FileSender {
         var hasher: SHA256Hasher?
         do {
             hasher = try await trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
-            let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer),
+            let pipeline = ChunkPipeline(writer: writer, policy: policy,
                                          chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
                                          budget: context.streamBudget)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
@@ -222,7 +221,7 @@ struct FileSender {
                 raw.withUnsafeReadableBytes { hasher?.update($0) }
             }
             if chunks > 1 {
-                let codec = AdaptiveCompression.codec(for: peerCodecs)
+                let codec = AdaptiveCompression.codec(for: policy.peerCodecs)
                 context.logger.debug("sent \(path): \(compressed) of \(chunks) chunks compressed", metadata: [
                     "link MB/s": "\(controller.linkRate.map { Int(min($0, 1e12) / 1e6) } ?? -1)",
                     "server MB/s": "\(controller.serverRate.map { Int($0 / 1e6) } ?? -1)",
@@ -286,7 +285,7 @@ struct FileSender {
             hasher = try await trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
                 controller.beginStream(chunks: 1)
-                let decision = context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer).decide(&controller)
+                let decision = policy.decide(&controller)
                 let encoded = try ChunkPipeline.encode(.file(file), offset: range.lowerBound, length: range.count,
                                                        decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
@@ -342,10 +341,8 @@ struct ManifestSender {
     let writer: ReplyWriter
     /// What `auto` compression learned so far; the server's own memory when nil.
     var memory: CompressionMemory? = nil
-    /// The codecs the peer decodes (zstd only once its connection enabled the capability).
-    var peerCodecs: Set<ChunkCodec> = ChunkCodec.baseline
-    /// The client is on this machine (see `FileSender.localPeer`).
-    var localPeer = false
+    /// How chunks are compressed for this peer (see `FileSender.policy`).
+    var policy: ChunkCompressionPolicy
 
     /// Entries walked per slice of work on the pool (a few milliseconds without hashing).
     static let entriesPerSlice = 2048
@@ -414,10 +411,10 @@ struct ManifestSender {
         var hasher = SHA256Hasher()
         let memory = self.memory ?? context.compressionMemory
         var controller = memory.load()
-        defer { if !localPeer { memory.store(controller) } }
+        defer { if !policy.localPeer { memory.store(controller) } }
         try await writer.send(ManifestHead(count: cursor.count))
         // Manifest text shrinks to a fifth or so; `auto` treats it like file data.
-        let pipeline = ChunkPipeline(writer: writer, policy: context.compressionPolicy(peerCodecs: peerCodecs, localPeer: localPeer),
+        let pipeline = ChunkPipeline(writer: writer, policy: policy,
                                      chunkSize: context.chunkSize, serverRate: memory.serverRate, buffers: memory.buffers,
                                      budget: context.streamBudget)
         do {

@@ -41,7 +41,7 @@ struct ConnectionContext: Sendable {
     }
 
     /// The policy that turns `--compress` into each chunk's decision for a peer that decodes
-    /// `peerCodecs`.
+    /// `peerCodecs` (and is on this machine when `localPeer`).
     func compressionPolicy(peerCodecs: Set<ChunkCodec>, localPeer: Bool) -> ChunkCompressionPolicy {
         ChunkCompressionPolicy(mode: compression, peerCodecs: peerCodecs, localPeer: localPeer)
     }

@@ -17,8 +17,11 @@ struct ConnectionHandler {
 
     var logger: Logger { context.logger }
     var root: ServedRoot { context.root }
-    /// The client is on this machine (see `isLoopback`).
-    var localPeer: Bool { connection.channel.remoteAddress.map(Self.isLoopback) ?? false }
+    /// How chunks are compressed for this connection's client, which enabled `enabled`.
+    func compressionPolicy(enabled: [Capability]) -> ChunkCompressionPolicy {
+        context.compressionPolicy(peerCodecs: ChunkCodec.usable(with: enabled),
+                                  localPeer: connection.channel.remoteAddress.map(Self.isLoopback) ?? false)
+    }
 
     /// Whether `address` is this machine's loopback (127.0.0.0/8, ::1, or an IPv4-mapped
     /// 127.x): the "link" is memory, and compressing would only cost both ends CPU on the same
@@ -153,8 +156,8 @@ struct ConnectionHandler {
                 try await writer.send(StatReply(entry: entry))
             case .get(let path, let offset, let length, let validator):
                 let channel = connection.channel
-                try await FileSender(context: context, writer: writer, prefix: prefix, peerCodecs: ChunkCodec.usable(with: enabled),
-                                     localPeer: localPeer, stillWanted: { channel.isActive })
+                try await FileSender(context: context, writer: writer, prefix: prefix, policy: compressionPolicy(enabled: enabled),
+                                     stillWanted: { channel.isActive })
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)
@@ -204,8 +207,7 @@ struct ConnectionHandler {
                 try await ChunkMapSender(context: context, writer: writer, channel: connection.channel).send(path: path, validator: validator)
             case .manifest(let path, let hashes, let report):
                 let channel = connection.channel
-                try await ManifestSender(context: context, writer: writer, peerCodecs: ChunkCodec.usable(with: enabled),
-                                         localPeer: localPeer)
+                try await ManifestSender(context: context, writer: writer, policy: compressionPolicy(enabled: enabled))
                     .send(path: path, hashes: hashes, report: report, stillWanted: { channel.isActive })
             case .auth, .boundAuth, .caps, .quit:
                 break  // handled by the caller
