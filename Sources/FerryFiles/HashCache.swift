@@ -1,7 +1,6 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Crypto
 import FerryProtocol
 import NIOConcurrencyHelpers
 
@@ -32,13 +31,19 @@ public struct HashKey: Hashable, Sendable {
 /// text table, rewritten atomically (temp file + rename) by `save()`.
 ///
 /// Compact, because a served tree may hold millions of files (issue 17: a manifest of
-/// 1,000,000 entries in ≤ 128 MiB): an entry is 48 bytes — 64 bits of the path's SHA-256, 64
-/// bits of its `HashKey`'s, and the file's digest — in a table of its own (`CompactTable`)
-/// that grows by halves, a shard at a time. Before, each entry held its path, its key and its
-/// hex digest as separate allocations: about 400 bytes, and a 1,000,000-file manifest took the
-/// server to 700 MB. A lookup finds an entry only when both fingerprints match, so a wrong
-/// answer needs two paths whose 64-bit fingerprints collide *and* a changed file whose key
-/// fingerprint collides with the old one: about 2⁻⁶⁴.
+/// 1,000,000 entries in ≤ 128 MiB): an entry is 48 bytes — a 64-bit fingerprint of the path, one
+/// of its `HashKey`, and the file's digest — in a table of its own (`CompactTable`) that grows
+/// by halves, a shard at a time. Before, each entry held its path, its key and its hex digest
+/// as separate allocations: about 400 bytes, and a 1,000,000-file manifest took the server to
+/// 700 MB. A lookup finds an entry only when both fingerprints match, so a wrong answer needs
+/// two paths whose 64-bit fingerprints collide *and* a changed file whose key fingerprint
+/// collides with the old one: about 2⁻⁶⁴.
+///
+/// The fingerprints are SipHash-2-4 under a random 128-bit key made with the cache and kept in
+/// its file's first line (format 4). Format 3 took the first 64 bits of two SHA-256s: two
+/// digests per lookup were a quarter of a no-op sync's server time. A file of format 3 is not
+/// read (its fingerprints cannot be recomputed without the paths): each file is hashed once
+/// more, and the cache is written in format 4.
 public final class HashCache: Sendable {
     private struct State {
         var table = CompactTable()
@@ -48,8 +53,11 @@ public final class HashCache: Sendable {
     private let state = NIOLockedValueBox(State())
     /// Where the cache is persisted; nil keeps it in memory only.
     public let fileURLPath: String?
+    /// The SipHash key of the fingerprints: the file's, or a new random one.
+    private let key: (UInt64, UInt64)
 
-    static let header = "ferry-hash-cache 3"
+    /// Followed by a space and the key (32 hex digits).
+    static let header = "ferry-hash-cache 4"
     /// The format before fingerprints (a line per file with its key and path); still read.
     static let headerWithPaths = "ferry-hash-cache 2"
     /// The cache never grows without bound: beyond this many entries it is cleared.
@@ -61,19 +69,25 @@ public final class HashCache: Sendable {
     public init(persistingTo path: String?) {
         self.fileURLPath = path
         self.chunkMaps = ChunkMapCache(directory: path.map { $0 + ".chunks" })
-        if let path { load(path) }
+        var random = SystemRandomNumberGenerator()
+        var key = (random.next() as UInt64, random.next() as UInt64)
+        if let path, let (table, kept) = Self.load(path, newKey: key) {
+            key = kept
+            state.withLockedValue { $0.table = table }
+        }
+        self.key = key
     }
 
     public var count: Int { state.withLockedValue { $0.table.count } }
 
     public func lookup(_ path: RemotePath, _ key: HashKey) -> String? {
-        let (p, k) = (Self.fingerprint(path), Self.fingerprint(key))
+        let (p, k) = (fingerprint(path.bytes), fingerprint(key))
         return state.withLockedValue { s in s.table.find(p, validator: k) }.map(\.hex)
     }
 
     public func store(_ path: RemotePath, _ key: HashKey, sha256: String) {
         guard let digest = Digest(hex: Substring(sha256)) else { return }
-        let (p, k) = (Self.fingerprint(path), Self.fingerprint(key))
+        let (p, k) = (fingerprint(path.bytes), fingerprint(key))
         state.withLockedValue { s in
             if s.table.count >= Self.maxEntries { s.table = CompactTable() }
             s.table.insert(p, validator: k, digest: digest)
@@ -90,7 +104,10 @@ public final class HashCache: Sendable {
             guard s.dirty else { return nil }
             do throws(SystemError) {
                 try AtomicFile.write(to: path) { (emit: (inout [UInt8]) throws(SystemError) -> Void) throws(SystemError) in
-                    var out = Array((Self.header + "\n").utf8)
+                    var out = Array((Self.header + " ").utf8)
+                    Hex.append(self.key.0, to: &out)
+                    Hex.append(self.key.1, to: &out)
+                    out.append(0x0A)
                     out.reserveCapacity(1 << 20)
                     try s.table.forEach { (p: UInt64, k: UInt64, digest: Digest) throws(SystemError) in
                         Hex.append(p, to: &out)
@@ -113,19 +130,26 @@ public final class HashCache: Sendable {
     }
 
     /// Reads the file a line at a time (a cache of millions of files is read in 1 MiB pieces,
-    /// never whole); a line that does not parse is skipped, a file of another format ignored.
-    private func load(_ path: String) {
+    /// never whole); a line that does not parse is skipped. Nil for a missing file or one of
+    /// another format (format 3 included); the table and its key otherwise (`newKey` for the
+    /// format with paths, whose lines are fingerprinted afresh).
+    private static func load(_ path: String, newKey: (UInt64, UInt64)) -> (CompactTable, (UInt64, UInt64))? {
         var table = CompactTable()
-        var format: Substring?
+        var key: (UInt64, UInt64)?
+        var withPaths = false
         try? AtomicFile.forEachLine(of: path) { line in
             let text = Substring(decoding: line, as: UTF8.self)
-            guard let known = format else {
-                guard text == Self.header || text == Self.headerWithPaths else { return false }
-                format = text
+            guard let known = key else {
+                if text == Self.headerWithPaths {
+                    (key, withPaths) = (newKey, true)
+                    return true
+                }
+                guard let found = Self.parseKey(header: text) else { return false }
+                key = found
                 return true
             }
             let f = text.split(separator: " ")
-            if known == Self.header {
+            if !withPaths {
                 guard f.count == 3, f[0].utf8.count == 16, f[1].utf8.count == 16,
                       let p = UInt64(f[0], radix: 16), let k = UInt64(f[1], radix: 16), let digest = Digest(hex: f[2]) else { return true }
                 table.insert(p, validator: k, digest: digest)
@@ -133,35 +157,44 @@ public final class HashCache: Sendable {
                 guard f.count == 6, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
                       let inode = UInt64(f[2]), let ctime = Timestamp(f[3]), let digest = Digest(hex: f[4]),
                       let p = PercentEncoding.decode(f[5]) else { return true }
-                let key = HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime)
-                table.insert(Self.fingerprint(bytes: p), validator: Self.fingerprint(key), digest: digest)
+                let hashKey = HashKey(size: size, mtime: mtime, inode: inode, ctime: ctime)
+                table.insert(fingerprint(p, key: known), validator: fingerprint(hashKey, key: known), digest: digest)
             }
             return table.count < Self.maxEntries
         }
-        state.withLockedValue { $0.table = table }
+        return key.map { (table, $0) }
     }
 
-    /// The first 64 bits of the SHA-256 of a path's bytes.
-    static func fingerprint(_ path: RemotePath) -> UInt64 { fingerprint(bytes: path.bytes) }
-
-    static func fingerprint(bytes: [UInt8]) -> UInt64 {
-        var hasher = SHA256()
-        hasher.update(data: bytes)
-        return first64(hasher)
+    /// The key in a format 4 first line: `ferry-hash-cache 4 ` and 32 lowercase hex digits.
+    static func parseKey(header: Substring) -> (UInt64, UInt64)? {
+        let prefix = Self.header + " "
+        guard header.hasPrefix(prefix) else { return nil }
+        let hex = header.dropFirst(prefix.utf8.count)
+        guard hex.utf8.count == 32, hex.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+              let a = UInt64(hex.prefix(16), radix: 16), let b = UInt64(hex.suffix(16), radix: 16) else { return nil }
+        return (a, b)
     }
 
-    /// The first 64 bits of the SHA-256 of a `HashKey`'s fields, in a fixed byte order.
-    static func fingerprint(_ key: HashKey) -> UInt64 {
-        var hasher = SHA256()
-        for field in [UInt64(bitPattern: key.size), UInt64(bitPattern: key.mtime.seconds), UInt64(key.mtime.nanoseconds),
-                      key.inode, UInt64(bitPattern: key.ctime.seconds), UInt64(key.ctime.nanoseconds)] {
-            withUnsafeBytes(of: field.bigEndian) { hasher.update(bufferPointer: $0) }
-        }
-        return first64(hasher)
+    func fingerprint(_ path: [UInt8]) -> UInt64 { Self.fingerprint(path, key: key) }
+    func fingerprint(_ hashKey: HashKey) -> UInt64 { Self.fingerprint(hashKey, key: key) }
+
+    /// SipHash-2-4 of a path's bytes.
+    static func fingerprint(_ bytes: [UInt8], key: (UInt64, UInt64)) -> UInt64 {
+        var hasher = SipHash24(key: key)
+        bytes.withUnsafeBytes { hasher.update($0) }
+        return hasher.finalize()
     }
 
-    private static func first64(_ hasher: consuming SHA256) -> UInt64 {
-        hasher.finalize().withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).bigEndian }
+    /// SipHash-2-4 of a `HashKey`'s fields, each as 8 little-endian bytes, in a fixed order.
+    static func fingerprint(_ hashKey: HashKey, key: (UInt64, UInt64)) -> UInt64 {
+        var hasher = SipHash24(key: key)
+        hasher.update(UInt64(bitPattern: hashKey.size))
+        hasher.update(UInt64(bitPattern: hashKey.mtime.seconds))
+        hasher.update(UInt64(hashKey.mtime.nanoseconds))
+        hasher.update(hashKey.inode)
+        hasher.update(UInt64(bitPattern: hashKey.ctime.seconds))
+        hasher.update(UInt64(hashKey.ctime.nanoseconds))
+        return hasher.finalize()
     }
 
     /// A SHA-256 digest held as four words instead of 64 hex characters.
@@ -177,10 +210,7 @@ public final class HashCache: Sendable {
         }
 
         var hex: String {
-            var out: [UInt8] = []
-            out.reserveCapacity(64)
-            for word in [words.0, words.1, words.2, words.3] { Hex.append(word, to: &out) }
-            return String(decoding: out, as: UTF8.self)
+            withUnsafeBytes(of: (words.0.bigEndian, words.1.bigEndian, words.2.bigEndian, words.3.bigEndian)) { Hex.encode($0) }
         }
 
         static func == (a: Digest, b: Digest) -> Bool { a.words == b.words }

@@ -193,21 +193,30 @@ public struct Greeting: ReplyLine {
 }
 
 public enum Hex {
-    private static let digits: [UInt8] = Array("0123456789abcdef".utf8)
+    /// The lowercase digit of a value 0...15 (arithmetic, not a table: a global table costs a
+    /// `swift_once` check per digit, and hex runs for every hash of a manifest).
+    @inline(__always)
+    static func digit(_ nibble: UInt8) -> UInt8 { nibble < 10 ? 0x30 + nibble : 0x57 + nibble }
 
     public static func encode<C: Collection>(_ bytes: C) -> String where C.Element == UInt8 {
-        var out = [UInt8]()
-        out.reserveCapacity(bytes.count * 2)
-        for b in bytes {
-            out.append(digits[Int(b >> 4)])
-            out.append(digits[Int(b & 0xF)])
+        let count = bytes.count * 2
+        return String(unsafeUninitializedCapacity: count) { out in
+            var i = 0
+            for b in bytes {
+                out[i] = digit(b >> 4)
+                out[i + 1] = digit(b & 0xF)
+                i += 2
+            }
+            return count
         }
-        return String(decoding: out, as: UTF8.self)
     }
 
     /// Appends `word` as 16 lowercase hex digits, most significant first.
     public static func append(_ word: UInt64, to out: inout [UInt8]) {
-        for shift in stride(from: 60, through: 0, by: -4) { out.append(digits[Int((word >> UInt64(shift)) & 0xF)]) }
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 16) { digits in
+            for i in 0..<16 { digits[i] = digit(UInt8(truncatingIfNeeded: word >> UInt64(60 - 4 * i)) & 0xF) }
+            out.append(contentsOf: digits)
+        }
     }
 
     public static func decode<S: StringProtocol>(_ text: S) -> [UInt8]? {

@@ -22,8 +22,9 @@ struct ChunkPipeline {
     /// The server's share-out of chunks held ahead of the socket; `window` when nil.
     var budget: StreamBudget? = nil
     static let window = 4
-    /// Encoders that can really run at once.
-    static var encoders: Int { max(1, min(window, System.coreCount)) }
+    /// Encoders that can really run at once. Read once: `System.coreCount` reads the cgroup's
+    /// files on every call, and a stream is set up for every `GET`.
+    static let encoders = max(1, min(window, System.coreCount))
 
     enum Source: Sendable {
         case file(FileHandle)

@@ -48,7 +48,8 @@ final class HashCacheTests: XCTestCase {
         XCTAssertEqual(cache.count, 50_000)
         try cache.save()
         let text = try String(contentsOfFile: file, encoding: .utf8)
-        XCTAssertTrue(text.hasPrefix("ferry-hash-cache 3\n"))
+        let header = try XCTUnwrap(text.split(separator: "\n").first)
+        XCTAssertNotNil(HashCache.parseKey(header: header), "format 4 with its key: \(header)")
         XCTAssertFalse(text.contains("f49999"), "the file holds fingerprints, not paths")
         XCTAssertEqual(text.split(separator: "\n").count, 50_001)
         let reloaded = HashCache(persistingTo: file)
@@ -73,6 +74,41 @@ final class HashCacheTests: XCTestCase {
         let cache = HashCache(persistingTo: file)
         XCTAssertEqual(cache.count, 1)
         XCTAssertEqual(cache.lookup(path, k), sha(1))
+    }
+
+    func testTheKeyComesBackWithTheFileAndEachCacheMakesItsOwn() throws {
+        let path = try RemotePath(validating: "photos/2026/a.jpg")
+        let first = HashCache(persistingTo: work.appendingPathComponent("one").path)
+        let second = HashCache(persistingTo: work.appendingPathComponent("two").path)
+        XCTAssertNotEqual(first.fingerprint(path.bytes), second.fingerprint(path.bytes),
+                          "two caches fingerprint one path alike only by a 2^-64 chance: the key is random")
+        first.store(path, key(3), sha256: sha(3))
+        try first.save()
+        let reloaded = HashCache(persistingTo: work.appendingPathComponent("one").path)
+        XCTAssertEqual(reloaded.fingerprint(path.bytes), first.fingerprint(path.bytes), "the key is read back")
+        XCTAssertEqual(reloaded.fingerprint(key(3)), first.fingerprint(key(3)))
+        XCTAssertEqual(reloaded.lookup(path, key(3)), sha(3))
+    }
+
+    func testFormat3IsNotReadAndABadKeyIsAnotherFormat() throws {
+        let file = work.appendingPathComponent("format3.txt").path
+        try "ferry-hash-cache 3\n0000000000000001 0000000000000002 \(sha(1))\n".write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(HashCache(persistingTo: file).count, 0, "fingerprints of another function are not kept")
+        for header in ["ferry-hash-cache 4", "ferry-hash-cache 4 00112233445566778899aabbccddeeff0",
+                       "ferry-hash-cache 4 00112233445566778899AABBCCDDEEFF", "ferry-hash-cache 4 0011223344556677 8899aabbccddeef"] {
+            try "\(header)\n0000000000000001 0000000000000002 \(sha(1))\n".write(toFile: file, atomically: true, encoding: .utf8)
+            XCTAssertEqual(HashCache(persistingTo: file).count, 0, header)
+        }
+        try "ferry-hash-cache 4 00112233445566778899aabbccddeeff\n0000000000000001 0000000000000002 \(sha(1))\n"
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        XCTAssertEqual(HashCache(persistingTo: file).count, 1)
+    }
+
+    /// The test vector of the SipHash paper (appendix A): key 00 01 … 0f, message 00 01 … 0e.
+    func testSipHashMatchesThePapersVector() {
+        let key = (UInt64(0x0706_0504_0302_0100), UInt64(0x0f0e_0d0c_0b0a_0908))
+        XCTAssertEqual(HashCache.fingerprint(Array(0..<15), key: key), 0xa129_ca61_49be_45e5)
+        XCTAssertEqual(HashCache.fingerprint([], key: key), 0x726f_db47_dd0e_0e31, "the empty message")
     }
 
     func testAFileOfAnotherFormatIsIgnored() throws {

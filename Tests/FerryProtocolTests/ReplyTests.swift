@@ -136,5 +136,10 @@ final class ReplyTests: XCTestCase {
         XCTAssertEqual(Hex.decode(Hex.encode(all)), all)
         XCTAssertTrue(isSHA256Hex(Hex.encode([UInt8](repeating: 0xEE, count: 32))))
         XCTAssertFalse(isSHA256Hex(Hex.encode([UInt8](repeating: 0xEE, count: 32)).uppercased()))
+        XCTAssertEqual(Hex.encode([UInt8]()), "")
+        var words: [UInt8] = [0x3D]
+        Hex.append(0x0123_4567_89AB_CDEF, to: &words)
+        Hex.append(0, to: &words)
+        XCTAssertEqual(String(decoding: words, as: UTF8.self), "=0123456789abcdef0000000000000000", "appended after what was there")
     }
 }
