@@ -52,7 +52,7 @@ public struct ChunkHeader: Hashable, Sendable {
 
     /// Parses and bounds-checks a header line (with the `CHUNK ` prefix).
     public static func parse(_ line: Substring) throws(Malformed) -> ChunkHeader {
-        let f = line.split(separator: " ", omittingEmptySubsequences: false)
+        let f = line.spaceSeparatedFields()
         guard f.count == 6, f[0] == "CHUNK" else { throw Malformed(why: "expected 6 fields") }
         guard let offset = parseWireNumber(f[1]) else { throw Malformed(why: "bad offset") }
         guard let raw = parseWireNumber(f[2]), raw >= 1, raw <= Int64(FerryLimits.maxChunkRaw) else {

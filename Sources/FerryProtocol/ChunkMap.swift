@@ -87,7 +87,7 @@ public struct ChunksHead: OKReply {
     /// are the standard ones: a client decides what it does with other parameters.
     public init(detail: Substring?) throws(MalformedReply) {
         guard let detail else { throw MalformedReply("CHUNKS reply without fields", "OK") }
-        let f = detail.split(separator: " ", omittingEmptySubsequences: false)
+        let f = detail.spaceSeparatedFields()
         guard f.count == 5, let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]),
               let lo = parseWireNumber(f[2]), let avg = parseWireNumber(f[3]), let hi = parseWireNumber(f[4]),
               1 <= lo, lo <= avg, avg <= hi, hi <= Int64(FerryLimits.maxChunkRaw) else {
@@ -103,7 +103,7 @@ public struct ChunksHead: OKReply {
 
     /// Reads one chunk line (its form only; `ChunkMapReader` checks it against the map).
     public static func parseChunkLine(_ line: Substring) throws(MalformedReply) -> ChunkRecord {
-        let f = line.split(separator: " ", omittingEmptySubsequences: false)
+        let f = line.spaceSeparatedFields()
         guard f.count == 3, let offset = parseWireNumber(f[0]), let length = parseWireNumber(f[1]),
               length <= Int64(FerryLimits.maxChunkRaw), let digest = ChunkDigest(hex: f[2]) else {
             throw MalformedReply("a chunk line is OFFSET LENGTH SHA256", line)

@@ -35,7 +35,7 @@ public enum Reply<Body: OKReply>: Hashable, Sendable {
 /// The fields of `detail`, split on single spaces; exactly `count` of them, none empty.
 private func fields(_ detail: Substring?, _ count: Int, _ what: String) throws(MalformedReply) -> [Substring] {
     guard let detail else { throw MalformedReply("\(what) without fields", "OK") }
-    let f = detail.split(separator: " ", omittingEmptySubsequences: false)
+    let f = detail.spaceSeparatedFields()
     guard f.count == count, !f.contains(where: \.isEmpty) else {
         throw MalformedReply("\(what) needs \(count) field(s) separated by single spaces", detail)
     }
@@ -166,7 +166,7 @@ public struct AuthOK: OKReply {
     public var detail: String? { proofHex.map { "auth \($0)" } ?? "auth" }
 
     public init(detail: Substring?) throws(MalformedReply) {
-        let f = detail?.split(separator: " ", omittingEmptySubsequences: false) ?? []
+        let f = detail?.spaceSeparatedFields() ?? []
         guard f.first == "auth", f.count <= 2 else { throw MalformedReply("expected OK auth", detail ?? "OK") }
         if f.count == 2 {
             guard isSHA256Hex(f[1]) else { throw MalformedReply("the proof after OK auth is not 64 lowercase hex digits", detail ?? "OK") }

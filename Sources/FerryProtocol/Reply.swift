@@ -109,7 +109,7 @@ public enum StatusLine: Hashable, Sendable {
     public static func parse(_ line: Substring) throws(MalformedReply) -> StatusLine {
         if line == "OK" { return .ok(fields: []) }
         if line.hasPrefix("OK ") {
-            return .ok(fields: line.dropFirst(3).split(separator: " ", omittingEmptySubsequences: false))
+            return .ok(fields: line.dropFirst(3).spaceSeparatedFields())
         }
         return .err(try ErrorReply.parse(line))
     }
@@ -189,6 +189,15 @@ public struct Greeting: ReplyLine {
         }
         return Greeting(version: version, name: name, id: id, nonce: nonce, channelBound: auth == "hmac-sha256-tls",
                         capabilities: capabilities)
+    }
+}
+
+extension Substring {
+    /// The fields of a protocol line, split at every space byte (empty fields kept, for the
+    /// parser to refuse). Byte-wise: a line is ASCII apart from its percent-encoded parts, and
+    /// splitting by `Character` runs grapheme breaking over every byte of every reply.
+    public func spaceSeparatedFields() -> [Substring] {
+        utf8.split(separator: 0x20, omittingEmptySubsequences: false).map { Substring($0) }
     }
 }
 

@@ -84,7 +84,7 @@ public enum Request: Hashable, Sendable {
         for b in line.utf8 where b < 0x20 || b == 0x7F {
             throw .malformed("control character in request")
         }
-        let f = line.split(separator: " ", omittingEmptySubsequences: false)
+        let f = line.spaceSeparatedFields()
         if f.contains(where: \.isEmpty) { throw .malformed("fields are separated by exactly one space") }
         // ASCII case folding only: `uppercased()` would turn "lıst" or "ſtat" into verbs.
         let verb = String(decoding: f[0].utf8.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
