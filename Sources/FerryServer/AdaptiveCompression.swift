@@ -47,6 +47,8 @@ import Darwin
 /// 4. otherwise, while the network is clearly the bottleneck (pressure at least `levelPressure`),
 ///    or the level chosen is above 1, compress every chunk: a stored chunk of text costs the link
 ///    about five compressed ones, so even 1% stored would add 5% to the bytes of a slow link.
+///    Likewise while the encoders at the base level could feed the link twice over (`mixFactor`):
+///    then a dip in the pressure is a stall of a busy machine, not encoders too slow for the link.
 ///    Else compress the share of chunks given by the network pressure, spread evenly: near the
 ///    crossover compressing too much lets the buffer drain, the pressure falls and stored chunks
 ///    mix in, so that the link and the encoders are both busy.
@@ -105,6 +107,9 @@ public struct AdaptiveCompression: Sendable {
         /// link this many times over (the rungs' headrooms keep the same margin): level 1 gives
         /// way to a fast level below it.
         public var keepUpMargin = 1.3
+        /// Stored chunks never mix in while the encoders at the base level (by the wall clock)
+        /// could feed the link this many times over.
+        public var mixFactor = 2.0
 
         public init() {}
     }
@@ -284,6 +289,15 @@ public struct AdaptiveCompression: Sendable {
         return ladder.last { $0.level >= 1 && delivering >= $0.headroom * needed }?.level ?? 1
     }
 
+    /// Whether the encoders at the base level, by the wall clock, could feed the link at least
+    /// `mixFactor` times the raw bytes it carries (at its rate while it was the bottleneck, if
+    /// that is more than what it delivers now).
+    public func encodersFarAhead(_ codec: ChunkCodec) -> Bool {
+        guard let delivered = linkRate, delivered > 0 else { return false }
+        let needed = max(delivered, linkCapacity ?? 0) / max(ratioEstimate, 0.05)
+        return compressRate(codec) >= tuning.mixFactor * needed
+    }
+
     /// The rate (wire bytes per second, of this link or of the whole server) from which
     /// compressing with `codec` costs more encoder time than it saves link time: per chunk of
     /// `R` raw bytes the encoders spend `R / compressRate` seconds (they work in parallel, for
@@ -394,8 +408,11 @@ public struct AdaptiveCompression: Sendable {
         guard linkRate != nil else { return true }
         // Stored chunks mix in only where compressing at level 1 is all the encoders can do:
         // above it, a dip in the pressure is the encoders falling behind at a higher level, and
-        // `level(for:)` steps down instead.
-        credit += pressure >= tuning.levelPressure || level(for: codec) > 1 ? 1 : pressure
+        // `level(for:)` steps down instead. Nor while the encoders at level 1 could feed the
+        // link `mixFactor` times over: a dip in the pressure is then a moment's stall (on a
+        // busy machine), not encoders too slow for the link, and stored text costs a slow link
+        // five times its compressed bytes.
+        credit += pressure >= tuning.levelPressure || level(for: codec) > 1 || encodersFarAhead(codec) ? 1 : pressure
         if credit >= 1 - 1e-9 {
             credit -= 1
             return true

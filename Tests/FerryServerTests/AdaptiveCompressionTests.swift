@@ -108,6 +108,30 @@ final class AdaptiveCompressionTests: XCTestCase {
         XCTAssertEqual(decisions(&c, 100), 100, "a stored chunk of text costs a slow link five compressed ones")
     }
 
+    func testASlowLinkGetsNoStoredChunksWhenThePressureDips() {
+        // The server's log on the 100 Mbit/s link (stop 15): 22 to 32 of 1,024 chunks of text
+        // stored while the pressure dipped to 37% on a busy machine (the stored ones were 10% of
+        // the bytes). By the wall clock the two encoders do 200 MB/s at level 1: too little
+        // for level 4's headroom (3.5 × the ~60 MB/s of raw text the link carries), so the level
+        // is 1, but over three times what the link carries: a dip is a stall, not slow encoders.
+        var c = AdaptiveCompression(encoders: 2)
+        compressed(&c, rate: 100 * MB, ratio: 0.19, with: .zstd(1))
+        writes(&c, rate: 11.5 * MB, total: 16 << 20, blocked: true)
+        writes(&c, rate: 11.5 * MB, total: 4 << 20, blocked: false)
+        XCTAssertLessThan(c.networkPressure, 0.5)
+        XCTAssertEqual(c.level(for: .zstd), 1)
+        XCTAssertTrue(c.encodersFarAhead(.zstd))
+        XCTAssertEqual(decisions(&c, 100, codec: .zstd), 100, "every chunk compressed, whatever the level")
+        // Encoders that are really too slow for the link (here 2 × 40 MB/s by the wall clock
+        // against ~60 MB/s of raw text) still mix stored chunks in.
+        var slow = AdaptiveCompression(encoders: 2)
+        compressed(&slow, rate: 40 * MB, ratio: 0.19, with: .zstd(1))
+        writes(&slow, rate: 11.5 * MB, total: 16 << 20, blocked: true)
+        writes(&slow, rate: 11.5 * MB, total: 4 << 20, blocked: false)
+        XCTAssertFalse(slow.encodersFarAhead(.zstd))
+        XCTAssertLessThan(decisions(&slow, 100, codec: .zstd), 100)
+    }
+
     func testLevelFourTimingsAtTheirRealSpeedLetASlowLinkClimbToSix() {
         // The server's log on a 100 Mbit/s link (issue 13): zstd level 4 chunks at ~70 MB/s by
         // the wall clock per encoder, ratio 0.18, link 12 MB/s. Level 4 runs at ~0.38 of level
