@@ -352,18 +352,19 @@ public final class FerryConnection {
     }
 
     /// Reads the status line of `request`'s reply: its `OK` as `Body`, or an `ERR`.
-    public func read<Body: OKReply>(_ body: Body.Type, for request: String) async throws -> Reply<Body> {
+    /// `request` names it in errors only (built then, not for every reply).
+    public func read<Body: OKReply>(_ body: Body.Type, for request: @autoclosure () -> String) async throws -> Reply<Body> {
         let line = try await readLine()
         do { return try Reply<Body>.parse(Substring(line)) } catch {
-            throw violation("bad reply to \(request): \(error)")
+            throw violation("bad reply to \(request()): \(error)")
         }
     }
 
     /// Reads the status line of `request`'s reply and returns its `OK`, throwing the server's error otherwise.
-    public func expect<Body: OKReply>(_ body: Body.Type, for request: String) async throws -> Body {
-        switch try await read(body, for: request) {
+    public func expect<Body: OKReply>(_ body: Body.Type, for request: @autoclosure () -> String) async throws -> Body {
+        switch try await read(body, for: request()) {
         case .ok(let ok): return ok
-        case .err(let reply): throw ClientError.server(endpoint: endpoint.description, request: request, reply)
+        case .err(let reply): throw ClientError.server(endpoint: endpoint.description, request: request(), reply)
         }
     }
 

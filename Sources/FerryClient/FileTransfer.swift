@@ -238,7 +238,7 @@ public final class FileTransfer {
         var next = partial.verified
         var inflight: [(ChunkHeader, Task<ByteBuffer, Error>)] = []
         let window = 4
-        let label = path.description
+        let path = self.path
 
         do {
             while true {
@@ -257,7 +257,13 @@ public final class FileTransfer {
                     }
                     next += Int64(header.rawLength)
                     let allocator = connection.allocator
-                    inflight.append((header, Self.startDecode(header, wire, allocator: allocator, label: label)))
+                    if inflight.isEmpty && next == rangeEnd {
+                        // The range's only chunk (a small file's), or its last with nothing in
+                        // flight: decoded right here, without a task to start and wait for.
+                        try await commit(header, Self.decode(header, wire, allocator: allocator, path: path), onBytes)
+                        continue
+                    }
+                    inflight.append((header, Self.startDecode(header, wire, allocator: allocator, path: path)))
                     if inflight.count >= window { try await commit(inflight.removeFirst(), onBytes) }
                 case .end(let sha):
                     replyConsumed = true
@@ -315,8 +321,11 @@ public final class FileTransfer {
     }
 
     private func commit(_ item: (ChunkHeader, Task<ByteBuffer, Error>), _ onBytes: (Int) -> Void) async throws {
-        let (header, task) = item
-        let raw = try await task.value
+        try await commit(item.0, item.1.value, onBytes)
+    }
+
+    /// Writes a decoded and checked chunk, feeds it to the file's hash and counts its bytes.
+    private func commit(_ header: ChunkHeader, _ raw: ByteBuffer, _ onBytes: (Int) -> Void) async throws {
         let result: Result<Void, SystemError> = raw.withUnsafeReadableBytes { p in
             do throws(SystemError) {
                 try partial.append(p, at: header.offset)
@@ -333,19 +342,20 @@ public final class FileTransfer {
 
     /// Inflates and checks a chunk on the task pool, so several chunks decode in parallel.
     static func startDecode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator,
-                            label: String) -> Task<ByteBuffer, Error> {
-        Task { try decode(header, wire, allocator: allocator, label: label) }
+                            path: RemotePath) -> Task<ByteBuffer, Error> {
+        Task { try decode(header, wire, allocator: allocator, path: path) }
     }
 
-    static func decode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator, label: String) throws -> ByteBuffer {
+    /// `path` names the file in errors (its text is made only for one).
+    static func decode(_ header: ChunkHeader, _ wire: ByteBuffer, allocator: ByteBufferAllocator, path: RemotePath) throws -> ByteBuffer {
         if header.codec == .stored {
             // Stored: the wire bytes are the raw bytes. Check them where they are (no copy).
             guard wire.readableBytes == header.wireLength, wire.readableBytes == header.rawLength else {
-                throw ClientError.corruptChunk(path: label, .length(offset: header.offset, expected: header.rawLength,
+                throw ClientError.corruptChunk(path: path.description, .length(offset: header.offset, expected: header.rawLength,
                                                                     got: wire.readableBytes))
             }
             guard wire.withUnsafeReadableBytes({ CRC32.checksum($0) }) == header.crc32 else {
-                throw ClientError.corruptChunk(path: label, .checksum(offset: header.offset))
+                throw ClientError.corruptChunk(path: path.description, .checksum(offset: header.offset))
             }
             return wire
         }
@@ -361,7 +371,7 @@ public final class FileTransfer {
                 return 0
             }
         }
-        if let failure { throw ClientError.corruptChunk(path: label, failure) }
+        if let failure { throw ClientError.corruptChunk(path: path.description, failure) }
         return out
     }
 
