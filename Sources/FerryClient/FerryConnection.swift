@@ -171,7 +171,7 @@ public final class FerryConnection {
                         }
                         try ch.pipeline.syncOperations.addHandler(
                             ReplyStreamHandler(policy: WaitPolicy(timeout: options.readTimeout), bytes: counter,
-                                               frames: framesDecoded))
+                                               frames: framesDecoded, tls: tls != nil))
                         return try NIOAsyncChannel<ReplyFrame, ByteBuffer>(
                             wrappingChannelSynchronously: ch,
                             configuration: .init(backPressureStrategy: .init(lowWatermark: 4, highWatermark: 12)))
@@ -568,15 +568,18 @@ final class ReplyStreamHandler: ChannelDuplexHandler {
     private let policy: WaitPolicy
     private let bytes: ByteCounter
     private let frames: ByteCounter
-    private var splitter = ReplyFrameSplitter()
+    private var splitter: ReplyFrameSplitter
     private var decoded: Int64 = 0
     private var failed = false
     private var wait: Wait?
 
-    init(policy: WaitPolicy, bytes: ByteCounter, frames: ByteCounter) {
+    /// `tls`: reads come from swift-nio-ssl, whose plaintext buffer is reused (see
+    /// `ReplyFrameSplitter.copiesPayloads`).
+    init(policy: WaitPolicy, bytes: ByteCounter, frames: ByteCounter, tls: Bool) {
         self.policy = policy
         self.bytes = bytes
         self.frames = frames
+        splitter = ReplyFrameSplitter(copiesPayloads: tls)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {

@@ -13,8 +13,15 @@ public struct ReplyFrameSplitter {
     /// A payload spanning reads: its header and the bytes gathered so far.
     private var assembling: (header: ChunkHeader, bytes: ByteBuffer)?
 
-    public init(maxLine: Int = FerryLimits.maxReplyLine) {
+    /// Copy even a payload that lies inside one read, keeping no slice of the input. For input
+    /// whose buffer its producer writes into again (swift-nio-ssl reuses one buffer for the
+    /// plaintext of every read): a slice kept alive there makes the producer's next write copy
+    /// the buffer and grow the copy again from one TLS record, a record at a time.
+    public let copiesPayloads: Bool
+
+    public init(maxLine: Int = FerryLimits.maxReplyLine, copiesPayloads: Bool = false) {
         decoder = ReplyFrameDecoder(maxLine: maxLine)
+        self.copiesPayloads = copiesPayloads
     }
 
     /// Whether part of a frame is waiting for more bytes.
@@ -68,7 +75,13 @@ public struct ReplyFrameSplitter {
                 continue
             }
             if let frame = try decoder.nextFrame(&buffer) {
-                frames.append(frame)
+                if copiesPayloads, case .chunk(let header, var slice) = frame {
+                    var copy = allocator.buffer(capacity: slice.readableBytes)
+                    copy.writeBuffer(&slice)
+                    frames.append(.chunk(header, copy))
+                } else {
+                    frames.append(frame)
+                }
                 continue
             }
             if let header = decoder.takePendingChunk() {

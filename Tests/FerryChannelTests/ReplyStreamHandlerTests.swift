@@ -43,7 +43,7 @@ final class ReplyStreamHandlerTests: XCTestCase {
         let channel = EmbeddedChannel()
         let pipe = Pipe(channel: channel)
         try channel.pipeline.syncOperations.addHandler(
-            ReplyStreamHandler(policy: WaitPolicy(timeout: timeout), bytes: pipe.bytes, frames: pipe.frames))
+            ReplyStreamHandler(policy: WaitPolicy(timeout: timeout), bytes: pipe.bytes, frames: pipe.frames, tls: false))
         return pipe
     }
 

@@ -99,6 +99,30 @@ final class ReplyFrameSplitterTests: XCTestCase {
         XCTAssertTrue(sameStorage, "the payload must not be copied")
     }
 
+    func testACopyingSplitterKeepsNoSliceOfItsInputAndGivesTheSameFrames() throws {
+        var s = ReplyFrameSplitter(copiesPayloads: true)
+        let payload = [UInt8](repeating: 7, count: 100_000)
+        let read = ByteBuffer(bytes: Array("CHUNK 0 100000 100000 s 0000abcd\n".utf8) + payload + Array("END x\n".utf8))
+        let frames = try s.feed(read, allocator: ByteBufferAllocator())
+        guard case .chunk(_, let copy)? = frames.first else { return XCTFail("no chunk: \(frames)") }
+        let sameStorage = read.withUnsafeReadableBytes { r in copy.withUnsafeReadableBytes { p in
+            p.baseAddress.map { $0 >= r.baseAddress! && $0 < r.baseAddress! + r.count } ?? true } }
+        XCTAssertFalse(sameStorage, "swift-nio-ssl writes its next plaintext into this buffer")
+        XCTAssertEqual(copy.readableBytesView.elementsEqual(payload), true)
+        // Every cut of a mixed transcript still gives the decoder's frames.
+        var rng = SplitMix64(seed: 15)
+        let bytes = transcript(&rng)
+        var copying = ReplyFrameSplitter(copiesPayloads: true)
+        var out: [Frame] = []
+        var start = 0
+        while start < bytes.count {
+            let end = min(bytes.count, start + 1 + Int(rng.next() % 200_000))
+            out += try copying.feed(ByteBuffer(bytes: bytes[start..<end]), allocator: ByteBufferAllocator()).map(frame)
+            start = end
+        }
+        XCTAssertEqual(out, try reference(bytes))
+    }
+
     func testLimitsStillHold() {
         // A line longer than the limit, arriving in small reads with no LF.
         var s = ReplyFrameSplitter(maxLine: 100)
