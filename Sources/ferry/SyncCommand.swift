@@ -157,10 +157,10 @@ struct SyncCommand: AsyncParsableCommand {
                 }
             case .fileStarted(let path, let size):
                 progress.current(path)
-                if json { Output.json(["event": "start", "path": path.description, "size": size]) }
+                if json { Output.jsonLine(JSONText.fileEvent("start", path: path, size: size)) }
             case .fileFinished(let path, let size, let delta):
                 progress.fileDone()
-                if json { Output.json(["event": "done", "path": path.description, "size": size, "delta": delta]) }
+                if json { Output.jsonLine(JSONText.fileEvent("done", path: path, size: size, delta: delta)) }
             case .failed(let path, let message):
                 progress.clear()
                 if json { Output.json(["event": "error", "path": path.description, "message": message]) }

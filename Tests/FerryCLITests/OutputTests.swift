@@ -43,6 +43,19 @@ final class OutputTests: XCTestCase {
         }
     }
 
+    func testFileEventsAreTheLinesTheDictionaryWouldGive() throws {
+        for name in ["plain.txt", "dir/with space", "quote\"back\\slash", "tab\tnew\nline\u{7F}\u{85}", "ünï/çødé"] {
+            let path = try RemotePath(validating: name)
+            for delta in [nil, false, true] as [Bool?] {
+                var object: [String: Any] = ["event": delta == nil ? "start" : "done", "path": path.description, "size": Int64(1234)]
+                if let delta { object["delta"] = delta }
+                var expected = ""
+                JSONText.append(object, to: &expected)
+                XCTAssertEqual(JSONText.fileEvent(delta == nil ? "start" : "done", path: path, size: 1234, delta: delta), expected)
+            }
+        }
+    }
+
     func testProgressLineNeverWraps() {
         let stats = "12/400 files  1.2 GiB / 3.4 GiB   35%  112.0 MiB/s  ETA 00:21"
         let name = "photos/2024/some very long folder name/and an even longer file name IMG_20240101_123456.jpg"
