@@ -264,13 +264,7 @@ public struct AdaptiveCompression: Sendable {
     /// The level for chunks compressed with `codec`: a rung of its `ladder`.
     public func level(for codec: ChunkCodec) -> Int32 {
         let ladder = Self.ladder(for: codec)
-        guard let delivered = linkRate, delivered > 0 else { return 1 }
-        // The link's rate as seen while it was the bottleneck, if that is more: while the
-        // encoders fall behind (1 Gbit/s text on two busy cores), the delivered rate falls with
-        // them and would make level 1 look fast enough for a link it cannot keep busy.
-        let rate = max(delivered, linkCapacity ?? 0)
-        // Raw bytes per second the link carries at the current ratio.
-        let needed = rate / max(ratioEstimate, 0.05)
+        guard let needed = rawLinkRate else { return 1 }
         let base = capacity(codec)
         let fast = ladder.filter { $0.level < 1 }
         let keepUp = tuning.keepUpMargin * needed
@@ -293,9 +287,17 @@ public struct AdaptiveCompression: Sendable {
     /// `mixFactor` times the raw bytes it carries (at its rate while it was the bottleneck, if
     /// that is more than what it delivers now).
     public func encodersFarAhead(_ codec: ChunkCodec) -> Bool {
-        guard let delivered = linkRate, delivered > 0 else { return false }
-        let needed = max(delivered, linkCapacity ?? 0) / max(ratioEstimate, 0.05)
+        guard let needed = rawLinkRate else { return false }
         return compressRate(codec) >= tuning.mixFactor * needed
+    }
+
+    /// Raw bytes per second the link carries at the current ratio; nil until its rate is known.
+    /// Its rate as seen while it was the bottleneck, if that is more than what it delivers:
+    /// while the encoders fall behind (1 Gbit/s text on two busy cores), the delivered rate
+    /// falls with them and would make level 1 look fast enough for a link it cannot keep busy.
+    private var rawLinkRate: Double? {
+        guard let delivered = linkRate, delivered > 0 else { return nil }
+        return max(delivered, linkCapacity ?? 0) / max(ratioEstimate, 0.05)
     }
 
     /// The rate (wire bytes per second, of this link or of the whole server) from which
