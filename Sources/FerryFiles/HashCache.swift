@@ -170,7 +170,7 @@ public final class HashCache: Sendable {
         let prefix = Self.header + " "
         guard header.hasPrefix(prefix) else { return nil }
         let hex = header.dropFirst(prefix.utf8.count)
-        guard hex.utf8.count == 32, hex.utf8.allSatisfy({ (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }),
+        guard DiscoveryDatagram.isLowercaseHex(hex, length: 32),
               let a = UInt64(hex.prefix(16), radix: 16), let b = UInt64(hex.suffix(16), radix: 16) else { return nil }
         return (a, b)
     }
