@@ -33,6 +33,8 @@ let package = Package(
         ),
         // CRC-32 with PCLMULQDQ folding (run-time dispatch) and a portable fallback.
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
+        // System calls Glibc has no Swift-callable wrapper for (`openat2`).
+        .target(name: "CFerrySys", path: "Sources/CFerrySys"),
         // Wire protocol: pure values and codecs, no I/O.
         .target(
             name: "FerryProtocol",
@@ -48,6 +50,7 @@ let package = Package(
                 "CZlib",
                 "CZstd",
                 "CFerryCRC",
+                "CFerrySys",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -72,6 +72,12 @@ public final class FileHandle: Sendable {
     /// FIFO here") and left as it is — ferry never reads, chmods or writes a FIFO, socket or
     /// device, on the client (DEST) or on the server (the served tree).
     public static func openOwned(_ dirFD: Int32, _ name: [UInt8], allowDirectory: Bool, display: String) throws(SystemError) -> FileHandle {
+        try openOwnedWithInfo(dirFD, name, allowDirectory: allowDirectory, display: display).0
+    }
+
+    /// `openOwned`, with what `fstat` said of the opened descriptor.
+    public static func openOwnedWithInfo(_ dirFD: Int32, _ name: [UInt8], allowDirectory: Bool,
+                                         display: String) throws(SystemError) -> (FileHandle, FileInfo) {
         let fd = POSIX.openAt(dirFD, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK)
         guard fd >= 0 else { throw SystemError(errno: errno, operation: "open", path: display) }
         let handle = FileHandle(fd: fd)
@@ -84,9 +90,10 @@ public final class FileHandle: Sendable {
             throw SystemError(errno: EINVAL, operation: "use", path: display,
                               detail: "it is \(what) here, which ferry leaves alone")
         }
-        // Reads block again as usual (O_NONBLOCK matters only for FIFOs and devices).
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        return handle
+        // Reads block again as usual (O_NONBLOCK matters only for FIFOs and devices). Of the
+        // flags F_SETFL can change, O_NONBLOCK is the only one this open set: 0 clears just it.
+        _ = fcntl(fd, F_SETFL, 0)
+        return (handle, FileInfo(st))
     }
 
     public func stat() throws(SystemError) -> FileInfo {

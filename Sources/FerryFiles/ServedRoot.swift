@@ -1,7 +1,9 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import CFerrySys
 import FerryProtocol
+import NIOConcurrencyHelpers
 
 /// Why a path could not be served; each maps onto a reply code.
 public enum ServeError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -115,27 +117,71 @@ public final class ServedRoot: Sendable {
         }
     }
 
-    /// The common case in one pass: every directory on the way opens with `O_NOFOLLOW` (so none
-    /// is a symlink) and the final entry is not a symlink to follow. Two system calls per
-    /// directory fewer than the general walk, and the canonical path is `path` itself. Nil when
-    /// a symlink (or a concurrent swap) is met: the general walk then decides.
+    /// The common case in one pass: every directory on the way is opened without following a
+    /// symlink, and the final entry is not a symlink to follow; the canonical path is `path`
+    /// itself. Nil when a symlink (or a concurrent swap) is met: the general walk then decides.
+    /// The parent directory opens with one `openat2` (`ferry_open_beneath`: inside the root,
+    /// through no symlink) where the kernel has it, else one `openat(O_NOFOLLOW)` per directory.
     private func resolveWithoutSymlinks(_ path: RemotePath, followFinal: Bool) throws(ServeError) -> Resolved? {
         let components = path.components
         guard let last = components.last else { return nil }
-        var dir = FileHandle(fd: dup(rootFD))
-        if dir.fd < 0 { throw .io(SystemError(errno: errno, operation: "dup", path: displayPath)) }
-        for component in components.dropLast() {
-            let next = POSIX.openAt(dir.fd, Array(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
-            if next < 0 {
-                if errno == ENOENT { throw .notFound(path) }
-                return nil  // a symlink (ELOOP/ENOTDIR), a file in the way, or an error: the walk says which
-            }
-            dir = FileHandle(fd: next)
+        var beneath = Beneath.unavailable
+        if components.count > 1, let parent = path.parent { beneath = try Self.openBeneath(rootFD, parent.bytes, for: path) }
+        let dir: FileHandle
+        switch beneath {
+        case .opened(let handle): dir = handle
+        case .walkDecides: return nil
+        case .unavailable:
+            guard let walked = try openDirectories(components.dropLast(), for: path) else { return nil }
+            dir = walked
         }
         let name = Array(last)
         let info = try Self.lstat(dir.fd, name, for: path)
         if info.type == .symlink && followFinal { return nil }
         return Resolved(parent: dir, name: name, info: info, canonical: path)
+    }
+
+    /// The directory at the end of `components`, opened one component at a time with
+    /// `O_NOFOLLOW`; nil when one is a symlink, a file, or cannot be opened (the walk says which).
+    private func openDirectories(_ components: ArraySlice<ArraySlice<UInt8>>, for path: RemotePath) throws(ServeError) -> FileHandle? {
+        var dir = FileHandle(fd: dup(rootFD))
+        if dir.fd < 0 { throw .io(SystemError(errno: errno, operation: "dup", path: displayPath)) }
+        for component in components {
+            let next = POSIX.openAt(dir.fd, Array(component), O_RDONLY | O_DIRECTORY | O_NOFOLLOW)
+            if next < 0 {
+                if errno == ENOENT { throw .notFound(path) }
+                return nil
+            }
+            dir = FileHandle(fd: next)
+        }
+        return dir
+    }
+
+    private enum Beneath {
+        case opened(FileHandle)
+        /// No `openat2` here: open one component at a time.
+        case unavailable
+        /// A symlink or a file on the way, or an error: the general walk decides and words it.
+        case walkDecides
+    }
+
+    /// Set once `openat2` was found missing (a kernel before 5.6, a seccomp filter), so the
+    /// component walk is used from then on without asking again.
+    static let beneathMissing = NIOLockedValueBox(false)
+
+    /// The directory `relative` (several components) under `root`, opened with one `openat2`
+    /// that stays inside `root` and follows no symlink.
+    private static func openBeneath(_ root: Int32, _ relative: [UInt8], for path: RemotePath) throws(ServeError) -> Beneath {
+        if beneathMissing.withLockedValue({ $0 }) { return .unavailable }
+        let fd = withCPath(relative) { ferry_open_beneath(root, $0, O_RDONLY | O_DIRECTORY | O_NOFOLLOW) }
+        if fd >= 0 { return .opened(FileHandle(fd: fd)) }
+        switch errno {
+        case ENOENT: throw .notFound(path)
+        case ENOSYS, EPERM, EINVAL, E2BIG:
+            beneathMissing.withLockedValue { $0 = true }
+            return .unavailable
+        default: return .walkDecides
+        }
     }
 
     /// What `name` in `dirFD` is (not following a symlink); a missing entry is `path` not found.
@@ -177,14 +223,13 @@ public final class ServedRoot: Sendable {
         }
         // Swapped for a FIFO, device or directory since the lstat above: refused on the opened
         // descriptor, without blocking (issue: a FIFO open used to hang a worker thread).
-        let handle: FileHandle
-        do { handle = try FileHandle.openOwned(r.parent.fd, r.name, allowDirectory: false, display: path.description) } catch {
+        do {
+            let (handle, info) = try FileHandle.openOwnedWithInfo(r.parent.fd, r.name, allowDirectory: false, display: path.description)
+            return (handle, info, r.canonical)
+        } catch {
             if error.errno == EINVAL { throw .wrongType(path, "is not a regular file") }
             throw .io(error)
         }
-        let info: FileInfo
-        do { info = try handle.stat() } catch { throw .io(error) }
-        return (handle, info, r.canonical)
     }
 
     /// Opens a directory (symlinks inside the tree are followed).

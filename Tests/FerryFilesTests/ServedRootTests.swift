@@ -1,4 +1,4 @@
-import FerryFiles
+@testable import FerryFiles
 import FerryProtocol
 import FerryTestSupport
 import Foundation
@@ -256,6 +256,50 @@ final class ServedRootTests: XCTestCase {
         XCTAssertEqual(try contents(try p("docs/up/empty.txt")), [])
         XCTAssertEqual(try contents(try p("docs/up/docs/hello-link")),
                        [UInt8](try Data(contentsOf: sample.appendingPathComponent("hello world.txt"))))
+    }
+
+    /// Deep paths resolve the same whether the parent directory opens with one `openat2` or
+    /// one component at a time (the fallback for kernels without it): the same contents, the
+    /// same refusals, the same "not found".
+    func testDeepPathsResolveTheSameWithAndWithoutOpenat2() throws {
+        let deep = sample.appendingPathComponent("a/b/c/d")
+        try FileManager.default.createDirectory(at: deep, withIntermediateDirectories: true)
+        try Data("deep".utf8).write(to: deep.appendingPathComponent("file"))
+        try Data("in the way".utf8).write(to: sample.appendingPathComponent("a/b/plain"))
+        try symlink("c-link", to: "c", in: sample.appendingPathComponent("a/b"))
+        try symlink("out", to: "../../..", in: sample.appendingPathComponent("a/b"))
+        defer { ServedRoot.beneathMissing.withLockedValue { $0 = false } }
+        for componentWalk in [false, true] {
+            ServedRoot.beneathMissing.withLockedValue { $0 = componentWalk }
+            let how = componentWalk ? "component walk" : "openat2"
+            XCTAssertEqual(try contents(try p("a/b/c/d/file")), Array("deep".utf8), how)
+            XCTAssertEqual(try root.resolve(try p("a/b/c/d/file"), followFinal: true).canonical, try p("a/b/c/d/file"), how)
+            // A symlink on the way is followed inside the tree and named by its canonical path.
+            XCTAssertEqual(try contents(try p("a/b/c-link/d/file")), Array("deep".utf8), how)
+            XCTAssertEqual(try root.resolve(try p("a/b/c-link/d/file"), followFinal: true).canonical, try p("a/b/c/d/file"), how)
+            for missing in ["a/x/c/d/file", "a/b/c/d/nothing", "a/b/plain/d/file", "a/b/c/d/file/more"] {
+                let path = try p(missing)
+                assertNotFound { () throws(ServeError) in try root.openFile(path) }
+            }
+            let escape = try p("a/b/out/x/file")
+            assertRefused { () throws(ServeError) in try root.openFile(escape) }
+            let directory = try p("a/b/c")
+            assertWrongType { () throws(ServeError) in try root.openFile(directory) }
+            if !componentWalk && Self.kernelHasOpenat2 {
+                XCTAssertFalse(ServedRoot.beneathMissing.withLockedValue { $0 },
+                               "this kernel has openat2 (Linux 5.6 or later): the fast path must have been used")
+            }
+        }
+    }
+
+    /// Linux 5.6 or later (where a container's seccomp filter could still refuse the call).
+    private static var kernelHasOpenat2: Bool {
+        var u = utsname()
+        uname(&u)
+        let release = withUnsafeBytes(of: &u.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+        let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
+        guard parts.count == 2 else { return false }
+        return (parts[0], parts[1]) >= (5, 6)
     }
 
     func testChainOfSymlinksIsFollowed() throws {
