@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import FerryProtocol
+import NIOConcurrencyHelpers
 
 /// The server file a partial download belongs to. A partial is only ever continued for the
 /// same identity, so a resumed file can never be a splice of two versions.
@@ -86,9 +87,8 @@ public final class PartialFile {
                                  label: String) throws(SystemError) -> PartialFile {
         var attempts = 0
         while true {
-            var rng = SystemRandomNumberGenerator()
-            let random = String(rng.next(), radix: 16)
-            let name = temporaryPrefix + Array((String(repeating: "0", count: temporaryRandomLength - random.count) + random).utf8)
+            var name = temporaryPrefix
+            Hex.append(TemporaryNames.next(), to: &name)
             let display = (directoryDisplay.hasSuffix("/") ? directoryDisplay : directoryDisplay + "/") + String(decoding: name, as: UTF8.self)
             let fd = POSIX.openAt(directory.fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
             if fd < 0 {
@@ -292,5 +292,28 @@ public enum SparseWriter {
             i += 1
         }
         return true
+    }
+}
+
+/// Names for temporaries: 64-bit values from a generator seeded once per process from the
+/// system's random source (SplitMix64), so a sync of 10,000 small files does not make 10,000
+/// `getrandom` calls. The names need to be hard to guess, not secret: creating one is
+/// `O_CREAT | O_EXCL | O_NOFOLLOW`, so a name someone else took (or a symlink planted there)
+/// only costs another try.
+enum TemporaryNames {
+    private static let state: NIOLockedValueBox<UInt64> = {
+        var rng = SystemRandomNumberGenerator()
+        return NIOLockedValueBox(rng.next())
+    }()
+
+    static func next() -> UInt64 {
+        let s = state.withLockedValue { s -> UInt64 in
+            s &+= 0x9E37_79B9_7F4A_7C15
+            return s
+        }
+        var z = s
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
     }
 }
