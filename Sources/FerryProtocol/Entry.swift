@@ -274,9 +274,9 @@ public struct Validator: Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(size),\(mtime)" }
 
     public init?(_ text: Substring) {
-        guard let comma = text.firstIndex(of: ","),
+        guard let comma = text.utf8.firstIndex(of: 0x2C),
               let size = parseWireNumber(text[..<comma]),
-              let mtime = Timestamp(text[text.index(after: comma)...]) else { return nil }
+              let mtime = Timestamp(text[text.utf8.index(after: comma)...]) else { return nil }
         self.init(size: size, mtime: mtime)
     }
 }

@@ -79,13 +79,15 @@ public enum Request: Hashable, Sendable {
         }
     }
 
+    private static let yesNo = ["yes", "no"]
+
     public static func parse(_ line: Substring) throws(ParseError) -> Request {
         if line.isEmpty { throw .malformed("empty request") }
         for b in line.utf8 where b < 0x20 || b == 0x7F {
             throw .malformed("control character in request")
         }
         let f = line.spaceSeparatedFields()
-        if f.contains(where: \.isEmpty) { throw .malformed("fields are separated by exactly one space") }
+        if f.contains(where: { $0.isEmpty }) { throw .malformed("fields are separated by exactly one space") }
         // ASCII case folding only: `uppercased()` would turn "lıst" or "ſtat" into verbs.
         let verb = String(decoding: f[0].utf8.map { (0x61...0x7A).contains($0) ? $0 - 0x20 : $0 }, as: UTF8.self)
         let args = f.dropFirst()
@@ -109,12 +111,12 @@ public enum Request: Hashable, Sendable {
             var positional: [Substring] = []
             var options: [String: Substring] = [:]
             for field in args {
-                guard positional.count >= range.lowerBound, let eq = field.firstIndex(of: "=") else {
+                guard positional.count >= range.lowerBound, let eq = field.utf8.firstIndex(of: 0x3D) else {
                     guard options.isEmpty, positional.count < range.upperBound else { throw .malformed("usage: \(usage)") }
                     positional.append(field)
                     continue
                 }
-                let key = String(field[..<eq]), value = field[field.index(after: eq)...]
+                let key = String(field[..<eq]), value = field[field.utf8.index(after: eq)...]
                 guard !key.isEmpty else { throw .malformed("an option is KEY=VALUE, not '\(field.prefix(32))'") }
                 guard let values = allowed.first(where: { $0.key == key })?.value else {
                     throw .malformed("unknown option \(key.prefix(32))")
@@ -125,15 +127,13 @@ public enum Request: Hashable, Sendable {
             guard range.contains(positional.count) else { throw .malformed("usage: \(usage)") }
             return (positional, options)
         }
-        let yesNo = ["yes", "no"]
-
         switch verb {
         case "AUTH":
             let (a, _) = try split(1...2, "AUTH HMAC-HEX [CLIENT-NONCE-HEX]")
             guard a.allSatisfy(isSHA256Hex) else { throw .malformed("AUTH takes 64 lowercase hex digits (and a client nonce of 64)") }
             return a.count == 2 ? .boundAuth(hmacHex: String(a[0]), clientNonceHex: String(a[1])) : .auth(hmacHex: String(a[0]))
         case "LIST":
-            let (a, o) = try split(1...1, "LIST PATH [kinds=yes|no]", options: ["kinds": yesNo])
+            let (a, o) = try split(1...1, "LIST PATH [kinds=yes|no]", options: ["kinds": Self.yesNo])
             return .list(try path(a[0]), kinds: o["kinds"] == "yes")
         case "STAT":
             let (a, _) = try split(1...1, "STAT PATH")
@@ -158,7 +158,7 @@ public enum Request: Hashable, Sendable {
             var v: Validator?
             var bs: Int?
             for field in a.dropFirst() {
-                if field.contains(",") {
+                if field.utf8.contains(0x2C) {
                     guard v == nil else { throw .malformed("two validators") }
                     v = try validator(field)
                 } else {
@@ -176,7 +176,7 @@ public enum Request: Hashable, Sendable {
             return .chunks(try path(a[0]), validator: a.count == 2 ? try validator(a[1]) : nil)
         case "MANIFEST":
             let (a, o) = try split(1...1, "MANIFEST PATH [hashes=yes|no] [report=yes|no]",
-                                   options: ["hashes": yesNo, "report": yesNo])
+                                   options: ["hashes": Self.yesNo, "report": Self.yesNo])
             return .manifest(try path(a[0]), hashes: o["hashes"] != "no", report: o["report"] == "yes")
         case "CAPS":
             let (a, _) = try split(1...1, "CAPS NAME[,NAME...]")
