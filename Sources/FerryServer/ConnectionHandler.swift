@@ -252,13 +252,46 @@ final class ReplyWriter: Sendable {
     let allocator: ByteBufferAllocator
     /// Counts what this connection has queued and not yet written to its socket.
     private let gate: OutputGate
-    private struct Held {
+    /// What is waiting to be written: small buffers copied together into `open` (a channel
+    /// write costs more than copying a few KiB: status lines, chunk headers, trailers and the
+    /// payloads of small files go out as a few 64 KiB buffers, not four writes per file),
+    /// larger ones kept as they are, in order.
+    struct Held {
         var holding = false
-        var buffers: [ByteBuffer] = []
+        var sealed: [ByteBuffer] = []
+        var open: ByteBuffer?
         var bytes = 0
+
+        mutating func append(_ buffer: ByteBuffer, allocator: ByteBufferAllocator) {
+            let n = buffer.readableBytes
+            guard n > 0 else { return }
+            bytes += n
+            if n > ReplyWriter.copyLimit {
+                seal()
+                sealed.append(buffer)
+                return
+            }
+            if let o = open, o.readableBytes + n > ReplyWriter.mergedSize { seal() }
+            if open == nil { open = allocator.buffer(capacity: ReplyWriter.mergedSize) }
+            open?.writeImmutableBuffer(buffer)
+        }
+
+        private mutating func seal() {
+            if let o = open { sealed.append(o) }
+            open = nil
+        }
+
+        mutating func take() -> [ByteBuffer] {
+            seal()
+            defer { sealed = []; bytes = 0 }
+            return sealed
+        }
     }
     private let held = NIOLockedValueBox(Held())
     static let holdLimit = 256 * 1024
+    /// Buffers up to this size are copied into a merged one.
+    static let copyLimit = 16 * 1024
+    static let mergedSize = 64 * 1024
 
     init(outbound: NIOAsyncChannelOutboundWriter<ByteBuffer>, allocator: ByteBufferAllocator, gate: OutputGate) {
         self.outbound = outbound
@@ -288,9 +321,7 @@ final class ReplyWriter: Sendable {
     func setHolding(_ holding: Bool) async throws {
         let release = held.withLockedValue { h -> [ByteBuffer] in
             h.holding = holding
-            guard !holding else { return [] }
-            defer { h.buffers.removeAll(); h.bytes = 0 }
-            return h.buffers
+            return holding ? [] : h.take()
         }
         if !release.isEmpty { try await deliver(release) }
     }
@@ -303,11 +334,9 @@ final class ReplyWriter: Sendable {
     /// Writes `buffers` (in order, after anything held), or holds them.
     func write(_ buffers: [ByteBuffer]) async throws {
         let out = held.withLockedValue { h -> [ByteBuffer] in
-            h.buffers.append(contentsOf: buffers)
-            h.bytes += buffers.reduce(0) { $0 + $1.readableBytes }
+            for b in buffers { h.append(b, allocator: allocator) }
             guard !h.holding || h.bytes >= Self.holdLimit else { return [] }
-            defer { h.buffers.removeAll(keepingCapacity: true); h.bytes = 0 }
-            return h.buffers
+            return h.take()
         }
         guard !out.isEmpty else { return }
         try await deliver(out)
