@@ -69,7 +69,7 @@ public struct SyncPlan: Sendable {
     /// Whether a server entry's name is one ferry reserves in DEST: the partial folder at the
     /// top, and the temporaries' `.~ferry-<16 hex>` anywhere.
     static func isReserved(_ path: RemotePath) -> Bool {
-        path.bytes == partialFolder || PartialFile.isTemporaryName(path.name)
+        path.bytes == partialFolder || PartialFile.isTemporary(path)
     }
 
     /// Whether a relative link target has all its `..` components before any name

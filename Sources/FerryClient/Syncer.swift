@@ -406,7 +406,7 @@ public struct Syncer: Sendable {
         let temporaries = NIOLockedValueBox<[RemotePath]>([])
         do {
             (entries, notes) = try TreeWalker.walkReporting(directory: tree.root.fd, options: .init(exclude: { path, type in
-                if type == .file && PartialFile.isTemporaryName(path.name) {
+                if type == .file && PartialFile.isTemporary(path) {
                     temporaries.withLockedValue { $0.append(path) }
                     return true
                 }

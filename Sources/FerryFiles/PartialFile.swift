@@ -75,10 +75,18 @@ public final class PartialFile {
 
     /// Whether `name` is one of the temporaries `temporary(in:...)` creates (left behind only
     /// when the process died between creating and renaming it).
-    public static func isTemporaryName(_ name: [UInt8]) -> Bool {
+    public static func isTemporaryName<Name: Collection>(_ name: Name) -> Bool where Name.Element == UInt8 {
         guard name.count == temporaryPrefix.count + temporaryRandomLength,
               name.starts(with: temporaryPrefix) else { return false }
         return name.dropFirst(temporaryPrefix.count).allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
+    }
+
+    /// Whether the last component of `path` is a temporary's name (looked at in place: this
+    /// runs for every entry of a scan and of a plan).
+    public static func isTemporary(_ path: RemotePath) -> Bool {
+        let bytes = path.bytes
+        let start = bytes.lastIndex(of: 0x2F).map { $0 + 1 } ?? 0
+        return isTemporaryName(bytes[start...])
     }
 
     /// Starts a new, empty file that is not resumable, as a temporary in `directory` (the

@@ -23,12 +23,26 @@ final class TemporaryFileTests: XCTestCase {
         if let work { TestSupport.removeTemporaryDirectory(work) }
     }
 
-    func testTemporaryNamesAreRecognisedExactly() {
+    func testTemporaryNamesAreRecognisedExactly() throws {
         XCTAssertTrue(PartialFile.isTemporaryName(Array(".~ferry-0123456789abcdef".utf8)))
         for name in [".~ferry-0123456789abcde", ".~ferry-0123456789abcdef0", ".~ferry-0123456789ABCDEF",
                      "x.~ferry-0123456789abcdef", ".~ferry-0123456789abcdeg", "~ferry-0123456789abcdef0"] {
             XCTAssertFalse(PartialFile.isTemporaryName(Array(name.utf8)), name)
+            XCTAssertFalse(PartialFile.isTemporary(try RemotePath(validating: "dir/" + name)), name)
         }
+        // The path form looks at the last component only.
+        XCTAssertTrue(PartialFile.isTemporary(try RemotePath(validating: ".~ferry-0123456789abcdef")))
+        XCTAssertTrue(PartialFile.isTemporary(try RemotePath(validating: "a/b/.~ferry-0123456789abcdef")))
+        XCTAssertFalse(PartialFile.isTemporary(try RemotePath(validating: ".~ferry-0123456789abcdef/x")))
+        XCTAssertFalse(PartialFile.isTemporary(try RemotePath(validating: "a.~ferry-0123456789abcdef")))
+        // A temporary made here has such a name.
+        let made = try PartialFile.temporary(in: FerryFiles.FileHandle(fd: open(work.path, O_RDONLY | O_DIRECTORY)), directoryDisplay: work.path,
+                                             for: PartialIdentity(size: 0, mtime: Timestamp(seconds: 0, nanoseconds: 0), sha256: nil),
+                                             label: "t")
+        let names = try FileManager.default.contentsOfDirectory(atPath: work.path).filter { $0.hasPrefix(".~ferry-") }
+        XCTAssertEqual(names.count, 1)
+        XCTAssertTrue(PartialFile.isTemporaryName(Array(names[0].utf8)), names[0])
+        withExtendedLifetime(made) {}
     }
 
     func testATemporaryIsRenamedIntoPlaceOrRemovedWhenDropped() throws {
