@@ -81,8 +81,14 @@ public final class HashCache: Sendable {
     public var count: Int { state.withLockedValue { $0.table.count } }
 
     public func lookup(_ path: RemotePath, _ key: HashKey) -> String? {
+        lookupDigest(path, key)?.hex
+    }
+
+    /// `lookup`, as the digest's bytes (a manifest of many files writes them without a `String`
+    /// per entry: `Digest.appendHex`).
+    public func lookupDigest(_ path: RemotePath, _ key: HashKey) -> Digest? {
         let (p, k) = (fingerprint(path.bytes), fingerprint(key))
-        return state.withLockedValue { s in s.table.find(p, validator: k) }.map(\.hex)
+        return state.withLockedValue { s in s.table.find(p, validator: k) }
     }
 
     public func store(_ path: RemotePath, _ key: HashKey, sha256: String) {
@@ -198,7 +204,7 @@ public final class HashCache: Sendable {
     }
 
     /// A SHA-256 digest held as four words instead of 64 hex characters.
-    struct Digest: Equatable {
+    public struct Digest: Equatable, Sendable {
         var words: (UInt64, UInt64, UInt64, UInt64)
 
         init(words: (UInt64, UInt64, UInt64, UInt64)) { self.words = words }
@@ -213,7 +219,15 @@ public final class HashCache: Sendable {
             withUnsafeBytes(of: (words.0.bigEndian, words.1.bigEndian, words.2.bigEndian, words.3.bigEndian)) { Hex.encode($0) }
         }
 
-        static func == (a: Digest, b: Digest) -> Bool { a.words == b.words }
+        /// The 64 lowercase hex digits `hex` spells, appended to `out`.
+        public func appendHex(to out: inout [UInt8]) {
+            Hex.append(words.0, to: &out)
+            Hex.append(words.1, to: &out)
+            Hex.append(words.2, to: &out)
+            Hex.append(words.3, to: &out)
+        }
+
+        public static func == (a: Digest, b: Digest) -> Bool { a.words == b.words }
     }
 }
 

@@ -369,16 +369,24 @@ struct ManifestSender {
                 while more {
                     guard stillWanted() else { throw HeavyWork.Abandoned() }
                     more = try await context.heavyWork.walkSlice {
-                        try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
+                        // The hash cache's digest of the file just visited (the cursor emits
+                        // each file right after visiting it), written as hex into its line.
+                        var known: HashCache.Digest?
+                        return try cursor.advance(entries: Self.entriesPerSlice, visitFile: { dirFD, name, entry, info in
                             let cachePath = canonical.appending(entry.path)
                             if hashes {
                                 entry.sha256 = TreeWalker.hashFile(dirFD: dirFD, name: name, info: info, cache: cache, cachePath: cachePath)
                             } else {
-                                entry.sha256 = cache.lookup(cachePath, HashKey(info))
+                                known = cache.lookupDigest(cachePath, HashKey(info))
                             }
                         }, emit: { entry throws(TreeWalker.WalkError) in
+                            let digest = entry.type == .file ? known : nil
+                            known = nil
                             do throws(SystemError) {
-                                try spool.append { entry.appendLine(to: &$0, manifest: true); $0.append(0x0A) }
+                                try spool.append {
+                                    entry.appendLine(to: &$0, manifest: true, sha256Hex: digest.map { d in { d.appendHex(to: &$0) } })
+                                    $0.append(0x0A)
+                                }
                             } catch {
                                 throw .io(error)
                             }

@@ -40,6 +40,28 @@ final class HashCacheTests: XCTestCase {
         XCTAssertEqual(cache.lookup(path, key(11)), sha(2), "a malformed digest is not stored")
     }
 
+    /// The digest a manifest writes as bytes spells exactly the hex `lookup` gives, and a
+    /// manifest line written from it equals the one written from the string.
+    func testADigestWritesTheSameHexAsTheLookupAndTheSameManifestLine() throws {
+        let cache = HashCache(persistingTo: nil)
+        let path = try RemotePath(validating: "dir/f")
+        for i in 0..<50 {
+            cache.store(path, key(Int64(i)), sha256: sha(i))
+            let digest = try XCTUnwrap(cache.lookupDigest(path, key(Int64(i))))
+            var hex: [UInt8] = []
+            digest.appendHex(to: &hex)
+            XCTAssertEqual(String(decoding: hex, as: UTF8.self), sha(i))
+            var entry = Entry(type: .file, mode: 0o644, size: Int64(i), mtime: Timestamp(seconds: 1_700_000_000, nanoseconds: 5), path: path)
+            var fromBytes: [UInt8] = []
+            entry.appendLine(to: &fromBytes, manifest: true, sha256Hex: { digest.appendHex(to: &$0) })
+            entry.sha256 = sha(i)
+            var fromString: [UInt8] = []
+            entry.appendLine(to: &fromString, manifest: true)
+            XCTAssertEqual(fromBytes, fromString)
+        }
+        XCTAssertNil(cache.lookupDigest(path, key(99)))
+    }
+
     func testManyEntriesSurviveGrowthAndASaveAndLoad() throws {
         let file = work.appendingPathComponent("hashes.txt").path
         let cache = HashCache(persistingTo: file)
