@@ -7,7 +7,7 @@ import PackageDescription
 // The root package exports no library products (only the `ferry` executable), and a path
 // dependency can only be used through its products, so this package compiles the parser
 // modules itself from symlinks (Sources/FerryProtocol -> ../../Sources/FerryProtocol, same for
-// FerryFiles, CZlib, CZstd and CFerryCRC): the code fuzzed is exactly the code in the main package's Sources/.
+// FerryFiles, CZlib, CZstd, CFerryCRC and CFerrySys): the code fuzzed is exactly the code in the main package's Sources/.
 // That also lets the fuzzer's coverage instrumentation cover the parser modules and not
 // swift-nio or swift-crypto, so libFuzzer's feedback is about our code.
 //
@@ -30,6 +30,7 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
+        .target(name: "CFerrySys", path: "Sources/CFerrySys"),
         .target(
             name: "FerryProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
@@ -38,7 +39,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC",
+                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC", "CFerrySys",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),
