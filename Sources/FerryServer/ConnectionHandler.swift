@@ -262,7 +262,8 @@ final class ReplyWriter: Sendable {
         var open: ByteBuffer?
         var bytes = 0
 
-        mutating func append(_ buffer: ByteBuffer, allocator: ByteBufferAllocator) {
+        /// Adds `buffer`; a new merged buffer gets `capacity` bytes (at least `buffer`'s).
+        mutating func append(_ buffer: ByteBuffer, allocator: ByteBufferAllocator, capacity: Int) {
             let n = buffer.readableBytes
             guard n > 0 else { return }
             bytes += n
@@ -272,8 +273,17 @@ final class ReplyWriter: Sendable {
                 return
             }
             if let o = open, o.readableBytes + n > ReplyWriter.mergedSize { seal() }
-            if open == nil { open = allocator.buffer(capacity: ReplyWriter.mergedSize) }
+            if open == nil { open = allocator.buffer(capacity: max(n, min(capacity, ReplyWriter.mergedSize))) }
             open?.writeImmutableBuffer(buffer)
+        }
+
+        /// Adds a write's buffers. While holding, merged buffers are made `mergedSize` large
+        /// (more replies will follow); otherwise as large as this write's small buffers, so a
+        /// lone chunk header does not take a 64 KiB buffer beside its 256 KiB chunk.
+        mutating func append(contentsOf buffers: [ByteBuffer], allocator: ByteBufferAllocator) {
+            let small = buffers.reduce(0) { $0 + ($1.readableBytes > ReplyWriter.copyLimit ? 0 : $1.readableBytes) }
+            let capacity = holding ? ReplyWriter.mergedSize : small
+            for b in buffers { append(b, allocator: allocator, capacity: capacity) }
         }
 
         private mutating func seal() {
@@ -334,7 +344,7 @@ final class ReplyWriter: Sendable {
     /// Writes `buffers` (in order, after anything held), or holds them.
     func write(_ buffers: [ByteBuffer]) async throws {
         let out = held.withLockedValue { h -> [ByteBuffer] in
-            for b in buffers { h.append(b, allocator: allocator) }
+            h.append(contentsOf: buffers, allocator: allocator)
             guard !h.holding || h.bytes >= Self.holdLimit else { return [] }
             return h.take()
         }

@@ -17,6 +17,7 @@ final class ReplyWriterHeldTests: XCTestCase {
 
     func testSmallBuffersAreMergedInOrderAndLargeOnesPassUntouched() {
         var held = ReplyWriter.Held()
+        held.holding = true
         var expected: [UInt8] = []
         let large = buffer(ReplyWriter.copyLimit + 1, fill: 0xEE)
         var inputs: [ByteBuffer] = []
@@ -26,7 +27,7 @@ final class ReplyWriterHeldTests: XCTestCase {
             if i % 10 == 9 { inputs.append(large) }
         }
         for b in inputs {
-            held.append(b, allocator: allocator)
+            held.append(contentsOf: [b], allocator: allocator)
             expected += b.readableBytesView
         }
         XCTAssertEqual(held.bytes, expected.count)
@@ -44,9 +45,23 @@ final class ReplyWriterHeldTests: XCTestCase {
 
     func testEmptyBuffersAddNothing() {
         var held = ReplyWriter.Held()
-        held.append(ByteBuffer(), allocator: allocator)
-        held.append(buffer(3, fill: 1), allocator: allocator)
-        held.append(ByteBuffer(), allocator: allocator)
+        held.append(contentsOf: [ByteBuffer(), buffer(3, fill: 1), ByteBuffer()], allocator: allocator)
         XCTAssertEqual(held.take().flatMap { Array($0.readableBytesView) }, [1, 1, 1])
+    }
+
+    /// Not holding, a write's small buffers become one buffer of their size: a chunk header
+    /// before a large chunk does not take a 64 KiB buffer.
+    func testAWriteThatIsNotHeldMergesIntoABufferOfItsOwnSize() {
+        var held = ReplyWriter.Held()
+        let header = buffer(60, fill: 1), large = buffer(256 * 1024, fill: 2), trailer = buffer(70, fill: 3)
+        held.append(contentsOf: [header, large, trailer], allocator: allocator)
+        let out = held.take()
+        XCTAssertEqual(out.map(\.readableBytes), [60, 256 * 1024, 70])
+        XCTAssertLessThan(out[0].capacity, 1024, "sized for this write's small buffers (130 bytes), not \(ReplyWriter.mergedSize)")
+        XCTAssertEqual(address(out[1]), address(large))
+        held.append(contentsOf: [buffer(20, fill: 4), buffer(40, fill: 5), buffer(9_000, fill: 6), buffer(70, fill: 7)], allocator: allocator)
+        let one = held.take()
+        XCTAssertEqual(one.count, 1, "a small file's reply is one buffer")
+        XCTAssertEqual(one.first?.readableBytes, 9_130)
     }
 }
