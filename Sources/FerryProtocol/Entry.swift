@@ -76,13 +76,18 @@ public struct Entry: Hashable, Sendable {
 
     /// Appends `line` (or, with `manifest`, `manifestLine`) as UTF-8 bytes, without the LF.
     public func appendLine(to out: inout [UInt8], manifest: Bool) {
-        appendLine(to: &out, manifest: manifest, sha256Hex: nil)
+        appendLine(to: &out, manifest: manifest, sha256Field: appendSHA256Field)
     }
 
-    /// `appendLine(to:manifest:)`, with a manifest line's hash field written by `sha256Hex`
-    /// (64 lowercase hex digits) when it is given, in place of `sha256`: a server that has
-    /// the digest as bytes writes it without making a `String` of it per entry.
-    public func appendLine(to out: inout [UInt8], manifest: Bool, sha256Hex: ((inout [UInt8]) -> Void)?) {
+    /// A manifest line's hash field as `sha256` has it: 64 hex digits, or `-`.
+    public func appendSHA256Field(to out: inout [UInt8]) {
+        if let sha256 { out.append(contentsOf: sha256.utf8) } else { out.append(0x2D) }
+    }
+
+    /// `appendLine(to:manifest:)`, with a file's manifest hash field written by `sha256Field`
+    /// (`appendSHA256Field`, or 64 lowercase hex digits): a server that has the digest as bytes
+    /// writes it without making a `String` of it per entry.
+    public func appendLine(to out: inout [UInt8], manifest: Bool, sha256Field: (inout [UInt8]) -> Void) {
         out.append(type.byte)
         out.append(0x20)
         let m = mode & 0o7777
@@ -97,7 +102,7 @@ public struct Entry: Hashable, Sendable {
         mtime.appendWire(to: &out)
         out.append(0x20)
         if manifest && type == .file {
-            if let sha256Hex { sha256Hex(&out) } else if let sha256 { out.append(contentsOf: sha256.utf8) } else { out.append(0x2D) }
+            sha256Field(&out)
             out.append(0x20)
         }
         if path.isRoot { out.append(0x2E) } else { PercentEncoding.encode(path.bytes, appendingTo: &out) }

@@ -384,7 +384,9 @@ struct ManifestSender {
                             known = nil
                             do throws(SystemError) {
                                 try spool.append {
-                                    entry.appendLine(to: &$0, manifest: true, sha256Hex: digest.map { d in { d.appendHex(to: &$0) } })
+                                    entry.appendLine(to: &$0, manifest: true) { field in
+                                        if let digest { digest.appendHex(to: &field) } else { entry.appendSHA256Field(to: &field) }
+                                    }
                                     $0.append(0x0A)
                                 }
                             } catch {

@@ -53,7 +53,7 @@ final class HashCacheTests: XCTestCase {
             XCTAssertEqual(String(decoding: hex, as: UTF8.self), sha(i))
             var entry = Entry(type: .file, mode: 0o644, size: Int64(i), mtime: Timestamp(seconds: 1_700_000_000, nanoseconds: 5), path: path)
             var fromBytes: [UInt8] = []
-            entry.appendLine(to: &fromBytes, manifest: true, sha256Hex: { digest.appendHex(to: &$0) })
+            entry.appendLine(to: &fromBytes, manifest: true, sha256Field: { digest.appendHex(to: &$0) })
             entry.sha256 = sha(i)
             var fromString: [UInt8] = []
             entry.appendLine(to: &fromString, manifest: true)
