@@ -83,11 +83,7 @@ public final class PartialFile {
 
     /// Whether the last component of `path` is a temporary's name (looked at in place: this
     /// runs for every entry of a scan and of a plan).
-    public static func isTemporary(_ path: RemotePath) -> Bool {
-        let bytes = path.bytes
-        let start = bytes.lastIndex(of: 0x2F).map { $0 + 1 } ?? 0
-        return isTemporaryName(bytes[start...])
-    }
+    public static func isTemporary(_ path: RemotePath) -> Bool { isTemporaryName(path.nameBytes) }
 
     /// Starts a new, empty file that is not resumable, as a temporary in `directory` (the
     /// directory that will hold it; `directoryDisplay` names it in messages).

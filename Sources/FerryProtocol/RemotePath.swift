@@ -104,9 +104,12 @@ public struct RemotePath: Hashable, Sendable, Comparable, CustomStringConvertibl
     }
 
     /// The last component's bytes (empty for the root).
-    public var name: [UInt8] {
-        guard let slash = bytes.lastIndex(of: 0x2F) else { return bytes }
-        return Array(bytes[(slash + 1)...])
+    public var name: [UInt8] { Array(nameBytes) }
+
+    /// `name` in place, without a copy (for checks made on every entry of a tree).
+    public var nameBytes: ArraySlice<UInt8> {
+        guard let slash = bytes.lastIndex(of: 0x2F) else { return bytes[...] }
+        return bytes[(slash + 1)...]
     }
 
     public var parent: RemotePath? {
