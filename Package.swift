@@ -35,6 +35,9 @@ let package = Package(
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         // System calls Glibc has no Swift-callable wrapper for (`openat2`).
         .target(name: "CFerrySys", path: "Sources/CFerrySys"),
+        // XXH3-128, the transfer digest: Debian's xxhash.h (libxxhash-dev) compiled in inline,
+        // so the binary needs no libxxhash at run time.
+        .target(name: "CFerryXXH", path: "Sources/CFerryXXH"),
         // Wire protocol: pure values and codecs, no I/O.
         .target(
             name: "FerryProtocol",
@@ -51,6 +54,7 @@ let package = Package(
                 "CZstd",
                 "CFerryCRC",
                 "CFerrySys",
+                "CFerryXXH",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

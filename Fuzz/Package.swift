@@ -7,7 +7,7 @@ import PackageDescription
 // The root package exports no library products (only the `ferry` executable), and a path
 // dependency can only be used through its products, so this package compiles the parser
 // modules itself from symlinks (Sources/FerryProtocol -> ../../Sources/FerryProtocol, same for
-// FerryFiles, CZlib, CZstd, CFerryCRC and CFerrySys): the code fuzzed is exactly the code in the main package's Sources/.
+// FerryFiles, CZlib, CZstd, CFerryCRC, CFerrySys and CFerryXXH): the code fuzzed is exactly the code in the main package's Sources/.
 // That also lets the fuzzer's coverage instrumentation cover the parser modules and not
 // swift-nio or swift-crypto, so libFuzzer's feedback is about our code.
 //
@@ -31,6 +31,7 @@ let package = Package(
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
         .target(name: "CFerrySys", path: "Sources/CFerrySys"),
+        .target(name: "CFerryXXH", path: "Sources/CFerryXXH"),
         .target(
             name: "FerryProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")],
@@ -39,7 +40,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC", "CFerrySys",
+                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC", "CFerrySys", "CFerryXXH",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -28,7 +28,7 @@ public struct ConnectionOptions: Sendable {
     public var security: ClientSecurity
 
     /// The extensions this client implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc, .xxh128]
 
     public init(token: [UInt8]? = nil, connectTimeout: TimeAmount = .seconds(10), readTimeout: TimeAmount = .seconds(60),
                 capabilities: [Capability] = ConnectionOptions.implementedCapabilities,
@@ -375,7 +375,9 @@ public final class FerryConnection {
     /// One element of a chunk stream.
     public enum StreamItem {
         case chunk(ChunkHeader, ByteBuffer)
-        case end(sha256: String)
+        /// The trailer: the SHA-256, and with `xxh128` (in `GET` replies only) the XXH3-128
+        /// of the reply's chunks.
+        case end(sha256: String, xxh128: String?)
         case error(ErrorReply)
     }
 
@@ -388,13 +390,17 @@ public final class FerryConnection {
             }
             return .chunk(h, b)
         case .line(let line):
-            do {
-                switch try StreamLine.parse(Substring(line)) {
-                case .end(let trailer): return .end(sha256: trailer.sha256)
-                case .err(let reply): return .error(reply)
-                }
-            } catch {
+            let parsed: StreamLine
+            do { parsed = try StreamLine.parse(Substring(line)) } catch {
                 throw violation("bad line in a chunk stream: \(error)")
+            }
+            switch parsed {
+            case .end(let trailer):
+                if trailer.xxh128 != nil && !enabled.contains(.xxh128) {
+                    throw violation("an XXH3-128 in a trailer on a connection that did not enable xxh128")
+                }
+                return .end(sha256: trailer.sha256, xxh128: trailer.xxh128)
+            case .err(let reply): return .error(reply)
             }
         }
     }
@@ -502,7 +508,8 @@ public final class FerryConnection {
                 }
                 hasher.update(raw)
                 text += raw
-            case .end(let sha):
+            case .end(let sha, let xxh):
+                guard xxh == nil else { throw violation("an XXH3-128 in a MANIFEST trailer") }
                 guard sha == hasher.finalizeHex() else { throw ClientError.integrity(path: "manifest", "SHA-256 mismatch") }
                 let manifest: Manifest
                 do { manifest = try Manifest.parse(bytes: text) } catch {

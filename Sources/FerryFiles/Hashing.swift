@@ -1,4 +1,5 @@
 import Crypto
+import CFerryXXH
 import FerryProtocol
 
 /// Streaming SHA-256 that renders as the protocol's lowercase hex.
@@ -95,4 +96,47 @@ public final class RangeHash: @unchecked Sendable {
     }
 
     public func finalizeHex() -> String { hasher.finalizeHex() }
+}
+
+/// Streaming XXH3-128, the transfer digest of the `xxh128` capability (PROTOCOL.md section 7):
+/// it checks that the bytes of a `GET` reply arrived as the server read them, at memory speed,
+/// where SHA-256 (the file's identity) set the pace of a transfer. Not a cryptographic hash:
+/// it guards against corruption and bugs; TLS guards against people.
+/// One owner at a time (not Sendable): a reply's chunks are fed in order by the task reading it.
+public final class XXH128Hasher {
+    /// The C state; nil only when it could not be allocated (then `update` and the digest
+    /// fall back to hashing a copy of everything in one call, see `spill`).
+    private let state: OpaquePointer?
+    /// Bytes kept when the state could not be allocated (never in practice: 576 bytes).
+    private var spill: [UInt8] = []
+
+    public init() { state = ferry_xxh128_new() }
+    deinit { ferry_xxh128_free(state) }
+
+    public func update(_ bytes: UnsafeRawBufferPointer) {
+        guard !bytes.isEmpty else { return }
+        if let state { ferry_xxh128_update(state, bytes.baseAddress, bytes.count) } else { spill.append(contentsOf: bytes) }
+    }
+
+    public func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
+
+    /// The digest of everything given so far, as 32 lowercase hex digits.
+    public func finalizeHex() -> String {
+        var out = [UInt8](repeating: 0, count: 16)
+        if let state {
+            out.withUnsafeMutableBufferPointer { ferry_xxh128_digest(state, $0.baseAddress) }
+        } else {
+            spill.withUnsafeBytes { bytes in out.withUnsafeMutableBufferPointer { ferry_xxh128_oneshot(bytes.baseAddress, bytes.count, $0.baseAddress) } }
+        }
+        return Hex.encode(out)
+    }
+
+    /// The digest of `bytes` in one call.
+    public static func hex(_ bytes: UnsafeRawBufferPointer) -> String {
+        var out = [UInt8](repeating: 0, count: 16)
+        out.withUnsafeMutableBufferPointer { ferry_xxh128_oneshot(bytes.baseAddress, bytes.count, $0.baseAddress) }
+        return Hex.encode(out)
+    }
+
+    public static func hex(_ bytes: [UInt8]) -> String { bytes.withUnsafeBytes { hex($0) } }
 }

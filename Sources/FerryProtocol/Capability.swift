@@ -11,11 +11,13 @@ public enum Capability: Hashable, Sendable, CustomStringConvertible {
     case zstd
     /// The `CHUNKS` request: a file's content-defined chunk map.
     case cdc
+    /// `GET` trailers carry the XXH3-128 of the reply's chunks (`END <sha256> <xxh128>`).
+    case xxh128
     /// A name this build does not know, kept as received (for display; never enabled).
     case unknown(String)
 
     /// The names this build knows, in the order a server lists them.
-    public static let known: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
+    public static let known: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc, .xxh128]
 
     public init(name: Substring) {
         switch name {
@@ -23,6 +25,7 @@ public enum Capability: Hashable, Sendable, CustomStringConvertible {
         case "manifest-report": self = .manifestReport
         case "zstd": self = .zstd
         case "cdc": self = .cdc
+        case "xxh128": self = .xxh128
         default: self = .unknown(String(name))
         }
     }
@@ -33,6 +36,7 @@ public enum Capability: Hashable, Sendable, CustomStringConvertible {
         case .manifestReport: return "manifest-report"
         case .zstd: return "zstd"
         case .cdc: return "cdc"
+        case .xxh128: return "xxh128"
         case .unknown(let name): return name
         }
     }

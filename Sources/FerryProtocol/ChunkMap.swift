@@ -142,6 +142,7 @@ public struct ChunkMapReader: Sendable {
     public mutating func read(_ line: Substring) throws(MalformedReply) -> Item {
         if line.hasPrefix("END ") {
             let trailer = try Trailer.parse(line)
+            guard trailer.xxh128 == nil else { throw MalformedReply("a CHUNKS trailer has one field", line) }
             guard covered == head.size else {
                 throw MalformedReply("chunk map ends at \(covered), not at the file's size \(head.size)", line)
             }

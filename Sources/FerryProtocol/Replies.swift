@@ -200,15 +200,36 @@ public struct CapsReply: OKReply {
     }
 }
 
-/// `END <sha256>`, the trailer that ends a chunk stream.
+/// `END <sha256> [<xxh128>]`, the trailer that ends a chunk stream. `xxh128`, the XXH3-128 of
+/// the reply's own chunks, comes only in `GET` replies on a connection that enabled the
+/// capability `xxh128` (PROTOCOL.md section 7); whether it may or must be there is the
+/// reader's to check, since it depends on the request and the connection.
 public struct Trailer: ReplyLine {
     public var sha256: String
-    public init(sha256: String) { self.sha256 = sha256 }
-    public var line: String { "END \(sha256)" }
+    public var xxh128: String?
+    public init(sha256: String, xxh128: String? = nil) {
+        self.sha256 = sha256
+        self.xxh128 = xxh128
+    }
+    public var line: String { xxh128.map { "END \(sha256) \($0)" } ?? "END \(sha256)" }
     public static func parse(_ line: Substring) throws(MalformedReply) -> Trailer {
         guard line.hasPrefix("END ") else { throw MalformedReply("not an END line", line) }
-        return Trailer(sha256: try parseSHA256(line.dropFirst(4), "END"))
+        let f = line.dropFirst(4).spaceSeparatedFields()
+        guard f.count <= 2 else { throw MalformedReply("END has at most two fields", line) }
+        let xxh: String?
+        if f.count == 2 {
+            guard isXXH128Hex(f[1]) else { throw MalformedReply("END's second field is not an XXH3-128", f[1]) }
+            xxh = String(f[1])
+        } else {
+            xxh = nil
+        }
+        return Trailer(sha256: try parseSHA256(f[0], "END"), xxh128: xxh)
     }
+}
+
+/// 32 lowercase hex digits: an XXH3-128 digest in canonical (big-endian) order.
+public func isXXH128Hex(_ s: Substring) -> Bool {
+    s.utf8.count == 32 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
 }
 
 /// A line inside a chunk stream other than a chunk header (chunk headers are framed with their

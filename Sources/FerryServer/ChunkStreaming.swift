@@ -189,6 +189,9 @@ struct FileSender {
     /// it is on this machine (`auto` then stores, and what its stream measures is not
     /// remembered for the links of other clients).
     var policy: ChunkCompressionPolicy
+    /// Whether the client enabled `xxh128`: the trailer then carries the XXH3-128 of the bytes
+    /// this reply's chunks carry (PROTOCOL.md section 7).
+    var transferDigest = false
     /// False once the client has gone: hashing for the trailer stops then.
     var stillWanted: @Sendable () -> Bool = { true }
 
@@ -212,6 +215,7 @@ struct FileSender {
         try await writer.send(head)
 
         var hasher: SHA256Hasher?
+        let sent = transferDigest ? XXH128Hasher() : nil
         do {
             hasher = try await trailerHasher(file, upTo: offset, known: known, canonical: canonical, key: key)
             let pipeline = ChunkPipeline(writer: writer, policy: policy,
@@ -219,7 +223,10 @@ struct FileSender {
                                          budget: context.streamBudget)
             let chunks = (end - offset + Int64(pipeline.chunkSize) - 1) / Int64(pipeline.chunkSize)
             let compressed = try await pipeline.stream(.file(file), from: offset, to: end, controller: &controller) { raw in
-                raw.withUnsafeReadableBytes { hasher?.update($0) }
+                raw.withUnsafeReadableBytes {
+                    hasher?.update($0)
+                    sent?.update($0)
+                }
             }
             if chunks > 1 {
                 let codec = AdaptiveCompression.codec(for: policy.peerCodecs)
@@ -238,7 +245,8 @@ struct FileSender {
             try await writer.send(reply)
             return
         }
-        try await writer.send(line: trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical).line)
+        try await writer.send(line: trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical,
+                                            sent: sent?.finalizeHex()).line)
     }
 
     /// The reply to a read that failed while the chunks were being produced; nil for errors that
@@ -252,16 +260,17 @@ struct FileSender {
     }
 
     /// The line that ends a `GET` once its chunks are out: `END` with the file's SHA-256 (put in
-    /// the hash cache when it was computed here), or `ERR 409` when the file changed meanwhile.
+    /// the hash cache when it was computed here) and, with `xxh128`, the XXH3-128 of the bytes
+    /// sent; or `ERR 409` when the file changed meanwhile.
     private func trailer(file: FileHandle, key: HashKey, known: String?, hasher: SHA256Hasher?,
-                         canonical: RemotePath) -> any ReplyLine {
+                         canonical: RemotePath, sent: String?) -> any ReplyLine {
         guard let after = try? file.stat(), HashKey(after) == key else { return ErrorReply.changedDuringTransfer }
-        if let known { return Trailer(sha256: known) }
+        if let known { return Trailer(sha256: known, xxh128: sent) }
         // `send` makes a hasher exactly when the hash is not known.
         guard let hasher else { return ErrorReply(.serverError, "no hash for the trailer") }
         let sha = hasher.finalizeHex()
         context.hashCache.store(canonical, key, sha256: sha)
-        return Trailer(sha256: sha)
+        return Trailer(sha256: sha, xxh128: sent)
     }
 
     /// A range of at most one chunk — most files of a tree: read and encode it here and send the
@@ -282,6 +291,8 @@ struct FileSender {
         var hasher: SHA256Hasher?
         var failure: ErrorReply?
         var sent: ChunkPipeline.Encoded?
+        // The XXH3-128 of the bytes sent, with `xxh128` (of no bytes for an empty range).
+        var digest = transferDigest ? XXH128Hasher.hex([]) : nil
         do {
             hasher = try await trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
@@ -291,7 +302,10 @@ struct FileSender {
                                                        decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
                 controller.record(encoded.chunk.report)
-                encoded.raw.withUnsafeReadableBytes { hasher?.update($0) }
+                encoded.raw.withUnsafeReadableBytes {
+                    hasher?.update($0)
+                    if transferDigest { digest = XXH128Hasher.hex($0) }
+                }
                 out.append(line(encoded.chunk.header.line))
                 out.append(encoded.chunk.wire)
             }
@@ -300,7 +314,8 @@ struct FileSender {
             guard let reply = Self.readFailure(error, path: path) else { throw error }
             failure = reply
         }
-        out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical).line))
+        out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical,
+                                                 sent: digest).line))
         let bytes = out.reduce(0) { $0 + $1.readableBytes }
         let start = ContinuousClock.now
         try await writer.send(buffers: out)

@@ -157,7 +157,7 @@ struct ConnectionHandler {
             case .get(let path, let offset, let length, let validator):
                 let channel = connection.channel
                 try await FileSender(context: context, writer: writer, prefix: prefix, policy: compressionPolicy(enabled: enabled),
-                                     stillWanted: { channel.isActive })
+                                     transferDigest: enabled.contains(.xxh128), stillWanted: { channel.isActive })
                     .send(path: path, offset: offset, length: length, validator: validator)
             case .hash(let path, let offset, let length, let validator):
                 let (file, info, canonical) = try root.openFileCanonical(path)

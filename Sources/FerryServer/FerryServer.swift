@@ -42,7 +42,7 @@ public struct ServerConfiguration: Sendable {
     public var tlsHandshakeLimit: TimeAmount = .seconds(30)
 
     /// The extensions this server implements.
-    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc]
+    public static let implementedCapabilities: [Capability] = [.listKinds, .manifestReport, .zstd, .cdc, .xxh128]
 
     public init(root: String, name: String, bindHost: String = "0.0.0.0", port: Int = FerryDefaults.tcpPort,
                 compression: CompressionMode = .auto, hashCachePath: String? = nil, token: [UInt8]? = nil,

@@ -88,4 +88,27 @@ final class HashingTests: XCTestCase {
         let file = FerryFiles.FileHandle(fd: fd)
         XCTAssertEqual(try FileHashing.sha256(of: file, length: Int64(data.count)), SHA256Hasher.hex(data))
     }
+
+    /// XXH3-128 against values from the reference implementation (Python's `xxhash` 3.x,
+    /// `xxh3_128_hexdigest`), in one call and fed in every kind of cut.
+    func testXXH128MatchesTheReference() {
+        XCTAssertEqual(XXH128Hasher.hex([]), "99aa06d3014798d86001c324468d497f")
+        XCTAssertEqual(XXH128Hasher.hex(Array("ferry".utf8)), "85ca3a0dfcfe59849331f43fcdbd2eb8")
+        let pattern = (0..<1_000_003).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        let expected = "dbe0cd4f15fc27026fb4080543f32e5b"
+        XCTAssertEqual(XXH128Hasher.hex(pattern), expected)
+        for cut in [1, 63, 64, 240, 241, 1024, 65_536, 262_144, 999_999] {
+            let h = XXH128Hasher()
+            var i = 0
+            while i < pattern.count {
+                let end = min(pattern.count, i + cut)
+                pattern[i..<end].withUnsafeBytes { h.update($0) }
+                i = end
+            }
+            XCTAssertEqual(h.finalizeHex(), expected, "cut \(cut)")
+        }
+        let empty = XXH128Hasher()
+        empty.update([])
+        XCTAssertEqual(empty.finalizeHex(), "99aa06d3014798d86001c324468d497f")
+    }
 }

@@ -5,6 +5,7 @@ import FerryServer
 import FerryTestSupport
 import Foundation
 import Logging
+import NIOCore
 import XCTest
 
 /// Protocol 1.1 (PROTOCOL.md section 3.1): the greeting offers capabilities, `CAPS` enables
@@ -32,7 +33,7 @@ final class CapabilityTests: XCTestCase {
         let s = try await server()
         let c = try RawClient(port: s.port)
         let greeting = try c.readLine()
-        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report,zstd,cdc"), greeting)
+        XCTAssertTrue(greeting.hasSuffix(" auth=none caps=list-kinds,manifest-report,zstd,cdc,xxh128"), greeting)
         // Unknown names are ignored; the answer is in the server's order.
         try c.send("CAPS tls,manifest-report,list-kinds\n")
         XCTAssertEqual(try c.readLine(), "OK list-kinds,manifest-report")
@@ -47,6 +48,50 @@ final class CapabilityTests: XCTestCase {
         XCTAssertEqual(try other.readLine(), "OK", "nothing in common: a bare OK")
         try other.send("CAPS a,,b\n")
         XCTAssertEqual(try other.readLine().prefix(8), "ERR 400 ", "a malformed CAPS is refused and does not count")
+        await s.stop()
+    }
+
+    /// With `xxh128` a `GET` trailer carries the XXH3-128 of exactly the bytes its chunks carry
+    /// (a range's, not the file's), whether the SHA-256 was known or hashed for the reply, and
+    /// for a small file sent in one write and a large one streamed; without it, one field as in 1.0.
+    /// MANIFEST trailers never carry it.
+    func testTheTrailerCarriesTheDigestOfTheBytesSentOnlyWhenEnabled() async throws {
+        let big = (0..<1_000_003).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
+        try Data(big).write(to: work.appendingPathComponent("big.bin"))
+        let s = try await server()
+        func trailer(_ raw: RawClient, _ request: String) throws -> (Trailer, [UInt8]) {
+            try raw.send(request + "\n")
+            XCTAssertTrue(try raw.readLine().hasPrefix("OK "), request)
+            var data: [UInt8] = []
+            while true {
+                let line = try raw.readLine()
+                if line.hasPrefix("END ") { return (try Trailer.parse(Substring(line)), data) }
+                let header = try ChunkHeader.parse(Substring(line))
+                data += try ChunkDecoder.decode(header: header, wire: ByteBuffer(bytes: try raw.readBytes(header.wireLength)))
+            }
+        }
+        let sha = SHA256Hasher.hex(big)
+        for enabled in [true, false] {
+            let raw = try RawClient.greeted(port: s.port)
+            if enabled {
+                try raw.send("CAPS xxh128\n")
+                XCTAssertEqual(try raw.readLine(), "OK xxh128")
+            }
+            // Twice: the first hashes the file for its SHA-256, the second finds it in the cache.
+            for request in ["GET big.bin 0 *", "GET big.bin 0 *", "GET big.bin 300000 400000", "GET big.bin 1000003 *", "GET a.txt 0 *",
+                            "GET a.txt 1 *"] {
+                let (t, data) = try trailer(raw, request)
+                XCTAssertEqual(t.sha256, request.contains("a.txt") ? SHA256Hasher.hex(Array("a\n".utf8)) : sha, request)
+                XCTAssertEqual(t.xxh128, enabled ? XXH128Hasher.hex(data) : nil, "\(request), enabled \(enabled)")
+            }
+            XCTAssertEqual(try trailer(raw, "GET big.bin 300000 400000").1, Array(big[300_000..<700_000]))
+            if enabled {
+                XCTAssertEqual(try trailer(raw, "GET big.bin 1000003 *").0.xxh128, "99aa06d3014798d86001c324468d497f", "no bytes")
+                XCTAssertEqual(try trailer(raw, "GET big.bin 0 *").0.xxh128, "dbe0cd4f15fc27026fb4080543f32e5b", "the reference value")
+            }
+            let (m, _) = try trailer(raw, "MANIFEST .")
+            XCTAssertNil(m.xxh128, "a MANIFEST trailer has one field")
+        }
         await s.stop()
     }
 
@@ -93,7 +138,7 @@ final class CapabilityTests: XCTestCase {
             _ = try await c.list(.root, kinds: true)
             return c.enabled
         }
-        XCTAssertEqual(enabled, [.listKinds, .manifestReport, .zstd, .cdc])
+        XCTAssertEqual(enabled, [.listKinds, .manifestReport, .zstd, .cdc, .xxh128])
         let none = try await FerryConnection.with(Endpoint(host: "127.0.0.1", port: s.port),
                                                   options: ConnectionOptions(capabilities: [])) { c in c.enabled }
         XCTAssertEqual(none, [])

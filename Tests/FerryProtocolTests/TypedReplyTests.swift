@@ -88,6 +88,23 @@ final class TypedReplyTests: XCTestCase {
         }
     }
 
+    /// `END <sha256> <xxh128>` (capability `xxh128`): one encoder, one parser, and every
+    /// malformed second field refused.
+    func testTrailerWithATransferDigest() throws {
+        let xxh = "99aa06d3014798d86001c324468d497f"
+        let t = Trailer(sha256: sha, xxh128: xxh)
+        XCTAssertEqual(t.line, "END \(sha) \(xxh)")
+        XCTAssertEqual(try Trailer.parse(Substring(t.line)), t)
+        XCTAssertEqual(try StreamLine.parse(Substring(t.line)), .end(t))
+        XCTAssertNil(try Trailer.parse(Substring("END \(sha)")).xxh128)
+        for bad in ["END \(sha) \(xxh.uppercased())", "END \(sha) \(xxh.dropLast())", "END \(sha) \(xxh)0", "END \(sha)  \(xxh)",
+                    "END \(sha) \(xxh) ", "END \(sha) \(xxh) \(xxh)", "END \(xxh) \(sha)", "END - \(xxh)", "END \(sha) -",
+                    "END \(sha) \(String(xxh.dropLast()))g"] {
+            XCTAssertThrowsError(try Trailer.parse(Substring(bad)), bad)
+        }
+        XCTAssertEqual(Capability(name: "xxh128"), .xxh128)
+    }
+
     func testBlockHashLines() throws {
         XCTAssertEqual(try BlocksHead.parseHashLine(Substring(BlocksHead.hashLine(sha))), sha)
         for bad in ["", sha + " ", " " + sha, sha.uppercased(), String(sha.dropLast())] {
@@ -124,7 +141,7 @@ final class TypedReplyTests: XCTestCase {
             XCTAssertEqual(Capability(name: Substring(c.name)), c)
             XCTAssertTrue(Capability.isValidName(Substring(c.name)))
         }
-        XCTAssertEqual(Capability.known.map(\.name), ["list-kinds", "manifest-report", "zstd", "cdc"])
+        XCTAssertEqual(Capability.known.map(\.name), ["list-kinds", "manifest-report", "zstd", "cdc", "xxh128"])
         XCTAssertEqual(Capability(name: "tls"), .unknown("tls"))
         for bad in ["", "Zstd", "a_b", "a b", "é", String(repeating: "a", count: 33)] {
             XCTAssertFalse(Capability.isValidName(Substring(bad)), bad)

@@ -141,7 +141,7 @@ final class LoadAndShutdownTests: XCTestCase {
             switch try await conn.nextStreamItem() {
             case .chunk(let header, let wire):
                 hasher.update(try ChunkDecoder.decode(header: header, wire: wire))
-            case .end(let sha):
+            case .end(let sha, _):
                 let got = hasher.finalizeHex()
                 guard sha == expected[name], got == sha else {
                     throw RawClient.Failure(description: "\(name): END \(sha), data \(got), expected \(expected[name] ?? "?")")

@@ -1,0 +1,190 @@
+import FerryFiles
+import FerryProtocol
+import FerryTestSupport
+import Foundation
+import XCTest
+
+/// The capability `xxh128` (PROTOCOL.md section 7): with it a `GET` trailer carries the XXH3-128
+/// of the reply's chunks, and the client checks that instead of computing the file's SHA-256.
+/// A server that lies with it — a wrong digest, none, one where it was not enabled, a SHA-256
+/// that is not the manifest's — never gets its data renamed into place.
+final class TransferDigestTests: XCTestCase {
+    var work: URL!
+    let mt = FakeServer.mtime
+
+    override func setUpWithError() throws {
+        work = try TestSupport.makeTemporaryDirectory("ferry-xxh")
+    }
+
+    override func tearDownWithError() throws {
+        if let work { TestSupport.removeTemporaryDirectory(work) }
+    }
+
+    static let greeting11 = "FERRY 1 name=fake id=0123456789abcdef0123456789abcdef auth=none caps=xxh128"
+
+    /// How a fake 1.1 server's `GET` reply departs from the truth.
+    enum Lie: String, CaseIterable {
+        /// Nothing: the right data, CRCs, SHA-256 and XXH3-128.
+        case none
+        /// The right data and SHA-256, another XXH3-128.
+        case wrongDigest
+        /// One byte changed, its chunk's CRC-32 computed over the changed bytes (so only the
+        /// transfer digest, of the server's real bytes, can tell).
+        case alteredByteWithItsCRC
+        /// The trailer has no XXH3-128 although the connection enabled `xxh128`.
+        case missingDigest
+        /// The XXH3-128 is right, the SHA-256 is not the manifest's.
+        case otherSHA
+    }
+
+    /// Stored chunks of `chunkSize` carrying `data[offset...]`, then the trailer `lie` asks for.
+    static func reply(_ data: [UInt8], offset: Int, lie: Lie, chunkSize: Int = 64 * 1024) -> [UInt8] {
+        var sent = Array(data[offset...])
+        let digest = XXH128Hasher.hex(sent)
+        if lie == .alteredByteWithItsCRC, !sent.isEmpty { sent[sent.count / 2] ^= 0x5A }
+        var out = Array("OK \(data.count) \(FakeServer.mtime) -\n".utf8)
+        var position = 0
+        while position < sent.count {
+            let end = min(sent.count, position + chunkSize)
+            let piece = Array(sent[position..<end])
+            let crc = piece.withUnsafeBytes { CRC32.checksum($0) }
+            let header = ChunkHeader(offset: Int64(offset + position), rawLength: piece.count, wireLength: piece.count,
+                                     codec: .stored, crc32: crc)
+            out += Array((header.line + "\n").utf8) + piece
+            position = end
+        }
+        let sha = lie == .otherSHA ? SHA256Hasher.hex(data + [1]) : SHA256Hasher.hex(data)
+        let trailer: Trailer = switch lie {
+        case .none, .alteredByteWithItsCRC, .otherSHA: Trailer(sha256: sha, xxh128: digest)
+        case .wrongDigest: Trailer(sha256: sha, xxh128: XXH128Hasher.hex(sent + [0]))
+        case .missingDigest: Trailer(sha256: sha)
+        }
+        return out + Array((trailer.line + "\n").utf8)
+    }
+
+    /// A 1.1 fake server that speaks `xxh128` and serves `files` with `lie` in every `GET`.
+    func fake(_ files: [String: [UInt8]], lie: Lie, manifestSHA: Bool = true) throws -> FakeServer {
+        let manifest = files.keys.sorted().map { name in
+            "f 0644 \(files[name]!.count) \(mt) \(manifestSHA ? SHA256Hasher.hex(files[name]!) : "-") \(name)"
+        }
+        let base = FakeServer.treeResponder(manifest: manifest, files: files)
+        return try FakeServer(greeting: Self.greeting11) { line in
+            if line.hasPrefix("CAPS ") {
+                return Array((line.contains("xxh128") ? "OK xxh128\n" : "OK\n").utf8)
+            }
+            let f = line.split(separator: " ").map(String.init)
+            if f.first == "GET", f.count >= 4, let data = files[f[1]] {
+                return Self.reply(data, offset: Int(f[2]) ?? 0, lie: lie)
+            }
+            return base(line)
+        }
+    }
+
+    func testEachLieFailsTheFileAloneAndTheTruthArrives() throws {
+        let random = try Files.randomBytes(300_000)  // several chunks
+        let small = Array("a small file\n".utf8)  // one chunk
+        for lie in Lie.allCases {
+            let server = try fake(["big.bin": random, "small.txt": small], lie: lie)
+            defer { server.stop() }
+            let dest = work.appendingPathComponent("dest-\(lie)")
+            let r = try TestSupport.ferry(["sync", server.address, dest.path, "--retries", "0", "--timeout", "5"], timeout: 60)
+            XCTAssertTrue(server.requests.contains("CAPS list-kinds,manifest-report,zstd,cdc,xxh128")
+                          || server.requests.contains { $0.hasPrefix("CAPS ") && $0.contains("xxh128") },
+                          "the client asks for xxh128: \(server.requests)")
+            if lie == .none {
+                XCTAssertEqual(r.status, 0, r.stderr)
+                assertSameBytes(Files.read(dest.appendingPathComponent("big.bin")), random, "big.bin")
+                assertSameBytes(Files.read(dest.appendingPathComponent("small.txt")), small, "small.txt")
+                continue
+            }
+            XCTAssertNotEqual(r.status, 0, "\(lie): \(r.stderr)")
+            XCTAssertTrue(r.stderr.contains("big.bin") && r.stderr.contains("small.txt"), "\(lie): each file is named: \(r.stderr)")
+            XCTAssertFalse(Files.exists(dest.appendingPathComponent("big.bin")), "\(lie): unverified data renamed into place")
+            XCTAssertFalse(Files.exists(dest.appendingPathComponent("small.txt")), "\(lie): unverified data renamed into place")
+            switch lie {
+            case .wrongDigest, .alteredByteWithItsCRC: XCTAssertTrue(r.stderr.contains("XXH3-128 mismatch"), "\(lie): \(r.stderr)")
+            case .missingDigest: XCTAssertTrue(r.stderr.contains("without the XXH3-128"), r.stderr)
+            case .otherSHA: XCTAssertTrue(r.stderr.contains("not the one its manifest gave"), r.stderr)
+            case .none: break
+            }
+        }
+    }
+
+    func testGetChecksTheDigestAndExitsWithTheIntegrityStatus() throws {
+        let random = try Files.randomBytes(200_000)
+        for lie in [Lie.none, .wrongDigest, .alteredByteWithItsCRC] {
+            let server = try fake(["r.bin": random], lie: lie)
+            defer { server.stop() }
+            let out = work.appendingPathComponent("get-\(lie)")
+            let g = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path, "--retries", "0"], timeout: 60)
+            if lie == .none {
+                XCTAssertEqual(g.status, 0, g.stderr)
+                assertSameBytes(Files.read(out), random, "get")
+                XCTAssertTrue((g.stdout + g.stderr).contains(SHA256Hasher.hex(random)), "get shows the SHA-256: \(g.stdout) \(g.stderr)")
+            } else {
+                XCTAssertEqual(g.status, 4, "\(lie): integrity failures exit 4: \(g.stderr)")
+                XCTAssertFalse(Files.exists(out), "\(lie): ferry get renamed unverified data into place")
+            }
+        }
+    }
+
+    /// A 1.0 server's trailer with a second field: the client never enabled `xxh128` there.
+    func testADigestOnAConnectionThatDidNotEnableItIsRefused() throws {
+        let data = Array("ten bytes!".utf8)
+        let base = FakeServer.treeResponder(manifest: ["f 0644 10 \(mt) - f.txt"], files: ["f.txt": data])
+        let server = try FakeServer { line in
+            line.hasPrefix("GET ") ? Self.reply(data, offset: 0, lie: .none) : base(line)
+        }
+        defer { server.stop() }
+        let out = work.appendingPathComponent("f.txt")
+        let g = try TestSupport.ferry(["get", "\(server.address)/f.txt", out.path, "--retries", "0", "--timeout", "3"], timeout: 60)
+        XCTAssertNotEqual(g.status, 0, g.stderr)
+        XCTAssertTrue(g.stderr.contains("did not enable xxh128"), g.stderr)
+        XCTAssertFalse(Files.exists(out))
+        XCTAssertFalse(server.requests.contains { $0.hasPrefix("CAPS") })
+    }
+
+    /// An interrupted download resumes on a server with `xxh128`: the kept prefix is checked
+    /// with `HASH` (SHA-256), the rest with the digest of the ranged reply.
+    func testResumeChecksThePrefixWithHashAndTheRestWithTheDigest() throws {
+        let data = try Files.randomBytes(400_000)
+        let kept = 150_000
+        let out = work.appendingPathComponent("r.bin")
+        // A partial and its sidecar as an interrupted run leaves them: first a run that is cut
+        // off after the first chunks (the fake server hangs up mid-stream).
+        let cut = try FakeServer(greeting: Self.greeting11) { line in
+            if line.hasPrefix("CAPS ") { return Array("OK xxh128\n".utf8) }
+            if line.hasPrefix("STAT ") { return Array("OK f 0644 \(data.count) \(FakeServer.mtime) r.bin\n".utf8) }
+            if line.hasPrefix("GET ") {
+                let whole = Self.reply(data, offset: 0, lie: .none)
+                // Headers and payloads up to `kept` bytes of data, then hang up.
+                return Array(whole.prefix(kept + 200)) + FakeServer.hangUp
+            }
+            return Array("ERR 400 no\n".utf8)
+        }
+        let first = try TestSupport.ferry(["get", "\(cut.address)/r.bin", out.path, "--retries", "0", "--timeout", "3"], timeout: 60)
+        cut.stop()
+        XCTAssertNotEqual(first.status, 0, "the first run was cut off")
+        XCTAssertFalse(Files.exists(out))
+
+        let server = try FakeServer(greeting: Self.greeting11) { line in
+            let f = line.split(separator: " ").map(String.init)
+            switch f.first {
+            case "CAPS": return Array("OK xxh128\n".utf8)
+            case "STAT": return Array("OK f 0644 \(data.count) \(FakeServer.mtime) r.bin\n".utf8)
+            case "HASH" where f.count >= 4:
+                guard let o = Int(f[2]), let n = Int(f[3]), o + n <= data.count else { return Array("ERR 416 range\n".utf8) }
+                return Array("OK \(SHA256Hasher.hex(Array(data[o..<(o + n)])))\n".utf8)
+            case "GET" where f.count >= 4: return Self.reply(data, offset: Int(f[2]) ?? 0, lie: .none)
+            default: return Array("ERR 400 no\n".utf8)
+            }
+        }
+        defer { server.stop() }
+        let second = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path, "--retries", "0"], timeout: 60)
+        XCTAssertEqual(second.status, 0, second.stderr)
+        assertSameBytes(Files.read(out), data, "resumed file")
+        XCTAssertTrue(server.requests.contains { $0.hasPrefix("HASH r.bin 0 ") }, "the kept prefix is checked: \(server.requests)")
+        let get = server.requests.first { $0.hasPrefix("GET ") } ?? ""
+        XCTAssertFalse(get.hasPrefix("GET r.bin 0 "), "the rest is fetched from the kept prefix on: \(get)")
+    }
+}
