@@ -139,4 +139,12 @@ public final class XXH128Hasher {
     }
 
     public static func hex(_ bytes: [UInt8]) -> String { bytes.withUnsafeBytes { hex($0) } }
+
+    /// The best vector code this CPU runs (0 SSE2, 1 AVX2, 2 AVX-512), chosen on first use.
+    public static var bestVectorLevel: Int { Int(ferry_xxh128_best_level()) }
+
+    /// Uses the vector code of `level` from now on (for tests: every level must give the same
+    /// digests); false, changing nothing, when the CPU lacks it.
+    @discardableResult
+    public static func useVectorLevel(_ level: Int) -> Bool { ferry_xxh128_use(Int32(level)) != 0 }
 }

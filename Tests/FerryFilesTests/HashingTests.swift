@@ -92,6 +92,17 @@ final class HashingTests: XCTestCase {
     /// XXH3-128 against values from the reference implementation (Python's `xxhash` 3.x,
     /// `xxh3_128_hexdigest`), in one call and fed in every kind of cut.
     func testXXH128MatchesTheReference() {
+        // Every vector code this CPU has (SSE2, AVX2, AVX-512), the best one last.
+        let best = XXH128Hasher.bestVectorLevel
+        defer { XXH128Hasher.useVectorLevel(best) }
+        for level in 0...best {
+            XCTAssertTrue(XXH128Hasher.useVectorLevel(level))
+            checkXXH128Reference(level: level)
+        }
+        XCTAssertFalse(XXH128Hasher.useVectorLevel(3), "no such level")
+    }
+
+    private func checkXXH128Reference(level: Int) {
         XCTAssertEqual(XXH128Hasher.hex([]), "99aa06d3014798d86001c324468d497f")
         XCTAssertEqual(XXH128Hasher.hex(Array("ferry".utf8)), "85ca3a0dfcfe59849331f43fcdbd2eb8")
         let pattern = (0..<1_000_003).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ 3) }
@@ -105,7 +116,7 @@ final class HashingTests: XCTestCase {
                 pattern[i..<end].withUnsafeBytes { h.update($0) }
                 i = end
             }
-            XCTAssertEqual(h.finalizeHex(), expected, "cut \(cut)")
+            XCTAssertEqual(h.finalizeHex(), expected, "cut \(cut), level \(level)")
         }
         let empty = XXH128Hasher()
         empty.update([])

@@ -22,6 +22,12 @@ void ferry_xxh128_digest(const ferry_xxh128_state *state, unsigned char out[16])
 /// The digest of `bytes` in one call.
 void ferry_xxh128_oneshot(const void *bytes, size_t count, unsigned char out[16]);
 
+/// The vector code used: 0 SSE2 (or portable C off x86-64), 1 AVX2, 2 AVX-512. The best the CPU
+/// has is chosen on first use; `ferry_xxh128_use` picks a level for tests (returns 0, and
+/// changes nothing, when the CPU lacks it).
+int ferry_xxh128_best_level(void);
+int ferry_xxh128_use(int level);
+
 #ifdef __cplusplus
 }
 #endif
