@@ -58,19 +58,13 @@ static const uint64_t FERRY_ALIGN16 k3k4[2] = {0x01751997d0ULL, 0x00ccaa009eULL}
 static const uint64_t FERRY_ALIGN16 k5k0[2] = {0x0163cd6124ULL, 0x0000000000ULL};
 static const uint64_t FERRY_ALIGN16 poly[2] = {0x01db710641ULL, 0x01f7011641ULL};
 
-/// Folds `len` bytes (a multiple of 16, at least 64) into the inverted CRC state `state`.
-__attribute__((target("pclmul,sse4.1")))
-static uint32_t crc32_pclmul(uint32_t state, const unsigned char *buf, size_t len) {
-    __m128i x0, x1, x2, x3, x4, x5, x6, x7, x8, y5, y6, y7, y8;
-
-    x1 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x00));
-    x2 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x10));
-    x3 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x20));
-    x4 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x30));
-    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)state));
+/// Goes on from four lanes holding the (folded) last 64 bytes read: folds the other `len` bytes
+/// (a multiple of 16) at `buf` into them, then reduces the lanes to the inverted CRC state.
+__attribute__((target("pclmul,sse4.1"), always_inline))
+static inline uint32_t crc32_pclmul_finish(__m128i x1, __m128i x2, __m128i x3, __m128i x4,
+                                           const unsigned char *buf, size_t len) {
+    __m128i x0, x5, x6, x7, x8, y5, y6, y7, y8;
     x0 = _mm_load_si128((const __m128i *)(const void *)k1k2);
-    buf += 64;
-    len -= 64;
 
     // Four lanes, 64 bytes per round.
     while (len >= 64) {
@@ -137,6 +131,65 @@ static uint32_t crc32_pclmul(uint32_t state, const unsigned char *buf, size_t le
     return (uint32_t)_mm_extract_epi32(x1, 1);
 }
 
+/// Folds `len` bytes (a multiple of 16, at least 64) into the inverted CRC state `state`.
+__attribute__((target("pclmul,sse4.1")))
+static uint32_t crc32_pclmul(uint32_t state, const unsigned char *buf, size_t len) {
+    __m128i x1 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x00));
+    __m128i x2 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x10));
+    __m128i x3 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x20));
+    __m128i x4 = _mm_loadu_si128((const __m128i *)(const void *)(buf + 0x30));
+    x1 = _mm_xor_si128(x1, _mm_cvtsi32_si128((int)state));
+    return crc32_pclmul_finish(x1, x2, x3, x4, buf + 64, len - 64);
+}
+
+// VPCLMULQDQ with AVX-512: the same folding on four 512-bit registers, each four 128-bit lanes
+// (256 bytes a step, four times the 128-bit loop's reach per multiply). The constants fold by
+// 2048 bits: x^(2048+32) mod P and x^(2048-32) mod P, reflected and shifted like k1 and k2
+// (computed with the same formula that gives k1..k4 above). At the end the four registers fold
+// into one by 512 bits (k1, k2), whose lanes are exactly the 128-bit path's four lanes.
+#define FERRY_CRC_AVX512 "avx512f,avx512vl,vpclmulqdq,pclmul,sse4.1"
+static const uint64_t FERRY_ALIGN16 k2048[2] = {0x011542778aULL, 0x01322d1430ULL};
+
+__attribute__((target(FERRY_CRC_AVX512), always_inline))
+static inline __m512i fold512(__m512i z, __m512i k, __m512i data) {
+    __m512i lo = _mm512_clmulepi64_epi128(z, k, 0x00);
+    __m512i hi = _mm512_clmulepi64_epi128(z, k, 0x11);
+    return _mm512_ternarylogic_epi64(lo, hi, data, 0x96);  // lo ^ hi ^ data
+}
+
+/// Folds `len` bytes (a multiple of 16, at least 256) into the inverted CRC state `state`.
+__attribute__((target(FERRY_CRC_AVX512)))
+static uint32_t crc32_vpclmul(uint32_t state, const unsigned char *buf, size_t len) {
+    __m512i z0 = _mm512_loadu_si512((const void *)(buf + 0x00));
+    __m512i z1 = _mm512_loadu_si512((const void *)(buf + 0x40));
+    __m512i z2 = _mm512_loadu_si512((const void *)(buf + 0x80));
+    __m512i z3 = _mm512_loadu_si512((const void *)(buf + 0xC0));
+    z0 = _mm512_xor_si512(z0, _mm512_zextsi128_si512(_mm_cvtsi32_si128((int)state)));
+    buf += 256;
+    len -= 256;
+    __m512i k = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(const void *)k2048));
+    while (len >= 256) {
+        z0 = fold512(z0, k, _mm512_loadu_si512((const void *)(buf + 0x00)));
+        z1 = fold512(z1, k, _mm512_loadu_si512((const void *)(buf + 0x40)));
+        z2 = fold512(z2, k, _mm512_loadu_si512((const void *)(buf + 0x80)));
+        z3 = fold512(z3, k, _mm512_loadu_si512((const void *)(buf + 0xC0)));
+        buf += 256;
+        len -= 256;
+    }
+    k = _mm512_broadcast_i32x4(_mm_load_si128((const __m128i *)(const void *)k1k2));
+    __m512i z = fold512(z0, k, z1);
+    z = fold512(z, k, z2);
+    z = fold512(z, k, z3);
+    return crc32_pclmul_finish(_mm512_extracti32x4_epi32(z, 0), _mm512_extracti32x4_epi32(z, 1),
+                               _mm512_extracti32x4_epi32(z, 2), _mm512_extracti32x4_epi32(z, 3), buf, len);
+}
+
+static int cpu_has_vpclmul(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl")
+        && __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
+}
+
 static int cpu_has_pclmul(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
@@ -157,6 +210,32 @@ uint32_t ferry_crc32(uint32_t crc, const void *buf, size_t len) {
     const unsigned char *p = (const unsigned char *)buf;
     uint32_t state = ~crc;
 #if FERRY_CRC_X86
+    static int vpclmul = -1;
+    int wide = __atomic_load_n(&vpclmul, __ATOMIC_RELAXED);
+    if (wide < 0) {
+        wide = cpu_has_vpclmul();
+        __atomic_store_n(&vpclmul, wide, __ATOMIC_RELAXED);
+    }
+    if (len >= 256 && wide) {
+        size_t bulk = len & ~(size_t)15;
+        state = crc32_vpclmul(state, p, bulk);
+        p += bulk;
+        len -= bulk;
+    } else if (len >= 64 && cpu_has_pclmul()) {
+        size_t bulk = len & ~(size_t)15;
+        state = crc32_pclmul(state, p, bulk);
+        p += bulk;
+        len -= bulk;
+    }
+#endif
+    return ~crc32_slice8(state, p, len);
+}
+
+uint32_t ferry_crc32_pclmul128(uint32_t crc, const void *buf, size_t len) {
+    if (buf == NULL || len == 0) return crc;
+    const unsigned char *p = (const unsigned char *)buf;
+    uint32_t state = ~crc;
+#if FERRY_CRC_X86
     if (len >= 64 && cpu_has_pclmul()) {
         size_t bulk = len & ~(size_t)15;
         state = crc32_pclmul(state, p, bulk);
@@ -165,4 +244,12 @@ uint32_t ferry_crc32(uint32_t crc, const void *buf, size_t len) {
     }
 #endif
     return ~crc32_slice8(state, p, len);
+}
+
+int ferry_crc32_wide(void) {
+#if FERRY_CRC_X86
+    return cpu_has_vpclmul();
+#else
+    return 0;
+#endif
 }

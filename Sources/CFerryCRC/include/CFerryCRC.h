@@ -19,6 +19,12 @@ uint32_t ferry_crc32_portable(uint32_t crc, const void *buf, size_t len);
 
 /// 1 when `ferry_crc32` uses the carry-less-multiply path on this CPU, else 0.
 int ferry_crc32_accelerated(void);
+/// 1 when `ferry_crc32` folds buffers of 256 bytes or more with VPCLMULQDQ on AVX-512
+/// registers (256 bytes a step), else 0.
+int ferry_crc32_wide(void);
+/// The 128-bit PCLMULQDQ path alone (the portable one without PCLMULQDQ): for tests, so both
+/// carry-less-multiply paths are checked on a CPU that has the wide one.
+uint32_t ferry_crc32_pclmul128(uint32_t crc, const void *buf, size_t len);
 
 #ifdef __cplusplus
 }
