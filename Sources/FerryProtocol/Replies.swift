@@ -214,16 +214,13 @@ public struct Trailer: ReplyLine {
     public var line: String { xxh128.map { "END \(sha256) \($0)" } ?? "END \(sha256)" }
     public static func parse(_ line: Substring) throws(MalformedReply) -> Trailer {
         guard line.hasPrefix("END ") else { throw MalformedReply("not an END line", line) }
-        let f = line.dropFirst(4).spaceSeparatedFields()
-        guard f.count <= 2 else { throw MalformedReply("END has at most two fields", line) }
-        let xxh: String?
-        if f.count == 2 {
-            guard isXXH128Hex(f[1]) else { throw MalformedReply("END's second field is not an XXH3-128", f[1]) }
-            xxh = String(f[1])
-        } else {
-            xxh = nil
-        }
-        return Trailer(sha256: try parseSHA256(f[0], "END"), xxh128: xxh)
+        let rest = line.dropFirst(4)
+        // Split at the first space by hand (one per file on the client): what follows it must be
+        // exactly one XXH3-128, so a third field or a doubled space fails that check.
+        guard let space = rest.utf8.firstIndex(of: 0x20) else { return Trailer(sha256: try parseSHA256(rest, "END")) }
+        let xxh = rest[rest.utf8.index(after: space)...]
+        guard isXXH128Hex(xxh) else { throw MalformedReply("END's second field is not an XXH3-128", xxh) }
+        return Trailer(sha256: try parseSHA256(rest[..<space], "END"), xxh128: String(xxh))
     }
 }
 
