@@ -11,7 +11,7 @@ import PackageDescription
 // or builds ordo-one/benchmark. The root package exports no library products (only the
 // `ferry` executable), and a path dependency can only be used through its products, so this
 // package compiles the measured modules itself from symlinks (Sources/FerryProtocol ->
-// ../../Sources/FerryProtocol, same for FerryFiles, CZlib, CZstd and CFerryCRC): what is measured is exactly the
+// ../../Sources/FerryProtocol, same for FerryFiles, CZlib, CZstd, CFerryCRC, CFerrySys and CFerryXXH): what is measured is exactly the
 // code in the main package's Sources/, built with the same settings.
 let package = Package(
     name: "FerryBenchmarks",
@@ -25,6 +25,8 @@ let package = Package(
         .systemLibrary(name: "CZlib", path: "Sources/CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CZstd", path: "Sources/CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
         .target(name: "CFerryCRC", path: "Sources/CFerryCRC"),
+        .target(name: "CFerrySys", path: "Sources/CFerrySys"),
+        .target(name: "CFerryXXH", path: "Sources/CFerryXXH"),
         .target(
             name: "FerryProtocol",
             dependencies: [.product(name: "NIOCore", package: "swift-nio")]
@@ -32,7 +34,7 @@ let package = Package(
         .target(
             name: "FerryFiles",
             dependencies: [
-                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC",
+                "FerryProtocol", "CZlib", "CZstd", "CFerryCRC", "CFerrySys", "CFerryXXH",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Crypto", package: "swift-crypto"),

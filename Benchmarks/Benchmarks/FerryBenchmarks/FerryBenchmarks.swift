@@ -226,6 +226,29 @@ let benchmarks: @Sendable () -> Void = {
             blackHole(random.withUnsafeBufferPointer { crc32_z(0, $0.baseAddress, $0.count) })
         }
     }
+    // The 128-bit carry-less-multiply path, what a CPU without VPCLMULQDQ on AVX-512 runs; the
+    // "ferry CRC32" row above takes the 512-bit path where the CPU has it.
+    Benchmark("CRC-32 of a chunk · ferry CRC32 128-bit PCLMULQDQ path") { benchmark in
+        for _ in benchmark.scaledIterations {
+            blackHole(random.withUnsafeBytes { CRC32.checksum($0, using: .pclmul128) })
+        }
+    }
+    // The transfer digest of capability `xxh128`, against the SHA-256 rows above; the vector
+    // code is the best the CPU has (SSE2, AVX2 or AVX-512, chosen at run time).
+    Benchmark("XXH3-128 of a chunk · ferry XXH128Hasher") { benchmark in
+        for _ in benchmark.scaledIterations {
+            let h = XXH128Hasher()
+            random.withUnsafeBytes { h.update($0) }
+            blackHole(h.finalizeHex())
+        }
+    }
+    Benchmark("XXH3-128 of a chunk · ferry XXH128Hasher, SSE2 code") { benchmark in
+        XXH128Hasher.useVectorLevel(0)
+        defer { XXH128Hasher.useVectorLevel(XXH128Hasher.bestVectorLevel) }
+        for _ in benchmark.scaledIterations {
+            blackHole(random.withUnsafeBytes { XXH128Hasher.hex($0) })
+        }
+    }
     // What a CPU without PCLMULQDQ would run if it took CFerryCRC's portable path (it calls
     // zlib instead, which is faster there); the automatic path is the "ferry CRC32" one above.
     Benchmark("CRC-32 of a chunk · ferry CRC32 portable path (slice-by-8)") { benchmark in
