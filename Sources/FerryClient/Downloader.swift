@@ -28,6 +28,9 @@ public struct Downloader {
         public var wireBytes: Int64
         public var resumedFrom: Int64
         public var retries: Int
+        /// How the whole file was checked: `xxh3-128` (each reply's transfer digest and the kept
+        /// prefix's `HASH`; `sha256` is then the server's) or `sha-256` (computed here).
+        public var checkedWith: String
     }
 
     /// Events for the progress display.
@@ -97,7 +100,8 @@ public struct Downloader {
                     try transfer.finish(to: localPath, mode: entry.mode, mtime: entry.mtime)
                     return Result(path: target, localPath: localPath, size: entry.size,
                                   sha256: sha, bytesWritten: written, wireBytes: counter.count,
-                                  resumedFrom: transfer.resumedFrom, retries: tracker.retries)
+                                  resumedFrom: transfer.resumedFrom, retries: tracker.retries,
+                                  checkedWith: transfer.wholeFileSHA ? "sha-256" : "xxh3-128")
                 }
             } catch let changed as FileTransfer.Changed {
                 changes += 1

@@ -107,7 +107,7 @@ struct GetCommand: AsyncParsableCommand {
             Output.json(["event": "summary", "path": result.path.description, "local": result.localPath,
                          "size": result.size, "sha256": result.sha256, "bytesWritten": result.bytesWritten,
                          "wireBytes": result.wireBytes, "resumedFrom": result.resumedFrom,
-                         "retries": result.retries, "seconds": seconds, "filesFetched": 1])
+                         "retries": result.retries, "seconds": seconds, "filesFetched": 1, "checkedWith": result.checkedWith])
         } else if !quiet {
             Output.err("fetched \(Output.shown(result.path)) → \(result.localPath): \(Output.bytes(result.size)) in "
                        + Output.fixed(seconds, decimals: 2) + " s, \(Output.bytes(result.wireBytes)) on the wire, sha256 \(result.sha256)")

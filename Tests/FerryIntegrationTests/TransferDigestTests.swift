@@ -121,6 +121,9 @@ final class TransferDigestTests: XCTestCase {
                 XCTAssertEqual(g.status, 0, g.stderr)
                 assertSameBytes(Files.read(out), random, "get")
                 XCTAssertTrue((g.stdout + g.stderr).contains(SHA256Hasher.hex(random)), "get shows the SHA-256: \(g.stdout) \(g.stderr)")
+                let json = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path + ".j", "--retries", "0", "--json"], timeout: 60)
+                XCTAssertEqual(json.status, 0, json.stderr)
+                XCTAssertTrue(json.stdout.contains("\"checkedWith\":\"xxh3-128\""), json.stdout)
             } else {
                 XCTAssertEqual(g.status, 4, "\(lie): integrity failures exit 4: \(g.stderr)")
                 XCTAssertFalse(Files.exists(out), "\(lie): ferry get renamed unverified data into place")
@@ -142,6 +145,18 @@ final class TransferDigestTests: XCTestCase {
         XCTAssertTrue(g.stderr.contains("did not enable xxh128"), g.stderr)
         XCTAssertFalse(Files.exists(out))
         XCTAssertFalse(server.requests.contains { $0.hasPrefix("CAPS") })
+
+        // The same server telling the truth as 1.0 does: the client computes the SHA-256 and says so.
+        let honest = try FakeServer { line in
+            line.hasPrefix("GET ") ? Array("OK 10 \(FakeServer.mtime) -\n".utf8) + FakeServer.chunkStream(data) : base(line)
+        }
+        defer { honest.stop() }
+        // (Another name: the refused run above kept its CRC-checked chunk for a resume.)
+        let out2 = work.appendingPathComponent("f2.txt")
+        let j = try TestSupport.ferry(["get", "\(honest.address)/f.txt", out2.path, "--retries", "0", "--json"], timeout: 60)
+        XCTAssertEqual(j.status, 0, j.stderr)
+        XCTAssertTrue(j.stdout.contains("\"checkedWith\":\"sha-256\""), j.stdout)
+        assertSameBytes(Files.read(out2), data, "f.txt")
     }
 
     /// An interrupted download resumes on a server with `xxh128`: the kept prefix is checked
