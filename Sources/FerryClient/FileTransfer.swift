@@ -15,18 +15,21 @@ public final class FileTransfer {
     var hasher = SHA256Hasher()
     private var shaCovered: Int64 = 0
     /// How the file is verified before it may be renamed into place.
-    /// - false (the start): every byte after the kept prefix comes in `GET` replies whose
-    ///   XXH3-128 (capability `xxh128`) matched, so the file is the server's bytes and the
-    ///   SHA-256 of the trailer is taken as the server's word, not computed here. SHA-256 ran
-    ///   at 1.3 GB/s and was 40% of the client's CPU on a large file; XXH3 is over ten times faster.
+    /// - false (the start): the whole file comes in one `GET` reply whose XXH3-128 (capability
+    ///   `xxh128`) matched. The server read it in one pass and checked afterwards that it had not
+    ///   changed, so the file is one version of the server's bytes, and the SHA-256 of the
+    ///   trailer is taken as the server's word, not computed here. SHA-256 ran at 1.3 GB/s and
+    ///   was 40% of the client's CPU on a large file; XXH3 is over twenty times faster.
     /// - true: the SHA-256 of the whole file is computed here and compared with the trailer's,
-    ///   as protocol 1.0 does. It switches on for good as soon as bytes come another way
-    ///   (`appendVerified`: blocks of an old copy, which are read again after their check) or a
-    ///   reply carries no XXH3-128 (a server without `xxh128`); the bytes written before are
-    ///   then read back from the partial and hashed (`catchUpSHA`).
+    ///   as protocol 1.0 does. It is what ties together bytes that arrive at different times, so
+    ///   it switches on for good for a file made of more than one piece: a kept prefix
+    ///   (`verifyKeptData`: a file rewritten in place with its old size and mtime put back between
+    ///   the `HASH`es and the `GET` would otherwise be a splice of two versions), blocks of an old
+    ///   copy (`appendVerified`), several ranged `GET`s (`requireWholeFileSHA`, for delta and
+    ///   chunk reuse), and a reply without an XXH3-128 (a server without `xxh128`). Bytes written
+    ///   before the switch are read back from the partial and hashed (`catchUpSHA`).
     public private(set) var wholeFileSHA = false
-    /// Bytes known to be the server's while `!wholeFileSHA`: the kept prefix (each piece's
-    /// SHA-256 matched the server's `HASH`) and every reply whose XXH3-128 matched.
+    /// Bytes known to be the server's while `!wholeFileSHA`: the one reply whose XXH3-128 matched.
     private var digestVerified: Int64 = 0
     /// The XXH3-128 of the reply being read, fed by `commit` in file order.
     private var replyDigest: XXH128Hasher?
@@ -105,8 +108,17 @@ public final class FileTransfer {
         hasher = running
         hasherBytes = good
         shaCovered = good
-        digestVerified = good
         resumedFrom = good
+        // The kept prefix and the rest arrive at different times: only the whole file's SHA-256
+        // shows that they are one version.
+        if good > 0 { wholeFileSHA = true }
+    }
+
+    /// For a file built from several replies (ranged `GET`s, chunks of DEST): its SHA-256 is
+    /// computed here and compared with the server's, since each reply's digest vouches only
+    /// for itself. Call before the first byte is written.
+    public func requireWholeFileSHA() async throws(ClientError) {
+        if !wholeFileSHA { try await catchUpSHA() }
     }
 
     /// Compares the partial with the server over `ranges`, in order, with up to `window`
@@ -252,6 +264,7 @@ public final class FileTransfer {
         }
         if !wholeFileSHA {
             guard digestVerified == identity.size else {
+                // Only a file that came whole in one reply is checked by its digest alone.
                 throw .integrity(path: path.description, "\(identity.size - digestVerified) bytes were not checked by a transfer digest")
             }
             guard identity.sha256 == nil || identity.sha256 == sha else {
@@ -341,7 +354,7 @@ public final class FileTransfer {
                             throw ClientError.integrity(path: path.description,
                                                         "XXH3-128 mismatch: the bytes received are not the bytes the server sent")
                         }
-                        if start == digestVerified { digestVerified = rangeEnd }
+                        if start == 0 && digestVerified == 0 { digestVerified = rangeEnd }
                     }
                     return sha
                 case .error(let reply):

@@ -16,8 +16,8 @@ struct GetCommand: AsyncParsableCommand {
         commandName: "get",
         abstract: "Fetch one file from a server, verified and resumable.",
         discussion: """
-        Every chunk's CRC-32 and the whole file are checked (each reply's XXH3-128 with a ferry \
-        1.1 server, the file's SHA-256 with older ones); the file is written to \
+        Every chunk's CRC-32 and the whole file are checked (by the reply's XXH3-128 when the \
+        file comes whole from a server that offers xxh128, else by its SHA-256); the file is written to \
         `.NAME.ferry-partial` beside LOCAL and renamed into place only when everything matches. \
         If the transfer is interrupted (Ctrl-C, a dropped connection, a crash), running the same \
         command again continues where it stopped, after checking the kept data against the \

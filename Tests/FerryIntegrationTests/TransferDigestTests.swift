@@ -159,12 +159,9 @@ final class TransferDigestTests: XCTestCase {
         assertSameBytes(Files.read(out2), data, "f.txt")
     }
 
-    /// An interrupted download resumes on a server with `xxh128`: the kept prefix is checked
-    /// with `HASH` (SHA-256), the rest with the digest of the ranged reply.
-    func testResumeChecksThePrefixWithHashAndTheRestWithTheDigest() throws {
-        let data = try Files.randomBytes(400_000)
-        let kept = 150_000
-        let out = work.appendingPathComponent("r.bin")
+    /// A partial of `data` as an interrupted `get` leaves it at `out`: a fake 1.1 server hangs up
+    /// after about `kept` bytes of the reply.
+    private func interruptedGet(_ data: [UInt8], kept: Int, to out: URL) throws {
         // A partial and its sidecar as an interrupted run leaves them: first a run that is cut
         // off after the first chunks (the fake server hangs up mid-stream).
         let cut = try FakeServer(greeting: Self.greeting11) { line in
@@ -181,25 +178,63 @@ final class TransferDigestTests: XCTestCase {
         cut.stop()
         XCTAssertNotEqual(first.status, 0, "the first run was cut off")
         XCTAssertFalse(Files.exists(out))
+    }
 
-        let server = try FakeServer(greeting: Self.greeting11) { line in
+    /// A fake 1.1 server that answers `HASH` from `hashed` and `GET` from `served` (the same
+    /// size and mtime: a file rewritten in place with its old mtime put back in between).
+    private func resumeServer(hashed: [UInt8], served: [UInt8]) throws -> FakeServer {
+        try FakeServer(greeting: Self.greeting11) { line in
             let f = line.split(separator: " ").map(String.init)
             switch f.first {
             case "CAPS": return Array("OK xxh128\n".utf8)
-            case "STAT": return Array("OK f 0644 \(data.count) \(FakeServer.mtime) r.bin\n".utf8)
+            case "STAT": return Array("OK f 0644 \(served.count) \(FakeServer.mtime) r.bin\n".utf8)
             case "HASH" where f.count >= 4:
-                guard let o = Int(f[2]), let n = Int(f[3]), o + n <= data.count else { return Array("ERR 416 range\n".utf8) }
-                return Array("OK \(SHA256Hasher.hex(Array(data[o..<(o + n)])))\n".utf8)
-            case "GET" where f.count >= 4: return Self.reply(data, offset: Int(f[2]) ?? 0, lie: .none)
+                guard let o = Int(f[2]), let n = Int(f[3]), o + n <= hashed.count else { return Array("ERR 416 range\n".utf8) }
+                return Array("OK \(SHA256Hasher.hex(Array(hashed[o..<(o + n)])))\n".utf8)
+            case "GET" where f.count >= 4: return Self.reply(served, offset: Int(f[2]) ?? 0, lie: .none)
             default: return Array("ERR 400 no\n".utf8)
             }
         }
+    }
+
+    /// An interrupted download resumes on a server with `xxh128`: the kept prefix is checked
+    /// with `HASH`, the rest arrives from there, and the whole file's SHA-256 is computed (a
+    /// kept prefix and the rest arrive at different times; only it shows they are one version).
+    func testAResumedFileIsCheckedWhole() throws {
+        let data = try Files.randomBytes(400_000)
+        let out = work.appendingPathComponent("r.bin")
+        try interruptedGet(data, kept: 150_000, to: out)
+        let server = try resumeServer(hashed: data, served: data)
         defer { server.stop() }
-        let second = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path, "--retries", "0"], timeout: 60)
+        let second = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path, "--retries", "0", "--json"], timeout: 60)
         XCTAssertEqual(second.status, 0, second.stderr)
         assertSameBytes(Files.read(out), data, "resumed file")
         XCTAssertTrue(server.requests.contains { $0.hasPrefix("HASH r.bin 0 ") }, "the kept prefix is checked: \(server.requests)")
         let get = server.requests.first { $0.hasPrefix("GET ") } ?? ""
         XCTAssertFalse(get.hasPrefix("GET r.bin 0 "), "the rest is fetched from the kept prefix on: \(get)")
+        XCTAssertTrue(second.stdout.contains("\"checkedWith\":\"sha-256\""), second.stdout)
+    }
+
+    /// The file is rewritten in place between the `HASH`es of the kept prefix and the `GET` of
+    /// the rest, with its size and mtime put back, so the validator cannot tell. Every reply
+    /// is honest about the bytes it carries (the digest of the rest matches), but the result
+    /// would be a splice of two versions: the whole file's SHA-256 refuses it, the partial is
+    /// discarded, and the next attempt fetches the new version whole.
+    func testAFileRewrittenBetweenTheHashesAndTheGetIsNeverSpliced() throws {
+        let old = try Files.randomBytes(400_000)
+        var new = old
+        new[100] ^= 0xFF
+        new[300_000] ^= 0xFF
+        let out = work.appendingPathComponent("r.bin")
+        try interruptedGet(old, kept: 150_000, to: out)
+        let server = try resumeServer(hashed: old, served: new)
+        defer { server.stop() }
+        let second = try TestSupport.ferry(["get", "\(server.address)/r.bin", out.path, "--retries", "0"], timeout: 60)
+        XCTAssertEqual(second.status, 0, second.stderr)
+        XCTAssertTrue(second.stderr.contains("SHA-256 mismatch"), "the splice is refused: \(second.stderr)")
+        XCTAssertTrue(Files.read(out) == new, "what lands under the name is the new version, never old bytes spliced to new ones")
+        let gets = server.requests.filter { $0.hasPrefix("GET ") }
+        XCTAssertEqual(gets.count, 2, "the rest, then the whole file again: \(gets)")
+        XCTAssertTrue(gets.last?.hasPrefix("GET r.bin 0 ") == true, "\(gets)")
     }
 }
