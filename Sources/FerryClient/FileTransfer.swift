@@ -22,15 +22,17 @@ public final class FileTransfer {
     ///   was 40% of the client's CPU on a large file; XXH3 is over twenty times faster.
     /// - true: the SHA-256 of the whole file is computed here and compared with the trailer's,
     ///   as protocol 1.0 does. It is what ties together bytes that arrive at different times, so
-    ///   it switches on for good for a file made of more than one piece: a kept prefix
-    ///   (`verifyKeptData`: a file rewritten in place with its old size and mtime put back between
-    ///   the `HASH`es and the `GET` would otherwise be a splice of two versions), blocks of an old
-    ///   copy (`appendVerified`), several ranged `GET`s (`requireWholeFileSHA`, for delta and
-    ///   chunk reuse), and a reply without an XXH3-128 (a server without `xxh128`). Bytes written
-    ///   before the switch are read back from the partial and hashed (`catchUpSHA`).
+    ///   it switches on for good for a file made of more than one piece: bytes before a reply (a
+    ///   kept prefix — a file rewritten in place with its old size and mtime put back between the
+    ///   `HASH`es and the `GET` would otherwise be a splice of two versions — or blocks of an old
+    ///   copy), a reply that stops short of the end (more follow), blocks appended after a reply
+    ///   (`appendVerified`), and a reply without an XXH3-128 (a server without `xxh128`).
+    ///   `receive` and `appendVerified` decide; bytes written before the switch are read back
+    ///   from the partial and hashed (`catchUpSHA`).
     public private(set) var wholeFileSHA = false
-    /// Bytes known to be the server's while `!wholeFileSHA`: the one reply whose XXH3-128 matched.
-    private var digestVerified: Int64 = 0
+    /// While `!wholeFileSHA`: the trailer's SHA-256 of the one reply that carried the whole file
+    /// and whose XXH3-128 matched.
+    private var wholeReplySHA: String?
     /// The XXH3-128 of the reply being read, fed by `commit` in file order.
     private var replyDigest: XXH128Hasher?
     /// Hashing of written chunks, in order: each task continues the previous one's state, so
@@ -109,16 +111,6 @@ public final class FileTransfer {
         hasherBytes = good
         shaCovered = good
         resumedFrom = good
-        // The kept prefix and the rest arrive at different times: only the whole file's SHA-256
-        // shows that they are one version.
-        if good > 0 { wholeFileSHA = true }
-    }
-
-    /// For a file built from several replies (ranged `GET`s, chunks of DEST): its SHA-256 is
-    /// computed here and compared with the server's, since each reply's digest vouches only
-    /// for itself. Call before the first byte is written.
-    public func requireWholeFileSHA() async throws(ClientError) {
-        if !wholeFileSHA { try await catchUpSHA() }
     }
 
     /// Compares the partial with the server over `ranges`, in order, with up to `window`
@@ -263,9 +255,15 @@ public final class FileTransfer {
             throw .integrity(path: path.description, "only \(partial.verified) of \(identity.size) bytes arrived")
         }
         if !wholeFileSHA {
-            guard digestVerified == identity.size else {
-                // Only a file that came whole in one reply is checked by its digest alone.
-                throw .integrity(path: path.description, "\(identity.size - digestVerified) bytes were not checked by a transfer digest")
+            // The file came whole in one reply whose digest matched (`receive` allows no other
+            // way without the SHA-256): that reply's SHA-256 is the server's word for it.
+            guard let wholeReplySHA else {
+                throw .integrity(path: path.description, "no reply carried the whole file and no SHA-256 was computed")
+            }
+            guard wholeReplySHA == sha else {
+                partial.discard()
+                throw .integrity(path: path.description, "the server gave two SHA-256s for it (\(sha.prefix(12))… and "
+                                 + "\(wholeReplySHA.prefix(12))…); it changed on the server, try again")
             }
             guard identity.sha256 == nil || identity.sha256 == sha else {
                 partial.discard()
@@ -304,10 +302,12 @@ public final class FileTransfer {
         }
         var next = partial.verified
         let start = next
-        // The reply's transfer digest, when the connection has one; without it the SHA-256 of
-        // the whole file is computed here (a server without `xxh128`).
+        // The reply's transfer digest, when the connection has one. A digest vouches for its own
+        // reply only, so the file's SHA-256 is left out just for a reply that carries the whole
+        // file; with bytes before it (a kept prefix, blocks of an old copy), a range that stops
+        // short of the end, or no digest, the whole file's SHA-256 is computed here.
         let digest: XXH128Hasher? = connection.enabled.contains(.xxh128) ? XXH128Hasher() : nil
-        if digest == nil && !wholeFileSHA { try await catchUpSHA() }
+        if !wholeFileSHA && (digest == nil || start != 0 || rangeEnd != identity.size) { try await catchUpSHA() }
         replyDigest = digest
         defer { replyDigest = nil }
         var inflight: [(ChunkHeader, Task<ByteBuffer, Error>)] = []
@@ -354,7 +354,7 @@ public final class FileTransfer {
                             throw ClientError.integrity(path: path.description,
                                                         "XXH3-128 mismatch: the bytes received are not the bytes the server sent")
                         }
-                        if start == 0 && digestVerified == 0 { digestVerified = rangeEnd }
+                        if !wholeFileSHA { wholeReplySHA = sha }
                     }
                     return sha
                 case .error(let reply):

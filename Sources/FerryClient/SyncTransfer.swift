@@ -535,8 +535,6 @@ final class SyncTransfer: Sendable {
         let old: FileHandle
         do { old = try tree.openFile(job.entry.path) } catch { throw ClientError.local(error) }
         let oldSize = (try? old.stat().size) ?? 0
-        // Blocks of the old copy and ranged replies: only the whole file's SHA-256 ties them together.
-        try await transfer.requireWholeFileSHA()  // before any GET is sent: nothing is in flight
         let bs = Int64(blocks.blockSize)
 
         // Runs of [start, end) that are local (true) or remote (false), from the kept prefix on.
@@ -719,12 +717,6 @@ extension SyncTransfer {
         }
         let plan = ReusePlan.make(chunks, from: transfer.partial.verified, index: index)
         let ranges = plan.remoteRanges
-        // Nothing in DEST to reuse: the file comes whole in one reply, which its own digest
-        // checks, and that reply's SHA-256 is the file's. Otherwise chunks of DEST and ranged
-        // replies are tied together only by the whole file's SHA-256.
-        let whole = plan.runs.count == 1 && ranges.first?.start == 0
-        if !whole { try await transfer.requireWholeFileSHA() }
-        var replySHA: String?
         try await connection.send(ranges.map { .get(serverPath, offset: $0.start, length: $0.end - $0.start, validator: identity.validator) })
         // Replies to the ranged GETs not read yet: after a failure with any left, the
         // connection cannot carry another reply.
@@ -734,7 +726,7 @@ extension SyncTransfer {
             for run in plan.runs {
                 switch run {
                 case .remote(_, let end):
-                    do { replySHA = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) } } catch {
+                    do { _ = try await transfer.receive(on: connection, until: end) { self.onBytes($0, state) } } catch {
                         if transfer.replyConsumed { unread -= 1 }
                         throw error
                     }
@@ -758,7 +750,7 @@ extension SyncTransfer {
             if unread > 0 { transfer.markReplyUnfinished() }
             throw error
         }
-        return whole ? replySHA ?? sha : sha
+        return sha
     }
 }
 
