@@ -18,8 +18,9 @@
 
 #include "CFerryXXH.h"
 
+// The public name of xxHash's state: one aligned allocation (XXH3_createState).
 struct ferry_xxh128_state {
-    XXH3_state_t *xxh;
+    XXH3_state_t xxh;
 };
 
 typedef void (*update_fn)(XXH3_state_t *, const xxh_u8 *, size_t);
@@ -77,26 +78,19 @@ int ferry_xxh128_use(int level) {
 }
 
 ferry_xxh128_state *ferry_xxh128_new(void) {
-    ferry_xxh128_state *state = malloc(sizeof *state);
-    if (state == NULL) return NULL;
-    state->xxh = XXH3_createState();
-    if (state->xxh == NULL) {
-        free(state);
-        return NULL;
-    }
-    XXH3_128bits_reset(state->xxh);
-    return state;
+    XXH3_state_t *xxh = XXH3_createState();
+    if (xxh == NULL) return NULL;
+    XXH3_128bits_reset(xxh);
+    return (ferry_xxh128_state *)xxh;
 }
 
 void ferry_xxh128_free(ferry_xxh128_state *state) {
-    if (state == NULL) return;
-    XXH3_freeState(state->xxh);
-    free(state);
+    XXH3_freeState(&state->xxh);
 }
 
 void ferry_xxh128_update(ferry_xxh128_state *state, const void *bytes, size_t count) {
     if (count == 0) return;
-    current_update()(state->xxh, (const xxh_u8 *)bytes, count);
+    current_update()(&state->xxh, (const xxh_u8 *)bytes, count);
 }
 
 static void canonical(XXH128_hash_t hash, unsigned char out[16]) {
@@ -106,7 +100,7 @@ static void canonical(XXH128_hash_t hash, unsigned char out[16]) {
 }
 
 void ferry_xxh128_digest(const ferry_xxh128_state *state, unsigned char out[16]) {
-    canonical(XXH3_128bits_digest(state->xxh), out);
+    canonical(XXH3_128bits_digest(&state->xxh), out);
 }
 
 void ferry_xxh128_oneshot(const void *bytes, size_t count, unsigned char out[16]) {

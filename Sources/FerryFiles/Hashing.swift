@@ -104,18 +104,17 @@ public final class RangeHash: @unchecked Sendable {
 /// it guards against corruption and bugs; TLS guards against people.
 /// One owner at a time (not Sendable): a reply's chunks are fed in order by the task reading it.
 public final class XXH128Hasher {
-    /// The C state; nil only when it could not be allocated (then `update` and the digest
-    /// fall back to hashing a copy of everything in one call, see `spill`).
-    private let state: OpaquePointer?
-    /// Bytes kept when the state could not be allocated (never in practice: 576 bytes).
-    private var spill: [UInt8] = []
+    /// xxHash's state, one aligned allocation of about 600 bytes.
+    private let state: OpaquePointer
 
-    public init() { state = ferry_xxh128_new() }
+    public init() {
+        // Invariant: a failed allocation of 600 bytes ends the process, as any Swift allocation does.
+        state = ferry_xxh128_new()!
+    }
     deinit { ferry_xxh128_free(state) }
 
     public func update(_ bytes: UnsafeRawBufferPointer) {
-        guard !bytes.isEmpty else { return }
-        if let state { ferry_xxh128_update(state, bytes.baseAddress, bytes.count) } else { spill.append(contentsOf: bytes) }
+        ferry_xxh128_update(state, bytes.baseAddress, bytes.count)
     }
 
     public func update(_ bytes: [UInt8]) { bytes.withUnsafeBytes { update($0) } }
@@ -123,11 +122,7 @@ public final class XXH128Hasher {
     /// The digest of everything given so far, as 32 lowercase hex digits.
     public func finalizeHex() -> String {
         var out = [UInt8](repeating: 0, count: 16)
-        if let state {
-            out.withUnsafeMutableBufferPointer { ferry_xxh128_digest(state, $0.baseAddress) }
-        } else {
-            spill.withUnsafeBytes { bytes in out.withUnsafeMutableBufferPointer { ferry_xxh128_oneshot(bytes.baseAddress, bytes.count, $0.baseAddress) } }
-        }
+        out.withUnsafeMutableBufferPointer { ferry_xxh128_digest(state, $0.baseAddress) }
         return Hex.encode(out)
     }
 

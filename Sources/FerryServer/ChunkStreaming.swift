@@ -291,8 +291,6 @@ struct FileSender {
         var hasher: SHA256Hasher?
         var failure: ErrorReply?
         var sent: ChunkPipeline.Encoded?
-        // The XXH3-128 of the bytes sent, with `xxh128` (of no bytes for an empty range).
-        var digest = transferDigest ? XXH128Hasher.hex([]) : nil
         do {
             hasher = try await trailerHasher(file, upTo: range.lowerBound, known: known, canonical: canonical, key: key)
             if !range.isEmpty {
@@ -302,10 +300,7 @@ struct FileSender {
                                                        decision: decision, allocator: allocator, buffers: memory.buffers)
                 sent = encoded
                 controller.record(encoded.chunk.report)
-                encoded.raw.withUnsafeReadableBytes {
-                    hasher?.update($0)
-                    if transferDigest { digest = XXH128Hasher.hex($0) }
-                }
+                encoded.raw.withUnsafeReadableBytes { hasher?.update($0) }
                 out.append(line(encoded.chunk.header.line))
                 out.append(encoded.chunk.wire)
             }
@@ -314,6 +309,8 @@ struct FileSender {
             guard let reply = Self.readFailure(error, path: path) else { throw error }
             failure = reply
         }
+        // With `xxh128`, the XXH3-128 of the bytes sent (of none for an empty range).
+        let digest = transferDigest ? (sent?.raw ?? ByteBuffer()).withUnsafeReadableBytes { XXH128Hasher.hex($0) } : nil
         out.append(line(failure?.line ?? trailer(file: file, key: key, known: known, hasher: hasher, canonical: canonical,
                                                  sent: digest).line))
         let bytes = out.reduce(0) { $0 + $1.readableBytes }
