@@ -190,6 +190,17 @@ static int cpu_has_vpclmul(void) {
         && __builtin_cpu_supports("vpclmulqdq") && __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
 }
 
+/// `cpu_has_vpclmul`, asked once (it runs for every chunk).
+static int cpu_has_vpclmul_cached(void) {
+    static int known = -1;
+    int wide = __atomic_load_n(&known, __ATOMIC_RELAXED);
+    if (wide < 0) {
+        wide = cpu_has_vpclmul();
+        __atomic_store_n(&known, wide, __ATOMIC_RELAXED);
+    }
+    return wide;
+}
+
 static int cpu_has_pclmul(void) {
     __builtin_cpu_init();
     return __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1");
@@ -205,46 +216,30 @@ int ferry_crc32_accelerated(void) {
 #endif
 }
 
-uint32_t ferry_crc32(uint32_t crc, const void *buf, size_t len) {
+/// The CRC-32 of `buf` with the widest folding the CPU has (with `allow_wide` 0, 128-bit at
+/// most), then slice-by-8 for the last bytes.
+static uint32_t crc32_folded(uint32_t crc, const void *buf, size_t len, int allow_wide) {
     if (buf == NULL || len == 0) return crc;
     const unsigned char *p = (const unsigned char *)buf;
     uint32_t state = ~crc;
 #if FERRY_CRC_X86
-    static int vpclmul = -1;
-    int wide = __atomic_load_n(&vpclmul, __ATOMIC_RELAXED);
-    if (wide < 0) {
-        wide = cpu_has_vpclmul();
-        __atomic_store_n(&vpclmul, wide, __ATOMIC_RELAXED);
-    }
-    if (len >= 256 && wide) {
-        size_t bulk = len & ~(size_t)15;
+    size_t bulk = len & ~(size_t)15;
+    if (allow_wide && len >= 256 && cpu_has_vpclmul_cached()) {
         state = crc32_vpclmul(state, p, bulk);
-        p += bulk;
-        len -= bulk;
     } else if (len >= 64 && cpu_has_pclmul()) {
-        size_t bulk = len & ~(size_t)15;
         state = crc32_pclmul(state, p, bulk);
-        p += bulk;
-        len -= bulk;
+    } else {
+        bulk = 0;
     }
+    p += bulk;
+    len -= bulk;
 #endif
     return ~crc32_slice8(state, p, len);
 }
 
-uint32_t ferry_crc32_pclmul128(uint32_t crc, const void *buf, size_t len) {
-    if (buf == NULL || len == 0) return crc;
-    const unsigned char *p = (const unsigned char *)buf;
-    uint32_t state = ~crc;
-#if FERRY_CRC_X86
-    if (len >= 64 && cpu_has_pclmul()) {
-        size_t bulk = len & ~(size_t)15;
-        state = crc32_pclmul(state, p, bulk);
-        p += bulk;
-        len -= bulk;
-    }
-#endif
-    return ~crc32_slice8(state, p, len);
-}
+uint32_t ferry_crc32(uint32_t crc, const void *buf, size_t len) { return crc32_folded(crc, buf, len, 1); }
+
+uint32_t ferry_crc32_pclmul128(uint32_t crc, const void *buf, size_t len) { return crc32_folded(crc, buf, len, 0); }
 
 int ferry_crc32_wide(void) {
 #if FERRY_CRC_X86
