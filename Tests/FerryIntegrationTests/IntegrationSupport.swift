@@ -368,9 +368,10 @@ final class FakeServer: @unchecked Sendable {
     }
 
     /// A chunk stream (`CHUNK ...` frames and `END`) carrying `data`, zlib-compressed where
-    /// that helps (as a real server does).
+    /// that helps (as a real server does). `trailer`, when given, ends it in place of the
+    /// `END <sha256>` line made here.
     static func chunkStream(_ data: [UInt8], offset: Int64 = 0, chunkSize: Int = 64 * 1024,
-                            corruption: Corruption = .none, compress: Bool = true) -> [UInt8] {
+                            corruption: Corruption = .none, compress: Bool = true, trailer: Trailer? = nil) -> [UInt8] {
         var out: [UInt8] = []
         var encoder = ChunkEncoder(compress ? .compress(.zlib(9)) : .store)
         var position = Int(offset)
@@ -390,7 +391,7 @@ final class FakeServer: @unchecked Sendable {
             position = end
         }
         let sha = corruption == .endSHA ? sha256Hex(data + [0]) : sha256Hex(data)
-        out += Array("END \(sha)\n".utf8)
+        out += Array(((trailer ?? Trailer(sha256: sha)).line + "\n").utf8)
         return out
     }
 

@@ -37,29 +37,20 @@ final class TransferDigestTests: XCTestCase {
         case otherSHA
     }
 
-    /// Stored chunks of `chunkSize` carrying `data[offset...]`, then the trailer `lie` asks for.
-    static func reply(_ data: [UInt8], offset: Int, lie: Lie, chunkSize: Int = 64 * 1024) -> [UInt8] {
-        var sent = Array(data[offset...])
-        let digest = XXH128Hasher.hex(sent)
-        if lie == .alteredByteWithItsCRC, !sent.isEmpty { sent[sent.count / 2] ^= 0x5A }
-        var out = Array("OK \(data.count) \(FakeServer.mtime) -\n".utf8)
-        var position = 0
-        while position < sent.count {
-            let end = min(sent.count, position + chunkSize)
-            let piece = Array(sent[position..<end])
-            let crc = piece.withUnsafeBytes { CRC32.checksum($0) }
-            let header = ChunkHeader(offset: Int64(offset + position), rawLength: piece.count, wireLength: piece.count,
-                                     codec: .stored, crc32: crc)
-            out += Array((header.line + "\n").utf8) + piece
-            position = end
-        }
+    /// Stored chunks carrying `data[offset...]` (`FakeServer.chunkStream`, whose CRC-32s are of
+    /// the bytes sent, changed or not), then the trailer `lie` asks for.
+    static func reply(_ data: [UInt8], offset: Int, lie: Lie) -> [UInt8] {
+        let digest = XXH128Hasher.hex(Array(data[offset...]))
+        var served = data
+        if lie == .alteredByteWithItsCRC, offset < data.count { served[offset + (data.count - offset) / 2] ^= 0x5A }
         let sha = lie == .otherSHA ? SHA256Hasher.hex(data + [1]) : SHA256Hasher.hex(data)
         let trailer: Trailer = switch lie {
         case .none, .alteredByteWithItsCRC, .otherSHA: Trailer(sha256: sha, xxh128: digest)
-        case .wrongDigest: Trailer(sha256: sha, xxh128: XXH128Hasher.hex(sent + [0]))
+        case .wrongDigest: Trailer(sha256: sha, xxh128: XXH128Hasher.hex(Array(data[offset...]) + [0]))
         case .missingDigest: Trailer(sha256: sha)
         }
-        return out + Array((trailer.line + "\n").utf8)
+        return Array("OK \(data.count) \(FakeServer.mtime) -\n".utf8)
+            + FakeServer.chunkStream(served, offset: Int64(offset), compress: false, trailer: trailer)
     }
 
     /// A 1.1 fake server that speaks `xxh128` and serves `files` with `lie` in every `GET`.
