@@ -28,8 +28,8 @@ public struct Downloader {
         public var wireBytes: Int64
         public var resumedFrom: Int64
         public var retries: Int
-        /// How the whole file was checked: `xxh3-128` (each reply's transfer digest and the kept
-        /// prefix's `HASH`; `sha256` is then the server's) or `sha-256` (computed here).
+        /// How the whole file was checked: `xxh3-128` (it came whole in one reply whose transfer
+        /// digest matched; `sha256` is then the server's) or `sha-256` (computed here).
         public var checkedWith: String
     }
 

@@ -263,14 +263,19 @@ extension EntryType {
 }
 
 /// `isSHA256Hex` over UTF-8 bytes: 64 lowercase hex digits.
-public func isSHA256Hex(bytes s: UnsafeBufferPointer<UInt8>) -> Bool {
-    guard s.count == 64 else { return false }
+public func isSHA256Hex(bytes s: UnsafeBufferPointer<UInt8>) -> Bool { isLowercaseHex(bytes: s, digits: 64) }
+
+public func isSHA256Hex<S: StringProtocol>(_ s: S) -> Bool { isLowercaseHex(s, digits: 64) }
+
+/// Exactly `digits` lowercase hex digits (a SHA-256 has 64, an XXH3-128 32).
+public func isLowercaseHex(bytes s: UnsafeBufferPointer<UInt8>, digits: Int) -> Bool {
+    guard s.count == digits else { return false }
     for c in s where !((c &- 0x30) < 10 || (c &- 0x61) < 6) { return false }
     return true
 }
 
-public func isSHA256Hex<S: StringProtocol>(_ s: S) -> Bool {
-    s.utf8.count == 64 && withUTF8Bytes(Substring(s)) { isSHA256Hex(bytes: $0) }
+public func isLowercaseHex<S: StringProtocol>(_ s: S, digits: Int) -> Bool {
+    s.utf8.count == digits && withUTF8Bytes(Substring(s)) { isLowercaseHex(bytes: $0, digits: digits) }
 }
 
 /// A file's identity as the client last saw it (PROTOCOL.md section 6, `GET`).

@@ -219,14 +219,9 @@ public struct Trailer: ReplyLine {
         // exactly one XXH3-128, so a third field or a doubled space fails that check.
         guard let space = rest.utf8.firstIndex(of: 0x20) else { return Trailer(sha256: try parseSHA256(rest, "END")) }
         let xxh = rest[rest.utf8.index(after: space)...]
-        guard isXXH128Hex(xxh) else { throw MalformedReply("END's second field is not an XXH3-128", xxh) }
+        guard isLowercaseHex(xxh, digits: 32) else { throw MalformedReply("END's second field is not an XXH3-128", xxh) }
         return Trailer(sha256: try parseSHA256(rest[..<space], "END"), xxh128: String(xxh))
     }
-}
-
-/// 32 lowercase hex digits: an XXH3-128 digest in canonical (big-endian) order.
-public func isXXH128Hex(_ s: Substring) -> Bool {
-    s.utf8.count == 32 && s.utf8.allSatisfy { (0x30...0x39).contains($0) || (0x61...0x66).contains($0) }
 }
 
 /// A line inside a chunk stream other than a chunk header (chunk headers are framed with their
