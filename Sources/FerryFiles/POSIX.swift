@@ -5,7 +5,9 @@ import Musl
 #elseif canImport(Darwin)
 import Darwin
 #endif
+import CFerrySys
 import FerryProtocol
+import NIOConcurrencyHelpers
 
 /// A failed system call, with the errno and what was being done, for messages a person can act on.
 public struct SystemError: Error, Hashable, Sendable, CustomStringConvertible {
@@ -253,9 +255,46 @@ public enum POSIX {
         return names
     }
 
-    /// Hands each name of an open directory (read through a dup of `fd`), without `.` and `..`,
-    /// to `body`; the buffer is valid only during the call.
+    /// Hands each name of an open directory, from its start, without `.` and `..`, to `body`;
+    /// the buffer is valid only during the call. The directory is read with `getdents64`
+    /// straight from `fd` (which it rewinds first, as `rewinddir` did); `readdir` through a dup of
+    /// `fd` only where that system call is missing.
     public static func forEachDirectoryName(_ fd: Int32, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws(SystemError) {
+        if direntsMissing.withLockedValue({ $0 }) { return try forEachDirectoryNameByReaddir(fd, body) }
+        guard lseek(fd, 0, SEEK_SET) >= 0 else { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
+        let failure: Int32? = withUnsafeTemporaryAllocation(byteCount: 32 << 10, alignment: 8) { buffer in
+            while true {
+                let filled = ferry_read_directory(fd, buffer.baseAddress, UInt(buffer.count))
+                if filled == 0 { return nil }
+                if filled < 0 { return errno }
+                var offset = 0
+                while offset < filled {
+                    var name: UnsafePointer<CChar>?
+                    var length: UInt = 0
+                    let next = ferry_dirent_at(buffer.baseAddress, filled, offset, &name, &length)
+                    // A record the kernel wrote malformed: stop rather than read past it.
+                    guard next > offset, let name else { return EIO }
+                    offset = next
+                    let c = UnsafeBufferPointer(start: UnsafeRawPointer(name).assumingMemoryBound(to: UInt8.self), count: Int(length))
+                    if length == 0 || (c[0] == 0x2E && (length == 1 || (length == 2 && c[1] == 0x2E))) { continue }  // `.`, `..`
+                    body(c)
+                }
+            }
+        }
+        guard let failure else { return }
+        if failure == ENOSYS {
+            direntsMissing.withLockedValue { $0 = true }
+            return try forEachDirectoryNameByReaddir(fd, body)
+        }
+        throw SystemError(errno: failure, operation: "read directory", path: "fd \(fd)")
+    }
+
+    /// Set once `getdents64` was found missing (a seccomp filter), so `readdir` is used from
+    /// then on without asking again.
+    static let direntsMissing = NIOLockedValueBox(false)
+
+    /// `forEachDirectoryName` through `readdir` on a dup of `fd`.
+    static func forEachDirectoryNameByReaddir(_ fd: Int32, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws(SystemError) {
         let dupFD = dup(fd)
         guard dupFD >= 0, let dir = fdopendir(dupFD) else {
             throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)")

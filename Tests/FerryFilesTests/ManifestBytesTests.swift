@@ -372,6 +372,54 @@ final class ManifestBytesTests: XCTestCase {
         XCTAssertGreaterThan(accepted, 50)
     }
 
+    /// A manifest of more than `parallelLines` entries is parsed in two halves at once: the
+    /// same manifest, and for a broken one the same error (the first by line number, wherever
+    /// the halves were cut) as the old String parser gives.
+    func testLargeManifestsParsedInHalvesAgree() throws {
+        var g = TreeGenerator(rng: SplitMix64(seed: 0x4841_4C46))
+        // 30 directories of 300 entries each, with the generator's names, modes, sizes and times.
+        var entries: [Entry] = []
+        for d in 0..<30 {
+            let dir = try RemotePath(validating: Array("d\(d)".utf8))
+            entries.append(Entry(type: .directory, mode: 0o755, size: 0, mtime: g.mtime(), path: dir))
+            var names = Set<[UInt8]>()
+            while names.count < 300 { names.insert(g.name()) }
+            for name in names {
+                guard let path = try? dir.appending(name: name) else { continue }
+                entries.append(Entry(type: .file, mode: UInt32(g.rng.below(0o10000)), size: Int64(g.rng.below(1 << 30)),
+                                     mtime: g.mtime(), path: path, sha256: g.rng.chance(50) ? g.sha : nil))
+            }
+        }
+        entries.sort { $0.path < $1.path }
+        let manifest = Manifest(entries: entries)
+        let bytes = manifest.bytes
+        XCTAssertGreaterThan(entries.count, 8_000)
+        XCTAssertEqual(parseBytes(bytes), .success(manifest))
+        let alphabet: [UInt8] = [0x20, 0x0A, 0x25, 0x2F, 0x2E, 0x2D, 0x30, 0x39, 0x66, 0x64, 0x6C, 0x09]
+        var failures = Set<String>()
+        for round in 0..<24 {
+            var mutated = bytes
+            // One to three changes anywhere, so errors fall in either half, or in both.
+            for _ in 0..<(1 + g.rng.below(3)) {
+                let at = g.rng.below(mutated.count)
+                if g.rng.below(2) == 0 { mutated[at] = g.rng.pick(alphabet) } else { mutated.remove(at: at) }
+            }
+            let text = String(decoding: mutated, as: UTF8.self)
+            let new = parseBytes(mutated)
+            XCTAssertEqual(new, legacy(text), "round \(round)")
+            if case .failure(let e) = new { failures.insert("\(e)") }
+        }
+        XCTAssertGreaterThan(failures.count, 6)
+        // Broken lines in both halves: the earlier one is reported.
+        var lines = bytes.split(separator: 0x0A, omittingEmptySubsequences: false).map(Array.init)
+        lines[7_000] = Array("x".utf8)
+        lines[100] = Array("y".utf8)
+        let twoBroken = Array(lines.joined(separator: [0x0A]))
+        guard case .failure(.badLine(let number, _)) = parseBytes(twoBroken) else { return XCTFail("accepted") }
+        XCTAssertEqual(number, 101)
+        XCTAssertEqual(legacy(String(decoding: twoBroken, as: UTF8.self)), parseBytes(twoBroken))
+    }
+
     func testRejections() {
         let h = Manifest.header + "\n"
         let f = "f 0644 1 1.000000000 \(sha) "
