@@ -121,6 +121,34 @@ final class SyncEndToEndTests: XCTestCase {
         XCTAssertTrue(third.stdout.contains("\(Self.fixtureFiles) unchanged"), third.stdout)
     }
 
+    /// Files are created with their final mode when the umask allows (saving an `fchmod`), and
+    /// set to it otherwise: either way every file ends with exactly the server's mode, whatever
+    /// the client's umask, including modes that let others write (never created that way).
+    func testModesAreExactWhateverTheClientsUmask() throws {
+        let src = work.appendingPathComponent("modes")
+        try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
+        let modes: [Int] = [0o644, 0o755, 0o600, 0o640, 0o666, 0o444, 0o700, 0o604, 0o1755]
+        for mode in modes {
+            let file = src.appendingPathComponent(String(mode, radix: 8))
+            try Data("mode \(mode)".utf8).write(to: file)
+            XCTAssertEqual(chmod(file.path, mode_t(mode)), 0)
+        }
+        let server = try serve(src)
+        defer { server.stop() }
+        for umask in ["022", "077", "000", "027"] {
+            let dest = work.appendingPathComponent("dest-\(umask)")
+            let arguments = TestServers.withTrust(["sync", server.address, dest.path, "--quiet"])
+            let command = "umask \(umask) && exec '\(TestSupport.ferryExecutable.path)' " + arguments.map { "'\($0)'" }.joined(separator: " ")
+            let result = try TestSupport.run("/bin/sh", ["-c", command], check: false)
+            XCTAssertEqual(result.status, 0, "umask \(umask): \(result.stderr)")
+            for mode in modes {
+                var info = stat()
+                XCTAssertEqual(lstat(dest.appendingPathComponent(String(mode, radix: 8)).path, &info), 0)
+                XCTAssertEqual(Int(info.st_mode) & 0o7777, mode, "mode \(String(mode, radix: 8)) under umask \(umask)")
+            }
+        }
+    }
+
     func testSyncOfASubdirectoryAndIntoAFreshNestedDestination() throws {
         let src = try makeSource()
         let server = try serve(src)
