@@ -359,7 +359,7 @@ public final class TreeCursor: @unchecked Sendable {
                 }
                 let handle = FileHandle(fd: child)
                 do {
-                    levels.append(Level(handle: handle, fd: child, prefix: path, names: try Self.sortedNames(child)))
+                    levels.append(Level(handle: handle, fd: child, prefix: path, names: try Self.sortedNames(child, fresh: true)))
                 } catch {
                     notes.append(.unreadable(path))
                 }
@@ -372,9 +372,10 @@ public final class TreeCursor: @unchecked Sendable {
         return !levels.isEmpty
     }
 
-    private static func sortedNames(_ fd: Int32) throws(SystemError) -> NameList {
+    /// `fresh`: `fd` was just opened here (see `POSIX.forEachDirectoryName`).
+    private static func sortedNames(_ fd: Int32, fresh: Bool = false) throws(SystemError) -> NameList {
         var names = NameList()
-        try POSIX.forEachDirectoryName(fd) { names.append($0) }
+        try POSIX.forEachDirectoryName(fd, fresh: fresh) { names.append($0) }
         names.sort()
         return names
     }

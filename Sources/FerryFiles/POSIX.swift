@@ -257,11 +257,13 @@ public enum POSIX {
 
     /// Hands each name of an open directory, from its start, without `.` and `..`, to `body`;
     /// the buffer is valid only during the call. The directory is read with `getdents64`
-    /// straight from `fd` (which it rewinds first, as `rewinddir` did); `readdir` through a dup of
-    /// `fd` only where that system call is missing.
-    public static func forEachDirectoryName(_ fd: Int32, _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws(SystemError) {
+    /// straight from `fd`, which it rewinds first as `rewinddir` did, unless `fresh` says `fd`
+    /// was just opened and never read (a walk's subdirectories: one `lseek` fewer each);
+    /// `readdir` through a dup of `fd` only where that system call is missing.
+    public static func forEachDirectoryName(_ fd: Int32, fresh: Bool = false,
+                                            _ body: (UnsafeBufferPointer<UInt8>) -> Void) throws(SystemError) {
         if direntsMissing.withLockedValue({ $0 }) { return try forEachDirectoryNameByReaddir(fd, body) }
-        guard lseek(fd, 0, SEEK_SET) >= 0 else { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
+        if !fresh, lseek(fd, 0, SEEK_SET) < 0 { throw SystemError(errno: errno, operation: "read directory", path: "fd \(fd)") }
         let failure: Int32? = withUnsafeTemporaryAllocation(byteCount: 32 << 10, alignment: 8) { buffer in
             while true {
                 let filled = ferry_read_directory(fd, buffer.baseAddress, UInt(buffer.count))
