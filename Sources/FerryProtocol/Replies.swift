@@ -89,9 +89,29 @@ public struct GetHead: OKReply {
     public var detail: String? { "\(size) \(mtime) \(sha256 ?? "-")" }
 
     public init(detail: Substring?) throws(MalformedReply) {
+        if let detail, let quick = withUTF8Bytes(detail, Self.quick) {
+            self = quick
+            return
+        }
         let f = try fields(detail, 3, "GET reply")
         guard let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]) else { throw MalformedReply("bad GET size or mtime", f[0]) }
         self.init(size: size, mtime: mtime, sha256: f[2] == "-" ? nil : try parseSHA256(f[2], "GET's hash field"))
+    }
+
+    /// `SIZE MTIME SHA256|-` read straight from the bytes: a client fetching many small files
+    /// reads one per file, and splitting it into Substrings first was 2-3% of its CPU. Nil for
+    /// anything else, which the fields above then read or word the error for; where this
+    /// returns a head, it is the one they return (`QuickGetTests` checks both).
+    static func quick(_ b: UnsafeBufferPointer<UInt8>) -> GetHead? {
+        guard let first = b.firstIndex(of: 0x20), first > 0 else { return nil }
+        guard let second = b[(first + 1)...].firstIndex(of: 0x20), second > first + 1 else { return nil }
+        let hash = UnsafeBufferPointer(rebasing: b[(second + 1)...])
+        guard !hash.isEmpty, !hash.contains(0x20),
+              let size = parseWireNumber(bytes: UnsafeBufferPointer(rebasing: b[..<first])),
+              let mtime = Timestamp(wireBytes: UnsafeBufferPointer(rebasing: b[(first + 1)..<second])) else { return nil }
+        if hash.count == 1 && hash[0] == 0x2D { return GetHead(size: size, mtime: mtime, sha256: nil) }
+        guard isSHA256Hex(bytes: hash) else { return nil }
+        return GetHead(size: size, mtime: mtime, sha256: String(decoding: hash, as: UTF8.self))
     }
 }
 

@@ -70,4 +70,49 @@ final class QuickGetTests: XCTestCase {
         XCTAssertGreaterThan(fast, 2_000)
         XCTAssertGreaterThan(declined, 2_000)
     }
+
+    // MARK: - GetHead.quick, the client's side
+
+    private func headGeneral(_ detail: [UInt8]) -> GetHead? {
+        // The fields path alone: a detail the fast path declines goes there.
+        let text = Substring(String(decoding: detail, as: UTF8.self))
+        let f = text.spaceSeparatedFields()
+        guard f.count == 3, !f.contains(where: \.isEmpty), let size = parseWireNumber(f[0]), let mtime = Timestamp(f[1]) else { return nil }
+        if f[2] == "-" { return GetHead(size: size, mtime: mtime, sha256: nil) }
+        guard isSHA256Hex(f[2]) else { return nil }
+        return GetHead(size: size, mtime: mtime, sha256: String(f[2]))
+    }
+
+    /// Mutated `GET` status details: whenever the fast path answers, the fields give the same
+    /// head; and `GetHead(detail:)` agrees with the fields on every input.
+    func testGetHeadFastPathAgrees() {
+        var rng = SplitMix64(seed: 0x4845_4144)
+        let sha = String(repeating: "0123456789abcdef", count: 4)
+        let seeds = ["8454 1796204976.941849796 \(sha)", "0 0.000000000 -", "9223372036854775807 1.000000001 -"]
+        let alphabet: [[UInt8]] = [[0x20], [0x2D], [0x2E], [0x30], [0x39], [0x61], [0x66], [0x67], [0x41], [0x00], [0x09],
+                                   [0xC3, 0xA9], Array("  ".utf8)]
+        var fast = 0, declined = 0
+        for _ in 0..<20_000 {
+            var detail = Array(rng.pick(seeds).utf8)
+            for _ in 0..<(1 + rng.below(3)) {
+                let at = rng.below(detail.count + 1)
+                switch rng.below(3) {
+                case 0 where at < detail.count: detail.remove(at: at)
+                case 1 where at < detail.count: detail.replaceSubrange(at..<(at + 1), with: rng.pick(alphabet))
+                default: detail.insert(contentsOf: rng.pick(alphabet), at: at)
+                }
+            }
+            let expected = headGeneral(detail)
+            if let quick = detail.withUnsafeBufferPointer({ GetHead.quick($0) }) {
+                fast += 1
+                XCTAssertEqual(quick, expected, String(decoding: detail, as: UTF8.self).debugDescription)
+            } else {
+                declined += 1
+            }
+            let parsed = try? GetHead(detail: Substring(String(decoding: detail, as: UTF8.self)))
+            XCTAssertEqual(parsed, expected, String(decoding: detail, as: UTF8.self).debugDescription)
+        }
+        XCTAssertGreaterThan(fast, 1_000)
+        XCTAssertGreaterThan(declined, 2_000)
+    }
 }
