@@ -413,7 +413,7 @@ final class SyncTransfer: Sendable {
             do {
                 let directory = try directories.open(parent)
                 let partial = try PartialFile.temporary(in: directory, directoryDisplay: tree.display(parent),
-                                                        for: identity, label: serverPath.description, finalMode: job.entry.mode)
+                                                        for: identity, label: serverPath.description)
                 return FileTransfer(path: serverPath, identity: identity, partial: partial)
             } catch {
                 throw .local(error)

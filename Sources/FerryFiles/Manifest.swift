@@ -1,9 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
-import Dispatch
 import FerryProtocol
-import NIOConcurrencyHelpers
 
 /// The manifest of a tree (PROTOCOL.md section 8): entries in manifest order, paths relative
 /// to the manifest's root.
@@ -82,51 +80,23 @@ public struct Manifest: Sendable, Equatable {
     }
 
     /// `parse(_:)` on UTF-8 bytes: lines are split on LF by byte offset and each entry is parsed
-    /// from bytes (`Entry(manifestLineBytes:)`). A large manifest's entry lines are parsed in
-    /// two halves at once (`parallelLines`); the checks of order and parents then run over them
-    /// in order, so an error is the first one by line number either way.
+    /// from bytes (`Entry(manifestLineBytes:)`).
     public static func parse(utf8 b: UnsafeBufferPointer<UInt8>) throws(ParseError) -> Manifest {
         let n = b.count
-        // Where each line starts, as `split(separator: "\n")` gives the lines, less one empty
-        // last line; `starts[i + 1] - 1` is where line i ends (its LF, or the end of the text).
-        var starts: [Int] = [0]
-        var offset = 0
-        while offset < n, let lf = memchrLF(b, from: offset) {
-            offset = lf + 1
-            starts.append(offset)
+        // Lines as `split(separator: "\n")` gives them, less one empty last line.
+        var lineCount = 1
+        for c in b where c == 0x0A { lineCount += 1 }
+        if n == 0 || b[n - 1] == 0x0A { lineCount -= 1 }
+        var start = 0
+        func nextLine() -> UnsafeBufferPointer<UInt8> {
+            var end = start
+            while end < n && b[end] != 0x0A { end += 1 }
+            let line = UnsafeBufferPointer(rebasing: b[start..<end])
+            start = end + 1
+            return line
         }
-        if starts.last != n { starts.append(n + 1) }  // a last line without its LF
-        let lineCount = starts.count - 1
-        func line(_ i: Int) -> UnsafeBufferPointer<UInt8> {
-            UnsafeBufferPointer(rebasing: b[starts[i]..<(starts[i + 1] - 1)])
-        }
-        guard lineCount >= 1, line(0).elementsEqual(Self.header.utf8) else { throw .badHeader }
+        guard lineCount >= 1, nextLine().elementsEqual(Self.header.utf8) else { throw .badHeader }
         guard lineCount - 1 <= FerryLimits.maxManifestEntries else { throw .tooManyEntries }
-        // Entry lines parsed ahead, by line index (nil for a note line); the first failure of
-        // each half stops that half, and is thrown when the checks below reach its line.
-        var parsed = [Entry?](repeating: nil, count: lineCount)
-        var failures: [(line: Int, error: Entry.ParseError)] = []
-        let text = LineText(bytes: b, starts: starts)
-        parsed.withUnsafeMutableBufferPointer { out in
-            let sink = ParsedLines(base: out.baseAddress)
-            let halves = lineCount - 1 >= Self.parallelLines ? 2 : 1
-            let failed = FailedLines(count: halves)
-            let parseRange = { @Sendable (half: Int) in
-                let from = 1 + (lineCount - 1) * half / halves, to = 1 + (lineCount - 1) * (half + 1) / halves
-                for i in from..<to {
-                    let line = text.line(i)
-                    if line.first == ManifestNote.marker { continue }
-                    do throws(Entry.ParseError) {
-                        sink.store(try Entry(manifestLineBytes: line), at: i)
-                    } catch {
-                        failed.record(half, line: i, error)
-                        return
-                    }
-                }
-            }
-            if halves == 1 { parseRange(0) } else { DispatchQueue.concurrentPerform(iterations: halves, execute: parseRange) }
-            failures = failed.all
-        }
         var entries: [Entry] = []
         // An entry line is at least 22 bytes (`d 0755 0 1.000000000 a`): a flood of short
         // lines does not reserve room for millions of entries.
@@ -137,19 +107,15 @@ public struct Manifest: Sendable, Equatable {
         // leaving the directories that do not contain it, the innermost one left is its parent.
         var open: [Int] = []
         var notes: [ManifestNote] = []
-        for i in 1..<max(1, lineCount) {
-            let number = i + 1
-            let text = line(i)
-            if text.first == ManifestNote.marker {
-                do { notes.append(try ManifestNote(bytes: text)) } catch { throw .badNote(number: number, error) }
+        for number in stride(from: 2, through: lineCount, by: 1) {
+            let line = nextLine()
+            if line.first == ManifestNote.marker {
+                do { notes.append(try ManifestNote(bytes: line)) } catch { throw .badNote(number: number, error) }
                 continue
             }
             if !notes.isEmpty { throw .entryAfterNote(number: number) }
-            guard let entry = parsed[i] else {
-                // Not parsed: the first failure of its half is this line's.
-                let failure = failures.first { $0.line == i }
-                throw .badLine(number: number, failure?.error ?? .malformed("not parsed"))
-            }
+            let entry: Entry
+            do { entry = try Entry(manifestLineBytes: line) } catch { throw .badLine(number: number, error) }
             if let last = entries.last, !(last.path < entry.path) { throw .unsorted(number: number) }
             let parentFound: Bool = entry.path.bytes.withUnsafeBufferPointer { p in
                 var parentLength = p.count - 1
@@ -171,41 +137,6 @@ public struct Manifest: Sendable, Equatable {
         }
         return Manifest(entries: entries, notes: notes)
     }
-
-    /// From this many entry lines on, they are parsed in two halves at once: a no-op sync of
-    /// 10,000 files waits for its manifest's parse (about 9 ms in one piece on this project's
-    /// 2-core benchmark machine), and nothing else runs on the client then.
-    static let parallelLines = 4096
-
-    private static func memchrLF(_ b: UnsafeBufferPointer<UInt8>, from: Int) -> Int? {
-        guard let base = b.baseAddress, from < b.count,
-              let hit = memchr(base + from, 0x0A, b.count - from) else { return nil }
-        return UnsafeRawPointer(hit) - UnsafeRawPointer(base)
-    }
-}
-
-/// The text `Manifest.parse` reads and where its lines start, shared by its halves: only read,
-/// and only while the caller's buffer is valid (they finish before `parse` returns).
-private struct LineText: @unchecked Sendable {
-    let bytes: UnsafeBufferPointer<UInt8>
-    let starts: [Int]
-    func line(_ i: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: bytes[starts[i]..<(starts[i + 1] - 1)]) }
-}
-
-/// Where the halves of `Manifest.parse` put their entries: disjoint indices of one buffer,
-/// written by one thread each before `concurrentPerform` returns.
-private struct ParsedLines: @unchecked Sendable {
-    let base: UnsafeMutablePointer<Entry?>?
-    func store(_ entry: Entry, at i: Int) { base?[i] = entry }
-}
-
-/// The first failure of each half of `Manifest.parse`.
-private final class FailedLines: @unchecked Sendable {
-    private var failures: [(line: Int, error: Entry.ParseError)?]
-    private let lock = NIOLock()
-    init(count: Int) { failures = Array(repeating: nil, count: count) }
-    func record(_ half: Int, line: Int, _ error: Entry.ParseError) { lock.withLock { failures[half] = (line, error) } }
-    var all: [(line: Int, error: Entry.ParseError)] { lock.withLock { failures.compactMap { $0 } } }
 }
 
 /// Walks a directory tree without following symlinks and produces manifest entries.

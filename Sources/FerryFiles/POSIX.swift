@@ -268,7 +268,9 @@ public enum POSIX {
             while true {
                 let filled = ferry_read_directory(fd, buffer.baseAddress, UInt(buffer.count))
                 if filled == 0 { return nil }
-                if filled < 0 { return errno }
+                // A directory removed after it was opened answers ENOENT: it is empty now, as
+                // `readdir` says (a walk must not call it unreadable).
+                if filled < 0 { return errno == ENOENT ? nil : errno }
                 var offset = 0
                 while offset < filled {
                     var name: UnsafePointer<CChar>?

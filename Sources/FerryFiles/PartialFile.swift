@@ -52,9 +52,6 @@ public final class PartialFile {
     }
     let placement: Placement
     private var placed = false
-    /// The mode the data file was created with when that is already its final mode (see
-    /// `temporary(in:...)`), so finishing it needs no `fchmod`.
-    private var createdMode: UInt32?
 
     private init(dataPath: String, identity: PartialIdentity, verified: Int64, handle: FileHandle, label: String,
                  placement: Placement = .partialFolder) {
@@ -89,30 +86,22 @@ public final class PartialFile {
     public static func isTemporary(_ path: RemotePath) -> Bool { isTemporaryName(path.nameBytes) }
 
     /// Starts a new, empty file that is not resumable, as a temporary in `directory` (the
-    /// directory that will hold it; `directoryDisplay` names it in messages). With `finalMode`
-    /// (the file's mode as `finish` will apply it), the file is created with that mode when the
-    /// umask leaves it whole and it lets no one but the owner write (most files: 0644, 0755), so
-    /// finishing it saves an `fchmod`; otherwise it is created 0600 and `finish` sets the mode.
+    /// directory that will hold it; `directoryDisplay` names it in messages).
     public static func temporary(in directory: FileHandle, directoryDisplay: String, for identity: PartialIdentity,
-                                 label: String, finalMode: UInt32? = nil) throws(SystemError) -> PartialFile {
+                                 label: String) throws(SystemError) -> PartialFile {
         var attempts = 0
-        let created = finalMode.map(LocalTree.applicableMode).flatMap { mode in
-            mode & 0o1022 == 0 && Umask.current.map({ $0 & mode == 0 }) == true ? mode : nil
-        }
         while true {
             var name = temporaryPrefix
             Hex.append(TemporaryNames.next(), to: &name)
             let display = (directoryDisplay.hasSuffix("/") ? directoryDisplay : directoryDisplay + "/") + String(decoding: name, as: UTF8.self)
-            let fd = POSIX.openAt(directory.fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: mode_t(created ?? 0o600))
+            let fd = POSIX.openAt(directory.fd, name, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW, mode: 0o600)
             if fd < 0 {
                 attempts += 1
                 if errno == EEXIST && attempts < 8 { continue }
                 throw SystemError(errno: errno, operation: "create", path: display)
             }
-            let partial = PartialFile(dataPath: display, identity: identity, verified: 0, handle: FileHandle(fd: fd),
-                                      label: label, placement: .besideTarget(directory: directory, name: name))
-            partial.createdMode = created
-            return partial
+            return PartialFile(dataPath: display, identity: identity, verified: 0, handle: FileHandle(fd: fd),
+                               label: label, placement: .besideTarget(directory: directory, name: name))
         }
     }
 
@@ -235,8 +224,7 @@ public final class PartialFile {
     }
 
     private func prepareForPlacement(mode: UInt32, mtime: Timestamp) throws(SystemError) {
-        let wanted = LocalTree.applicableMode(mode)
-        guard createdMode == wanted || fchmod(handle.fd, mode_t(wanted)) == 0 else {
+        guard fchmod(handle.fd, mode_t(LocalTree.applicableMode(mode))) == 0 else {
             throw SystemError(errno: errno, operation: "chmod", path: dataPath)
         }
         try LocalTree.setMtime(handle.fd, mtime, display: dataPath)
@@ -332,21 +320,4 @@ enum TemporaryNames {
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
     }
-}
-
-/// The process's file-creation mask, read once from `/proc/self/status` (`umask(2)` can only
-/// be read by setting it, which would race with files other threads create meanwhile); nil
-/// where that line is missing (before Linux 4.7), and then modes are always set explicitly.
-enum Umask {
-    static let current: UInt32? = {
-        let prefix = Array("Umask:".utf8)
-        var mask: UInt32?
-        try? AtomicFile.forEachLine(of: "/proc/self/status") { line in
-            guard line.starts(with: prefix) else { return true }
-            let digits = line.dropFirst(prefix.count).filter { $0 != 0x20 && $0 != 0x09 }
-            mask = UInt32(String(decoding: digits, as: UTF8.self), radix: 8)
-            return false
-        }
-        return mask
-    }()
 }

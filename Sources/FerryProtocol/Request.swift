@@ -86,7 +86,7 @@ public enum Request: Hashable, Sendable {
     /// per file, and the general parser below (fields as Substrings, the verb folded into a
     /// String, options in a dictionary) was 5% of its CPU. Nil for every other line, which
     /// the general parser then reads or words the error for; where this returns a request, it
-    /// is the one the general parser returns (`RequestParseTests` checks both on every input).
+    /// is the one the general parser returns (`QuickGetTests` checks both on mutated inputs).
     static func quickGet(_ b: UnsafeBufferPointer<UInt8>) -> Request? {
         guard b.count > 4, b[0] == 0x47, b[1] == 0x45, b[2] == 0x54, b[3] == 0x20 else { return nil }
         // Up to four fields after the verb, separated by exactly one space.

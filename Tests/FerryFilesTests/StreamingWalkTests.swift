@@ -57,6 +57,37 @@ final class StreamingWalkTests: XCTestCase {
         }
     }
 
+    /// Directories are read with `getdents64` on the walk's own descriptor: names come out
+    /// whole (long, odd, many: more than one 32 KiB read), `fresh` or rewound alike, and a
+    /// directory removed after it was opened reads as empty, as `readdir` says, not as an error.
+    func testDirectoryReadsGiveEveryNameAndARemovedDirectoryIsEmpty() throws {
+        let dir = work.appendingPathComponent("many")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        var expected = Set<[UInt8]>()
+        for i in 0..<1_500 {
+            let name = "f\(i)-" + String(repeating: "x", count: i % 200) + (i % 7 == 0 ? "\ncafé %" : "")
+            XCTAssertTrue(FileManager.default.createFile(atPath: dir.appendingPathComponent(name).path, contents: nil))
+            expected.insert(Array(name.utf8))
+        }
+        let fd = open(dir.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        for fresh in [true, false, false] {  // a second read without `fresh` rewinds first
+            var names = Set<[UInt8]>()
+            try POSIX.forEachDirectoryName(fd, fresh: fresh) { names.insert(Array($0)) }
+            XCTAssertEqual(names, expected)
+        }
+        let gone = work.appendingPathComponent("gone")
+        try FileManager.default.createDirectory(at: gone, withIntermediateDirectories: true)
+        let goneFD = open(gone.path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+        XCTAssertGreaterThanOrEqual(goneFD, 0)
+        defer { close(goneFD) }
+        XCTAssertEqual(rmdir(gone.path), 0)
+        var count = 0
+        XCTAssertNoThrow(try POSIX.forEachDirectoryName(goneFD, fresh: true) { _ in count += 1 })
+        XCTAssertEqual(count, 0)
+    }
+
     func testTooManyEntriesEndsTheWalk() throws {
         let root = try makeTree()
         let fd = open(root.path, O_RDONLY | O_DIRECTORY)

@@ -121,9 +121,8 @@ final class SyncEndToEndTests: XCTestCase {
         XCTAssertTrue(third.stdout.contains("\(Self.fixtureFiles) unchanged"), third.stdout)
     }
 
-    /// Files are created with their final mode when the umask allows (saving an `fchmod`), and
-    /// set to it otherwise: either way every file ends with exactly the server's mode, whatever
-    /// the client's umask, including modes that let others write (never created that way).
+    /// Every file ends with exactly the server's mode, whatever the client's umask, including
+    /// modes the umask would strip and modes that let others write.
     func testModesAreExactWhateverTheClientsUmask() throws {
         let src = work.appendingPathComponent("modes")
         try FileManager.default.createDirectory(at: src, withIntermediateDirectories: true)
