@@ -103,12 +103,9 @@ public struct GetHead: OKReply {
     /// anything else, which the fields above then read or word the error for; where this
     /// returns a head, it is the one they return (`QuickGetTests` checks both).
     static func quick(_ b: UnsafeBufferPointer<UInt8>) -> GetHead? {
-        guard let first = b.firstIndex(of: 0x20), first > 0 else { return nil }
-        guard let second = b[(first + 1)...].firstIndex(of: 0x20), second > first + 1 else { return nil }
-        let hash = UnsafeBufferPointer(rebasing: b[(second + 1)...])
-        guard !hash.isEmpty, !hash.contains(0x20),
-              let size = parseWireNumber(bytes: UnsafeBufferPointer(rebasing: b[..<first])),
-              let mtime = Timestamp(wireBytes: UnsafeBufferPointer(rebasing: b[(first + 1)..<second])) else { return nil }
+        guard let f = singleSpaceFields(b, 3...3), let size = parseWireNumber(bytes: f[0]),
+              let mtime = Timestamp(wireBytes: f[1]) else { return nil }
+        let hash = f[2]
         if hash.count == 1 && hash[0] == 0x2D { return GetHead(size: size, mtime: mtime, sha256: nil) }
         guard isSHA256Hex(bytes: hash) else { return nil }
         return GetHead(size: size, mtime: mtime, sha256: String(decoding: hash, as: UTF8.self))

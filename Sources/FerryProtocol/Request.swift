@@ -88,42 +88,19 @@ public enum Request: Hashable, Sendable {
     /// the general parser then reads or words the error for; where this returns a request, it
     /// is the one the general parser returns (`QuickGetTests` checks both on mutated inputs).
     static func quickGet(_ b: UnsafeBufferPointer<UInt8>) -> Request? {
-        guard b.count > 4, b[0] == 0x47, b[1] == 0x45, b[2] == 0x54, b[3] == 0x20 else { return nil }
-        // Up to four fields after the verb, separated by exactly one space.
-        var bounds: (Int, Int, Int, Int, Int) = (4, 0, 0, 0, 0)
-        var count = 0
-        var start = 4
-        for i in 4...b.count {
-            if i < b.count {
-                let c = b[i]
-                if c < 0x20 || c == 0x7F { return nil }
-                if c != 0x20 { continue }
-            }
-            guard i > start, count < 4 else { return nil }  // an empty field, or a fifth
-            count += 1
-            switch count {
-            case 1: bounds.1 = i
-            case 2: bounds.2 = i
-            case 3: bounds.3 = i
-            default: bounds.4 = i
-            }
-            start = i + 1
-        }
-        guard count >= 3 else { return nil }
-        func field(_ from: Int, _ to: Int) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: b[from..<to]) }
-        let pathField = field(4, bounds.1)
-        let offsetField = field(bounds.1 + 1, bounds.2)
-        let lengthField = field(bounds.2 + 1, bounds.3)
-        guard let path = try? RemotePath(wireBytes: pathField),
-              let offset = parseWireNumber(bytes: offsetField) else { return nil }
+        guard b.count > 4, b[0] == 0x47, b[1] == 0x45, b[2] == 0x54, b[3] == 0x20,
+              !b.contains(where: { $0 < 0x20 || $0 == 0x7F }),
+              let f = singleSpaceFields(UnsafeBufferPointer(rebasing: b[4...]), 3...4),
+              let path = try? RemotePath(wireBytes: f[0]),
+              let offset = parseWireNumber(bytes: f[1]) else { return nil }
         var length: Int64?
-        if !(lengthField.count == 1 && lengthField[0] == 0x2A) {
-            guard let n = parseWireNumber(bytes: lengthField) else { return nil }
+        if !(f[2].count == 1 && f[2][0] == 0x2A) {
+            guard let n = parseWireNumber(bytes: f[2]) else { return nil }
             length = n
         }
         var validator: Validator?
-        if count == 4 {
-            let v = field(bounds.3 + 1, bounds.4)
+        if f.count == 4 {
+            let v = f[3]
             // A field with `=` there is an option to the general parser (and none is allowed).
             guard let comma = v.firstIndex(of: 0x2C), !v.contains(0x3D),
                   let size = parseWireNumber(bytes: UnsafeBufferPointer(rebasing: v[..<comma])),

@@ -51,15 +51,7 @@ final class QuickGetTests: XCTestCase {
                                    [0x7F], [0x0A], [0x47], [0x67], [0xC3, 0xA9], [0xFF], Array("%2F".utf8), Array("..".utf8)]
         var fast = 0, declined = 0
         for _ in 0..<20_000 {
-            var line = Array(rng.pick(seeds).utf8)
-            for _ in 0..<(1 + rng.below(3)) {
-                let at = rng.below(line.count + 1)
-                switch rng.below(3) {
-                case 0 where at < line.count: line.remove(at: at)
-                case 1 where at < line.count: line.replaceSubrange(at..<(at + 1), with: rng.pick(alphabet))
-                default: line.insert(contentsOf: rng.pick(alphabet), at: at)
-                }
-            }
+            let line = rng.mutated(Array(rng.pick(seeds).utf8), alphabet: alphabet)
             guard let answer = quick(line) else {
                 declined += 1
                 continue
@@ -93,15 +85,7 @@ final class QuickGetTests: XCTestCase {
                                    [0xC3, 0xA9], Array("  ".utf8)]
         var fast = 0, declined = 0
         for _ in 0..<20_000 {
-            var detail = Array(rng.pick(seeds).utf8)
-            for _ in 0..<(1 + rng.below(3)) {
-                let at = rng.below(detail.count + 1)
-                switch rng.below(3) {
-                case 0 where at < detail.count: detail.remove(at: at)
-                case 1 where at < detail.count: detail.replaceSubrange(at..<(at + 1), with: rng.pick(alphabet))
-                default: detail.insert(contentsOf: rng.pick(alphabet), at: at)
-                }
-            }
+            let detail = rng.mutated(Array(rng.pick(seeds).utf8), alphabet: alphabet)
             let expected = headGeneral(detail)
             if let quick = detail.withUnsafeBufferPointer({ GetHead.quick($0) }) {
                 fast += 1

@@ -39,6 +39,21 @@ public struct SplitMix64: RandomNumberGenerator {
 
     public mutating func pick<T>(_ items: [T]) -> T { items[below(items.count)] }
 
+    /// `bytes` after one to three random edits, each removing a byte, replacing one with a piece
+    /// of `alphabet`, or inserting a piece: the inputs of the parser equivalence tests.
+    public mutating func mutated(_ bytes: [UInt8], alphabet: [[UInt8]]) -> [UInt8] {
+        var out = bytes
+        for _ in 0..<(1 + below(3)) {
+            let at = below(out.count + 1)
+            switch below(3) {
+            case 0 where at < out.count: out.remove(at: at)
+            case 1 where at < out.count: out.replaceSubrange(at..<(at + 1), with: pick(alphabet))
+            default: out.insert(contentsOf: pick(alphabet), at: at)
+            }
+        }
+        return out
+    }
+
     public mutating func bytes(_ count: Int) -> [UInt8] { (0..<count).map { _ in UInt8(truncatingIfNeeded: next()) } }
 
     /// `count` random bytes, all eight of each draw (a draw per byte, as `bytes` does, is eight
